@@ -285,7 +285,10 @@ mod tests {
         let mut buf = BytesMut::new();
         encode(Op::Send.code(), 42, b"hello", &mut buf).unwrap();
         assert_eq!(buf.len(), 21);
-        assert_eq!(&buf[..16], &[0, 0, 0, 21, 0, 16, 0, 1, 0, 0, 0, 5, 0, 0, 0, 42]);
+        assert_eq!(
+            &buf[..16],
+            &[0, 0, 0, 21, 0, 16, 0, 1, 0, 0, 0, 5, 0, 0, 0, 42]
+        );
         let f = FrameDecoder::default().decode(&mut buf).unwrap().unwrap();
         assert_eq!(f, Frame::new(Op::Send, 42, &b"hello"[..]));
         assert!(buf.is_empty());
@@ -309,7 +312,10 @@ mod tests {
         let mut buf = BytesMut::from(&1025u32.to_be_bytes()[..]);
         assert_eq!(
             d.decode(&mut buf),
-            Err(FrameError::TooLarge { len: 1025, max: 1024 })
+            Err(FrameError::TooLarge {
+                len: 1025,
+                max: 1024
+            })
         );
         assert_eq!(d.decode(&mut buf).unwrap_err().code(), Code::FrameTooLarge);
     }
@@ -345,10 +351,7 @@ mod tests {
             d.finish(&buf),
             Err(FrameError::Truncated { have: 18, need: 20 })
         );
-        assert_eq!(
-            d.finish(&header(3, 16, 1)),
-            Err(FrameError::ShortPacket(3))
-        );
+        assert_eq!(d.finish(&header(3, 16, 1)), Err(FrameError::ShortPacket(3)));
     }
 
     #[test]

@@ -157,12 +157,10 @@ pub fn load_pem(cert_path: &Path, key_path: &Path) -> Result<CertKey, TlsError> 
         }
     })?;
     let certified = rustls::sign::CertifiedKey::new(chain.clone(), signer);
-    certified
-        .keys_match()
-        .map_err(|_| TlsError::KeyMismatch {
-            cert: cert_path.to_owned(),
-            key: key_path.to_owned(),
-        })?;
+    certified.keys_match().map_err(|_| TlsError::KeyMismatch {
+        cert: cert_path.to_owned(),
+        key: key_path.to_owned(),
+    })?;
     Ok(CertKey {
         chain,
         key,
@@ -179,7 +177,11 @@ pub fn dev_cert(dir: &Path) -> Result<(CertKey, bool), TlsError> {
     if cert_path.exists() || key_path.exists() {
         return Ok((load_pem(&cert_path, &key_path)?, false));
     }
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     let generated = rcgen::generate_simple_self_signed(names)?;
     let write = |path: &Path, contents: &str, mode: u32| -> Result<(), TlsError> {
         write_private(path, contents.as_bytes(), mode).map_err(|source| TlsError::Write {

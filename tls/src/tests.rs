@@ -16,7 +16,10 @@ fn dev_cert_is_generated_once_then_reused() {
     assert!(!generated);
     assert_eq!(first.chain, second.chain);
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(dir.path().join(DEV_KEY_FILE)).unwrap().permissions().mode();
+    let mode = fs::metadata(dir.path().join(DEV_KEY_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -85,7 +88,10 @@ async fn handshake(
 }
 
 fn client_trusting(dir: &tempfile::TempDir, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    client_config(roots_from_pem(&dir.path().join(DEV_CERT_FILE)).unwrap(), alpn)
+    client_config(
+        roots_from_pem(&dir.path().join(DEV_CERT_FILE)).unwrap(),
+        alpn,
+    )
 }
 
 #[tokio::test]
@@ -121,9 +127,13 @@ async fn unknown_alpn_is_refused_and_raw_alpn_is_separate() {
     let dir = tempfile::tempdir().unwrap();
     let cert = dev_in(&dir);
     let tcp = server_config(&cert, ALPN_TCP).unwrap();
-    let err = handshake(tcp, client_trusting(&dir, ALPN_RAW)).await.unwrap_err();
+    let err = handshake(tcp, client_trusting(&dir, ALPN_RAW))
+        .await
+        .unwrap_err();
     assert!(err.to_lowercase().contains("protocol"), "{err}");
     let raw = server_config(&cert, ALPN_RAW).unwrap();
-    let (_, alpn) = handshake(raw, client_trusting(&dir, ALPN_RAW)).await.unwrap();
+    let (_, alpn) = handshake(raw, client_trusting(&dir, ALPN_RAW))
+        .await
+        .unwrap();
     assert_eq!(alpn.as_deref(), Some(ALPN_RAW[0]));
 }

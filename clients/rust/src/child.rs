@@ -1,0 +1,238 @@
+//! A `roam serve` child process on a private data directory and ephemeral ports.
+//!
+//! Used by `roam bench` (when no `--target` is given) and by the end-to-end tests: both need
+//! a real server that nobody else talks to, whose addresses they learn from `--ready-file`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// How long a child gets to bind its listeners.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a child gets to drain and exit after a stop signal before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a child server could not be started or stopped.
+#[derive(Debug, Error)]
+pub enum ChildError {
+    /// Preparing the data directory or the config file failed.
+    #[error("cannot prepare {path}: {source}")]
+    Prepare {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The binary could not be executed.
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        /// The `roam` binary.
+        binary: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The child exited before it was ready.
+    #[error("roam serve exited with {status} before it was ready: {stderr}")]
+    Exited {
+        /// Its exit status.
+        status: ExitStatus,
+        /// The end of its stderr.
+        stderr: String,
+    },
+    /// The child did not write its ready file in time.
+    #[error("roam serve wrote no ready file within {0:?}")]
+    NotReady(Duration),
+    /// The ready file is not the JSON object of SPEC.md §1.
+    #[error("bad ready file: {0}")]
+    BadReadyFile(String),
+    /// Signalling or waiting for the child failed.
+    #[error("cannot stop roam serve (pid {pid}): {source}")]
+    Stop {
+        /// The child's pid.
+        pid: u32,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The child did not exit within the stop timeout after its stop signal and was killed.
+    #[error("roam serve (pid {0}) did not exit within {STOP_TIMEOUT:?} of its stop signal; killed")]
+    StopTimeout(u32),
+}
+
+/// A running `roam serve` child. Killed on drop if not stopped.
+#[derive(Debug)]
+pub struct ChildServer {
+    child: Child,
+    addrs: BTreeMap<String, SocketAddr>,
+    dir: tempfile::TempDir,
+}
+
+impl ChildServer {
+    /// Starts `binary serve` with every listener on `127.0.0.1:0`, a fresh data directory, and
+    /// `extra_toml` appended to its config file (e.g. `"[limits]\nmax_packet = 1024\n"`).
+    /// `ROAM_*` variables of this process are not passed on, so the child is configured by
+    /// its file alone.
+    pub fn start(binary: &Path, extra_toml: &str) -> Result<Self, ChildError> {
+        Self::start_with(binary, extra_toml, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra command-line arguments after `serve`.
+    pub fn start_with(binary: &Path, extra_toml: &str, args: &[&str]) -> Result<Self, ChildError> {
+        let dir = tempfile::Builder::new()
+            .prefix("roam-child-")
+            .tempdir()
+            .map_err(|source| ChildError::Prepare {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let config = dir.path().join("roam.toml");
+        let data = dir.path().join("data");
+        let toml = format!(
+            "data = {data:?}\n{extra_toml}\n[listen]\nclient_tcp = \"127.0.0.1:0\"\nclient_quic = \"127.0.0.1:0\"\nraw = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ninternal = \"127.0.0.1:0\"\n",
+            data = data.display().to_string()
+        );
+        std::fs::write(&config, toml).map_err(|source| ChildError::Prepare {
+            path: config.clone(),
+            source,
+        })?;
+        let ready = dir.path().join("ready.json");
+        let open = |name: &str| {
+            let path = dir.path().join(name);
+            File::create(&path).map_err(|source| ChildError::Prepare { path, source })
+        };
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(open("stdout.log")?)
+            .stderr(open("stderr.log")?);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ROAM_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command.spawn().map_err(|source| ChildError::Spawn {
+            binary: binary.to_owned(),
+            source,
+        })?;
+        let mut server = ChildServer {
+            child,
+            addrs: BTreeMap::new(),
+            dir,
+        };
+        server.addrs = server.wait_ready(&ready)?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self, ready: &Path) -> Result<BTreeMap<String, SocketAddr>, ChildError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(ready) {
+                return serde_json::from_str(&text)
+                    .map_err(|e| ChildError::BadReadyFile(format!("{e}: {text}")));
+            }
+            let pid = self.pid();
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    return Err(ChildError::Exited {
+                        status,
+                        stderr: self.stderr_tail(),
+                    });
+                }
+                Ok(None) => {}
+                Err(source) => return Err(ChildError::Stop { pid, source }),
+            }
+            if Instant::now() > deadline {
+                return Err(ChildError::NotReady(READY_TIMEOUT));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The child's process id (for `/proc/<pid>` figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A bound address from the ready file (`client_tcp`, `admin`, ...).
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.addrs.get(name).copied()
+    }
+
+    /// Every bound address from the ready file.
+    pub fn addrs(&self) -> &BTreeMap<String, SocketAddr> {
+        &self.addrs
+    }
+
+    /// The child's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The development certificate the child generated (trust it to connect).
+    pub fn dev_cert(&self) -> PathBuf {
+        self.data_dir().join("tls").join("cert.pem")
+    }
+
+    /// What the child printed on stdout so far (its banner).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// The last lines the child wrote on stderr.
+    pub fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Sends SIGTERM and waits for the child to drain and exit; returns its exit status.
+    pub fn stop(self) -> Result<ExitStatus, ChildError> {
+        self.stop_with(rustix::process::Signal::TERM)
+    }
+
+    /// Sends `signal` (e.g. `INT` for Ctrl-C) and waits for the child to exit.
+    pub fn stop_with(mut self, signal: rustix::process::Signal) -> Result<ExitStatus, ChildError> {
+        let pid = self.pid();
+        send_signal(pid, signal).map_err(|source| ChildError::Stop { pid, source })?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(ChildError::StopTimeout(pid));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(source) => return Err(ChildError::Stop { pid, source }),
+            }
+        }
+    }
+}
+
+fn send_signal(pid: u32, signal: rustix::process::Signal) -> std::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other("pid out of range"))?;
+    rustix::process::kill_process(pid, signal).map_err(Into::into)
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The TLS 1.3 client listener over TCP: HTTP/1.1 and HTTP/2 on one port.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
+
+const TCP: TransportLabel = TransportLabel { transport: "tcp" };
+
+/// Tunables of the TCP client listener.
+#[derive(Debug, Clone)]
+pub struct TcpOptions {
+    /// A client that has not completed the TLS handshake by then is dropped.
+    pub handshake_timeout: Duration,
+    /// On shutdown, how long open connections get to finish.
+    pub drain_timeout: Duration,
+}
+
+/// The HTTP routes of the client port.
+pub fn router() -> Router {
+    Router::new().route("/healthz", get(healthz))
+}
+
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// A bound TLS client listener, ready to [`run`](ClientTcpServer::run).
+pub struct ClientTcpServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    options: TcpOptions,
+    metrics: EdgeMetrics,
+    router: Router,
+}
+
+impl ClientTcpServer {
+    /// Binds `addr`. `tls` must be a TLS 1.3 configuration with ALPN `h2`, `http/1.1`
+    /// (`roam_tls::server_config(.., roam_tls::ALPN_TCP)`).
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        options: TcpOptions,
+        metrics: EdgeMetrics,
+    ) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(ClientTcpServer {
+            listener,
+            acceptor: TlsAcceptor::from(tls),
+            options,
+            metrics,
+            router: router(),
+        })
+    }
+
+    /// The bound address (with the port the OS picked for port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` fires, then lets open connections finish for up
+    /// to the drain timeout.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http2().enable_connect_protocol();
+        let builder = Arc::new(builder);
+        let tracker = TaskTracker::new();
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let conn = Connection {
+                acceptor: self.acceptor.clone(),
+                handshake_timeout: self.options.handshake_timeout,
+                metrics: self.metrics.clone(),
+                router: self.router.clone(),
+                builder: builder.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let span = info_span!("conn", %peer, transport = "tcp");
+            tracker.spawn(conn.serve(tcp).instrument(span));
+        }
+        drop(self.listener);
+        tracker.close();
+        if tokio::time::timeout(self.options.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = tracker.len(),
+                "drain timeout: leaving the remaining client connections to be cut at exit"
+            );
+        }
+    }
+}
+
+/// One accepted TCP connection, before and after its handshake.
+struct Connection {
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    metrics: EdgeMetrics,
+    router: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve(self, tcp: TcpStream) {
+        let _ = tcp.set_nodelay(true);
+        // Boxed so the handshake's state is freed once it completes instead of living in
+        // this task for the connection's whole life.
+        let handshake = Box::pin(tokio::time::timeout(
+            self.handshake_timeout,
+            self.acceptor.accept(tcp),
+        ));
+        let tls = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            result = handshake => match result {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return self.handshake_failed("tls", &e),
+                Err(_) => return self.handshake_failed("timeout", &"no handshake in time"),
+            },
+        };
+        self.metrics.accepted.get_or_create(&TCP).inc();
+        let open = self.metrics.open_connections.get_or_create(&TCP).clone();
+        open.inc();
+        let service = TowerToHyperService::new(self.router);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(tls), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            _ = self.shutdown.cancelled() => {
+                // Finish in-flight requests, refuse new ones (HTTP/2 GOAWAY), then close.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "connection ended with an error");
+        }
+        open.dec();
+    }
+
+    fn handshake_failed(&self, reason: &'static str, error: &dyn std::fmt::Display) {
+        debug!(%error, reason, "TLS handshake failed");
+        self.metrics
+            .handshake_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}

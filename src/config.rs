@@ -1,0 +1,416 @@
+//! Configuration: one TOML file, `ROAM_<SECTION>_<KEY>` environment overrides, then flags.
+//!
+//! Load → validate → resolve, in that order and in this file only. Every key has its default
+//! in the `Default` impls below (the one table of defaults); `roam serve --print-config` prints
+//! the effective result. Precedence: defaults < file < environment < command-line flags.
+//! Unknown keys are errors, in the file and in the environment alike, so a typo never passes
+//! silently.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Which parts of Roam this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Edge, core and idsvc in one process (the default).
+    All,
+    /// The connection gateway only.
+    Edge,
+    /// Core (auth, sessions, messaging, business API) only.
+    Core,
+    /// The ID service only.
+    Idsvc,
+}
+
+impl Role {
+    /// Whether this process terminates client connections.
+    pub fn runs_edge(self) -> bool {
+        matches!(self, Role::All | Role::Edge)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::All => "all",
+            Role::Edge => "edge",
+            Role::Core => "core",
+            Role::Idsvc => "idsvc",
+        })
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data directory: the embedded store, the development certificate, secrets.
+    pub data: PathBuf,
+    /// `embedded:<dir>` or `fdb:<cluster file>`; empty means `embedded:<data>/store`.
+    pub store: String,
+    /// Which roles this process runs.
+    pub role: Role,
+    /// Listening addresses.
+    pub listen: Listen,
+    /// Certificates.
+    pub tls: Tls,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Shutdown behaviour.
+    pub shutdown: Shutdown,
+}
+
+/// Listening addresses (SPEC.md §2). Port 0 lets the OS pick (see `--ready-file`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// TLS 1.3 over TCP: HTTP/1.1 and HTTP/2 client API.
+    pub client_tcp: SocketAddr,
+    /// QUIC (HTTP/3) client API.
+    pub client_quic: SocketAddr,
+    /// TLS 1.3 raw frame protocol.
+    pub raw: SocketAddr,
+    /// Plain-HTTP business/admin API, `/metrics`, `/healthz`.
+    pub admin: SocketAddr,
+    /// Internal gRPC between roles.
+    pub internal: SocketAddr,
+}
+
+/// Certificates for the TLS listeners. With neither set, a self-signed development
+/// certificate is generated into `<data>/tls/`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the leaf.
+    pub key: Option<PathBuf>,
+}
+
+/// Protocol limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame (header + body) accepted from a client, in bytes.
+    pub max_packet: usize,
+    /// Seconds a client may take to complete the TLS handshake.
+    pub handshake_timeout_secs: u64,
+}
+
+/// Shutdown behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    /// Seconds to wait for connections to finish after SIGTERM or Ctrl-C.
+    pub drain_timeout_secs: u64,
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: PathBuf::from("./data"),
+            store: String::new(),
+            role: Role::All,
+            listen: Listen::default(),
+            tls: Tls::default(),
+            limits: Limits::default(),
+            shutdown: Shutdown::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            client_tcp: local(8443),
+            client_quic: local(8443),
+            raw: local(8444),
+            admin: local(8080),
+            internal: local(9090),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet: roam_proto::DEFAULT_MAX_PACKET,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+/// Flags that override the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data`.
+    pub data: Option<PathBuf>,
+    /// `--role`.
+    pub role: Option<Role>,
+}
+
+/// Largest `limits.max_packet` accepted (16 MiB): beyond it one frame could hold a
+/// connection's worth of memory hostage.
+const MAX_PACKET_CEILING: usize = 16 * 1024 * 1024;
+
+impl Config {
+    /// Loads the effective configuration: defaults, then `file` (if any), then the `ROAM_*`
+    /// variables of `env`, then `flags`; validates and resolves it.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                // Parse once as `Config` for errors that point at the line and name the key.
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e)))?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), one_line(&e)))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        let mut config = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow::anyhow!("environment override: {}", one_line(&e)))?;
+        if let Some(data) = &flags.data {
+            config.data = data.clone();
+        }
+        if let Some(role) = flags.role {
+            config.role = role;
+        }
+        config.validate()?;
+        config.resolve();
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let max = self.limits.max_packet;
+        if !(roam_proto::HEADER_LEN..=MAX_PACKET_CEILING).contains(&max) {
+            bail!(
+                "limits.max_packet = {max}: must be between {} and {MAX_PACKET_CEILING}",
+                roam_proto::HEADER_LEN
+            );
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => bail!("tls.cert is set but tls.key is not: set both or neither"),
+            (None, Some(_)) => bail!("tls.key is set but tls.cert is not: set both or neither"),
+            _ => {}
+        }
+        if !self.store.is_empty()
+            && !self.store.starts_with("embedded:")
+            && !self.store.starts_with("fdb:")
+        {
+            bail!(
+                "store = {:?}: expected \"embedded:<dir>\" or \"fdb:<cluster file>\"",
+                self.store
+            );
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self) {
+        if self.store.is_empty() {
+            self.store = format!("embedded:{}", self.data.join("store").display());
+        }
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// Directory of the development certificate.
+    pub fn dev_tls_dir(&self) -> PathBuf {
+        self.data.join("tls")
+    }
+}
+
+fn one_line(e: &impl fmt::Display) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Applies `ROAM_<SECTION>_<KEY>` (or `ROAM_<KEY>` for top-level keys) to `table`.
+/// A value is read as a TOML value when it parses as one (`1024`, `true`), else as a string.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<()> {
+    let defaults = toml::Table::try_from(Config::default())?;
+    let sections: Vec<&String> = defaults
+        .iter()
+        .filter(|(_, v)| v.is_table())
+        .map(|(k, _)| k)
+        .collect();
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("ROAM_"))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let name = var["ROAM_".len()..].to_ascii_lowercase();
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(raw.clone()));
+        let section = sections.iter().find(|s| name.starts_with(&format!("{s}_")));
+        match section {
+            Some(section) => {
+                let key = &name[section.len() + 1..];
+                let known = defaults[section.as_str()]
+                    .as_table()
+                    .is_some_and(|t| t.contains_key(key))
+                    || (section.as_str() == "tls" && matches!(key, "cert" | "key"));
+                if !known {
+                    bail!("{var}: no key `{key}` in section [{section}]");
+                }
+                let entry = table
+                    .entry(section.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let Some(t) = entry.as_table_mut() else {
+                    bail!("{var}: [{section}] in the config file is not a table");
+                };
+                t.insert(key.to_owned(), value);
+            }
+            None if defaults.get(&name).is_some_and(|v| !v.is_table()) => {
+                table.insert(name, value);
+            }
+            None => bail!("{var}: no such configuration key `{name}`"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.client_tcp, local(8443));
+        assert_eq!(c.listen.raw, local(8444));
+        assert_eq!(c.listen.admin, local(8080));
+        assert_eq!(c.listen.internal, local(9090));
+        assert_eq!(c.limits.max_packet, 64 * 1024);
+        assert_eq!(c.role, Role::All);
+        assert_eq!(c.store, "embedded:./data/store");
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let f = file(
+            "data = \"/from/file\"\nrole = \"core\"\n[listen]\nadmin = \"127.0.0.1:1111\"\nraw = \"127.0.0.1:2222\"\n[limits]\nmax_packet = 1000\n",
+        );
+        let vars = env(&[
+            ("ROAM_LISTEN_ADMIN", "127.0.0.1:3333"),
+            ("ROAM_LIMITS_MAX_PACKET", "2000"),
+            ("ROAM_ROLE", "edge"),
+            ("ROAM_DATA", "/from/env"),
+            ("HOME", "/ignored"),
+        ]);
+        let flags = Overrides {
+            data: Some("/from/flag".into()),
+            role: None,
+        };
+        let c = Config::load(Some(f.path()), vars, &flags).unwrap();
+        assert_eq!(c.listen.raw, local(2222), "file beats default");
+        assert_eq!(c.listen.admin, local(3333), "env beats file");
+        assert_eq!(c.limits.max_packet, 2000, "env values are typed");
+        assert_eq!(c.role, Role::Edge, "env beats file, no flag given");
+        assert_eq!(c.data, PathBuf::from("/from/flag"), "flag beats env");
+        assert_eq!(
+            c.store, "embedded:/from/flag/store",
+            "store follows the data dir"
+        );
+    }
+
+    /// A config file, environment variables, and a fragment the error must contain.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
+    #[test]
+    fn bad_input_is_one_line_naming_the_fault() {
+        let cases: &[Case] = &[
+            ("bogus = 1\n", &[], "bogus"),
+            (
+                "[listen]\nadmin = \"127.0.0.1:99999\"\n",
+                &[],
+                "invalid socket address",
+            ),
+            ("[listen]\nnope = \"x\"\n", &[], "nope"),
+            ("role = \"everything\"\n", &[], "everything"),
+            ("", &[("ROAM_LISTEN_NOPE", "1")], "ROAM_LISTEN_NOPE"),
+            ("", &[("ROAM_BOGUS", "1")], "ROAM_BOGUS"),
+            (
+                "",
+                &[("ROAM_LISTEN_ADMIN", "localhost:http")],
+                "invalid socket address",
+            ),
+            ("", &[("ROAM_LIMITS_MAX_PACKET", "8")], "max_packet"),
+            ("[tls]\ncert = \"/x.pem\"\n", &[], "tls.key"),
+            ("store = \"redis:x\"\n", &[], "embedded:"),
+        ];
+        for (text, vars, needle) in cases {
+            let f = file(text);
+            let err = Config::load(Some(f.path()), env(vars), &Overrides::default())
+                .map(|_| ())
+                .unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains(needle), "{text:?} {vars:?}: {msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+    }
+
+    #[test]
+    fn printed_config_loads_back_identically() {
+        let c = Config::load(
+            None,
+            env(&[("ROAM_TLS_CERT", "/c.pem"), ("ROAM_TLS_KEY", "/k.pem")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let text = c.to_toml().unwrap();
+        let f = file(&text);
+        let again = Config::load(Some(f.path()), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(again.to_toml().unwrap(), text);
+        assert_eq!(again.tls.cert, Some(PathBuf::from("/c.pem")));
+    }
+}

@@ -1,0 +1,157 @@
+//! `roam serve`: binds every listener of the configured roles, reports them, runs until
+//! SIGINT/SIGTERM, then drains and exits 0.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+use crate::{admin, metrics};
+
+/// The bound addresses, as written to `--ready-file` (only the listeners this process runs).
+#[derive(Debug, Default, Serialize)]
+struct Ready {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_tcp: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+/// Runs the configured roles until a shutdown signal.
+pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
+    roam_tls::install_crypto_provider();
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("cannot create data directory {}", config.data.display()))?;
+    let shutdown = CancellationToken::new();
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(metrics::ProcessCollector));
+    let mut tasks = JoinSet::new();
+    let mut ready = Ready::default();
+    let mut banner = vec![format!(
+        "roam {} (role {})",
+        env!("CARGO_PKG_VERSION"),
+        config.role
+    )];
+
+    if config.role.runs_edge() {
+        let (cert, generated) = certificate(&config)?;
+        let tls = roam_tls::server_config(&cert, roam_tls::ALPN_TCP)?;
+        let edge_metrics = roam_edge::EdgeMetrics::register(&mut registry);
+        let options = roam_edge::TcpOptions {
+            handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_secs),
+            drain_timeout: Duration::from_secs(config.shutdown.drain_timeout_secs),
+        };
+        let addr = config.listen.client_tcp;
+        let server = roam_edge::ClientTcpServer::bind(addr, tls, options, edge_metrics)
+            .await
+            .with_context(|| format!("cannot bind listen.client_tcp on {addr}"))?;
+        let bound = server.local_addr()?;
+        ready.client_tcp = Some(bound);
+        tasks.spawn(server.run(shutdown.clone()));
+        banner.push(format!(
+            "client API  https://{bound}  (TLS 1.3, HTTP/2 + HTTP/1.1)"
+        ));
+        banner.push(format!(
+            "certificate {}{}",
+            cert.cert_path.display(),
+            if config.tls.cert.is_none() {
+                if generated {
+                    "  (self-signed development certificate, generated now)"
+                } else {
+                    "  (self-signed development certificate)"
+                }
+            } else {
+                ""
+            }
+        ));
+    }
+
+    let addr = config.listen.admin;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind listen.admin on {addr}"))?;
+    let bound = listener.local_addr()?;
+    ready.admin = Some(bound);
+    let router = admin::router(Arc::new(registry));
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    banner.push(format!("admin API   http://{bound}  (/healthz, /metrics)"));
+    banner.push(format!(
+        "data        {}  (store {})",
+        config.data.display(),
+        config.store
+    ));
+
+    if let Some(path) = &ready_file {
+        write_ready(path, &ready)?;
+    }
+    for line in &banner {
+        println!("{line}");
+    }
+    info!(?ready, "listening");
+
+    tokio::select! {
+        signal = shutdown_signal() => {
+            let name = signal?;
+            info!(signal = name, "shutting down: draining connections");
+        }
+        // A listener task that ends on its own is a fault: stop the others too.
+        Some(_) = tasks.join_next() => {
+            tracing::error!("a listener stopped unexpectedly; shutting down");
+        }
+    }
+    shutdown.cancel();
+    let drain = Duration::from_secs(config.shutdown.drain_timeout_secs + 1);
+    if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!("listeners did not stop within the drain timeout");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn certificate(config: &Config) -> Result<(roam_tls::CertKey, bool)> {
+    match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Ok((roam_tls::load_pem(cert, key)?, false)),
+        _ => Ok(roam_tls::dev_cert(&config.dev_tls_dir())?),
+    }
+}
+
+/// Writes the ready file atomically (a reader never sees half of it).
+fn write_ready(path: &Path, ready: &Ready) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let json = serde_json::to_string(ready)?;
+    std::fs::write(&tmp, json + "\n")
+        .with_context(|| format!("cannot write ready file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot write ready file {}", path.display()))?;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM with the signal's name.
+async fn shutdown_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

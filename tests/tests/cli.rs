@@ -1,0 +1,192 @@
+//! The `roam` command line: configuration faults, `--print-config`, `roam bench`.
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+
+use roam_tests::roam_bin;
+
+/// Runs `roam` with `args`, no inherited `ROAM_*` variables, warnings-only logging.
+fn roam(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(roam_bin());
+    cmd.args(args).env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ROAM_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().unwrap()
+}
+
+fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("roam.toml");
+    let data = dir.path().join("data");
+    let text = format!("data = {:?}\n{text}", data.display().to_string());
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Port-0 listeners so a faulty config is the only reason to fail.
+const EPHEMERAL: &str = "[listen]\nclient_tcp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n";
+
+#[test]
+fn bad_config_exits_nonzero_with_one_line_naming_the_fault() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let cases = [
+        ("unknown key", "colour = \"blue\"\n".to_owned(), "colour"),
+        (
+            "bad port",
+            "[listen]\nadmin = \"127.0.0.1:70000\"\n".to_owned(),
+            "invalid socket address",
+        ),
+        (
+            "unreadable cert",
+            format!(
+                "{EPHEMERAL}[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n"
+            ),
+            "/nonexistent/cert.pem",
+        ),
+        (
+            "port in use",
+            format!("[listen]\nclient_tcp = \"{busy_addr}\"\nadmin = \"127.0.0.1:0\"\n"),
+            "listen.client_tcp",
+        ),
+    ];
+    for (what, text, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let out = roam(&["serve", "--config", &config_file(&dir, &text)], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: exited 0");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{what}: one line expected:\n{stderr}");
+        assert!(lines[0].starts_with("error: "), "{what}: {stderr}");
+        assert!(
+            lines[0].contains(needle),
+            "{what}: {needle:?} not in {stderr}"
+        );
+        if what == "port in use" {
+            assert!(lines[0].contains(&busy_addr), "{stderr}");
+        }
+    }
+    let out = roam(&["serve", "--config", "/nonexistent/roam.toml"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/roam.toml"));
+}
+
+#[test]
+fn print_config_applies_file_then_env_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(
+        &dir,
+        "role = \"core\"\n[listen]\nadmin = \"127.0.0.1:1111\"\nraw = \"127.0.0.1:2222\"\n",
+    );
+    let out = roam(
+        &[
+            "serve",
+            "--config",
+            &file,
+            "--print-config",
+            "--data",
+            "/flag/data",
+            "--role",
+            "edge",
+        ],
+        &[
+            ("ROAM_LISTEN_ADMIN", "127.0.0.1:3333"),
+            ("ROAM_DATA", "/env/data"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Table = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+    assert_eq!(printed["data"].as_str(), Some("/flag/data"));
+    assert_eq!(printed["role"].as_str(), Some("edge"));
+    assert_eq!(printed["listen"]["admin"].as_str(), Some("127.0.0.1:3333"));
+    assert_eq!(printed["listen"]["raw"].as_str(), Some("127.0.0.1:2222"));
+    assert_eq!(printed["store"].as_str(), Some("embedded:/flag/data/store"));
+
+    let out = roam(&["serve", "--print-config"], &[("ROAM_LISTEN_TYPO", "1")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ROAM_LISTEN_TYPO"));
+}
+
+fn last_json_line(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn bench_frame_codec_prints_its_figures_as_the_last_json_line() {
+    let out = roam(&["bench", "frame-codec", "--duration", "0.3"], &[]);
+    let json = last_json_line(&out);
+    assert_eq!(json["scenario"], "frame-codec");
+    assert!(
+        json["decode_frames_per_sec"].as_u64().unwrap() > 0,
+        "{json}"
+    );
+    assert!(
+        json["encode_frames_per_sec"].as_u64().unwrap() > 0,
+        "{json}"
+    );
+    assert!(json["machine"].as_str().unwrap().ends_with(" cores"));
+}
+
+#[test]
+fn bench_handshake_runs_its_own_server_and_reads_its_proc() {
+    let out = roam(
+        &[
+            "bench",
+            "handshake",
+            "--duration",
+            "1",
+            "--connections",
+            "4",
+        ],
+        &[],
+    );
+    let json = last_json_line(&out);
+    assert!(json["handshakes_per_sec"].as_u64().unwrap() > 0, "{json}");
+    assert!(
+        json["server_cpu_us_per_handshake"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
+    assert!(
+        json["server_rss_bytes"].as_u64().unwrap() > 1_000_000,
+        "{json}"
+    );
+    assert_eq!(json["errors"], 0, "{json}");
+}
+
+#[test]
+fn bench_refuses_bad_arguments_with_a_clear_message() {
+    for (args, needle) in [
+        (&["bench", "warp-drive"][..], "unknown scenario"),
+        (
+            &["bench", "frame-codec", "--duration", "0"][..],
+            "--duration",
+        ),
+        (
+            &["bench", "handshake", "--connections", "0"][..],
+            "--connections",
+        ),
+        (
+            &["bench", "handshake", "--target", "127.0.0.1:1"][..],
+            "--server-pid",
+        ),
+    ] {
+        let out = roam(args, &[]);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
