@@ -32,6 +32,11 @@ impl Role {
     pub fn runs_edge(self) -> bool {
         matches!(self, Role::All | Role::Edge)
     }
+
+    /// Whether this process runs core (auth, sessions, messaging, business API).
+    pub fn runs_core(self) -> bool {
+        matches!(self, Role::All | Role::Core)
+    }
 }
 
 impl fmt::Display for Role {
@@ -250,7 +255,9 @@ fn one_line(e: &impl fmt::Display) -> String {
     e.to_string()
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '|' || c == '^' || c == ' '))
+        // Drop the source excerpt (`2 | colour = "blue"`, `  |   ^^^`): the message names
+        // the line and the key already.
+        .filter(|l| !l.is_empty() && !l.contains('|'))
         .collect::<Vec<_>>()
         .join(" ")
 }

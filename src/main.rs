@@ -31,6 +31,8 @@ enum Command {
     /// Run the server (the default command): edge, core and idsvc in one process unless
     /// `--role` says otherwise.
     Serve(ServeArgs),
+    /// Print a client token (JWT) that a server on the same data directory accepts.
+    Token(TokenArgs),
     /// Run a benchmark scenario (see docs/benchmarks.md).
     Bench(roam_client::bench::BenchArgs),
 }
@@ -54,12 +56,32 @@ struct ServeArgs {
     ready_file: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The user the token is for (`sub`).
+    #[arg(long, value_name = "ID")]
+    user: String,
+    /// Bind the token to this device id.
+    #[arg(long, value_name = "ID")]
+    device: Option<String>,
+    /// Seconds until the token expires.
+    #[arg(long, value_name = "SECS", default_value_t = 24 * 3600)]
+    ttl: u64,
+    /// Data directory holding the token secret (as for `serve`).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Configuration file (for its `data` directory).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
         Some(Command::Serve(args)) => serve_command(args),
         None => serve_command(cli.serve),
+        Some(Command::Token(args)) => token_command(args),
         Some(Command::Bench(args)) => bench::run(args),
     };
     match result {
@@ -94,4 +116,21 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(serve::serve(config, args.ready_file))
+}
+
+fn token_command(args: TokenArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        data: args.data,
+        role: None,
+    };
+    let config = Config::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    let secret = roam_core::auth::Secret::load_or_create(&config.data)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    println!(
+        "{}",
+        secret.mint(&args.user, args.device.as_deref(), args.ttl, now)?
+    );
+    Ok(())
 }

@@ -91,6 +91,14 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
         }
     });
     banner.push(format!("admin API   http://{bound}  (/healthz, /metrics)"));
+    if config.role.runs_core() {
+        // Created now so that `roam token` and this server agree on the secret.
+        roam_core::auth::Secret::load_or_create(&config.data)?;
+        banner.push(format!(
+            "token       roam token --user alice --data {}",
+            config.data.display()
+        ));
+    }
     banner.push(format!(
         "data        {}  (store {})",
         config.data.display(),

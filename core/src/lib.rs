@@ -1,4 +1,8 @@
-//! # roam-core — auth, sessions, presence, messaging (not built yet)
+//! # roam-core — auth, sessions, presence, messaging (the logic and job roles)
 //!
 //! Will own authentication, sessions and presence, stored timelines, the edge link and the
-//! business API. Nothing here works yet: the core issues fill this crate.
+//! business API. Today it holds [`auth`]: client tokens (JWT, HS256) — the data dir's secret
+//! ([`auth::Secret`]), minting ([`auth::Secret::mint`], used by `roam token`) and verification
+//! ([`auth::Secret::verify`]) with expiry and audience checked.
+
+pub mod auth;

@@ -59,3 +59,6 @@ pub mod idsvc {
         tonic::include_proto!("roam.idsvc.v1");
     }
 }
+
+#[cfg(test)]
+mod examples;

@@ -190,3 +190,37 @@ fn bench_refuses_bad_arguments_with_a_clear_message() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn token_is_signed_with_the_data_dirs_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+    let out = roam(
+        &[
+            "token", "--user", "alice", "--device", "phone", "--ttl", "600", "--data", &data_arg,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let secret = roam_core::auth::Secret::load_or_create(&data).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = secret.verify(&token, now).unwrap();
+    assert_eq!(
+        (claims.sub.as_str(), claims.did.as_deref()),
+        ("alice", Some("phone"))
+    );
+    assert!(claims.exp <= now + 600);
+
+    let out = roam(&["token", "--user", "", "--data", &data_arg], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("non-empty user"));
+}

@@ -38,7 +38,7 @@ pub const DEV_KEY_FILE: &str = "key.pem";
 #[derive(Debug, Error)]
 pub enum TlsError {
     /// A PEM file could not be read (missing, unreadable).
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -68,7 +68,7 @@ pub enum TlsError {
         detail: String,
     },
     /// The key is of a kind rustls cannot sign with.
-    #[error("{path}: unsupported private key: {source}")]
+    #[error("{path}: unsupported private key")]
     UnsupportedKey {
         /// The file.
         path: PathBuf,
@@ -84,7 +84,7 @@ pub enum TlsError {
         key: PathBuf,
     },
     /// Writing the development certificate failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: PathBuf,
@@ -92,10 +92,10 @@ pub enum TlsError {
         source: io::Error,
     },
     /// rcgen could not generate the development certificate.
-    #[error("cannot generate a development certificate: {0}")]
+    #[error("cannot generate a development certificate")]
     Generate(#[from] rcgen::Error),
     /// rustls refused the configuration.
-    #[error("TLS configuration refused: {0}")]
+    #[error("TLS configuration refused")]
     Config(#[from] rustls::Error),
 }
 

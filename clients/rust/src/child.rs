@@ -21,7 +21,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Error)]
 pub enum ChildError {
     /// Preparing the data directory or the config file failed.
-    #[error("cannot prepare {path}: {source}")]
+    #[error("cannot prepare {path}")]
     Prepare {
         /// The file or directory.
         path: PathBuf,
@@ -29,7 +29,7 @@ pub enum ChildError {
         source: std::io::Error,
     },
     /// The binary could not be executed.
-    #[error("cannot start {binary}: {source}")]
+    #[error("cannot start {binary}")]
     Spawn {
         /// The `roam` binary.
         binary: PathBuf,
@@ -51,7 +51,7 @@ pub enum ChildError {
     #[error("bad ready file: {0}")]
     BadReadyFile(String),
     /// Signalling or waiting for the child failed.
-    #[error("cannot stop roam serve (pid {pid}): {source}")]
+    #[error("cannot stop roam serve (pid {pid})")]
     Stop {
         /// The child's pid.
         pid: u32,

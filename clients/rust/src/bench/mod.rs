@@ -106,7 +106,7 @@ pub enum BenchError {
         first_error: String,
     },
     /// Any other I/O failure (e.g. starting the runtime).
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
