@@ -6,3 +6,5 @@
 //! ([`auth::Secret::verify`]) with expiry and audience checked.
 
 pub mod auth;
+pub mod balancer;
+pub mod heartbeat;
