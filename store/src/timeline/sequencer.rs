@@ -1,0 +1,367 @@
+//! The sequencer: groups concurrent appends into batch transactions so that appends to one
+//! (hot) timeline never conflict with each other.
+//!
+//! Appends to one timeline must be serialized (each reads and bumps the timeline's head), so
+//! running them as independent transactions makes them conflict and retry, and throughput
+//! collapses as writers pile up. Instead each append is queued here, and *rounds* run:
+//!
+//! - a round is one transaction applying a batch of queued appends in order
+//!   ([`super::append::apply_batch`]); later appends in the batch see earlier ones (read your
+//!   writes), so 256 appends to one timeline cost one commit;
+//! - a timeline is in at most one round in flight, so rounds never conflict with each other
+//!   in this process; appends to one timeline run in arrival order;
+//! - at most `max_rounds_in_flight` rounds run at once, each at most `max_batch` appends or
+//!   `max_batch_bytes` bytes. An append arriving when a slot is free and its timelines are
+//!   idle starts a round of its own at once (no added latency when quiet); otherwise it
+//!   waits, and when a round ends the queue is scanned in order to form the next rounds.
+//!
+//! Several processes sharing one FoundationDB cluster each run their own sequencer; their
+//! rounds can conflict with each other and are then retried by `transact` like any other
+//! transaction. Rounds are spawned tasks, so a caller that stops waiting does not abort
+//! other callers' appends; there is no long-lived task to shut down.
+
+use super::{Appended, MultiAppend, TimelineId, append};
+use crate::{SequencerOptions, Store, StoreError, idempotency::IdempotencyKey};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    mem,
+    sync::{Mutex, MutexGuard, PoisonError},
+};
+use tokio::sync::oneshot;
+
+pub(crate) struct Sequencer {
+    options: SequencerOptions,
+    state: Mutex<State>,
+}
+
+struct Pending {
+    append: MultiAppend,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+impl Pending {
+    fn timelines(&self) -> impl Iterator<Item = &TimelineId> {
+        std::iter::once(&self.append.home).chain(&self.append.fanout)
+    }
+
+    fn size(&self) -> usize {
+        let timelines = 1 + self.append.fanout.len();
+        self.append.message.body.len()
+            + timelines * super::keys::ENTRY_OVERHEAD
+            + self
+                .append
+                .idempotency
+                .as_ref()
+                .map_or(0, IdempotencyKey::approximate_size)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Pending>,
+    /// Timelines of the rounds in flight.
+    busy: HashSet<TimelineId>,
+    /// Timeline -> number of queued appends touching it.
+    queued: HashMap<TimelineId, usize>,
+    in_flight: usize,
+}
+
+impl Sequencer {
+    pub(crate) fn new(options: SequencerOptions) -> Self {
+        Self {
+            options,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // No critical section can panic; recover the state if one ever did.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `append` and waits for its result.
+    pub(crate) async fn submit(
+        &self,
+        store: &Store,
+        append: MultiAppend,
+    ) -> Result<Appended, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let now = self.state().admit(Pending { append, reply }, &self.options);
+        if let Some(round) = now {
+            spawn_round(store.clone(), round);
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn spawn_round(store: Store, round: Vec<Pending>) {
+    tokio::spawn(run_round(store, round));
+}
+
+/// Runs a round, answers its callers, then runs (or spawns) the rounds its end unblocks.
+async fn run_round(store: Store, mut round: Vec<Pending>) {
+    loop {
+        let timelines: HashSet<TimelineId> =
+            round.iter().flat_map(Pending::timelines).cloned().collect();
+        let (batch, replies): (Vec<MultiAppend>, Vec<_>) =
+            round.into_iter().map(|p| (p.append, p.reply)).unzip();
+        tracing::trace!(
+            appends = batch.len(),
+            timelines = timelines.len(),
+            "append round"
+        );
+        // In a task of its own, so that even a panic in the transaction is answered and the
+        // round's timelines are released below.
+        let tx_store = store.clone();
+        let outcome = tokio::spawn(async move {
+            tx_store
+                .transact(move |tx| append::apply_batch(tx, &batch))
+                .await
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "append round failed");
+            Err(StoreError::Aborted(format!("append round failed: {e}")))
+        });
+        match outcome {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        let sequencer = store.sequencer();
+        let mut next = sequencer.state().finish(&timelines, &sequencer.options);
+        let Some(first) = next.pop() else { return };
+        for other in next {
+            spawn_round(store.clone(), other);
+        }
+        round = first;
+    }
+}
+
+impl State {
+    /// Starts `p` as a round of its own when that keeps the rules, else queues it.
+    fn admit(&mut self, p: Pending, options: &SequencerOptions) -> Option<Vec<Pending>> {
+        let idle = p
+            .timelines()
+            .all(|t| !self.busy.contains(t) && !self.queued.contains_key(t));
+        if idle && self.in_flight < options.max_rounds_in_flight.max(1) {
+            self.busy.extend(p.timelines().cloned());
+            self.in_flight += 1;
+            return Some(vec![p]);
+        }
+        for t in p.timelines() {
+            *self.queued.entry(t.clone()).or_insert(0) += 1;
+        }
+        self.queue.push_back(p);
+        None
+    }
+
+    /// A round over `timelines` ended: frees them and forms the rounds to run next.
+    fn finish(
+        &mut self,
+        timelines: &HashSet<TimelineId>,
+        options: &SequencerOptions,
+    ) -> Vec<Vec<Pending>> {
+        for t in timelines {
+            self.busy.remove(t);
+        }
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.form_rounds(options)
+    }
+
+    /// Scans the queue in order and takes what may run: appends whose timelines are neither
+    /// busy nor touched by an earlier append still waiting (per-timeline order).
+    fn form_rounds(&mut self, options: &SequencerOptions) -> Vec<Vec<Pending>> {
+        let slots = options
+            .max_rounds_in_flight
+            .max(1)
+            .saturating_sub(self.in_flight);
+        let mut rounds = Vec::new();
+        if slots == 0 || self.queue.is_empty() {
+            return rounds;
+        }
+        let mut queue = mem::take(&mut self.queue);
+        let mut current = Round::default();
+        let mut blocked: HashSet<TimelineId> = HashSet::new();
+        while let Some(p) = queue.pop_front() {
+            if !joinable(&p, &self.busy, &blocked, &current) {
+                blocked.extend(p.timelines().cloned());
+                self.queue.push_back(p);
+                continue;
+            }
+            if current.is_full(p.size(), options) {
+                self.busy.extend(current.timelines.drain());
+                rounds.push(mem::take(&mut current.appends));
+                current.bytes = 0;
+                if rounds.len() == slots {
+                    self.queue.push_back(p);
+                    self.queue.extend(queue.drain(..));
+                    break;
+                }
+                if !joinable(&p, &self.busy, &blocked, &current) {
+                    blocked.extend(p.timelines().cloned());
+                    self.queue.push_back(p);
+                    continue;
+                }
+            }
+            for t in p.timelines() {
+                if let Some(n) = self.queued.get_mut(t) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.queued.remove(t);
+                    }
+                }
+            }
+            current.add(p);
+        }
+        if !current.appends.is_empty() {
+            self.busy.extend(current.timelines.drain());
+            rounds.push(current.appends);
+        }
+        self.in_flight += rounds.len();
+        rounds
+    }
+}
+
+/// `p` may join `current`: none of its timelines waits behind an earlier append or is held
+/// by another round.
+fn joinable(
+    p: &Pending,
+    busy: &HashSet<TimelineId>,
+    blocked: &HashSet<TimelineId>,
+    current: &Round,
+) -> bool {
+    p.timelines()
+        .all(|t| !blocked.contains(t) && (current.timelines.contains(t) || !busy.contains(t)))
+}
+
+#[derive(Default)]
+struct Round {
+    appends: Vec<Pending>,
+    timelines: HashSet<TimelineId>,
+    bytes: usize,
+}
+
+impl Round {
+    fn is_full(&self, next: usize, options: &SequencerOptions) -> bool {
+        !self.appends.is_empty()
+            && (self.appends.len() >= options.max_batch
+                || self.bytes + next > options.max_batch_bytes)
+    }
+
+    fn add(&mut self, p: Pending) {
+        self.timelines.extend(p.timelines().cloned());
+        self.bytes += p.size();
+        self.appends.push(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::NewMessage;
+    use bytes::Bytes;
+
+    fn pending(
+        home: &str,
+        fanout: &[&str],
+    ) -> (Pending, oneshot::Receiver<Result<Appended, StoreError>>) {
+        let (reply, rx) = oneshot::channel();
+        let append = MultiAppend {
+            home: TimelineId::outbox(home),
+            fanout: fanout.iter().map(|u| TimelineId::inbox(*u)).collect(),
+            message: NewMessage {
+                id: 1,
+                created_at_ms: 0,
+                body: Bytes::from_static(b"x"),
+            },
+            idempotency: None,
+        };
+        (Pending { append, reply }, rx)
+    }
+
+    fn homes(round: &[Pending]) -> Vec<String> {
+        round.iter().map(|p| p.append.home.owner.clone()).collect()
+    }
+
+    fn options(max_batch: usize, rounds: usize) -> SequencerOptions {
+        SequencerOptions {
+            max_batch,
+            max_batch_bytes: 1 << 20,
+            max_rounds_in_flight: rounds,
+        }
+    }
+
+    #[test]
+    fn idle_appends_start_at_once_busy_ones_queue() {
+        let opts = options(10, 2);
+        let mut s = State::default();
+        assert!(s.admit(pending("a", &[]).0, &opts).is_some());
+        assert!(s.admit(pending("a", &[]).0, &opts).is_none(), "a is busy");
+        assert!(s.admit(pending("b", &[]).0, &opts).is_some());
+        assert!(
+            s.admit(pending("c", &[]).0, &opts).is_none(),
+            "no slot left"
+        );
+        assert_eq!(s.in_flight, 2);
+    }
+
+    #[test]
+    fn a_finished_round_releases_a_batch_in_arrival_order() {
+        let opts = options(10, 1);
+        let mut s = State::default();
+        let first = s.admit(pending("a", &[]).0, &opts).unwrap();
+        for home in ["a", "b", "a", "c"] {
+            assert!(s.admit(pending(home, &[]).0, &opts).is_none());
+        }
+        let done: HashSet<_> = first.iter().flat_map(Pending::timelines).cloned().collect();
+        let next = s.finish(&done, &opts);
+        assert_eq!(next.len(), 1);
+        assert_eq!(homes(&next[0]), ["a", "b", "a", "c"]);
+        assert!(s.queue.is_empty() && s.queued.is_empty());
+    }
+
+    #[test]
+    fn a_blocked_append_blocks_later_ones_on_the_same_timeline() {
+        let opts = options(10, 2);
+        let mut s = State::default();
+        // Round 1 holds outbox:x and inbox:y.
+        let r1 = s.admit(pending("x", &["y"]).0, &opts).unwrap();
+        // Waits: its fan-out inbox:y is busy.
+        assert!(s.admit(pending("z", &["y"]).0, &opts).is_none());
+        // Could run (outbox:z is free), but must stay behind the append above on outbox:z.
+        assert!(s.admit(pending("z", &[]).0, &opts).is_none());
+        let next = s.form_rounds(&opts);
+        assert!(next.is_empty(), "everything waits behind round 1");
+        let done: HashSet<_> = r1.iter().flat_map(Pending::timelines).cloned().collect();
+        let next = s.finish(&done, &opts);
+        assert_eq!(next.len(), 1);
+        assert_eq!(homes(&next[0]), ["z", "z"]);
+    }
+
+    #[test]
+    fn full_rounds_split_and_respect_the_slot_count() {
+        let one_slot = options(2, 1);
+        let opts = options(2, 2);
+        let mut s = State::default();
+        let r = s.admit(pending("busy", &[]).0, &one_slot).unwrap();
+        for home in ["busy", "a", "b", "c", "d", "e"] {
+            assert!(s.admit(pending(home, &[]).0, &one_slot).is_none());
+        }
+        let done: HashSet<_> = r.iter().flat_map(Pending::timelines).cloned().collect();
+        let next = s.finish(&done, &opts);
+        assert_eq!(
+            next.iter().map(|r| homes(r)).collect::<Vec<_>>(),
+            [vec!["busy", "a"], vec!["b", "c"]]
+        );
+        assert_eq!(s.in_flight, 2);
+        assert_eq!(s.queue.len(), 2);
+    }
+}
