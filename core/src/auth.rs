@@ -1,18 +1,21 @@
-//! Client tokens: JWTs signed with HS256 by a secret kept in the data directory.
+//! Client tokens: JWTs with `sub` (the user), `aud` ([`AUDIENCE`]), `iat`, `exp` and an
+//! optional `did` (the device the token is bound to).
 //!
-//! A token's claims: `sub` (the user), `aud` (always [`AUDIENCE`]), `iat` and `exp` (seconds
-//! since the Unix epoch) and, optionally, `did` (a device the token is bound to). The
-//! business backend mints tokens with the same secret (or, in development, `roam token`);
-//! the edge presents them to core at connect.
+//! Two ways to sign, both accepted by one [`Verifier`]:
+//! - HS256 with the secret in `<data>/jwt-secret` ([`Secret`]), shared with the business
+//!   backend (or used by `roam token` in development);
+//! - EdDSA (Ed25519) or ES256 (P-256) with the backend's private key, Roam holding only the
+//!   public key (`auth.public_key` in the configuration).
+//!
+//! Expiry is checked against a clock the caller passes in, so it is tested without sleeping.
 
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::secret_file::{self, SecretFileError};
 
 /// The `aud` every Roam client token carries.
 pub const AUDIENCE: &str = "roam";
@@ -37,22 +40,19 @@ pub struct Claims {
     pub did: Option<String>,
 }
 
-/// Why a token or the secret was refused.
+/// Why a token, or a key to check tokens with, was refused.
 #[derive(Debug, Error)]
 pub enum AuthError {
-    /// The secret file could not be read or created.
-    #[error("cannot use token secret {path}")]
-    SecretIo {
+    /// The HS256 secret file could not be used.
+    #[error(transparent)]
+    Secret(#[from] SecretFileError),
+    /// The public key file could not be read or parsed.
+    #[error("cannot use public key {path}: {detail}")]
+    PublicKey {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: io::Error,
-    },
-    /// The secret file is too short or not hex.
-    #[error("token secret {path} is malformed: expected at least {SECRET_LEN} bytes as hex")]
-    SecretMalformed {
-        /// The file.
-        path: PathBuf,
+        /// What went wrong.
+        detail: String,
     },
     /// The user id is empty.
     #[error("a token needs a non-empty user")]
@@ -61,12 +61,18 @@ pub enum AuthError {
     #[error("token expired")]
     Expired,
     /// The token is for another audience.
-    #[error("token audience is not {AUDIENCE:?}")]
+    #[error("token audience is not the expected one")]
     WrongAudience,
     /// The signature does not verify.
     #[error("token signature is invalid")]
     BadSignature,
-    /// The token is not a well-formed HS256 JWT with the required claims.
+    /// The token is signed with an algorithm this server does not accept.
+    #[error("token algorithm {0:?} is not accepted")]
+    Algorithm(Algorithm),
+    /// The token is bound to another device than the one connecting.
+    #[error("token is bound to another device")]
+    WrongDevice,
+    /// The token is not a well-formed JWT with the required claims.
     #[error("token is malformed: {0}")]
     Malformed(String),
 }
@@ -88,53 +94,9 @@ impl Secret {
         Secret { key }
     }
 
-    /// The secret in `<data>/jwt-secret`, generated (random, hex, owner-only) if absent.
-    /// Safe when several processes start on one data directory at once: one creates it, the
-    /// others read it.
+    /// The secret in `<data>/jwt-secret`, generated if absent (see [`secret_file`]).
     pub fn load_or_create(data_dir: &Path) -> Result<Self, AuthError> {
-        let path = data_dir.join(SECRET_FILE);
-        let io_err = |source| AuthError::SecretIo {
-            path: path.clone(),
-            source,
-        };
-        fs::create_dir_all(data_dir).map_err(io_err)?;
-        let mut key = [0u8; SECRET_LEN];
-        rand::fill(&mut key);
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(mut file) => {
-                file.write_all(format!("{hex}\n").as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .map_err(io_err)?;
-                Ok(Secret { key: key.to_vec() })
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::load(&path),
-            Err(e) => Err(io_err(e)),
-        }
-    }
-
-    fn load(path: &Path) -> Result<Self, AuthError> {
-        let text = fs::read_to_string(path).map_err(|source| AuthError::SecretIo {
-            path: path.to_owned(),
-            source,
-        })?;
-        let malformed = || AuthError::SecretMalformed {
-            path: path.to_owned(),
-        };
-        let text = text.trim();
-        if text.len() < SECRET_LEN * 2 || text.len() % 2 != 0 {
-            return Err(malformed());
-        }
-        let key = (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| malformed())?;
+        let key = secret_file::load_or_create(&data_dir.join(SECRET_FILE), SECRET_LEN)?;
         Ok(Secret { key })
     }
 
@@ -164,34 +126,96 @@ impl Secret {
         )
         .map_err(|e| AuthError::Malformed(e.to_string()))
     }
+}
 
-    /// Verifies a token's signature, audience and expiry at `now` (no leeway).
-    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
-        let mut validation = Validation::new(Algorithm::HS256);
+/// Checks client tokens: HS256 with the secret, and optionally EdDSA or ES256 with a public
+/// key.
+pub struct Verifier {
+    hs256: DecodingKey,
+    public: Option<(Algorithm, DecodingKey)>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("public", &self.public.as_ref().map(|(alg, _)| alg))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The asymmetric algorithms a public key may be configured for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublicKeyAlgorithm {
+    /// Ed25519 signatures.
+    EdDSA,
+    /// ECDSA over P-256 with SHA-256.
+    ES256,
+}
+
+impl Verifier {
+    /// A verifier for tokens signed with `secret` only.
+    pub fn new(secret: &Secret) -> Self {
+        Verifier {
+            hs256: DecodingKey::from_secret(&secret.key),
+            public: None,
+        }
+    }
+
+    /// Also accepts tokens signed with the private half of the PEM public key in `path`.
+    pub fn with_public_key(
+        mut self,
+        algorithm: PublicKeyAlgorithm,
+        path: &Path,
+    ) -> Result<Self, AuthError> {
+        let err = |detail: String| AuthError::PublicKey {
+            path: path.to_owned(),
+            detail,
+        };
+        let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let key = match algorithm {
+            PublicKeyAlgorithm::EdDSA => (Algorithm::EdDSA, DecodingKey::from_ed_pem(&pem)),
+            PublicKeyAlgorithm::ES256 => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem)),
+        };
+        let decoding = key.1.map_err(|e| err(e.to_string()))?;
+        self.public = Some((key.0, decoding));
+        Ok(self)
+    }
+
+    /// Verifies a token's signature, audience and expiry at `now` (seconds since the Unix
+    /// epoch, no leeway) and, when the token is bound to a device, that it is `device`.
+    pub fn verify(&self, token: &str, device: &str, now: u64) -> Result<Claims, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let key = match (&self.public, header.alg) {
+            (_, Algorithm::HS256) => &self.hs256,
+            (Some((alg, key)), got) if *alg == got => key,
+            (_, got) => return Err(AuthError::Algorithm(got)),
+        };
+        let mut validation = Validation::new(header.alg);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-        // Expiry is checked below against the caller's clock, so it can be tested.
+        // Expiry is checked below against the caller's clock.
         validation.validate_exp = false;
-        let data = jsonwebtoken::decode::<Claims>(
-            token,
-            &DecodingKey::from_secret(&self.key),
-            &validation,
-        )
-        .map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::InvalidAudience => AuthError::WrongAudience,
-                _ => AuthError::Malformed(e.to_string()),
-            }
-        })?;
-        if data.claims.exp <= now {
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                    _ => AuthError::Malformed(e.to_string()),
+                }
+            })?
+            .claims;
+        if claims.exp <= now {
             return Err(AuthError::Expired);
         }
-        if data.claims.sub.is_empty() {
+        if claims.sub.is_empty() {
             return Err(AuthError::EmptyUser);
         }
-        Ok(data.claims)
+        if claims.did.as_deref().is_some_and(|did| did != device) {
+            return Err(AuthError::WrongDevice);
+        }
+        Ok(claims)
     }
 }
 
@@ -205,45 +229,40 @@ mod tests {
     fn minted_tokens_verify_until_they_expire() {
         let dir = tempfile::tempdir().unwrap();
         let secret = Secret::load_or_create(dir.path()).unwrap();
+        let verifier = Verifier::new(&Secret::load_or_create(dir.path()).unwrap());
         let token = secret.mint("alice", Some("phone"), 60, NOW).unwrap();
-        let claims = secret.verify(&token, NOW + 59).unwrap();
+        let claims = verifier.verify(&token, "phone", NOW + 59).unwrap();
         assert_eq!(claims.sub, "alice");
         assert_eq!(claims.did.as_deref(), Some("phone"));
         assert!(matches!(
-            secret.verify(&token, NOW + 60),
+            verifier.verify(&token, "phone", NOW + 60),
             Err(AuthError::Expired)
         ));
-    }
-
-    #[test]
-    fn the_secret_file_is_shared_by_every_process_on_the_data_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = Secret::load_or_create(dir.path()).unwrap();
-        let b = Secret::load_or_create(dir.path()).unwrap();
-        let token = a.mint("bob", None, 60, NOW).unwrap();
-        assert_eq!(b.verify(&token, NOW).unwrap().sub, "bob");
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.path().join(SECRET_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            verifier.verify(&token, "laptop", NOW),
+            Err(AuthError::WrongDevice)
+        ));
+        let unbound = secret.mint("alice", None, 60, NOW).unwrap();
+        assert!(verifier.verify(&unbound, "any-device", NOW).is_ok());
     }
 
     #[test]
     fn foreign_tampered_and_malformed_tokens_are_refused() {
-        let mine = Secret::from_bytes(vec![1; 32]);
+        let mine = Verifier::new(&Secret::from_bytes(vec![1; 32]));
         let theirs = Secret::from_bytes(vec![2; 32]);
         let token = theirs.mint("mallory", None, 60, NOW).unwrap();
         assert!(matches!(
-            mine.verify(&token, NOW),
+            mine.verify(&token, "d", NOW),
             Err(AuthError::BadSignature)
         ));
         assert!(matches!(
-            mine.verify("not.a.jwt", NOW),
+            mine.verify("not.a.jwt", "d", NOW),
             Err(AuthError::Malformed(_))
         ));
-        assert!(matches!(mine.verify("", NOW), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            mine.verify("", "d", NOW),
+            Err(AuthError::Malformed(_))
+        ));
 
         let other_aud = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -258,20 +277,53 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            mine.verify(&other_aud, NOW),
+            mine.verify(&other_aud, "d", NOW),
             Err(AuthError::WrongAudience)
         ));
         assert!(matches!(
-            mine.mint("", None, 60, NOW),
+            theirs.mint("", None, 60, NOW),
             Err(AuthError::EmptyUser)
         ));
     }
 
     #[test]
-    fn a_malformed_secret_file_is_an_error_not_a_new_secret() {
+    fn ed25519_tokens_verify_with_the_configured_public_key_only() {
+        // A fixed Ed25519 key pair (PKCS#8 private, SPKI public; `openssl genpkey -algorithm
+        // ed25519`), for tests only.
+        const PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIEv5EpHdA3GgTS8jCEgkRneCHE1Lqp9lSmGiRnWTgr51\n-----END PRIVATE KEY-----\n";
+        const PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAnLVtrlkLAA67R3ioQv3N24xXreqFmtzf/v7F4M90XB8=\n-----END PUBLIC KEY-----\n";
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(SECRET_FILE), "short\n").unwrap();
-        let err = Secret::load_or_create(dir.path()).unwrap_err();
-        assert!(matches!(err, AuthError::SecretMalformed { .. }), "{err}");
+        let public = dir.path().join("pub.pem");
+        std::fs::write(&public, PUBLIC).unwrap();
+        let secret = Secret::from_bytes(vec![1; 32]);
+        let claims = Claims {
+            sub: "carol".into(),
+            aud: AUDIENCE.into(),
+            iat: NOW,
+            exp: NOW + 60,
+            did: None,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &claims,
+            &EncodingKey::from_ed_pem(PRIVATE.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let hs_only = Verifier::new(&secret);
+        assert!(matches!(
+            hs_only.verify(&token, "d", NOW),
+            Err(AuthError::Algorithm(Algorithm::EdDSA))
+        ));
+        let with_pk = Verifier::new(&secret)
+            .with_public_key(PublicKeyAlgorithm::EdDSA, &public)
+            .unwrap();
+        assert_eq!(with_pk.verify(&token, "d", NOW).unwrap().sub, "carol");
+        // HS256 tokens keep working next to the public key.
+        let hs = secret.mint("dave", None, 60, NOW).unwrap();
+        assert_eq!(with_pk.verify(&hs, "d", NOW).unwrap().sub, "dave");
+        let err = Verifier::new(&secret)
+            .with_public_key(PublicKeyAlgorithm::ES256, &public)
+            .unwrap_err();
+        assert!(matches!(err, AuthError::PublicKey { .. }), "{err}");
     }
 }

@@ -41,7 +41,8 @@ pub fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 
 /// Orders `edges` for a client at `position` (lat, lon), nearest region first.
 pub fn order(mut edges: Vec<EdgeInfo>, position: Option<(f64, f64)>) -> Vec<EdgeInfo> {
-    let distance = |e: &EdgeInfo| position.map_or(0.0, |(lat, lon)| distance_km(lat, lon, e.lat, e.lon));
+    let distance =
+        |e: &EdgeInfo| position.map_or(0.0, |(lat, lon)| distance_km(lat, lon, e.lat, e.lon));
     let nearest = edges.iter().map(distance).fold(f64::INFINITY, f64::min);
     // Bands of SAME_REGION_KM counted from the nearest edge: band 0 is the nearest region.
     let band = |e: &EdgeInfo| ((distance(e) - nearest) / SAME_REGION_KM) as u64;
@@ -90,10 +91,20 @@ mod tests {
             edge("beijing-drain", 39.9, 116.4, 0, 0),
             edge("tokyo", 35.7, 139.7, 500, 0),
         ];
-        let ids: Vec<String> = order(edges, Some(beijing)).into_iter().map(|e| e.id).collect();
+        let ids: Vec<String> = order(edges, Some(beijing))
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
         assert_eq!(
             ids,
-            ["beijing-big", "beijing-b", "beijing-a", "beijing-drain", "shanghai", "tokyo"]
+            [
+                "beijing-big",
+                "beijing-b",
+                "beijing-a",
+                "beijing-drain",
+                "shanghai",
+                "tokyo"
+            ]
         );
     }
 

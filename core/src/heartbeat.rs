@@ -64,7 +64,10 @@ mod tests {
             i = p.on_success(i);
             seen.push(i);
         }
-        assert_eq!(&seen[..10], &[60, 90, 120, 150, 180, 210, 240, 270, 300, 300]);
+        assert_eq!(
+            &seen[..10],
+            &[60, 90, 120, 150, 180, 210, 240, 270, 300, 300]
+        );
         assert_eq!(p.on_failure(300), 270);
         assert_eq!(p.on_failure(60), 60);
         assert_eq!(p.clamp(1000), 300);

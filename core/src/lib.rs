@@ -7,4 +7,13 @@
 
 pub mod auth;
 pub mod balancer;
+pub mod edges;
 pub mod heartbeat;
+pub mod link;
+pub mod metrics;
+pub mod push;
+pub mod secret_file;
+pub mod service;
+pub mod sessions;
+
+pub use service::{Core, CoreOptions};

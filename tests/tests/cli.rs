@@ -213,7 +213,8 @@ fn token_is_signed_with_the_data_dirs_secret() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let claims = secret.verify(&token, now).unwrap();
+    let verifier = roam_core::auth::Verifier::new(&secret);
+    let claims = verifier.verify(&token, "phone", now).unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.did.as_deref()),
         ("alice", Some("phone"))

@@ -1,0 +1,381 @@
+//! The edges connected to this core: their links, liveness, load and room membership.
+//!
+//! An edge registers over its link ([`crate::link`]) and gets an [`Edge`]: a bounded queue of
+//! messages for it (deliveries, replies, kicks), what it reported last (connections by
+//! transport, rooms with members), and the connections core authenticated on it. An edge
+//! that stops heartbeating, or whose link breaks and does not come back within the timeout,
+//! is dropped: it leaves the node list at once, and its sessions expire ([`EdgeRegistry::reap`]
+//! hands the caller what to expire).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use roam_proto::internal::v1::EdgeDown;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::balancer::EdgeInfo;
+
+/// What an edge said about itself when it registered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeMeta {
+    /// Public addresses by transport name.
+    pub addresses: HashMap<String, String>,
+    /// Region name.
+    pub region: String,
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Longitude, degrees.
+    pub lon: f64,
+    /// Relative capacity.
+    pub weight: u32,
+}
+
+/// A connection core authenticated on an edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conn {
+    /// The user.
+    pub user: String,
+    /// The device.
+    pub device: String,
+    /// The device's current heartbeat interval, seconds.
+    pub heartbeat_secs: u32,
+}
+
+/// Lock helper: a poisoned lock still holds consistent data here (every critical section
+/// is a plain map update), so recover the guard rather than propagate a panic.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One registered edge.
+#[derive(Debug)]
+pub struct Edge {
+    /// The edge's id.
+    pub id: String,
+    /// Distinguishes registrations of the same id (a re-registration replaces the old one).
+    generation: u64,
+    meta: EdgeMeta,
+    tx: mpsc::Sender<EdgeDown>,
+    /// Fires when core drops the edge: its link ends.
+    pub cancel: CancellationToken,
+    last_heartbeat: Mutex<Instant>,
+    connections: Mutex<HashMap<String, u64>>,
+    rooms: Mutex<HashMap<String, u64>>,
+    conns: Mutex<HashMap<u64, Conn>>,
+}
+
+impl Edge {
+    /// The queue of messages for this edge.
+    pub fn sender(&self) -> &mpsc::Sender<EdgeDown> {
+        &self.tx
+    }
+
+    /// Messages waiting in the edge's queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Records a heartbeat with the edge's load report.
+    pub fn heartbeat(
+        &self,
+        now: Instant,
+        connections: HashMap<String, u64>,
+        rooms: HashMap<String, u64>,
+    ) {
+        *lock(&self.last_heartbeat) = now;
+        *lock(&self.connections) = connections;
+        let mut r = lock(&self.rooms);
+        *r = rooms;
+        r.retain(|_, n| *n > 0);
+    }
+
+    /// Records a room's membership on this edge.
+    pub fn room_change(&self, room: String, members: u64) {
+        let mut rooms = lock(&self.rooms);
+        if members == 0 {
+            rooms.remove(&room);
+        } else {
+            rooms.insert(room, members);
+        }
+    }
+
+    /// Members of `room` on this edge (0 if none).
+    pub fn room_members(&self, room: &str) -> u64 {
+        lock(&self.rooms).get(room).copied().unwrap_or(0)
+    }
+
+    /// Open connections on this edge, summed over transports.
+    pub fn connections(&self) -> u64 {
+        lock(&self.connections).values().sum()
+    }
+
+    /// Open connections by transport.
+    pub fn connections_by_transport(&self) -> HashMap<String, u64> {
+        lock(&self.connections).clone()
+    }
+
+    /// Rooms with members on this edge.
+    pub fn rooms(&self) -> HashMap<String, u64> {
+        lock(&self.rooms).clone()
+    }
+
+    /// What the edge registered with.
+    pub fn meta(&self) -> &EdgeMeta {
+        &self.meta
+    }
+
+    /// Adds an authenticated connection.
+    pub fn add_conn(&self, id: u64, conn: Conn) {
+        lock(&self.conns).insert(id, conn);
+    }
+
+    /// Removes a connection, returning what core knew of it.
+    pub fn remove_conn(&self, id: u64) -> Option<Conn> {
+        lock(&self.conns).remove(&id)
+    }
+
+    /// A connection's state.
+    pub fn conn(&self, id: u64) -> Option<Conn> {
+        lock(&self.conns).get(&id).cloned()
+    }
+
+    /// Updates a connection's heartbeat interval; returns the connection.
+    pub fn set_conn_heartbeat(&self, id: u64, secs: u32) -> Option<Conn> {
+        let mut conns = lock(&self.conns);
+        let c = conns.get_mut(&id)?;
+        c.heartbeat_secs = secs;
+        Some(c.clone())
+    }
+
+    /// The balancer's view of this edge.
+    pub fn info(&self) -> EdgeInfo {
+        EdgeInfo {
+            id: self.id.clone(),
+            region: self.meta.region.clone(),
+            lat: self.meta.lat,
+            lon: self.meta.lon,
+            weight: self.meta.weight,
+            connections: self.connections(),
+        }
+    }
+}
+
+/// Every edge this core knows, live or recently lost.
+#[derive(Debug)]
+pub struct EdgeRegistry {
+    live: RwLock<HashMap<String, Arc<Edge>>>,
+    /// Edges whose link ended, with the deadline after which their sessions expire unless
+    /// they register again.
+    lost: Mutex<HashMap<String, Instant>>,
+    next_generation: AtomicU64,
+    queue_capacity: usize,
+    timeout: Duration,
+}
+
+impl EdgeRegistry {
+    /// A registry whose edges get queues of `queue_capacity` messages and are dropped after
+    /// `timeout` without a heartbeat.
+    pub fn new(queue_capacity: usize, timeout: Duration) -> Self {
+        EdgeRegistry {
+            live: RwLock::new(HashMap::new()),
+            lost: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
+            queue_capacity: queue_capacity.max(1),
+            timeout,
+        }
+    }
+
+    /// Registers an edge (replacing a previous registration of the same id, whose link is
+    /// cancelled). Returns the edge and the receiving end of its queue.
+    pub fn register(
+        &self,
+        id: String,
+        meta: EdgeMeta,
+        now: Instant,
+    ) -> (Arc<Edge>, mpsc::Receiver<EdgeDown>) {
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let edge = Arc::new(Edge {
+            id: id.clone(),
+            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+            meta,
+            tx,
+            cancel: CancellationToken::new(),
+            last_heartbeat: Mutex::new(now),
+            connections: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+        });
+        lock(&self.lost).remove(&id);
+        let old = self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, edge.clone());
+        if let Some(old) = old {
+            old.cancel.cancel();
+        }
+        (edge, rx)
+    }
+
+    /// The link of `edge` ended: it leaves the live set now; its sessions expire after the
+    /// timeout unless it registers again.
+    pub fn link_ended(&self, edge: &Edge, now: Instant) {
+        let mut live = self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if live
+            .get(&edge.id)
+            .is_some_and(|e| e.generation == edge.generation)
+        {
+            live.remove(&edge.id);
+            lock(&self.lost).insert(edge.id.clone(), now + self.timeout);
+        }
+    }
+
+    /// A live edge by id.
+    pub fn get(&self, id: &str) -> Option<Arc<Edge>> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// Every live edge.
+    pub fn live(&self) -> Vec<Arc<Edge>> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Drops edges silent for longer than the timeout and returns the ids whose sessions
+    /// must now expire (those, and lost edges past their deadline).
+    pub fn reap(&self, now: Instant) -> Vec<String> {
+        let mut expired = Vec::new();
+        {
+            let mut live = self
+                .live
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            live.retain(|id, edge| {
+                let silent = now.saturating_duration_since(*lock(&edge.last_heartbeat));
+                if silent > self.timeout {
+                    edge.cancel.cancel();
+                    expired.push(id.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        let mut lost = lock(&self.lost);
+        lost.retain(|id, deadline| {
+            if now >= *deadline {
+                expired.push(id.clone());
+                false
+            } else {
+                true
+            }
+        });
+        expired
+    }
+
+    /// Hands `id` to the next [`reap`](Self::reap) again (its expiry failed), unless it
+    /// registered again meanwhile.
+    pub fn expire_again(&self, id: String, now: Instant) {
+        if self.get(&id).is_none() {
+            lock(&self.lost).insert(id, now);
+        }
+    }
+
+    /// How long an edge may stay silent.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> EdgeMeta {
+        EdgeMeta {
+            weight: 1,
+            ..EdgeMeta::default()
+        }
+    }
+
+    #[test]
+    fn silent_edges_are_reaped_and_lost_ones_expire_after_the_timeout() {
+        let t0 = Instant::now();
+        let reg = EdgeRegistry::new(8, Duration::from_secs(10));
+        let (a, _rx_a) = reg.register("a".into(), meta(), t0);
+        let (b, _rx_b) = reg.register("b".into(), meta(), t0);
+        b.heartbeat(t0 + Duration::from_secs(8), HashMap::new(), HashMap::new());
+        assert!(reg.reap(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(
+            reg.reap(t0 + Duration::from_secs(11)),
+            vec!["a".to_string()]
+        );
+        assert!(a.cancel.is_cancelled());
+        assert_eq!(reg.live().len(), 1);
+
+        reg.link_ended(&b, t0 + Duration::from_secs(12));
+        assert!(
+            reg.get("b").is_none(),
+            "a lost edge leaves the node list at once"
+        );
+        assert!(
+            reg.reap(t0 + Duration::from_secs(21)).is_empty(),
+            "but keeps its sessions a while"
+        );
+        assert_eq!(
+            reg.reap(t0 + Duration::from_secs(22)),
+            vec!["b".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_re_registration_replaces_the_old_link_and_cancels_its_expiry() {
+        let t0 = Instant::now();
+        let reg = EdgeRegistry::new(8, Duration::from_secs(10));
+        let (old, _rx) = reg.register("a".into(), meta(), t0);
+        reg.link_ended(&old, t0);
+        let (new, _rx2) = reg.register("a".into(), meta(), t0 + Duration::from_secs(1));
+        assert!(reg.reap(t0 + Duration::from_secs(10)).is_empty());
+        // The old link's late end does not remove the new registration.
+        reg.link_ended(&old, t0 + Duration::from_secs(2));
+        assert!(Arc::ptr_eq(&reg.get("a").unwrap(), &new));
+        let (_newer, _rx3) = reg.register("a".into(), meta(), t0 + Duration::from_secs(3));
+        assert!(new.cancel.is_cancelled());
+    }
+
+    #[test]
+    fn rooms_and_load_follow_reports() {
+        let reg = EdgeRegistry::new(2, Duration::from_secs(10));
+        let (e, _rx) = reg.register("a".into(), meta(), Instant::now());
+        e.room_change("lobby".into(), 3);
+        e.room_change("quiet".into(), 1);
+        e.room_change("quiet".into(), 0);
+        assert_eq!(e.rooms(), HashMap::from([("lobby".to_string(), 3)]));
+        e.heartbeat(
+            Instant::now(),
+            HashMap::from([("ws".into(), 5), ("raw".into(), 2)]),
+            HashMap::new(),
+        );
+        assert_eq!(e.connections(), 7);
+        assert_eq!(
+            e.room_members("lobby"),
+            0,
+            "a heartbeat's room report replaces the map"
+        );
+        assert_eq!(e.queue_depth(), 0);
+    }
+}

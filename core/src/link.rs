@@ -1,0 +1,365 @@
+//! The edge link, core's side: the `roam.internal.v1.EdgeLink/Link` gRPC stream.
+//!
+//! An edge opens one stream and registers first. Then it reports client connects (core
+//! verifies the token, records the session, answers with the heartbeat interval, and kicks
+//! the connection the new one replaces), disconnects, room membership changes, its
+//! heartbeat with load, and the client ops it does not handle itself (core answers with
+//! pre-encoded frames). Everything core sends an edge goes through that edge's bounded queue
+//! ([`crate::edges`]), and the stream ends when core drops the edge.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use roam_proto::client::v1 as pb;
+use roam_proto::internal::v1::edge_link_server::{EdgeLink, EdgeLinkServer};
+use roam_proto::internal::v1::{self as link, EdgeDown, EdgeUp, edge_down, edge_up};
+use roam_proto::{Op, encode_msg};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::auth::AuthError;
+use crate::edges::{Conn, Edge, EdgeMeta};
+use crate::metrics::KindLabel;
+use crate::service::{Core, now_ms};
+use crate::sessions::NewSession;
+
+/// How long an edge has to send its `Register` after opening the stream.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The tonic service; build it with [`Core::link_service`].
+#[derive(Debug, Clone)]
+pub struct LinkService {
+    core: Arc<Core>,
+}
+
+impl Core {
+    /// The `EdgeLink` gRPC service over this core.
+    pub fn link_service(self: &Arc<Self>) -> EdgeLinkServer<LinkService> {
+        EdgeLinkServer::new(LinkService { core: self.clone() })
+    }
+}
+
+type DownStream = Pin<Box<dyn Stream<Item = Result<EdgeDown, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl EdgeLink for LinkService {
+    type LinkStream = DownStream;
+
+    async fn link(
+        &self,
+        request: Request<Streaming<EdgeUp>>,
+    ) -> Result<Response<DownStream>, Status> {
+        let mut up = request.into_inner();
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, up.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Register within 10 s"))??;
+        let Some(EdgeUp {
+            msg: Some(edge_up::Msg::Register(reg)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message must be Register",
+            ));
+        };
+        if reg.edge_id.is_empty() {
+            return Err(Status::invalid_argument("Register.edge_id is empty"));
+        }
+        let meta = EdgeMeta {
+            addresses: reg.addresses,
+            region: reg.region,
+            lat: reg.lat,
+            lon: reg.lon,
+            weight: reg.weight,
+        };
+        let core = self.core.clone();
+        let (edge, rx) = core
+            .edges
+            .register(reg.edge_id.clone(), meta, Instant::now());
+        info!(edge = %edge.id, "edge registered");
+        core.metrics.edges.set(core.edges.live().len() as i64);
+        let registered = down(edge_down::Msg::Registered(link::Registered {
+            heartbeat_ms: core.options.edge_heartbeat.as_millis() as u32,
+        }));
+        edge.sender()
+            .send(registered)
+            .await
+            .map_err(|_| Status::unavailable("edge dropped during registration"))?;
+        let span = info_span!("edge_link", edge = %edge.id);
+        tokio::spawn(read_up(core, edge.clone(), up).instrument(span));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(Ok)
+            .take_until(edge.cancel.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn down(msg: edge_down::Msg) -> EdgeDown {
+    EdgeDown { msg: Some(msg) }
+}
+
+/// Reads the edge's messages until its stream ends or core drops it.
+async fn read_up(core: Arc<Core>, edge: Arc<Edge>, mut up: Streaming<EdgeUp>) {
+    loop {
+        let msg = tokio::select! {
+            _ = edge.cancel.cancelled() => break,
+            msg = up.message() => msg,
+        };
+        let msg = match msg {
+            Ok(Some(EdgeUp { msg: Some(msg) })) => msg,
+            Ok(Some(EdgeUp { msg: None })) => continue,
+            Ok(None) => break,
+            Err(status) => {
+                debug!(%status, "edge link broke");
+                break;
+            }
+        };
+        match msg {
+            edge_up::Msg::Register(_) => warn!("a second Register on one link is ignored"),
+            edge_up::Msg::Heartbeat(hb) => edge.heartbeat(Instant::now(), hb.connections, hb.rooms),
+            edge_up::Msg::RoomChange(rc) => edge.room_change(rc.room, rc.members),
+            // Connects touch the store: run them concurrently so one edge's burst of
+            // reconnects is not serialised behind one commit each.
+            edge_up::Msg::Connect(c) => {
+                tokio::spawn(connect(core.clone(), edge.clone(), c).in_current_span());
+            }
+            edge_up::Msg::Disconnect(d) => {
+                tokio::spawn(disconnect(core.clone(), edge.clone(), d).in_current_span());
+            }
+            edge_up::Msg::ClientOp(op) => client_op(&core, &edge, op).await,
+        }
+    }
+    core.edges.link_ended(&edge, Instant::now());
+    core.metrics.edges.set(core.edges.live().len() as i64);
+    info!(edge = %edge.id, "edge link ended");
+}
+
+fn auth_failure(e: &AuthError) -> (pb::error::Code, &'static str) {
+    match e {
+        AuthError::Expired => (pb::error::Code::AuthExpired, "expired"),
+        AuthError::WrongAudience => (pb::error::Code::AuthFailed, "audience"),
+        AuthError::BadSignature => (pb::error::Code::AuthFailed, "signature"),
+        AuthError::WrongDevice => (pb::error::Code::AuthFailed, "device"),
+        AuthError::Algorithm(_) => (pb::error::Code::AuthFailed, "algorithm"),
+        AuthError::EmptyUser | AuthError::Malformed(_) => {
+            (pb::error::Code::AuthFailed, "malformed")
+        }
+        AuthError::Secret(_) | AuthError::PublicKey { .. } => (pb::error::Code::Internal, "key"),
+    }
+}
+
+async fn connect(core: Arc<Core>, edge: Arc<Edge>, c: link::Connect) {
+    let refuse = |code: pb::error::Code, message: String| {
+        down(edge_down::Msg::ConnectResult(link::ConnectResult {
+            conn_id: c.conn_id,
+            ok: false,
+            error_code: code as i32,
+            error_message: message,
+            ..Default::default()
+        }))
+    };
+    let reply = if c.device_id.is_empty() {
+        core.metrics
+            .auth_failures
+            .get_or_create(&KindLabel { kind: "device" })
+            .inc();
+        refuse(
+            pb::error::Code::AuthFailed,
+            "AUTH.device_id is required".into(),
+        )
+    } else {
+        match core
+            .verifier
+            .verify(&c.token, &c.device_id, now_ms() / 1000)
+        {
+            Err(e) => {
+                let (code, kind) = auth_failure(&e);
+                core.metrics
+                    .auth_failures
+                    .get_or_create(&KindLabel { kind })
+                    .inc();
+                refuse(code, e.to_string())
+            }
+            Ok(claims) => accept(&core, &edge, &c, claims.sub)
+                .await
+                .unwrap_or_else(|e| {
+                    warn!(error = %e, "cannot record a session");
+                    core.metrics
+                        .store_errors
+                        .get_or_create(&KindLabel { kind: "connect" })
+                        .inc();
+                    refuse(
+                        pb::error::Code::Unavailable,
+                        "sessions are unavailable; retry".into(),
+                    )
+                }),
+        }
+    };
+    let _ = edge.sender().send(reply).await;
+}
+
+async fn accept(
+    core: &Core,
+    edge: &Arc<Edge>,
+    c: &link::Connect,
+    user: String,
+) -> Result<EdgeDown, roam_store::StoreError> {
+    let connected = core
+        .sessions
+        .connect(
+            NewSession {
+                user: &user,
+                device: &c.device_id,
+                edge: &edge.id,
+                conn: c.conn_id,
+                platform: &c.platform,
+                transport: &c.transport,
+            },
+            now_ms(),
+        )
+        .await?;
+    for old in connected.replaced {
+        if let Some(e) = core.edges.get(&old.edge) {
+            e.remove_conn(old.conn);
+            let kick = down(edge_down::Msg::Kick(link::Kick {
+                conn_id: old.conn,
+                reason: pb::disconnect::Reason::Replaced as i32,
+                message: "the device connected again elsewhere".into(),
+            }));
+            let _ = e.sender().send(kick).await;
+        }
+    }
+    let policy = core.options.heartbeat;
+    let heartbeat_secs = connected
+        .heartbeat_secs
+        .map_or(policy.initial(), |s| policy.clamp(s));
+    edge.add_conn(
+        c.conn_id,
+        Conn {
+            user: user.clone(),
+            device: c.device_id.clone(),
+            heartbeat_secs,
+        },
+    );
+    core.metrics.connects.inc();
+    Ok(down(edge_down::Msg::ConnectResult(link::ConnectResult {
+        conn_id: c.conn_id,
+        ok: true,
+        user_id: user,
+        device_id: c.device_id.clone(),
+        session_id: format!("{}/{}", edge.id, c.conn_id),
+        heartbeat_secs,
+        ..Default::default()
+    })))
+}
+
+async fn disconnect(core: Arc<Core>, edge: Arc<Edge>, d: link::Disconnect) {
+    let Some(conn) = edge.remove_conn(d.conn_id) else {
+        return; // never authenticated, or already replaced
+    };
+    core.metrics.disconnects.inc();
+    if d.reason == "idle" {
+        // Lost to a heartbeat timeout: the interval was too long for this network.
+        let secs = core.options.heartbeat.on_failure(conn.heartbeat_secs);
+        if secs != conn.heartbeat_secs
+            && let Err(e) = core
+                .sessions
+                .set_heartbeat(&conn.user, &conn.device, secs)
+                .await
+        {
+            warn!(error = %e, "cannot store a heartbeat interval");
+        }
+    }
+    if let Err(e) = core
+        .sessions
+        .disconnect(&conn.user, &conn.device, &edge.id, d.conn_id, now_ms())
+        .await
+    {
+        // The session stays until its edge expires; presence is late, not wrong for long.
+        warn!(error = %e, "cannot end a session");
+        core.metrics
+            .store_errors
+            .get_or_create(&KindLabel { kind: "disconnect" })
+            .inc();
+    }
+}
+
+/// Encodes one reply frame (`body` is small and bounded, so encoding cannot fail).
+fn frame<M: prost::Message>(op: Op, seq: u32, body: &M) -> Bytes {
+    let mut buf = BytesMut::new();
+    let _ = encode_msg(op, seq, body, &mut buf);
+    buf.freeze()
+}
+
+fn error_frame(seq: u32, code: pb::error::Code, message: &str) -> Bytes {
+    frame(
+        Op::Error,
+        seq,
+        &pb::Error {
+            code: code as i32,
+            message: message.to_owned(),
+        },
+    )
+}
+
+async fn client_op(core: &Arc<Core>, edge: &Arc<Edge>, op: link::ClientOp) {
+    let Some(conn) = edge.conn(op.conn_id) else {
+        return; // the connection ended or was replaced meanwhile
+    };
+    let frames = match Op::from_code(op.op) {
+        Some(Op::Heartbeat) => {
+            let secs = core.options.heartbeat.on_success(conn.heartbeat_secs);
+            if secs != conn.heartbeat_secs {
+                edge.set_conn_heartbeat(op.conn_id, secs);
+                let (core, user, device) = (core.clone(), conn.user, conn.device);
+                tokio::spawn(async move {
+                    if let Err(e) = core.sessions.set_heartbeat(&user, &device, secs).await {
+                        warn!(error = %e, "cannot store a heartbeat interval");
+                    }
+                });
+            }
+            frame(
+                Op::HeartbeatReply,
+                op.seq,
+                &pb::HeartbeatReply {
+                    heartbeat_secs: secs,
+                },
+            )
+        }
+        Some(Op::PushAck) => return,
+        Some(Op::Send | Op::Sync | Op::Read) => error_frame(
+            op.seq,
+            pb::error::Code::Unavailable,
+            "stored messaging is not available on this server yet",
+        ),
+        Some(other) => error_frame(
+            op.seq,
+            pb::error::Code::UnknownOp,
+            &format!("{other} is not a request core handles"),
+        ),
+        None => error_frame(
+            op.seq,
+            pb::error::Code::UnknownOp,
+            &format!("unknown op {}", op.op),
+        ),
+    };
+    let reply = down(edge_down::Msg::OpReply(link::OpReply {
+        conn_id: op.conn_id,
+        frames,
+    }));
+    let _ = edge.sender().send(reply).await;
+}
+
+/// Connections by transport of every live edge, summed.
+pub fn total_connections(core: &Core) -> (u64, HashMap<String, u64>) {
+    let mut by_transport: HashMap<String, u64> = HashMap::new();
+    for edge in core.edges.live() {
+        for (t, n) in edge.connections_by_transport() {
+            *by_transport.entry(t).or_default() += n;
+        }
+    }
+    (by_transport.values().sum(), by_transport)
+}

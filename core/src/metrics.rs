@@ -1,0 +1,130 @@
+//! Prometheus metrics of core, registered under the `roam_core` prefix.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label with one `&'static str` value, e.g. `{target="users"}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind.
+    pub kind: &'static str,
+}
+
+/// An edge id label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeLabel {
+    /// The edge.
+    pub edge: String,
+}
+
+/// A business-API route and response status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// The matched route (`/api/v1/push/users`).
+    pub route: String,
+    /// The HTTP status.
+    pub status: u16,
+}
+
+/// Core's metrics (cheap to clone: shared handles).
+#[derive(Debug, Clone)]
+pub struct CoreMetrics {
+    /// Edges registered and live.
+    pub edges: Gauge,
+    /// Messages waiting in each edge's queue (sampled at each push and heartbeat).
+    pub edge_queue_depth: Family<EdgeLabel, Gauge>,
+    /// Pushes accepted, by target kind (`devices`, `users`, `rooms`, `all`).
+    pub pushes: Family<KindLabel, Counter>,
+    /// Pushes refused because an edge's queue was full.
+    pub pushes_rejected_busy: Counter,
+    /// Client connections authenticated.
+    pub connects: Counter,
+    /// Client authentications refused, by reason.
+    pub auth_failures: Family<KindLabel, Counter>,
+    /// Client connections ended.
+    pub disconnects: Counter,
+    /// Sessions expired because their edge stopped heartbeating.
+    pub sessions_expired: Counter,
+    /// Store operations that failed, by operation.
+    pub store_errors: Family<KindLabel, Counter>,
+    /// Business API requests, by route and status.
+    pub api_requests: Family<RouteLabel, Counter>,
+    /// Business API latency in seconds.
+    pub api_latency: Histogram,
+}
+
+impl CoreMetrics {
+    /// Creates the metrics and registers them under `roam_core_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = CoreMetrics {
+            edges: Gauge::default(),
+            edge_queue_depth: Family::default(),
+            pushes: Family::default(),
+            pushes_rejected_busy: Counter::default(),
+            connects: Counter::default(),
+            auth_failures: Family::default(),
+            disconnects: Counter::default(),
+            sessions_expired: Counter::default(),
+            store_errors: Family::default(),
+            api_requests: Family::default(),
+            api_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        };
+        let r = registry.sub_registry_with_prefix("roam_core");
+        r.register("edges", "Edges registered and live", m.edges.clone());
+        r.register(
+            "edge_queue_depth",
+            "Messages waiting in an edge's delivery queue",
+            m.edge_queue_depth.clone(),
+        );
+        r.register(
+            "pushes",
+            "Pushes accepted, by target kind",
+            m.pushes.clone(),
+        );
+        r.register(
+            "pushes_rejected_busy",
+            "Pushes refused with 429 because an edge's queue was full",
+            m.pushes_rejected_busy.clone(),
+        );
+        r.register(
+            "connects",
+            "Client connections authenticated",
+            m.connects.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Client authentications refused, by reason",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "disconnects",
+            "Client connections ended",
+            m.disconnects.clone(),
+        );
+        r.register(
+            "sessions_expired",
+            "Sessions expired because their edge stopped heartbeating",
+            m.sessions_expired.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Store operations that failed",
+            m.store_errors.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Business API requests, by route and status",
+            m.api_requests.clone(),
+        );
+        r.register(
+            "api_latency_seconds",
+            "Business API request latency",
+            m.api_latency.clone(),
+        );
+        m
+    }
+}

@@ -1,0 +1,114 @@
+//! [`Core`]: the state every core component shares — sessions, the edge registry, the token
+//! verifier, the heartbeat policy, metrics — and the reaper that expires lost edges.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use roam_store::Store;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::auth::Verifier;
+use crate::edges::EdgeRegistry;
+use crate::heartbeat::HeartbeatPolicy;
+use crate::metrics::{CoreMetrics, KindLabel};
+use crate::sessions::Sessions;
+
+/// Core's tunables.
+#[derive(Debug, Clone)]
+pub struct CoreOptions {
+    /// How often edges heartbeat on their link.
+    pub edge_heartbeat: Duration,
+    /// An edge silent (or disconnected) for longer is dropped and its sessions expire.
+    pub edge_timeout: Duration,
+    /// Messages queued per edge before pushes that would reach it get 429.
+    pub edge_queue: usize,
+    /// The client heartbeat policy.
+    pub heartbeat: HeartbeatPolicy,
+    /// Largest push content, in bytes (it must fit a client frame).
+    pub max_content: usize,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        CoreOptions {
+            edge_heartbeat: Duration::from_secs(5),
+            edge_timeout: Duration::from_secs(15),
+            edge_queue: 4096,
+            heartbeat: HeartbeatPolicy::default(),
+            max_content: roam_proto::DEFAULT_MAX_PACKET - 1024,
+        }
+    }
+}
+
+/// The shared state of core.
+#[derive(Debug)]
+pub struct Core {
+    /// Sessions and presence.
+    pub sessions: Sessions,
+    /// Edges connected to this core.
+    pub edges: EdgeRegistry,
+    /// Client token verifier.
+    pub verifier: Verifier,
+    /// Tunables.
+    pub options: CoreOptions,
+    /// Metrics.
+    pub metrics: CoreMetrics,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Core {
+    /// Core over `store`.
+    pub fn new(
+        store: Store,
+        verifier: Verifier,
+        options: CoreOptions,
+        metrics: CoreMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Core {
+            sessions: Sessions::new(store),
+            edges: EdgeRegistry::new(options.edge_queue, options.edge_timeout),
+            verifier,
+            options,
+            metrics,
+        })
+    }
+
+    /// Expires the sessions of edges that stopped heartbeating, until `shutdown`.
+    pub async fn run_reaper(self: Arc<Self>, shutdown: CancellationToken) {
+        let period = (self.options.edge_timeout / 4).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for edge in self.edges.reap(Instant::now()) {
+                match self.sessions.expire_edge(&edge, now_ms()).await {
+                    Ok(n) => {
+                        info!(edge, sessions = n, "edge lost: its sessions expired");
+                        self.metrics.sessions_expired.inc_by(n as u64);
+                    }
+                    Err(e) => {
+                        warn!(edge, error = %e, "cannot expire the sessions of a lost edge; retrying");
+                        self.edges.expire_again(edge, Instant::now());
+                        self.metrics
+                            .store_errors
+                            .get_or_create(&KindLabel {
+                                kind: "expire_edge",
+                            })
+                            .inc();
+                    }
+                }
+            }
+            self.metrics.edges.set(self.edges.live().len() as i64);
+        }
+    }
+}
