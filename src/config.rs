@@ -9,6 +9,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,10 @@ pub struct Config {
     pub limits: Limits,
     /// Shutdown behaviour.
     pub shutdown: Shutdown,
+    /// Core: edge links, client heartbeats.
+    pub core: CoreSection,
+    /// Client token verification.
+    pub auth: Auth,
 }
 
 /// Listening addresses (SPEC.md §2). Port 0 lets the OS pick (see `--ready-file`).
@@ -115,6 +120,66 @@ pub struct Shutdown {
     pub drain_timeout_secs: u64,
 }
 
+/// Core's tunables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreSection {
+    /// How often edges heartbeat on their link, milliseconds.
+    pub edge_heartbeat_ms: u64,
+    /// An edge silent (or disconnected) for longer is dropped and its sessions expire.
+    pub edge_timeout_ms: u64,
+    /// Messages queued per edge before pushes that would reach it are refused with 429.
+    pub edge_queue: usize,
+    /// The shortest adaptive client heartbeat interval, seconds.
+    pub heartbeat_min_secs: u32,
+    /// The longest adaptive client heartbeat interval, seconds.
+    pub heartbeat_max_secs: u32,
+    /// How far one success or failure moves the interval, seconds.
+    pub heartbeat_step_secs: u32,
+}
+
+/// Client token verification. HS256 tokens signed with `<data>/jwt-secret` are always
+/// accepted; a public key adds EdDSA or ES256 tokens signed by the business backend.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// PEM public key (SPKI) of the backend's signing key.
+    pub public_key: Option<PathBuf>,
+    /// `EdDSA` or `ES256`; required with `public_key`.
+    pub public_key_algorithm: Option<roam_core::auth::PublicKeyAlgorithm>,
+}
+
+impl Default for CoreSection {
+    fn default() -> Self {
+        CoreSection {
+            edge_heartbeat_ms: 5_000,
+            edge_timeout_ms: 15_000,
+            edge_queue: 4096,
+            heartbeat_min_secs: 60,
+            heartbeat_max_secs: 300,
+            heartbeat_step_secs: 30,
+        }
+    }
+}
+
+impl CoreSection {
+    /// Core's options from this section and the frame limit.
+    pub fn options(&self, max_packet: usize) -> roam_core::CoreOptions {
+        roam_core::CoreOptions {
+            edge_heartbeat: Duration::from_millis(self.edge_heartbeat_ms),
+            edge_timeout: Duration::from_millis(self.edge_timeout_ms),
+            edge_queue: self.edge_queue,
+            heartbeat: roam_core::heartbeat::HeartbeatPolicy {
+                min: self.heartbeat_min_secs,
+                max: self.heartbeat_max_secs,
+                step: self.heartbeat_step_secs,
+            },
+            // Room for the PUSH frame's header and envelope around the content.
+            max_content: max_packet.saturating_sub(256),
+        }
+    }
+}
+
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -129,6 +194,8 @@ impl Default for Config {
             tls: Tls::default(),
             limits: Limits::default(),
             shutdown: Shutdown::default(),
+            core: CoreSection::default(),
+            auth: Auth::default(),
         }
     }
 }
@@ -197,7 +264,7 @@ impl Config {
         };
         apply_env(&mut table, env)?;
         let mut config = Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| anyhow::anyhow!("environment override: {}", one_line(&e)))?;
+            .map_err(|e| anyhow::anyhow!("configuration: {}", one_line(&e)))?;
         if let Some(data) = &flags.data {
             config.data = data.clone();
         }
@@ -221,6 +288,30 @@ impl Config {
             (Some(_), None) => bail!("tls.cert is set but tls.key is not: set both or neither"),
             (None, Some(_)) => bail!("tls.key is set but tls.cert is not: set both or neither"),
             _ => {}
+        }
+        let c = &self.core;
+        if c.heartbeat_min_secs == 0 || c.heartbeat_min_secs > c.heartbeat_max_secs {
+            bail!(
+                "core.heartbeat_min_secs = {} and heartbeat_max_secs = {}: need 0 < min <= max",
+                c.heartbeat_min_secs,
+                c.heartbeat_max_secs
+            );
+        }
+        if c.heartbeat_step_secs == 0 {
+            bail!("core.heartbeat_step_secs must be above 0");
+        }
+        if c.edge_heartbeat_ms == 0 || c.edge_timeout_ms <= c.edge_heartbeat_ms {
+            bail!(
+                "core.edge_timeout_ms = {} must be above core.edge_heartbeat_ms = {} (> 0)",
+                c.edge_timeout_ms,
+                c.edge_heartbeat_ms
+            );
+        }
+        if c.edge_queue == 0 {
+            bail!("core.edge_queue must be above 0");
+        }
+        if self.auth.public_key.is_some() != self.auth.public_key_algorithm.is_some() {
+            bail!("auth.public_key and auth.public_key_algorithm go together: set both or neither");
         }
         if !self.store.is_empty()
             && !self.store.starts_with("embedded:")
@@ -264,6 +355,7 @@ fn one_line(e: &impl fmt::Display) -> String {
 
 /// Applies `ROAM_<SECTION>_<KEY>` (or `ROAM_<KEY>` for top-level keys) to `table`.
 /// A value is read as a TOML value when it parses as one (`1024`, `true`), else as a string.
+/// Each variable is checked as it is applied, so an error names the variable at fault.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -285,17 +377,9 @@ fn apply_env(
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or(toml::Value::String(raw.clone()));
-        let section = sections.iter().find(|s| name.starts_with(&format!("{s}_")));
-        match section {
+        match sections.iter().find(|s| name.starts_with(&format!("{s}_"))) {
             Some(section) => {
                 let key = &name[section.len() + 1..];
-                let known = defaults[section.as_str()]
-                    .as_table()
-                    .is_some_and(|t| t.contains_key(key))
-                    || (section.as_str() == "tls" && matches!(key, "cert" | "key"));
-                if !known {
-                    bail!("{var}: no key `{key}` in section [{section}]");
-                }
                 let entry = table
                     .entry(section.to_string())
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -304,10 +388,12 @@ fn apply_env(
                 };
                 t.insert(key.to_owned(), value);
             }
-            None if defaults.get(&name).is_some_and(|v| !v.is_table()) => {
+            None => {
                 table.insert(name, value);
             }
-            None => bail!("{var}: no such configuration key `{name}`"),
+        }
+        if let Err(e) = Config::deserialize(toml::Value::Table(table.clone())) {
+            bail!("{var}: {}", one_line(&e));
         }
     }
     Ok(())
@@ -394,6 +480,17 @@ mod tests {
             ("", &[("ROAM_LIMITS_MAX_PACKET", "8")], "max_packet"),
             ("[tls]\ncert = \"/x.pem\"\n", &[], "tls.key"),
             ("store = \"redis:x\"\n", &[], "embedded:"),
+            (
+                "[core]\nheartbeat_min_secs = 400\n",
+                &[],
+                "heartbeat_min_secs",
+            ),
+            ("[core]\nedge_timeout_ms = 10\n", &[], "edge_timeout_ms"),
+            (
+                "[auth]\npublic_key = \"/k.pem\"\n",
+                &[],
+                "public_key_algorithm",
+            ),
         ];
         for (text, vars, needle) in cases {
             let f = file(text);

@@ -23,7 +23,12 @@ struct Ready {
     #[serde(skip_serializing_if = "Option::is_none")]
     client_tcp: Option<SocketAddr>,
     admin: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    internal: Option<SocketAddr>,
 }
+
+/// File name of the business API key inside the data directory.
+const API_KEY_FILE: &str = "api-key";
 
 /// Runs the configured roles until a shutdown signal.
 pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
@@ -74,13 +79,73 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
         ));
     }
 
+    let mut business = None;
+    let mut core_handle = None;
+    if config.role.runs_core() {
+        let store = roam_store::Store::open(&config.store)
+            .await
+            .with_context(|| format!("cannot open the store {}", config.store))?;
+        let secret = roam_core::auth::Secret::load_or_create(&config.data)?;
+        let mut verifier = roam_core::auth::Verifier::new(&secret);
+        if let (Some(path), Some(alg)) = (&config.auth.public_key, config.auth.public_key_algorithm)
+        {
+            verifier = verifier.with_public_key(alg, path)?;
+        }
+        let metrics = roam_core::metrics::CoreMetrics::register(&mut registry);
+        let core = roam_core::Core::new(
+            store,
+            verifier,
+            config.core.options(config.limits.max_packet),
+            metrics,
+        );
+        tasks.spawn(core.clone().run_reaper(shutdown.clone()));
+
+        let key_path = config.data.join(API_KEY_FILE);
+        let key = roam_core::secret_file::load_or_create(&key_path, 32)?;
+        let key: Arc<str> = Arc::from(hex::encode(key));
+        business = Some(roam_core::api::router(core.clone()).layer(
+            axum::middleware::from_fn_with_state(key, roam_core::api::require_api_key),
+        ));
+
+        let addr = config.listen.internal;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind listen.internal on {addr}"))?;
+        let bound = listener.local_addr()?;
+        ready.internal = Some(bound);
+        let grpc = tonic::transport::Server::builder()
+            .add_service(core.link_service())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        tasks.spawn(async move {
+            if let Err(e) = grpc.await {
+                tracing::error!(error = %e, "internal gRPC listener failed");
+            }
+        });
+        banner.push(format!("internal    http://{bound}  (gRPC: edge link)"));
+        banner.push(format!(
+            "token       roam token --user alice --data {}",
+            config.data.display()
+        ));
+        banner.push(format!(
+            "api key     {}  (Authorization: Bearer <key> on /api/v1)",
+            key_path.display()
+        ));
+        core_handle = Some(core);
+    }
+
     let addr = config.listen.admin;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind listen.admin on {addr}"))?;
     let bound = listener.local_addr()?;
     ready.admin = Some(bound);
-    let router = admin::router(Arc::new(registry));
+    let mut router = admin::router(Arc::new(registry));
+    if let Some(business) = business {
+        router = router.merge(business);
+    }
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let served = axum::serve(listener, router)
@@ -90,15 +155,9 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             tracing::error!(error = %e, "admin listener failed");
         }
     });
-    banner.push(format!("admin API   http://{bound}  (/healthz, /metrics)"));
-    if config.role.runs_core() {
-        // Created now so that `roam token` and this server agree on the secret.
-        roam_core::auth::Secret::load_or_create(&config.data)?;
-        banner.push(format!(
-            "token       roam token --user alice --data {}",
-            config.data.display()
-        ));
-    }
+    banner.push(format!(
+        "admin API   http://{bound}  (/healthz, /metrics, /api/v1)"
+    ));
     banner.push(format!(
         "data        {}  (store {})",
         config.data.display(),
@@ -124,6 +183,10 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
         }
     }
     shutdown.cancel();
+    // Edge links are long-lived streams: end them so the gRPC server can stop.
+    if let Some(core) = &core_handle {
+        core.edges.close_all();
+    }
     let drain = Duration::from_secs(config.shutdown.drain_timeout_secs + 1);
     if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
         .await

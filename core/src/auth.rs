@@ -31,7 +31,8 @@ pub struct Claims {
     pub sub: String,
     /// The audience, [`AUDIENCE`].
     pub aud: String,
-    /// Issued at, seconds since the Unix epoch.
+    /// Issued at, seconds since the Unix epoch (optional in tokens from other issuers).
+    #[serde(default)]
     pub iat: u64,
     /// Expires at, seconds since the Unix epoch.
     pub exp: u64,

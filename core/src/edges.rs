@@ -44,6 +44,15 @@ pub struct Conn {
     pub heartbeat_secs: u32,
 }
 
+/// A connection's state on its edge, as core tracks it.
+#[derive(Debug, Clone)]
+enum ConnState {
+    /// Its AUTH is being verified; `closed` if the edge reported it gone meanwhile.
+    Pending { closed: bool },
+    /// Authenticated.
+    Open(Conn),
+}
+
 /// Lock helper: a poisoned lock still holds consistent data here (every critical section
 /// is a plain map update), so recover the guard rather than propagate a panic.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -64,7 +73,7 @@ pub struct Edge {
     last_heartbeat: Mutex<Instant>,
     connections: Mutex<HashMap<String, u64>>,
     rooms: Mutex<HashMap<String, u64>>,
-    conns: Mutex<HashMap<u64, Conn>>,
+    conns: Mutex<HashMap<u64, ConnState>>,
 }
 
 impl Edge {
@@ -127,27 +136,62 @@ impl Edge {
         &self.meta
     }
 
-    /// Adds an authenticated connection.
-    pub fn add_conn(&self, id: u64, conn: Conn) {
-        lock(&self.conns).insert(id, conn);
+    /// A connection's AUTH is being verified: a disconnect reported meanwhile is remembered
+    /// (see [`finish_connect`](Self::finish_connect)).
+    pub fn begin_connect(&self, id: u64) {
+        lock(&self.conns).insert(id, ConnState::Pending { closed: false });
     }
 
-    /// Removes a connection, returning what core knew of it.
-    pub fn remove_conn(&self, id: u64) -> Option<Conn> {
-        lock(&self.conns).remove(&id)
-    }
-
-    /// A connection's state.
-    pub fn conn(&self, id: u64) -> Option<Conn> {
-        lock(&self.conns).get(&id).cloned()
-    }
-
-    /// Updates a connection's heartbeat interval; returns the connection.
-    pub fn set_conn_heartbeat(&self, id: u64, secs: u32) -> Option<Conn> {
+    /// The AUTH of connection `id` failed: forget it.
+    pub fn abandon_connect(&self, id: u64) {
         let mut conns = lock(&self.conns);
-        let c = conns.get_mut(&id)?;
-        c.heartbeat_secs = secs;
-        Some(c.clone())
+        if matches!(conns.get(&id), Some(ConnState::Pending { .. })) {
+            conns.remove(&id);
+        }
+    }
+
+    /// The connection authenticated. Returns `false` if the edge reported it closed while
+    /// it was being verified: the caller must end the session it just recorded.
+    pub fn finish_connect(&self, id: u64, conn: Conn) -> bool {
+        let mut conns = lock(&self.conns);
+        if let Some(ConnState::Pending { closed: true }) = conns.get(&id) {
+            conns.remove(&id);
+            return false;
+        }
+        conns.insert(id, ConnState::Open(conn));
+        true
+    }
+
+    /// Removes a connection, returning what core knew of it if it was authenticated (a
+    /// connection still being verified is marked closed instead).
+    pub fn remove_conn(&self, id: u64) -> Option<Conn> {
+        let mut conns = lock(&self.conns);
+        match conns.get_mut(&id) {
+            Some(ConnState::Pending { closed }) => {
+                *closed = true;
+                None
+            }
+            Some(ConnState::Open(_)) => match conns.remove(&id) {
+                Some(ConnState::Open(c)) => Some(c),
+                _ => None,
+            },
+            None => None,
+        }
+    }
+
+    /// An authenticated connection.
+    pub fn conn(&self, id: u64) -> Option<Conn> {
+        match lock(&self.conns).get(&id) {
+            Some(ConnState::Open(c)) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Updates a connection's heartbeat interval.
+    pub fn set_conn_heartbeat(&self, id: u64, secs: u32) {
+        if let Some(ConnState::Open(c)) = lock(&self.conns).get_mut(&id) {
+            c.heartbeat_secs = secs;
+        }
     }
 
     /// The balancer's view of this edge.
@@ -295,6 +339,13 @@ impl EdgeRegistry {
         }
     }
 
+    /// Ends every edge's link (on shutdown); their sessions stay until they expire.
+    pub fn close_all(&self) {
+        for edge in self.live() {
+            edge.cancel.cancel();
+        }
+    }
+
     /// How long an edge may stay silent.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -355,6 +406,27 @@ mod tests {
         assert!(Arc::ptr_eq(&reg.get("a").unwrap(), &new));
         let (_newer, _rx3) = reg.register("a".into(), meta(), t0 + Duration::from_secs(3));
         assert!(new.cancel.is_cancelled());
+    }
+
+    #[test]
+    fn a_disconnect_during_auth_is_not_lost() {
+        let reg = EdgeRegistry::new(2, Duration::from_secs(10));
+        let (e, _rx) = reg.register("a".into(), meta(), Instant::now());
+        let conn = || Conn {
+            user: "u".into(),
+            device: "d".into(),
+            heartbeat_secs: 60,
+        };
+        e.begin_connect(1);
+        assert_eq!(e.remove_conn(1), None);
+        assert!(!e.finish_connect(1, conn()), "closed while verifying");
+        assert_eq!(e.conn(1), None);
+        e.begin_connect(2);
+        assert!(e.finish_connect(2, conn()));
+        assert_eq!(e.remove_conn(2), Some(conn()));
+        e.begin_connect(3);
+        e.abandon_connect(3);
+        assert!(e.finish_connect(3, conn()), "a fresh entry after abandon");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! ([`auth::Secret`]), minting ([`auth::Secret::mint`], used by `roam token`) and verification
 //! ([`auth::Secret::verify`]) with expiry and audience checked.
 
+pub mod api;
 pub mod auth;
 pub mod balancer;
 pub mod edges;

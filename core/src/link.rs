@@ -124,6 +124,7 @@ async fn read_up(core: Arc<Core>, edge: Arc<Edge>, mut up: Streaming<EdgeUp>) {
             // Connects touch the store: run them concurrently so one edge's burst of
             // reconnects is not serialised behind one commit each.
             edge_up::Msg::Connect(c) => {
+                edge.begin_connect(c.conn_id);
                 tokio::spawn(connect(core.clone(), edge.clone(), c).in_current_span());
             }
             edge_up::Msg::Disconnect(d) => {
@@ -161,6 +162,7 @@ async fn connect(core: Arc<Core>, edge: Arc<Edge>, c: link::Connect) {
             ..Default::default()
         }))
     };
+    let conn_id = c.conn_id;
     let reply = if c.device_id.is_empty() {
         core.metrics
             .auth_failures
@@ -198,6 +200,9 @@ async fn connect(core: Arc<Core>, edge: Arc<Edge>, c: link::Connect) {
                 }),
         }
     };
+    if !matches!(&reply.msg, Some(edge_down::Msg::ConnectResult(r)) if r.ok) {
+        edge.abandon_connect(conn_id);
+    }
     let _ = edge.sender().send(reply).await;
 }
 
@@ -236,14 +241,17 @@ async fn accept(
     let heartbeat_secs = connected
         .heartbeat_secs
         .map_or(policy.initial(), |s| policy.clamp(s));
-    edge.add_conn(
-        c.conn_id,
-        Conn {
-            user: user.clone(),
-            device: c.device_id.clone(),
-            heartbeat_secs,
-        },
-    );
+    let conn = Conn {
+        user: user.clone(),
+        device: c.device_id.clone(),
+        heartbeat_secs,
+    };
+    if !edge.finish_connect(c.conn_id, conn) {
+        // The client left while its AUTH was being verified: end the session just recorded.
+        core.sessions
+            .disconnect(&user, &c.device_id, &edge.id, c.conn_id, now_ms())
+            .await?;
+    }
     core.metrics.connects.inc();
     Ok(down(edge_down::Msg::ConnectResult(link::ConnectResult {
         conn_id: c.conn_id,

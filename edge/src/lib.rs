@@ -10,6 +10,7 @@
 //! [`router`] (`GET /healthz`) over HTTP/1.1 or HTTP/2, with graceful drain on shutdown.
 //! [`EdgeMetrics`] counts connections and handshake failures by reason.
 
+pub mod link;
 mod metrics;
 mod tcp;
 

@@ -29,3 +29,84 @@ pub fn roam_bin() -> PathBuf {
 pub fn start(extra_toml: &str) -> ChildServer {
     ChildServer::start(&roam_bin(), extra_toml).unwrap_or_else(|e| panic!("roam serve: {e}"))
 }
+
+/// A plain-HTTP response from the admin listener.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, lower-cased names.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body as JSON (panics with the body if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request to the server's admin listener (`Connection: close`), with the
+/// server's API key unless `key` says otherwise.
+pub async fn admin(
+    server: &ChildServer,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    key: Option<&str>,
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = match key {
+        Some(k) => k.to_owned(),
+        None => api_key(server),
+    };
+    let body = body.unwrap_or("");
+    let mut tcp = tokio::net::TcpStream::connect(server.addr("admin").expect("admin address"))
+        .await
+        .expect("connect to admin");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.expect("read response");
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.get(9..12))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = body.to_owned();
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The server's business API key.
+pub fn api_key(server: &ChildServer) -> String {
+    std::fs::read_to_string(server.data_dir().join("api-key"))
+        .expect("the server wrote its API key")
+        .trim()
+        .to_owned()
+}

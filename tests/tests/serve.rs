@@ -64,22 +64,8 @@ async fn get(
 }
 
 async fn admin_get(server: &ChildServer, path: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(server.addr("admin").unwrap())
-        .await
-        .unwrap();
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await.unwrap();
-    let status = raw[9..12].parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let r = roam_tests::admin(server, "GET", path, None, Some("")).await;
+    (r.status, r.body)
 }
 
 #[tokio::test]

@@ -1,0 +1,403 @@
+//! The business API of core (SPEC.md §5) as an axum [`Router`]: pushes, presence, online
+//! counts and the edge node list. Mount it on the admin listener behind [`require_api_key`].
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `POST /api/v1/push/devices` `{"devices": [..], "content"}` | 202 `{"queued": n}` |
+//! | `POST /api/v1/push/users` `{"users": [..], "content"}` | 202 `{"queued": n}` |
+//! | `POST /api/v1/push/rooms` `{"rooms": [..], "content"}` | 202 `{"queued": n}` |
+//! | `POST /api/v1/push/all` `{"content"}` | 202 `{"queued": n}` |
+//! | `GET /api/v1/presence?users=a,b` | `{"users": [{"user", "online", "devices", "last_seen"}]}` |
+//! | `GET /api/v1/online/total` | `{"total", "by_transport", "edges"}` |
+//! | `GET /api/v1/online/rooms?top=N` | `{"rooms": [{"room", "online"}]}` |
+//! | `GET /api/v1/edges?lat=..&lon=..` | `{"edges": [{"id", "region", "addresses", "weight", "connections"}]}` |
+//!
+//! `queued` counts the connections the push was queued for (for rooms and `all`, as the edges
+//! last reported). Errors are `{"error": {"code", "message"}}`: 400 `invalid_argument`, 401
+//! `unauthenticated`, 413 `too_large`, 429 `busy` (with `retry-after`), 503 `unavailable`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use thiserror::Error;
+
+use crate::balancer;
+use crate::link::total_connections;
+use crate::metrics::RouteLabel;
+use crate::push::{PushError, Target};
+use crate::service::Core;
+
+/// Most entries one request may list (users, devices, rooms).
+pub const MAX_LIST: usize = 1000;
+/// Seconds a client should wait after a 429.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// An API failure, answered as JSON with its status.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// The request is malformed or out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// No or a wrong API key.
+    #[error("missing or invalid API key (Authorization: Bearer <key>)")]
+    Unauthenticated,
+    /// The content is too large for a client frame.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A queue is full; retry after a moment.
+    #[error("{0}")]
+    Busy(String),
+    /// A dependency (the store) failed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Invalid(_) => "invalid_argument",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::Busy(_) => "busy",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let retry = matches!(self, ApiError::Busy(_) | ApiError::Unavailable(_));
+        let mut response = (self.status(), Json(body)).into_response();
+        if retry {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}
+
+impl From<PushError> for ApiError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Busy { .. } => ApiError::Busy(e.to_string()),
+            PushError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            PushError::Store(_) => ApiError::Unavailable(format!("{e}: retry")),
+        }
+    }
+}
+
+impl From<roam_store::StoreError> for ApiError {
+    fn from(e: roam_store::StoreError) -> Self {
+        ApiError::Unavailable(format!("the store failed: {e}"))
+    }
+}
+
+type Answer<T> = Result<T, ApiError>;
+
+/// The business routes over `core`.
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/api/v1/push/devices", post(push_devices))
+        .route("/api/v1/push/users", post(push_users))
+        .route("/api/v1/push/rooms", post(push_rooms))
+        .route("/api/v1/push/all", post(push_all))
+        .route("/api/v1/presence", get(presence))
+        .route("/api/v1/online/total", get(online_total))
+        .route("/api/v1/online/rooms", get(online_rooms))
+        .route("/api/v1/edges", get(edges))
+        .layer(axum::middleware::from_fn_with_state(core.clone(), observe))
+        .with_state(core)
+}
+
+/// Counts and times every request by route and status.
+async fn observe(State(core): State<Arc<Core>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let start = Instant::now();
+    let response = next.run(request).await;
+    core.metrics
+        .api_latency
+        .observe(start.elapsed().as_secs_f64());
+    core.metrics
+        .api_requests
+        .get_or_create(&RouteLabel {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// A tower layer (axum middleware) refusing requests without `Authorization: Bearer <key>`.
+/// Compares in constant time.
+pub async fn require_api_key(
+    State(key): State<Arc<str>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthenticated.into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn body<T>(json: Result<Json<T>, JsonRejection>) -> Answer<T> {
+    json.map(|Json(t)| t)
+        .map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))
+}
+
+fn list(name: &str, items: Vec<String>) -> Answer<Vec<String>> {
+    if items.is_empty() {
+        return Err(ApiError::Invalid(format!(
+            "{name}: at least one is required"
+        )));
+    }
+    if items.len() > MAX_LIST {
+        return Err(ApiError::Invalid(format!(
+            "{name}: at most {MAX_LIST} per request"
+        )));
+    }
+    if items.iter().any(String::is_empty) {
+        return Err(ApiError::Invalid(format!(
+            "{name}: empty entries are not allowed"
+        )));
+    }
+    Ok(items)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushDevices {
+    devices: Vec<String>,
+    content: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushUsers {
+    users: Vec<String>,
+    content: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRooms {
+    rooms: Vec<String>,
+    content: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushAll {
+    content: String,
+}
+
+async fn queue(core: &Core, target: Target, content: String) -> Answer<(StatusCode, Json<Value>)> {
+    let queued = core.push(target, content.into()).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "queued": queued }))))
+}
+
+async fn push_devices(
+    State(core): State<Arc<Core>>,
+    req: Result<Json<PushDevices>, JsonRejection>,
+) -> Answer<(StatusCode, Json<Value>)> {
+    let req = body(req)?;
+    let devices = list("devices", req.devices)?;
+    queue(&core, Target::Devices(devices), req.content).await
+}
+
+async fn push_users(
+    State(core): State<Arc<Core>>,
+    req: Result<Json<PushUsers>, JsonRejection>,
+) -> Answer<(StatusCode, Json<Value>)> {
+    let req = body(req)?;
+    let users = list("users", req.users)?;
+    queue(&core, Target::Users(users), req.content).await
+}
+
+async fn push_rooms(
+    State(core): State<Arc<Core>>,
+    req: Result<Json<PushRooms>, JsonRejection>,
+) -> Answer<(StatusCode, Json<Value>)> {
+    let req = body(req)?;
+    let rooms = list("rooms", req.rooms)?;
+    queue(&core, Target::Rooms(rooms), req.content).await
+}
+
+async fn push_all(
+    State(core): State<Arc<Core>>,
+    req: Result<Json<PushAll>, JsonRejection>,
+) -> Answer<(StatusCode, Json<Value>)> {
+    let req = body(req)?;
+    queue(&core, Target::All, req.content).await
+}
+
+#[derive(Deserialize)]
+struct UsersQuery {
+    users: Option<String>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Answer<T> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::Invalid(format!("query string: {}", e.body_text())))
+}
+
+async fn presence(
+    State(core): State<Arc<Core>>,
+    q: Result<Query<UsersQuery>, QueryRejection>,
+) -> Answer<Json<Value>> {
+    let users: Vec<String> = query(q)?
+        .users
+        .unwrap_or_default()
+        .split(',')
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let users = list("users", users)?;
+    let presence = core.sessions.presence(&users).await?;
+    let users: Vec<Value> = presence
+        .into_iter()
+        .map(|p| {
+            let devices: Vec<Value> = p
+                .sessions
+                .iter()
+                .map(|s| {
+                    json!({
+                        "device": s.device, "platform": s.platform, "transport": s.transport,
+                        "edge": s.edge, "connected_at": s.connected_at_ms,
+                    })
+                })
+                .collect();
+            json!({
+                "user": p.user,
+                "online": !p.sessions.is_empty(),
+                "devices": devices,
+                "last_seen": p.last_seen_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "users": users })))
+}
+
+async fn online_total(State(core): State<Arc<Core>>) -> Json<Value> {
+    let (total, by_transport) = total_connections(&core);
+    Json(json!({
+        "total": total,
+        "by_transport": by_transport,
+        "edges": core.edges.live().len(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct TopQuery {
+    top: Option<usize>,
+}
+
+async fn online_rooms(
+    State(core): State<Arc<Core>>,
+    q: Result<Query<TopQuery>, QueryRejection>,
+) -> Answer<Json<Value>> {
+    let top = query(q)?.top.unwrap_or(10);
+    if !(1..=MAX_LIST).contains(&top) {
+        return Err(ApiError::Invalid(format!(
+            "top {top}: must be between 1 and {MAX_LIST}"
+        )));
+    }
+    let mut rooms: HashMap<String, u64> = HashMap::new();
+    for edge in core.edges.live() {
+        for (room, n) in edge.rooms() {
+            *rooms.entry(room).or_default() += n;
+        }
+    }
+    let mut rooms: Vec<(String, u64)> = rooms.into_iter().collect();
+    rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    rooms.truncate(top);
+    let rooms: Vec<Value> = rooms
+        .into_iter()
+        .map(|(room, online)| json!({ "room": room, "online": online }))
+        .collect();
+    Ok(Json(json!({ "rooms": rooms })))
+}
+
+#[derive(Deserialize)]
+struct PositionQuery {
+    lat: Option<f64>,
+    lon: Option<f64>,
+}
+
+async fn edges(
+    State(core): State<Arc<Core>>,
+    q: Result<Query<PositionQuery>, QueryRejection>,
+) -> Answer<Json<Value>> {
+    let q = query(q)?;
+    let position = match (q.lat, q.lon) {
+        (None, None) => None,
+        (Some(lat), Some(lon))
+            if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) =>
+        {
+            Some((lat, lon))
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Invalid(
+                "lat must be within [-90, 90] and lon within [-180, 180]".into(),
+            ));
+        }
+        _ => {
+            return Err(ApiError::Invalid(
+                "give both lat and lon, or neither".into(),
+            ));
+        }
+    };
+    let live = core.edges.live();
+    let infos = live.iter().map(|e| e.info()).collect();
+    let edges: Vec<Value> = balancer::order(infos, position)
+        .into_iter()
+        .filter_map(|info| {
+            let edge = live.iter().find(|e| e.id == info.id)?;
+            Some(json!({
+                "id": info.id,
+                "region": info.region,
+                "addresses": edge.meta().addresses,
+                "weight": info.weight,
+                "connections": info.connections,
+            }))
+        })
+        .collect();
+    Ok(Json(json!({ "edges": edges })))
+}
