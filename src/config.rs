@@ -73,6 +73,8 @@ pub struct Config {
     pub core: CoreSection,
     /// Client token verification.
     pub auth: Auth,
+    /// The edge: its identity for the node list, its link to core, its connection limits.
+    pub edge: EdgeSection,
 }
 
 /// Listening addresses (SPEC.md §2). Port 0 lets the OS pick (see `--ready-file`).
@@ -149,6 +151,84 @@ pub struct Auth {
     pub public_key_algorithm: Option<roam_core::auth::PublicKeyAlgorithm>,
 }
 
+/// The edge role's settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeSection {
+    /// Unique id of this edge in the node list.
+    pub id: String,
+    /// Core's internal gRPC address (`http://host:port`); empty: this process's own core
+    /// (role `all`) or `http://127.0.0.1:9090`.
+    pub core: String,
+    /// Region name, for the node list.
+    pub region: String,
+    /// Latitude of the edge, degrees.
+    pub lat: f64,
+    /// Longitude of the edge, degrees.
+    pub lon: f64,
+    /// Relative capacity (0: draining, listed last).
+    pub weight: u32,
+    /// Public address clients should use for the client port; empty: the bound address.
+    pub public_client_tcp: String,
+    /// Public address clients should use for the raw port; empty: the bound address.
+    pub public_raw: String,
+    /// Connections beyond this are refused (DISCONNECT `REASON_LIMIT` / 503).
+    pub max_connections: usize,
+    /// Frames queued per connection before it is closed as slow.
+    pub outbox: usize,
+    /// Comet buckets (0: four per core).
+    pub buckets: usize,
+    /// Seconds a client has to authenticate.
+    pub auth_timeout_secs: u64,
+    /// Requests a client may send in a burst.
+    pub rate_burst: u32,
+    /// Requests per second a client may sustain.
+    pub rate_per_sec: u32,
+}
+
+impl Default for EdgeSection {
+    fn default() -> Self {
+        EdgeSection {
+            id: "edge-1".into(),
+            core: String::new(),
+            region: "local".into(),
+            lat: 0.0,
+            lon: 0.0,
+            weight: 100,
+            public_client_tcp: String::new(),
+            public_raw: String::new(),
+            max_connections: 100_000,
+            outbox: 256,
+            buckets: 0,
+            auth_timeout_secs: 10,
+            rate_burst: 50,
+            rate_per_sec: 20,
+        }
+    }
+}
+
+impl EdgeSection {
+    /// The gateway's tunables from this section and the frame limit.
+    pub fn gateway(&self, max_packet: usize) -> roam_edge::gateway::GatewayConfig {
+        let defaults = roam_edge::gateway::GatewayConfig::default();
+        roam_edge::gateway::GatewayConfig {
+            session: roam_edge::session::SessionConfig {
+                auth_timeout: Duration::from_secs(self.auth_timeout_secs),
+                rate_burst: self.rate_burst,
+                rate_per_sec: self.rate_per_sec,
+            },
+            outbox: self.outbox,
+            max_packet,
+            max_connections: self.max_connections,
+            buckets: if self.buckets == 0 {
+                defaults.buckets
+            } else {
+                self.buckets
+            },
+        }
+    }
+}
+
 impl Default for CoreSection {
     fn default() -> Self {
         CoreSection {
@@ -196,6 +276,7 @@ impl Default for Config {
             shutdown: Shutdown::default(),
             core: CoreSection::default(),
             auth: Auth::default(),
+            edge: EdgeSection::default(),
         }
     }
 }
@@ -309,6 +390,16 @@ impl Config {
         }
         if c.edge_queue == 0 {
             bail!("core.edge_queue must be above 0");
+        }
+        let e = &self.edge;
+        if e.id.is_empty() {
+            bail!("edge.id must not be empty");
+        }
+        if e.outbox == 0 || e.max_connections == 0 || e.rate_burst == 0 || e.rate_per_sec == 0 {
+            bail!("edge.outbox, max_connections, rate_burst and rate_per_sec must be above 0");
+        }
+        if !(-90.0..=90.0).contains(&e.lat) || !(-180.0..=180.0).contains(&e.lon) {
+            bail!("edge.lat must be within [-90, 90] and edge.lon within [-180, 180]");
         }
         if self.auth.public_key.is_some() != self.auth.public_key_algorithm.is_some() {
             bail!("auth.public_key and auth.public_key_algorithm go together: set both or neither");

@@ -22,6 +22,8 @@ use crate::{admin, metrics};
 struct Ready {
     #[serde(skip_serializing_if = "Option::is_none")]
     client_tcp: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     internal: Option<SocketAddr>,
@@ -45,39 +47,6 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
         env!("CARGO_PKG_VERSION"),
         config.role
     )];
-
-    if config.role.runs_edge() {
-        let (cert, generated) = certificate(&config)?;
-        let tls = roam_tls::server_config(&cert, roam_tls::ALPN_TCP)?;
-        let edge_metrics = roam_edge::EdgeMetrics::register(&mut registry);
-        let options = roam_edge::TcpOptions {
-            handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_secs),
-            drain_timeout: Duration::from_secs(config.shutdown.drain_timeout_secs),
-        };
-        let addr = config.listen.client_tcp;
-        let server = roam_edge::ClientTcpServer::bind(addr, tls, options, edge_metrics)
-            .await
-            .with_context(|| format!("cannot bind listen.client_tcp on {addr}"))?;
-        let bound = server.local_addr()?;
-        ready.client_tcp = Some(bound);
-        tasks.spawn(server.run(shutdown.clone()));
-        banner.push(format!(
-            "client API  https://{bound}  (TLS 1.3, HTTP/2 + HTTP/1.1)"
-        ));
-        banner.push(format!(
-            "certificate {}{}",
-            cert.cert_path.display(),
-            if config.tls.cert.is_none() {
-                if generated {
-                    "  (self-signed development certificate, generated now)"
-                } else {
-                    "  (self-signed development certificate)"
-                }
-            } else {
-                ""
-            }
-        ));
-    }
 
     let mut business = None;
     let mut core_handle = None;
@@ -134,6 +103,103 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             key_path.display()
         ));
         core_handle = Some(core);
+    }
+
+    if config.role.runs_edge() {
+        let (cert, generated) = certificate(&config)?;
+        let edge_metrics = roam_edge::EdgeMetrics::register(&mut registry);
+        let handshake_timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
+        let drain_timeout = Duration::from_secs(config.shutdown.drain_timeout_secs);
+
+        let addr = config.listen.client_tcp;
+        let tls = roam_tls::server_config(&cert, roam_tls::ALPN_TCP)?;
+        let options = roam_edge::TcpOptions {
+            handshake_timeout,
+            drain_timeout,
+        };
+        let server = roam_edge::ClientTcpServer::bind(addr, tls, options, edge_metrics.clone())
+            .await
+            .with_context(|| format!("cannot bind listen.client_tcp on {addr}"))?;
+        let client_tcp = server.local_addr()?;
+        ready.client_tcp = Some(client_tcp);
+
+        let addr = config.listen.raw;
+        let tls = roam_tls::server_config(&cert, roam_tls::ALPN_RAW)?;
+        let raw = roam_edge::raw::RawServer::bind(
+            addr,
+            tls,
+            handshake_timeout,
+            drain_timeout,
+            edge_metrics,
+        )
+        .await
+        .with_context(|| format!("cannot bind listen.raw on {addr}"))?;
+        let raw_addr = raw.local_addr()?;
+        ready.raw = Some(raw_addr);
+
+        let core_address = match (&config.edge.core, ready.internal) {
+            (configured, _) if !configured.is_empty() => configured.clone(),
+            (_, Some(own)) => format!("http://{own}"),
+            _ => format!("http://{}", config.listen.internal),
+        };
+        let public = |configured: &str, bound: SocketAddr| {
+            if configured.is_empty() {
+                bound.to_string()
+            } else {
+                configured.to_owned()
+            }
+        };
+        let identity = roam_edge::link::EdgeIdentity {
+            edge_id: config.edge.id.clone(),
+            addresses: [
+                (
+                    "client_tcp".to_owned(),
+                    public(&config.edge.public_client_tcp, client_tcp),
+                ),
+                ("raw".to_owned(), public(&config.edge.public_raw, raw_addr)),
+            ]
+            .into(),
+            region: config.edge.region.clone(),
+            lat: config.edge.lat,
+            lon: config.edge.lon,
+            weight: config.edge.weight,
+        };
+        let gateway = roam_edge::gateway::Gateway::start(
+            core_address.clone(),
+            identity,
+            config.edge.gateway(config.limits.max_packet),
+            shutdown.clone(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "edge {}: cannot link to core at {core_address}",
+                config.edge.id
+            )
+        })?;
+        tasks.spawn(server.run(shutdown.clone()));
+        tasks.spawn(raw.run(gateway));
+        banner.push(format!(
+            "client API  https://{client_tcp}  (TLS 1.3, HTTP/2 + HTTP/1.1)"
+        ));
+        banner.push(format!("raw frames  {raw_addr}  (TLS 1.3, ALPN roam/1)"));
+        banner.push(format!(
+            "certificate {}{}",
+            cert.cert_path.display(),
+            if config.tls.cert.is_none() {
+                if generated {
+                    "  (self-signed development certificate, generated now)"
+                } else {
+                    "  (self-signed development certificate)"
+                }
+            } else {
+                ""
+            }
+        ));
+        banner.push(format!(
+            "edge        {} linked to core at {core_address}",
+            config.edge.id
+        ));
     }
 
     let addr = config.listen.admin;

@@ -12,12 +12,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use roam_proto::client::v1 as pb;
 use roam_proto::internal::v1::edge_link_server::{EdgeLink, EdgeLinkServer};
 use roam_proto::internal::v1::{self as link, EdgeDown, EdgeUp, edge_down, edge_up};
-use roam_proto::{Op, encode_msg};
+use roam_proto::{Op, error_frame, frame_of};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -295,24 +294,6 @@ async fn disconnect(core: Arc<Core>, edge: Arc<Edge>, d: link::Disconnect) {
     }
 }
 
-/// Encodes one reply frame (`body` is small and bounded, so encoding cannot fail).
-fn frame<M: prost::Message>(op: Op, seq: u32, body: &M) -> Bytes {
-    let mut buf = BytesMut::new();
-    let _ = encode_msg(op, seq, body, &mut buf);
-    buf.freeze()
-}
-
-fn error_frame(seq: u32, code: pb::error::Code, message: &str) -> Bytes {
-    frame(
-        Op::Error,
-        seq,
-        &pb::Error {
-            code: code as i32,
-            message: message.to_owned(),
-        },
-    )
-}
-
 async fn client_op(core: &Arc<Core>, edge: &Arc<Edge>, op: link::ClientOp) {
     let Some(conn) = edge.conn(op.conn_id) else {
         return; // the connection ended or was replaced meanwhile
@@ -329,13 +310,13 @@ async fn client_op(core: &Arc<Core>, edge: &Arc<Edge>, op: link::ClientOp) {
                     }
                 });
             }
-            frame(
-                Op::HeartbeatReply,
-                op.seq,
-                &pb::HeartbeatReply {
-                    heartbeat_secs: secs,
-                },
-            )
+            let reply = pb::HeartbeatReply {
+                heartbeat_secs: secs,
+            };
+            match frame_of(Op::HeartbeatReply, op.seq, &reply) {
+                Ok(f) => f,
+                Err(_) => return,
+            }
         }
         Some(Op::PushAck) => return,
         Some(Op::Send | Op::Sync | Op::Read) => error_frame(

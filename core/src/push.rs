@@ -10,10 +10,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use roam_proto::client::v1 as pb;
 use roam_proto::internal::v1::{self as link, EdgeDown, deliver, edge_down};
-use roam_proto::{Op, encode_msg};
+use roam_proto::{Op, frame_of};
 use roam_store::StoreError;
 use thiserror::Error;
 use tokio::sync::mpsc::error::TrySendError;
@@ -191,8 +191,6 @@ fn push_frame(room: String, content: Bytes) -> Bytes {
             created_at: now_ms(),
         })),
     };
-    let mut buf = BytesMut::new();
     // The content was checked against the maximum, far below the u32 frame limit.
-    let _ = encode_msg(Op::Push, 0, &msg, &mut buf);
-    buf.freeze()
+    frame_of(Op::Push, 0, &msg).unwrap_or_default()
 }

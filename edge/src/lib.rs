@@ -10,8 +10,14 @@
 //! [`router`] (`GET /healthz`) over HTTP/1.1 or HTTP/2, with graceful drain on shutdown.
 //! [`EdgeMetrics`] counts connections and handshake failures by reason.
 
+pub mod comet;
+pub mod conn;
+pub mod gateway;
 pub mod link;
 mod metrics;
+pub mod outbox;
+pub mod raw;
+pub mod session;
 mod tcp;
 
 pub use metrics::EdgeMetrics;

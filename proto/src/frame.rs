@@ -265,6 +265,45 @@ pub fn encode_msg<M: prost::Message>(
     Ok(())
 }
 
+/// One frame in its own buffer, its body encoded from `msg` (e.g. a reply, or a delivery
+/// shared by many recipients).
+pub fn frame_of<M: prost::Message>(op: Op, seq: u32, msg: &M) -> Result<Bytes, FrameError> {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + msg.encoded_len());
+    encode_msg(op, seq, msg, &mut buf)?;
+    Ok(buf.freeze())
+}
+
+/// An ERROR frame answering request `seq` (0: the connection itself). The message is cut to
+/// 512 bytes, so the frame always encodes.
+pub fn error_frame(seq: u32, code: Code, message: &str) -> Bytes {
+    let mut end = message.len().min(512);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let msg = crate::client::v1::Error {
+        code: code as i32,
+        message: message[..end].to_owned(),
+    };
+    // A bounded body: far below the u32 length limit.
+    frame_of(Op::Error, seq, &msg).unwrap_or_default()
+}
+
+/// A DISCONNECT frame: why the server closes the connection, and whether to reconnect.
+pub fn disconnect_frame(
+    reason: crate::client::v1::disconnect::Reason,
+    message: &str,
+    reconnect_after_ms: Option<u32>,
+) -> Bytes {
+    let msg = crate::client::v1::Disconnect {
+        reason: reason as i32,
+        message: message.chars().take(512).collect(),
+        reconnect: reconnect_after_ms.is_some(),
+        reconnect_after_ms: reconnect_after_ms.unwrap_or(0),
+        reconnect_to: String::new(),
+    };
+    frame_of(Op::Disconnect, 0, &msg).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +406,29 @@ mod tests {
         let f = FrameDecoder::default().decode(&mut buf).unwrap().unwrap();
         assert_eq!(f.op_kind(), Some(Op::SendAck));
         assert_eq!(f.decode_body::<pb::SendAck>().unwrap(), msg);
+    }
+
+    #[test]
+    fn error_and_disconnect_frames_decode() {
+        let long = "é".repeat(1000);
+        let mut bytes = error_frame(3, Code::BadBody, &long);
+        let f = FrameDecoder::default()
+            .decode_bytes(&mut bytes)
+            .unwrap()
+            .unwrap();
+        let e: pb::Error = f.decode_body().unwrap();
+        assert_eq!(
+            (f.op_kind(), f.seq, e.code),
+            (Some(Op::Error), 3, Code::BadBody as i32)
+        );
+        assert!(e.message.len() <= 512);
+        let mut bytes = disconnect_frame(pb::disconnect::Reason::Drain, "bye", Some(500));
+        let f = FrameDecoder::default()
+            .decode_bytes(&mut bytes)
+            .unwrap()
+            .unwrap();
+        let d: pb::Disconnect = f.decode_body().unwrap();
+        assert_eq!((d.reconnect, d.reconnect_after_ms), (true, 500));
     }
 
     #[test]

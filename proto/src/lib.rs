@@ -29,7 +29,8 @@ pub mod frame;
 pub mod op;
 
 pub use frame::{
-    DEFAULT_MAX_PACKET, Frame, FrameDecoder, FrameError, HEADER_LEN, VERSION, encode, encode_msg,
+    DEFAULT_MAX_PACKET, Frame, FrameDecoder, FrameError, HEADER_LEN, VERSION, disconnect_frame,
+    encode, encode_msg, error_frame, frame_of,
 };
 pub use op::{Direction, Op};
 

@@ -1,0 +1,245 @@
+//! The connection driver: one task per client connection, whatever its transport.
+//!
+//! A transport implements [`FrameIo`] (bytes in, batches of frames out). The driver decodes
+//! frames into the connection's [`Session`], carries out its actions (AUTH to core through
+//! the gateway, requests to core, room joins in the comet), writes what the connection's
+//! [`Outbox`] gathered as one batch, and enforces the session's deadlines. The read buffer is
+//! released whenever it drains, so an idle connection holds none.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use roam_proto::client::v1::{self as pb, disconnect::Reason};
+use roam_proto::{FrameDecoder, HEADER_LEN, Op, disconnect_frame, frame_of};
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::gateway::Gateway;
+use crate::outbox::{CloseReason, Outbox};
+use crate::session::{Action, Session};
+use roam_proto::internal::v1 as link;
+
+/// A client transport as the driver sees it.
+pub trait FrameIo: Send {
+    /// Reads more bytes into `buf` (reserving room as needed); `Ok(0)` at end of stream.
+    /// Must be cancel-safe.
+    fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+    /// Writes frames as one batch and flushes.
+    fn write_batch(&mut self, frames: &[Bytes]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Closes the transport gracefully.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// The frames that tell a client why the server closes its connection.
+fn close_frames(reason: CloseReason) -> Bytes {
+    match reason {
+        CloseReason::Slow => disconnect_frame(
+            Reason::Slow,
+            "the connection could not keep up; reconnect and SYNC",
+            Some(1000),
+        ),
+        CloseReason::Drain => disconnect_frame(Reason::Drain, "the edge is shutting down", Some(0)),
+        CloseReason::Kicked(r) => {
+            let reason = Reason::try_from(r).unwrap_or(Reason::Unspecified);
+            let reconnect = (reason != Reason::Kicked).then_some(1000);
+            disconnect_frame(reason, "closed by the server", reconnect)
+        }
+    }
+}
+
+/// Watches a batch for HEARTBEAT_REPLY frames and returns the newest interval told.
+fn heartbeat_interval(batch: &[Bytes]) -> Option<u32> {
+    let mut newest = None;
+    let decoder = FrameDecoder::new(usize::MAX);
+    for frames in batch {
+        // Cheap check first: most batches carry no heartbeat reply.
+        if frames.len() < HEADER_LEN {
+            continue;
+        }
+        let mut b = frames.clone();
+        while let Ok(Some(f)) = decoder.decode_bytes(&mut b) {
+            if f.op == Op::HeartbeatReply.code()
+                && let Ok(r) = f.decode_body::<pb::HeartbeatReply>()
+            {
+                newest = Some(r.heartbeat_secs);
+            }
+        }
+    }
+    newest
+}
+
+/// Drives one connection of `transport` to its end.
+pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'static str) {
+    let decoder = FrameDecoder::new(gateway.config.max_packet);
+    let mut session = Session::new(gateway.config.session.clone(), Instant::now());
+    let outbox = Arc::new(Outbox::new(gateway.config.outbox));
+    let mut buf = BytesMut::new();
+    let mut actions = Vec::new();
+    let mut batch = Vec::new();
+    let mut conn_id: Option<u64> = None;
+    let mut registered = false;
+    let mut auth: Option<oneshot::Receiver<link::ConnectResult>> = None;
+    let mut idle = false;
+    let mut auth_rooms: Vec<String> = Vec::new();
+
+    'conn: loop {
+        let deadline = tokio::time::Instant::from_std(session.deadline());
+        tokio::select! {
+            read = io.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break 'conn,
+                Ok(_) => {
+                    let now = Instant::now();
+                    loop {
+                        match decoder.decode(&mut buf) {
+                            Ok(Some(frame)) => session.handle_frame(frame, now, &mut actions),
+                            Ok(None) => break,
+                            Err(e) => {
+                                session.handle_decode_error(&e, &mut actions);
+                                break;
+                            }
+                        }
+                    }
+                    if buf.is_empty() {
+                        buf = BytesMut::new();
+                    }
+                }
+            },
+            result = async {
+                match auth.as_mut() {
+                    Some(rx) => rx.await.map_err(|_| ()),
+                    None => std::future::pending().await,
+                }
+            }, if auth.is_some() => {
+                auth = None;
+                let now = Instant::now();
+                match (result, conn_id) {
+                    (Ok(r), Some(id)) if r.ok => {
+                        gateway.comet.insert(id, outbox.clone());
+                        gateway.joined(transport);
+                        registered = true;
+                        for room in std::mem::take(&mut auth_rooms) {
+                            if let Some((true, 1)) = gateway.comet.join(id, &room) {
+                                gateway.room_change(room, 1);
+                            }
+                        }
+                        let reply = pb::AuthReply {
+                            user_id: r.user_id,
+                            device_id: r.device_id,
+                            session_id: r.session_id,
+                            heartbeat_secs: r.heartbeat_secs,
+                            server_time_ms: std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64),
+                        };
+                        session.handle_auth_result(true, r.heartbeat_secs, reply, (0, ""), now, &mut actions);
+                    }
+                    (Ok(r), _) => session.handle_auth_result(
+                        false, 0, pb::AuthReply::default(), (r.error_code, &r.error_message), now, &mut actions,
+                    ),
+                    (Err(()), _) => session.handle_auth_result(
+                        false, 0, pb::AuthReply::default(),
+                        (pb::error::Code::Unavailable as i32, "core is unavailable; retry"), now, &mut actions,
+                    ),
+                }
+            },
+            _ = outbox.ready(), if registered => {
+                match outbox.take(&mut batch) {
+                    Some(reason) => {
+                        let _ = io.write_batch(&[close_frames(reason)]).await;
+                        break 'conn;
+                    }
+                    None => {
+                        if let Some(secs) = heartbeat_interval(&batch) {
+                            session.handle_heartbeat_interval(secs, Instant::now());
+                        }
+                        let written = io.write_batch(&batch).await;
+                        batch.clear();
+                        if written.is_err() {
+                            break 'conn;
+                        }
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => session.handle_timeout(Instant::now(), &mut actions),
+            _ = gateway.shutdown.cancelled() => {
+                let _ = io.write_batch(&[close_frames(CloseReason::Drain)]).await;
+                break 'conn;
+            }
+        }
+
+        for action in actions.drain(..) {
+            match action {
+                Action::Send(frames) => {
+                    if io.write_batch(&[frames]).await.is_err() {
+                        break 'conn;
+                    }
+                }
+                Action::Authenticate(a) => {
+                    auth_rooms = a
+                        .rooms
+                        .iter()
+                        .filter(|r| !r.is_empty() && r.len() <= 256)
+                        .take(64)
+                        .cloned()
+                        .collect();
+                    let id = gateway.comet.allocate(&a.device_id);
+                    conn_id = Some(id);
+                    auth = Some(gateway.authenticate(id, a, transport));
+                }
+                Action::ToCore { op, seq, body } => {
+                    if let Some(id) = conn_id {
+                        gateway.to_core(id, op, seq, body);
+                    }
+                }
+                Action::Join { room, seq } | Action::Leave { room, seq } if conn_id.is_none() => {
+                    debug!(room, seq, "room op before registration");
+                }
+                Action::Join { room, seq } => {
+                    let id = conn_id.unwrap_or_default();
+                    if let Some((true, 1)) = gateway.comet.join(id, &room) {
+                        gateway.room_change(room.clone(), 1);
+                    }
+                    let reply = pb::RoomReply {
+                        room,
+                        rooms: gateway.comet.rooms_of(id),
+                    };
+                    if let Ok(f) = frame_of(Op::RoomJoinReply, seq, &reply)
+                        && io.write_batch(&[f]).await.is_err()
+                    {
+                        break 'conn;
+                    }
+                }
+                Action::Leave { room, seq } => {
+                    let id = conn_id.unwrap_or_default();
+                    if let Some((true, 0)) = gateway.comet.leave(id, &room) {
+                        gateway.room_change(room.clone(), 0);
+                    }
+                    let reply = pb::RoomReply {
+                        room,
+                        rooms: gateway.comet.rooms_of(id),
+                    };
+                    if let Ok(f) = frame_of(Op::RoomLeaveReply, seq, &reply)
+                        && io.write_batch(&[f]).await.is_err()
+                    {
+                        break 'conn;
+                    }
+                }
+                Action::Close { idle: was_idle } => {
+                    idle = was_idle;
+                    break 'conn;
+                }
+            }
+        }
+    }
+
+    io.close().await;
+    if let Some(id) = conn_id {
+        if registered {
+            gateway.left(transport);
+        }
+        gateway.disconnect(id, idle);
+    }
+}

@@ -1,0 +1,180 @@
+//! The raw frame port (goim's TCP mode): TLS 1.3 with ALPN `roam/1`, then frames back to back
+//! on the stream in both directions.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use roam_proto::client::v1::disconnect::Reason;
+use roam_proto::disconnect_frame;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::conn::{FrameIo, drive};
+use crate::gateway::Gateway;
+use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
+
+const RAW: TransportLabel = TransportLabel { transport: "raw" };
+/// Bytes the driver asks for at a time.
+const READ_CHUNK: usize = 4096;
+
+/// A stream carrying frames back to back.
+pub struct RawIo<S> {
+    stream: S,
+}
+
+impl<S> RawIo<S> {
+    /// Frames over `stream`.
+    pub fn new(stream: S) -> Self {
+        RawIo { stream }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> FrameIo for RawIo<S> {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        self.stream.read_buf(buf).await
+    }
+
+    async fn write_batch(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        match frames {
+            [] => return Ok(()),
+            [one] => self.stream.write_all(one).await?,
+            many => {
+                // One TLS record series for the whole batch, not one per frame.
+                let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+                for f in many {
+                    joined.extend_from_slice(f);
+                }
+                self.stream.write_all(&joined).await?;
+            }
+        }
+        self.stream.flush().await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// The bound raw listener.
+pub struct RawServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    drain_timeout: Duration,
+    metrics: EdgeMetrics,
+}
+
+impl RawServer {
+    /// Binds `addr`; `tls` must offer ALPN `roam/1` (`roam_tls::ALPN_RAW`).
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        handshake_timeout: Duration,
+        drain_timeout: Duration,
+        metrics: EdgeMetrics,
+    ) -> io::Result<Self> {
+        Ok(RawServer {
+            listener: TcpListener::bind(addr).await?,
+            acceptor: TlsAcceptor::from(tls),
+            handshake_timeout,
+            drain_timeout,
+            metrics,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the gateway shuts down, then waits (up to the drain timeout) for
+    /// connections to send their DISCONNECT(drain) and close.
+    pub async fn run(self, gateway: Arc<Gateway>) {
+        let tracker = TaskTracker::new();
+        let shutdown: CancellationToken = gateway.shutdown.clone();
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let span = info_span!("conn", %peer, transport = "raw");
+            let conn = serve(
+                gateway.clone(),
+                self.acceptor.clone(),
+                self.handshake_timeout,
+                self.metrics.clone(),
+                tcp,
+            );
+            tracker.spawn(conn.instrument(span));
+        }
+        tracker.close();
+        if tokio::time::timeout(self.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(open = tracker.len(), "drain timeout on the raw port");
+        }
+    }
+}
+
+async fn serve(
+    gateway: Arc<Gateway>,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    metrics: EdgeMetrics,
+    tcp: TcpStream,
+) {
+    let _ = tcp.set_nodelay(true);
+    let handshake = Box::pin(tokio::time::timeout(
+        handshake_timeout,
+        acceptor.accept(tcp),
+    ));
+    let mut tls = tokio::select! {
+        _ = gateway.shutdown.cancelled() => return,
+        r = handshake => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                metrics.handshake_failures.get_or_create(&ReasonLabel { reason: "tls" }).inc();
+                return;
+            }
+            Err(_) => {
+                metrics.handshake_failures.get_or_create(&ReasonLabel { reason: "timeout" }).inc();
+                return;
+            }
+        },
+    };
+    let Some(_permit) = gateway.admit() else {
+        let _ = tls
+            .write_all(&disconnect_frame(
+                Reason::Limit,
+                "the edge is at its connection limit",
+                Some(5000),
+            ))
+            .await;
+        let _ = tls.shutdown().await;
+        return;
+    };
+    metrics.accepted.get_or_create(&RAW).inc();
+    let open = metrics.open_connections.get_or_create(&RAW).clone();
+    open.inc();
+    drive(gateway, RawIo::new(tls), "raw").await;
+    open.dec();
+}

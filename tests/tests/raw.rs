@@ -1,0 +1,275 @@
+//! The raw frame port end to end: real TLS clients, the real edge, core and store in one
+//! `roam serve`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use roam_client::child::ChildServer;
+use roam_client::raw::RawConnection;
+use roam_core::auth::Secret;
+use roam_proto::client::v1 as pb;
+use roam_proto::{Frame, Op};
+use roam_tests::admin;
+use serde_json::json;
+
+fn token(server: &ChildServer, user: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    Secret::load_or_create(&server.data_dir())
+        .unwrap()
+        .mint(user, None, 600, now)
+        .unwrap()
+}
+
+async fn dial(server: &ChildServer) -> RawConnection {
+    RawConnection::connect(server.addr("raw").unwrap(), &server.dev_cert())
+        .await
+        .unwrap()
+}
+
+async fn next(c: &mut RawConnection) -> Frame {
+    tokio::time::timeout(Duration::from_secs(5), c.next())
+        .await
+        .expect("no frame within 5 s")
+        .unwrap()
+        .expect("the server closed the connection")
+}
+
+/// Reads until the server closes; returns what came before.
+async fn until_closed(c: &mut RawConnection) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), c.next()).await {
+            Ok(Ok(Some(f))) => frames.push(f),
+            Ok(Ok(None)) | Ok(Err(_)) => return frames,
+            Err(_) => panic!("the server did not close; got {frames:?}"),
+        }
+    }
+}
+
+async fn login(
+    server: &ChildServer,
+    user: &str,
+    device: &str,
+    rooms: &[&str],
+) -> (RawConnection, pb::AuthReply) {
+    let mut c = dial(server).await;
+    let auth = pb::Auth {
+        token: token(server, user),
+        device_id: device.into(),
+        platform: "test".into(),
+        rooms: rooms.iter().map(|r| r.to_string()).collect(),
+    };
+    c.send(Op::Auth, 1, &auth).await.unwrap();
+    let f = next(&mut c).await;
+    assert_eq!(f.op_kind(), Some(Op::AuthReply), "{f:?}");
+    (c, f.decode_body().unwrap())
+}
+
+fn error_of(f: &Frame) -> pb::Error {
+    assert_eq!(f.op_kind(), Some(Op::Error), "{f:?}");
+    f.decode_body().unwrap()
+}
+
+#[tokio::test]
+async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
+    let server = roam_tests::start("");
+    let (mut alice, reply) = login(&server, "alice", "alice-phone", &["lobby"]).await;
+    assert_eq!(
+        (reply.user_id.as_str(), reply.heartbeat_secs),
+        ("alice", 60)
+    );
+    let (mut bob, _) = login(&server, "bob", "bob-phone", &[]).await;
+
+    alice
+        .send(Op::Heartbeat, 2, &pb::Heartbeat {})
+        .await
+        .unwrap();
+    let f = next(&mut alice).await;
+    assert_eq!((f.op_kind(), f.seq), (Some(Op::HeartbeatReply), 2));
+    assert_eq!(
+        f.decode_body::<pb::HeartbeatReply>()
+            .unwrap()
+            .heartbeat_secs,
+        90
+    );
+
+    alice
+        .send(
+            Op::RoomJoin,
+            3,
+            &pb::Room {
+                room: "games".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let f = next(&mut alice).await;
+    assert_eq!((f.op_kind(), f.seq), (Some(Op::RoomJoinReply), 3));
+    let mut rooms = f.decode_body::<pb::RoomReply>().unwrap().rooms;
+    rooms.sort();
+    assert_eq!(rooms, ["games", "lobby"], "several rooms per connection");
+
+    // A push to alice reaches alice only.
+    let r = admin(
+        &server,
+        "POST",
+        "/api/v1/push/users",
+        Some(&json!({"users": ["alice"], "content": "hi alice"}).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.json()["queued"].clone()), (202, json!(1)));
+    let f = next(&mut alice).await;
+    assert_eq!(f.op_kind(), Some(Op::Push));
+    let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(&e.content[..], b"hi alice");
+
+    // A room push reaches the room's members and no one else.
+    let r = admin(
+        &server,
+        "POST",
+        "/api/v1/push/rooms",
+        Some(&json!({"rooms": ["games"], "content": "gg"}).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.json()["queued"].clone()), (202, json!(1)));
+    let Some(pb::push::Kind::Ephemeral(e)) = next(&mut alice)
+        .await
+        .decode_body::<pb::Push>()
+        .unwrap()
+        .kind
+    else {
+        panic!()
+    };
+    assert_eq!((e.room.as_str(), &e.content[..]), ("games", &b"gg"[..]));
+
+    // Everyone.
+    admin(
+        &server,
+        "POST",
+        "/api/v1/push/all",
+        Some(r#"{"content": "all"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(next(&mut alice).await.op_kind(), Some(Op::Push));
+    let f = next(&mut bob).await;
+    let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(
+        &e.content[..],
+        b"all",
+        "bob got the broadcast but not the room push"
+    );
+
+    let online = admin(
+        &server,
+        "GET",
+        "/api/v1/presence?users=alice,bob",
+        None,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        (
+            online["users"][0]["online"].clone(),
+            online["users"][1]["online"].clone()
+        ),
+        (json!(true), json!(true))
+    );
+    alice.close().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let p = admin(&server, "GET", "/api/v1/presence?users=alice", None, None)
+            .await
+            .json();
+        if p["users"][0]["online"] == false {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice stayed online after closing"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_auth_and_bad_frames_get_an_error_then_the_close() {
+    let server = roam_tests::start("[limits]\nmax_packet = 1024\n");
+    // A bad token.
+    let mut c = dial(&server).await;
+    c.send(
+        Op::Auth,
+        1,
+        &pb::Auth {
+            token: "nope".into(),
+            device_id: "d".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let frames = until_closed(&mut c).await;
+    let e = error_of(&frames[0]);
+    assert_eq!(e.code, pb::error::Code::AuthFailed as i32, "{e:?}");
+    assert_eq!(frames[1].op_kind(), Some(Op::Disconnect));
+
+    // Anything before AUTH.
+    let mut c = dial(&server).await;
+    c.send(Op::Heartbeat, 4, &pb::Heartbeat {}).await.unwrap();
+    let frames = until_closed(&mut c).await;
+    assert_eq!(
+        error_of(&frames[0]).code,
+        pb::error::Code::AuthRequired as i32
+    );
+
+    // Malformed and oversize frames, each on its own connection, after a good AUTH.
+    let bad_version = [0, 0, 0, 16, 0, 16, 0, 9, 0, 0, 0, 3, 0, 0, 0, 1];
+    let oversize = [0, 0, 0x40, 0, 0, 16, 0, 1, 0, 0, 0, 3, 0, 0, 0, 1];
+    for (bytes, code) in [
+        (&bad_version[..], pb::error::Code::UnsupportedVersion),
+        (&oversize[..], pb::error::Code::FrameTooLarge),
+        (&[0, 0, 0, 4][..], pb::error::Code::BadFrame),
+    ] {
+        let (mut c, _) = login(&server, "mallory", "m", &[]).await;
+        c.send_raw(bytes).await.unwrap();
+        let frames = until_closed(&mut c).await;
+        assert_eq!(error_of(&frames[0]).code, code as i32, "{bytes:?}");
+        assert_eq!(frames[1].op_kind(), Some(Op::Disconnect));
+    }
+    // The server is unharmed.
+    let (mut ok, _) = login(&server, "alice", "a", &[]).await;
+    ok.send(Op::Heartbeat, 2, &pb::Heartbeat {}).await.unwrap();
+    assert_eq!(next(&mut ok).await.op_kind(), Some(Op::HeartbeatReply));
+}
+
+#[tokio::test]
+async fn a_client_that_never_authenticates_is_closed() {
+    let server = roam_tests::start("[edge]\nauth_timeout_secs = 1\n");
+    let mut c = dial(&server).await;
+    let frames = until_closed(&mut c).await;
+    assert_eq!(
+        error_of(&frames[0]).code,
+        pb::error::Code::AuthRequired as i32
+    );
+}
+
+#[tokio::test]
+async fn shutdown_tells_clients_to_reconnect_elsewhere() {
+    let server = roam_tests::start("");
+    let (mut c, _) = login(&server, "alice", "a", &[]).await;
+    let stopping = tokio::task::spawn_blocking(move || server.stop());
+    let frames = until_closed(&mut c).await;
+    let d: pb::Disconnect = frames.last().expect("a DISCONNECT").decode_body().unwrap();
+    assert_eq!(d.reason, pb::disconnect::Reason::Drain as i32);
+    assert!(d.reconnect);
+    assert_eq!(stopping.await.unwrap().unwrap().code(), Some(0));
+}
