@@ -38,6 +38,11 @@ impl Role {
     pub fn runs_core(self) -> bool {
         matches!(self, Role::All | Role::Core)
     }
+
+    /// Whether this process runs the ID service.
+    pub fn runs_idsvc(self) -> bool {
+        matches!(self, Role::All | Role::Idsvc)
+    }
 }
 
 impl fmt::Display for Role {
@@ -75,6 +80,8 @@ pub struct Config {
     pub auth: Auth,
     /// The edge: its identity for the node list, its link to core, its connection limits.
     pub edge: EdgeSection,
+    /// The ID service (docs/ids.md).
+    pub ids: roam_idsvc::IdsConfig,
 }
 
 /// Listening addresses (SPEC.md §2). Port 0 lets the OS pick (see `--ready-file`).
@@ -277,6 +284,7 @@ impl Default for Config {
             core: CoreSection::default(),
             auth: Auth::default(),
             edge: EdgeSection::default(),
+            ids: roam_idsvc::IdsConfig::default(),
         }
     }
 }
@@ -401,6 +409,7 @@ impl Config {
         if !(-90.0..=90.0).contains(&e.lat) || !(-180.0..=180.0).contains(&e.lon) {
             bail!("edge.lat must be within [-90, 90] and edge.lon within [-180, 180]");
         }
+        self.ids.validate().map_err(|e| anyhow::anyhow!("[ids]: {e}"))?;
         if self.auth.public_key.is_some() != self.auth.public_key_algorithm.is_some() {
             bail!("auth.public_key and auth.public_key_algorithm go together: set both or neither");
         }

@@ -42,38 +42,73 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
     registry.register_collector(Box::new(metrics::ProcessCollector));
     let mut tasks = JoinSet::new();
     let mut ready = Ready::default();
+    let mut business_api: Option<axum::Router> = None;
     let mut banner = vec![format!(
         "roam {} (role {})",
         env!("CARGO_PKG_VERSION"),
         config.role
     )];
 
-    let mut business = None;
+    // Core and the ID service share the store, the API key, the admin API and the internal
+    // gRPC port.
+    let store = if config.role.runs_core() || config.role.runs_idsvc() {
+        Some(
+            roam_store::Store::open(&config.store)
+                .await
+                .with_context(|| format!("cannot open the store {}", config.store))?,
+        )
+    } else {
+        None
+    };
+    let mut ids_handle = None;
     let mut core_handle = None;
-    if config.role.runs_core() {
-        let store = roam_store::Store::open(&config.store)
-            .await
-            .with_context(|| format!("cannot open the store {}", config.store))?;
-        let secret = roam_core::auth::Secret::load_or_create(&config.data)?;
-        let mut verifier = roam_core::auth::Verifier::new(&secret);
-        if let (Some(path), Some(alg)) = (&config.auth.public_key, config.auth.public_key_algorithm)
-        {
-            verifier = verifier.with_public_key(alg, path)?;
+    if let Some(store) = &store {
+        let mut business = axum::Router::new();
+        let mut grpc_services = Vec::new();
+        if config.role.runs_idsvc() {
+            let metrics = roam_idsvc::IdMetrics::register(&mut registry);
+            let ids = roam_idsvc::IdService::start(store.clone(), config.ids.clone(), metrics)
+                .await
+                .context("cannot start the ID service")?;
+            business = business.merge(roam_idsvc::http::router(ids.clone()));
+            grpc_services.push("ID service");
+            ids_handle = Some(ids);
         }
-        let metrics = roam_core::metrics::CoreMetrics::register(&mut registry);
-        let core = roam_core::Core::new(
-            store,
-            verifier,
-            config.core.options(config.limits.max_packet),
-            metrics,
-        );
-        tasks.spawn(core.clone().run_reaper(shutdown.clone()));
+        if config.role.runs_core() {
+            let secret = roam_core::auth::Secret::load_or_create(&config.data)?;
+            let mut verifier = roam_core::auth::Verifier::new(&secret);
+            if let (Some(path), Some(alg)) =
+                (&config.auth.public_key, config.auth.public_key_algorithm)
+            {
+                verifier = verifier.with_public_key(alg, path)?;
+            }
+            let metrics = roam_core::metrics::CoreMetrics::register(&mut registry);
+            let core = roam_core::Core::new(
+                store.clone(),
+                verifier,
+                config.core.options(config.limits.max_packet),
+                metrics,
+            );
+            tasks.spawn(core.clone().run_reaper(shutdown.clone()));
+            business = business.merge(roam_core::api::router(core.clone()));
+            grpc_services.push("edge link");
+            banner.push(format!(
+                "token       roam token --user alice --data {}",
+                config.data.display()
+            ));
+            core_handle = Some(core);
+        }
 
         let key_path = config.data.join(API_KEY_FILE);
         let key = roam_core::secret_file::load_or_create(&key_path, 32)?;
         let key: Arc<str> = Arc::from(hex::encode(key));
-        business = Some(roam_core::api::router(core.clone()).layer(
-            axum::middleware::from_fn_with_state(key, roam_core::api::require_api_key),
+        business_api = Some(business.layer(axum::middleware::from_fn_with_state(
+            key,
+            roam_core::api::require_api_key,
+        )));
+        banner.push(format!(
+            "api key     {}  (Authorization: Bearer <key> on /api/v1)",
+            key_path.display()
         ));
 
         let addr = config.listen.internal;
@@ -83,7 +118,12 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
         let bound = listener.local_addr()?;
         ready.internal = Some(bound);
         let grpc = tonic::transport::Server::builder()
-            .add_service(core.link_service())
+            .add_optional_service(core_handle.as_ref().map(|c| c.link_service()))
+            .add_optional_service(
+                ids_handle
+                    .as_ref()
+                    .map(|ids| roam_idsvc::grpc::grpc_service(ids.clone())),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 shutdown.clone().cancelled_owned(),
@@ -93,16 +133,10 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
                 tracing::error!(error = %e, "internal gRPC listener failed");
             }
         });
-        banner.push(format!("internal    http://{bound}  (gRPC: edge link)"));
         banner.push(format!(
-            "token       roam token --user alice --data {}",
-            config.data.display()
+            "internal    http://{bound}  (gRPC: {})",
+            grpc_services.join(", ")
         ));
-        banner.push(format!(
-            "api key     {}  (Authorization: Bearer <key> on /api/v1)",
-            key_path.display()
-        ));
-        core_handle = Some(core);
     }
 
     if config.role.runs_edge() {
@@ -177,7 +211,7 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
                 config.edge.id
             )
         })?;
-        tasks.spawn(server.run(shutdown.clone()));
+        tasks.spawn(server.run(roam_edge::http::router(gateway.clone()), shutdown.clone()));
         tasks.spawn(raw.run(gateway));
         banner.push(format!(
             "client API  https://{client_tcp}  (TLS 1.3, HTTP/2 + HTTP/1.1)"
@@ -209,7 +243,7 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
     let bound = listener.local_addr()?;
     ready.admin = Some(bound);
     let mut router = admin::router(Arc::new(registry));
-    if let Some(business) = business {
+    if let Some(business) = business_api {
         router = router.merge(business);
     }
     let stop = shutdown.clone();
@@ -259,6 +293,10 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
         .is_err()
     {
         tracing::warn!("listeners did not stop within the drain timeout");
+    }
+    // Releases the worker leases with the last issued time, before the store closes.
+    if let Some(ids) = ids_handle {
+        ids.shutdown().await;
     }
     info!("stopped");
     Ok(())

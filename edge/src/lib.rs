@@ -13,6 +13,8 @@
 pub mod comet;
 pub mod conn;
 pub mod gateway;
+pub mod grpc;
+pub mod http;
 pub mod link;
 mod metrics;
 pub mod outbox;
@@ -21,4 +23,4 @@ pub mod session;
 mod tcp;
 
 pub use metrics::EdgeMetrics;
-pub use tcp::{ClientTcpServer, TcpOptions, router};
+pub use tcp::{ClientTcpServer, TcpOptions};

@@ -6,16 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
+use tokio_rustls::TlsAcceptor;
 use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
 
 const TCP: TransportLabel = TransportLabel { transport: "tcp" };
@@ -29,22 +28,12 @@ pub struct TcpOptions {
     pub drain_timeout: Duration,
 }
 
-/// The HTTP routes of the client port.
-pub fn router() -> Router {
-    Router::new().route("/healthz", get(healthz))
-}
-
-async fn healthz() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "status": "ok" }))
-}
-
 /// A bound TLS client listener, ready to [`run`](ClientTcpServer::run).
 pub struct ClientTcpServer {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     options: TcpOptions,
     metrics: EdgeMetrics,
-    router: Router,
 }
 
 impl ClientTcpServer {
@@ -62,7 +51,6 @@ impl ClientTcpServer {
             acceptor: TlsAcceptor::from(tls),
             options,
             metrics,
-            router: router(),
         })
     }
 
@@ -71,9 +59,9 @@ impl ClientTcpServer {
         self.listener.local_addr()
     }
 
-    /// Accepts connections until `shutdown` fires, then lets open connections finish for up
-    /// to the drain timeout.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Serves `router` (see [`crate::http::router`]) on accepted connections until
+    /// `shutdown` fires, then lets open connections finish for up to the drain timeout.
+    pub async fn run(self, router: Router, shutdown: CancellationToken) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http2().enable_connect_protocol();
         let builder = Arc::new(builder);
@@ -95,7 +83,7 @@ impl ClientTcpServer {
                 acceptor: self.acceptor.clone(),
                 handshake_timeout: self.options.handshake_timeout,
                 metrics: self.metrics.clone(),
-                router: self.router.clone(),
+                router: router.clone(),
                 builder: builder.clone(),
                 shutdown: shutdown.clone(),
             };

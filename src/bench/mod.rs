@@ -5,17 +5,36 @@
 //! scenarios here run server internals in-process (they need the server crates), one module
 //! each, reusing that harness (`Report`, `ProcStats`, `Progress`, latency histograms).
 
+mod ids;
+mod push;
+mod store;
+
 use anyhow::{Result, bail};
 use roam_client::bench::{BenchArgs, SCENARIOS, run_known};
 
+/// The scenarios of this binary (after those of `roam_client::bench::SCENARIOS`).
+const LOCAL_SCENARIOS: &[&str] = &["ids", "push", "store-append", "store-read"];
+
 /// Runs the scenario named in `args`.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let Some(report) = run_known(&args)? else {
-        bail!(
-            "unknown scenario {:?}; known: {}",
-            args.scenario,
-            SCENARIOS.join(", ")
-        );
+    let report = match run_known(&args)? {
+        Some(report) => report,
+        None => match args.scenario.as_str() {
+            "ids" => ids::run(&args)?,
+            "push" => push::run(&args)?,
+            "store-append" => store::run_append(&args)?,
+            "store-read" => store::run_read(&args)?,
+            _ => bail!(
+                "unknown scenario {:?}; known: {}",
+                args.scenario,
+                SCENARIOS
+                    .iter()
+                    .chain(LOCAL_SCENARIOS)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
     };
     report.print();
     Ok(())

@@ -225,3 +225,61 @@ fn token_is_signed_with_the_data_dirs_secret() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-empty user"));
 }
+
+#[test]
+fn bench_store_scenarios_print_their_figures_as_the_last_json_line() {
+    let args = ["--duration", "0.3", "--connections", "8"];
+    let out = roam(&[&["bench", "store-append"][..], &args].concat(), &[]);
+    let json = last_json_line(&out);
+    assert_eq!(json["scenario"], "store-append", "{json}");
+    for name in [
+        "appends_per_sec",
+        "commit_p50_us",
+        "commit_p99_us",
+        "hot_appends_per_sec",
+        "hot_commit_p50_us",
+        "hot_commit_p99_us",
+        "rss_bytes",
+    ] {
+        assert!(json[name].as_u64().is_some_and(|v| v > 0), "{name}: {json}");
+    }
+    for name in ["cpu_us_per_append", "hot_cpu_us_per_append"] {
+        assert!(
+            json[name].as_f64().is_some_and(|v| v > 0.0),
+            "{name}: {json}"
+        );
+    }
+    assert_eq!(json["errors"], 0, "{json}");
+    assert!(json["machine"].as_str().unwrap().ends_with(" cores"));
+
+    let out = roam(&[&["bench", "store-read"][..], &args].concat(), &[]);
+    let json = last_json_line(&out);
+    assert_eq!(json["scenario"], "store-read", "{json}");
+    for name in [
+        "reads_per_sec",
+        "read_100_p50_us",
+        "read_100_p99_us",
+        "rss_bytes",
+    ] {
+        assert!(json[name].as_u64().is_some_and(|v| v > 0), "{name}: {json}");
+    }
+    assert!(
+        json["cpu_us_per_read"].as_f64().is_some_and(|v| v > 0.0),
+        "{json}"
+    );
+    assert_eq!(json["errors"], 0, "{json}");
+}
+
+#[test]
+fn bench_push_measures_api_to_edge_delivery() {
+    let out = roam(&["bench", "push", "--duration", "0.5", "--connections", "20"], &[]);
+    let json = last_json_line(&out);
+    assert_eq!(json["scenario"], "push", "{json}");
+    assert!(json["api_pushes_per_sec"].as_u64().is_some_and(|v| v > 0), "{json}");
+    assert!(json["push_to_edge_p99_ms"].as_f64().is_some_and(|v| v > 0.0), "{json}");
+    assert!(json["delivered"].as_u64().is_some_and(|v| v > 0), "{json}");
+    assert_eq!(json["errors"], 0, "{json}");
+    let out = roam(&["bench", "push", "--target", "127.0.0.1:1", "--server-pid", "1"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("drop --target"));
+}
