@@ -409,7 +409,9 @@ impl Config {
         if !(-90.0..=90.0).contains(&e.lat) || !(-180.0..=180.0).contains(&e.lon) {
             bail!("edge.lat must be within [-90, 90] and edge.lon within [-180, 180]");
         }
-        self.ids.validate().map_err(|e| anyhow::anyhow!("[ids]: {e}"))?;
+        self.ids
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[ids]: {e}"))?;
         if self.auth.public_key.is_some() != self.auth.public_key_algorithm.is_some() {
             bail!("auth.public_key and auth.public_key_algorithm go together: set both or neither");
         }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use roam_proto::client::v1::gateway_server::{Gateway as GatewayRpc, GatewayServer};
 use roam_proto::client::v1::Frame as PbFrame;
+use roam_proto::client::v1::gateway_server::{Gateway as GatewayRpc, GatewayServer};
 use roam_proto::{FrameDecoder, encode};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -40,7 +40,10 @@ type FrameStream = Pin<Box<dyn Stream<Item = Result<PbFrame, Status>> + Send>>;
 impl GatewayRpc for GrpcGateway {
     type ConnectStream = FrameStream;
 
-    async fn connect(&self, request: Request<Streaming<PbFrame>>) -> Result<Response<FrameStream>, Status> {
+    async fn connect(
+        &self,
+        request: Request<Streaming<PbFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
         let Some(permit) = self.gateway.admit() else {
             return Err(Status::unavailable("the edge is at its connection limit"));
         };
@@ -55,7 +58,9 @@ impl GatewayRpc for GrpcGateway {
             drive(gateway, io, "grpc").await;
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-        Ok(Response::new(Box::pin(futures_util::StreamExt::map(stream, Ok))))
+        Ok(Response::new(Box::pin(futures_util::StreamExt::map(
+            stream, Ok,
+        ))))
     }
 }
 

@@ -17,7 +17,6 @@
 //! (0 means callers never waited in the measurement).
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -35,7 +34,10 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     let total = args.duration_or(12.0)?;
     let callers = args.connections_or(64, 4_096)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let dir = TempDir::new()?;
+    let dir = tempfile::Builder::new()
+        .prefix("roam-bench-ids-")
+        .tempdir()
+        .context("cannot create a directory for the bench's store")?;
 
     // The service's runtime: segment loads, lease heartbeat and the gRPC server run here.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
@@ -45,7 +47,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         .build()?;
     let metrics = IdMetrics::default();
     let svc = server_rt.block_on(async {
-        let spec = format!("embedded:{}", dir.0.display());
+        let spec = format!("embedded:{}", dir.path().display());
         let store = roam_store::Store::open(&spec).await?;
         let svc = IdService::start(store, IdsConfig::default(), metrics.clone()).await?;
         svc.create_tag(TAG, STEP, 1).await?;
@@ -271,28 +273,6 @@ async fn grpc_load(
 
 fn per_sec(n: u64, elapsed: Duration) -> u64 {
     (n as f64 / elapsed.as_secs_f64().max(1e-9)) as u64
-}
-
-/// A private directory for the bench's store, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir =
-            std::env::temp_dir().join(format!("roam-bench-ids-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[cfg(test)]

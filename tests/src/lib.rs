@@ -110,3 +110,24 @@ pub fn api_key(server: &ChildServer) -> String {
         .trim()
         .to_owned()
 }
+
+/// GETs `path` on the admin listener until `done` holds for its JSON (at most 5 s; panics
+/// naming the path and the last answer otherwise). Returns that JSON.
+pub async fn poll(
+    server: &ChildServer,
+    path: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let v = admin(server, "GET", path, None, None).await.json();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never got there: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

@@ -272,14 +272,35 @@ fn bench_store_scenarios_print_their_figures_as_the_last_json_line() {
 
 #[test]
 fn bench_push_measures_api_to_edge_delivery() {
-    let out = roam(&["bench", "push", "--duration", "0.5", "--connections", "20"], &[]);
+    let out = roam(
+        &["bench", "push", "--duration", "0.5", "--connections", "20"],
+        &[],
+    );
     let json = last_json_line(&out);
     assert_eq!(json["scenario"], "push", "{json}");
-    assert!(json["api_pushes_per_sec"].as_u64().is_some_and(|v| v > 0), "{json}");
-    assert!(json["push_to_edge_p99_ms"].as_f64().is_some_and(|v| v > 0.0), "{json}");
+    assert!(
+        json["api_pushes_per_sec"].as_u64().is_some_and(|v| v > 0),
+        "{json}"
+    );
+    assert!(
+        json["push_to_edge_p99_ms"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "{json}"
+    );
     assert!(json["delivered"].as_u64().is_some_and(|v| v > 0), "{json}");
     assert_eq!(json["errors"], 0, "{json}");
-    let out = roam(&["bench", "push", "--target", "127.0.0.1:1", "--server-pid", "1"], &[]);
+    let out = roam(
+        &[
+            "bench",
+            "push",
+            "--target",
+            "127.0.0.1:1",
+            "--server-pid",
+            "1",
+        ],
+        &[],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("drop --target"));
 }

@@ -10,7 +10,7 @@ use roam_edge::link::{CoreLink, EdgeIdentity};
 use roam_proto::client::v1 as pb;
 use roam_proto::internal::v1::{self as link, EdgeUp, deliver, edge_down, edge_up};
 use roam_proto::{FrameDecoder, Op};
-use roam_tests::admin;
+use roam_tests::{admin, poll};
 use serde_json::{Value, json};
 
 /// A core-only server: the test drives the edge link itself, with no edge of the server's own.
@@ -415,22 +415,6 @@ async fn presence_and_online_counts_follow_connects_and_disconnects() {
     poll(&server, "/api/v1/online/total", |v| v["total"] == 0).await;
 }
 
-/// GETs `path` until `done` holds (at most 5 s); returns the last body.
-async fn poll(server: &ChildServer, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let v = admin(server, "GET", path, None, None).await.json();
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path} never got there: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_silent_edge_leaves_the_node_list_and_its_sessions_go_offline() {
     let server = start(FAST);
@@ -557,7 +541,12 @@ async fn a_full_edge_queue_answers_429_and_does_not_grow() {
     // slot: such a push is accepted everywhere, and the next one finds the queue full.)
     let mut refused_whole = false;
     for _ in 0..50 {
-        let r = push(&server, "users", json!({"users": ["hare", "sloth"], "content": "both"})).await;
+        let r = push(
+            &server,
+            "users",
+            json!({"users": ["hare", "sloth"], "content": "both"}),
+        )
+        .await;
         if r.status == 429 {
             refused_whole = true;
             break;

@@ -7,9 +7,9 @@ use hyper_util::rt::TokioIo;
 use prost::Message;
 use roam_client::child::ChildServer;
 use roam_core::auth::Secret;
+use roam_proto::Op;
 use roam_proto::client::v1 as pb;
 use roam_proto::client::v1::gateway_client::GatewayClient;
-use roam_proto::Op;
 use roam_tests::admin;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -37,7 +37,11 @@ async fn client(server: &ChildServer) -> GatewayClient<tonic::transport::Channel
 }
 
 fn frame(op: Op, seq: u32, body: impl Message) -> pb::Frame {
-    pb::Frame { op: op.code(), seq, body: body.encode_to_vec().into() }
+    pb::Frame {
+        op: op.code(),
+        seq,
+        body: body.encode_to_vec().into(),
+    }
 }
 
 async fn next(stream: &mut tonic::Streaming<pb::Frame>) -> pb::Frame {
@@ -51,8 +55,14 @@ async fn next(stream: &mut tonic::Streaming<pb::Frame>) -> pb::Frame {
 #[tokio::test]
 async fn a_grpc_consumer_authenticates_heartbeats_and_receives_pushes() {
     let server = roam_tests::start("");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let token = Secret::load_or_create(&server.data_dir()).unwrap().mint("svc", None, 600, now).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = Secret::load_or_create(&server.data_dir())
+        .unwrap()
+        .mint("svc", None, 600, now)
+        .unwrap();
     let (tx, rx) = mpsc::channel(8);
     let mut down = client(&server)
         .await
@@ -60,26 +70,51 @@ async fn a_grpc_consumer_authenticates_heartbeats_and_receives_pushes() {
         .await
         .unwrap()
         .into_inner();
-    tx.send(frame(Op::Auth, 1, pb::Auth { token, device_id: "svc-1".into(), ..Default::default() }))
-        .await
-        .unwrap();
+    tx.send(frame(
+        Op::Auth,
+        1,
+        pb::Auth {
+            token,
+            device_id: "svc-1".into(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap();
     let f = next(&mut down).await;
     assert_eq!((f.op, f.seq), (Op::AuthReply.code(), 1));
     assert_eq!(pb::AuthReply::decode(f.body).unwrap().user_id, "svc");
 
-    tx.send(frame(Op::Heartbeat, 2, pb::Heartbeat {})).await.unwrap();
+    tx.send(frame(Op::Heartbeat, 2, pb::Heartbeat {}))
+        .await
+        .unwrap();
     let f = next(&mut down).await;
     assert_eq!((f.op, f.seq), (Op::HeartbeatReply.code(), 2));
 
-    let r = admin(&server, "POST", "/api/v1/push/users", Some(r#"{"users": ["svc"], "content": "grpc!"}"#), None).await;
+    let r = admin(
+        &server,
+        "POST",
+        "/api/v1/push/users",
+        Some(r#"{"users": ["svc"], "content": "grpc!"}"#),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 202);
     let f = next(&mut down).await;
     assert_eq!(f.op, Op::Push.code());
-    let Some(pb::push::Kind::Ephemeral(e)) = pb::Push::decode(f.body).unwrap().kind else { panic!() };
+    let Some(pb::push::Kind::Ephemeral(e)) = pb::Push::decode(f.body).unwrap().kind else {
+        panic!()
+    };
     assert_eq!(&e.content[..], b"grpc!");
 
     // An unknown op is answered with ERROR; the stream stays up.
-    tx.send(pb::Frame { op: 999, seq: 3, body: Default::default() }).await.unwrap();
+    tx.send(pb::Frame {
+        op: 999,
+        seq: 3,
+        body: Default::default(),
+    })
+    .await
+    .unwrap();
     let f = next(&mut down).await;
     assert_eq!((f.op, f.seq), (Op::Error.code(), 3));
 }

@@ -185,20 +185,10 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
         (json!(true), json!(true))
     );
     alice.close().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let p = admin(&server, "GET", "/api/v1/presence?users=alice", None, None)
-            .await
-            .json();
-        if p["users"][0]["online"] == false {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "alice stayed online after closing"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    roam_tests::poll(&server, "/api/v1/presence?users=alice", |p| {
+        p["users"][0]["online"] == false
+    })
+    .await;
 }
 
 #[tokio::test]

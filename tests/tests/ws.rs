@@ -22,14 +22,22 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 fn token(server: &ChildServer, user: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    Secret::load_or_create(&server.data_dir()).unwrap().mint(user, None, 600, now).unwrap()
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    Secret::load_or_create(&server.data_dir())
+        .unwrap()
+        .mint(user, None, 600, now)
+        .unwrap()
 }
 
 async fn tls(server: &ChildServer, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
     let roots = roam_tls::roots_from_pem(&server.dev_cert()).unwrap();
     let config = roam_tls::client_config(roots, &[alpn]);
-    let tcp = TcpStream::connect(server.addr("client_tcp").unwrap()).await.unwrap();
+    let tcp = TcpStream::connect(server.addr("client_tcp").unwrap())
+        .await
+        .unwrap();
     TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
@@ -60,14 +68,26 @@ async fn frames<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) 
     }
 }
 
-async fn auth<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, server: &ChildServer, user: &str, device: &str) {
-    let a = pb::Auth { token: token(server, user), device_id: device.into(), ..Default::default() };
+async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    server: &ChildServer,
+    user: &str,
+    device: &str,
+) {
+    let a = pb::Auth {
+        token: token(server, user),
+        device_id: device.into(),
+        ..Default::default()
+    };
     ws.send(frame(Op::Auth, 1, &a)).await.unwrap();
     let f = &frames(ws).await[0];
     assert_eq!(f.op_kind(), Some(Op::AuthReply), "{f:?}");
 }
 
-async fn expect_push<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, content: &str) {
+async fn expect_push<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    content: &str,
+) {
     let f = &frames(ws).await[0];
     let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
         panic!("expected a push, got {f:?}");
@@ -79,9 +99,13 @@ async fn expect_push<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream
 async fn websocket_over_http11_authenticates_heartbeats_and_receives_pushes() {
     let server = roam_tests::start("");
     let stream = tls(&server, b"http/1.1").await;
-    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/v1/ws", stream).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/v1/ws", stream)
+        .await
+        .unwrap();
     auth(&mut ws, &server, "alice", "alice-web").await;
-    ws.send(frame(Op::Heartbeat, 2, &pb::Heartbeat {})).await.unwrap();
+    ws.send(frame(Op::Heartbeat, 2, &pb::Heartbeat {}))
+        .await
+        .unwrap();
     assert_eq!(frames(&mut ws).await[0].op_kind(), Some(Op::HeartbeatReply));
     // Two frames in one message are both handled.
     let mut two = BytesMut::new();
@@ -93,7 +117,14 @@ async fn websocket_over_http11_authenticates_heartbeats_and_receives_pushes() {
         seqs.extend(frames(&mut ws).await.iter().map(|f| f.seq));
     }
     assert_eq!(seqs, [3, 4]);
-    let r = admin(&server, "POST", "/api/v1/push/rooms", Some(&json!({"rooms": ["b"], "content": "to b"}).to_string()), None).await;
+    let r = admin(
+        &server,
+        "POST",
+        "/api/v1/push/rooms",
+        Some(&json!({"rooms": ["b"], "content": "to b"}).to_string()),
+        None,
+    )
+    .await;
     assert_eq!(r.json()["queued"], 1);
     expect_push(&mut ws, "to b").await;
     // Text messages are not frames: the connection is closed.
@@ -113,9 +144,10 @@ async fn websocket_over_http11_authenticates_heartbeats_and_receives_pushes() {
 async fn two_websockets_share_one_http2_connection() {
     let server = roam_tests::start("");
     let stream = tls(&server, b"h2").await;
-    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let mut sockets = Vec::new();
     for _ in 0..2 {
@@ -125,20 +157,39 @@ async fn two_websockets_share_one_http2_connection() {
             .header("sec-websocket-version", "13")
             .body(Empty::<Bytes>::new())
             .unwrap();
-        req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
         let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200, "extended CONNECT accepted");
         let upgraded = hyper::upgrade::on(resp).await.unwrap();
-        sockets.push(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await);
+        sockets.push(
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await,
+        );
     }
     let (mut a, mut b) = (sockets.remove(0), sockets.remove(0));
     auth(&mut a, &server, "alice", "a-tab").await;
     auth(&mut b, &server, "bob", "b-tab").await;
-    admin(&server, "POST", "/api/v1/push/users", Some(r#"{"users": ["bob"], "content": "for bob"}"#), None).await;
-    admin(&server, "POST", "/api/v1/push/users", Some(r#"{"users": ["alice"], "content": "for alice"}"#), None).await;
+    admin(
+        &server,
+        "POST",
+        "/api/v1/push/users",
+        Some(r#"{"users": ["bob"], "content": "for bob"}"#),
+        None,
+    )
+    .await;
+    admin(
+        &server,
+        "POST",
+        "/api/v1/push/users",
+        Some(r#"{"users": ["alice"], "content": "for alice"}"#),
+        None,
+    )
+    .await;
     expect_push(&mut b, "for bob").await;
     expect_push(&mut a, "for alice").await;
-    let total = admin(&server, "GET", "/api/v1/online/total", None, None).await.json();
+    let total = admin(&server, "GET", "/api/v1/online/total", None, None)
+        .await
+        .json();
     assert!(total["edges"] == 1);
 }
 
@@ -180,7 +231,10 @@ async def main(url, cafile, token):
 
 asyncio.run(main(*sys.argv[1:]))
 "#;
-    let url = format!("wss://localhost:{}/v1/ws", server.addr("client_tcp").unwrap().port());
+    let url = format!(
+        "wss://localhost:{}/v1/ws",
+        server.addr("client_tcp").unwrap().port()
+    );
     let out = tokio::process::Command::new("python3")
         .arg("-c")
         .arg(script)
@@ -192,5 +246,8 @@ asyncio.run(main(*sys.argv[1:]))
         .expect("python3 runs (scripts/setup installs the websockets package)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stdout.contains("ok"), "python client failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success() && stdout.contains("ok"),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
 }
