@@ -1,20 +1,26 @@
 //! # roam-edge — the connection gateway (goim's comet)
 //!
-//! Owns everything between a client's socket and core: TLS termination, the HTTP transports
-//! and (in later issues) the WebSocket, streaming, long-poll, gRPC and raw frame transports,
-//! HTTP/3 over QUIC, the buckets/channels/rooms that hold connections, heartbeats and
+//! Owns everything between a client's socket and core: TLS termination, the client
+//! transports (WebSocket, gRPC and raw frames today; HTTP streaming, long-poll and HTTP/3
+//! later), the buckets and rooms that hold connections, deadlines, limits and the
 //! slow-consumer policy.
 //!
-//! Today it holds the TLS 1.3 client listener ([`ClientTcpServer`]): TCP accept → a bounded,
-//! timed TLS handshake (ALPN `h2` / `http/1.1`) → hyper-util's auto builder serving an axum
-//! [`router`] (`GET /healthz`) over HTTP/1.1 or HTTP/2, with graceful drain on shutdown.
-//! [`EdgeMetrics`] counts connections and handshake failures by reason.
+//! The pieces, each in its own module: [`lean_tls`] (a TLS 1.3 server stream over rustls's
+//! unbuffered API that holds no buffers while idle), [`ClientTcpServer`] (port 8443:
+//! HTTP/1.1 and HTTP/2 through hyper-util, serving [`http::router`]: WebSocket on `/v1/ws`
+//! over Upgrade or extended CONNECT, and the gRPC `Gateway` in [`grpc`]), [`raw`] (port 8444:
+//! frames back to back), [`session`] (the sans-IO protocol state of one connection),
+//! [`outbox`] (its bounded, coalescing queue), [`comet`] (buckets and rooms), [`conn`] (the
+//! per-connection driver every transport shares), [`gateway`] (the link to core through
+//! [`link`], heartbeats, limits). [`EdgeMetrics`] counts connections and handshake failures.
+//! docs/edge.md draws how they connect.
 
 pub mod comet;
 pub mod conn;
 pub mod gateway;
 pub mod grpc;
 pub mod http;
+pub mod lean_tls;
 pub mod link;
 mod metrics;
 pub mod outbox;

@@ -11,13 +11,13 @@ use roam_proto::client::v1::disconnect::Reason;
 use roam_proto::disconnect_frame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::conn::{FrameIo, drive};
 use crate::gateway::Gateway;
+use crate::lean_tls::LeanTlsAcceptor;
 use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
 
 const RAW: TransportLabel = TransportLabel { transport: "raw" };
@@ -68,7 +68,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FrameIo for RawIo<S> {
 /// The bound raw listener.
 pub struct RawServer {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: LeanTlsAcceptor,
     handshake_timeout: Duration,
     drain_timeout: Duration,
     metrics: EdgeMetrics,
@@ -85,7 +85,7 @@ impl RawServer {
     ) -> io::Result<Self> {
         Ok(RawServer {
             listener: TcpListener::bind(addr).await?,
-            acceptor: TlsAcceptor::from(tls),
+            acceptor: LeanTlsAcceptor::new(tls),
             handshake_timeout,
             drain_timeout,
             metrics,
@@ -136,7 +136,7 @@ impl RawServer {
 
 async fn serve(
     gateway: Arc<Gateway>,
-    acceptor: TlsAcceptor,
+    acceptor: LeanTlsAcceptor,
     handshake_timeout: Duration,
     metrics: EdgeMetrics,
     tcp: TcpStream,

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
-use tokio_rustls::TlsAcceptor;
+use crate::lean_tls::LeanTlsAcceptor;
 use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
 
 const TCP: TransportLabel = TransportLabel { transport: "tcp" };
@@ -31,7 +31,7 @@ pub struct TcpOptions {
 /// A bound TLS client listener, ready to [`run`](ClientTcpServer::run).
 pub struct ClientTcpServer {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: LeanTlsAcceptor,
     options: TcpOptions,
     metrics: EdgeMetrics,
 }
@@ -48,7 +48,7 @@ impl ClientTcpServer {
         let listener = TcpListener::bind(addr).await?;
         Ok(ClientTcpServer {
             listener,
-            acceptor: TlsAcceptor::from(tls),
+            acceptor: LeanTlsAcceptor::new(tls),
             options,
             metrics,
         })
@@ -106,7 +106,7 @@ impl ClientTcpServer {
 
 /// One accepted TCP connection, before and after its handshake.
 struct Connection {
-    acceptor: TlsAcceptor,
+    acceptor: LeanTlsAcceptor,
     handshake_timeout: Duration,
     metrics: EdgeMetrics,
     router: Router,
