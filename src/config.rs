@@ -119,6 +119,10 @@ pub struct Limits {
     pub max_packet: usize,
     /// Seconds a client may take to complete the TLS handshake.
     pub handshake_timeout_secs: u64,
+    /// Seconds an HTTP/1.1 request's headers may take to arrive (against slowloris).
+    pub http_header_timeout_secs: u64,
+    /// Concurrent HTTP/2 streams per connection.
+    pub http2_max_streams: u32,
 }
 
 /// Shutdown behaviour.
@@ -306,6 +310,8 @@ impl Default for Limits {
         Limits {
             max_packet: roam_proto::DEFAULT_MAX_PACKET,
             handshake_timeout_secs: 10,
+            http_header_timeout_secs: 10,
+            http2_max_streams: 256,
         }
     }
 }
@@ -377,6 +383,9 @@ impl Config {
             (Some(_), None) => bail!("tls.cert is set but tls.key is not: set both or neither"),
             (None, Some(_)) => bail!("tls.key is set but tls.cert is not: set both or neither"),
             _ => {}
+        }
+        if self.limits.http_header_timeout_secs == 0 || self.limits.http2_max_streams == 0 {
+            bail!("limits.http_header_timeout_secs and limits.http2_max_streams must be above 0");
         }
         let c = &self.core;
         if c.heartbeat_min_secs == 0 || c.heartbeat_min_secs > c.heartbeat_max_secs {

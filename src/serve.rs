@@ -150,6 +150,8 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
         let options = roam_edge::TcpOptions {
             handshake_timeout,
             drain_timeout,
+            header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
+            max_streams: config.limits.http2_max_streams,
         };
         let server = roam_edge::ClientTcpServer::bind(addr, tls, options, edge_metrics.clone())
             .await

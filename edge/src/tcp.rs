@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +26,34 @@ pub struct TcpOptions {
     pub handshake_timeout: Duration,
     /// On shutdown, how long open connections get to finish.
     pub drain_timeout: Duration,
+    /// An HTTP/1.1 request's headers must arrive within this time.
+    pub header_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection (each WebSocket over HTTP/2 is one).
+    pub max_streams: u32,
+}
+
+/// HTTP/1.1 and HTTP/2 with limits against slow and abusive clients: a request's headers
+/// must arrive within the header timeout (slowloris), headers and buffers are bounded, and
+/// HTTP/2 bounds concurrent streams and reset floods (a client that resets more streams
+/// than allowed gets GOAWAY). Extended CONNECT is on for WebSockets over HTTP/2.
+fn http_builder(options: &TcpOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(options.max_streams)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(64)
+        .max_header_list_size(32 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(60)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
 }
 
 /// A bound TLS client listener, ready to [`run`](ClientTcpServer::run).
@@ -62,8 +90,7 @@ impl ClientTcpServer {
     /// Serves `router` (see [`crate::http::router`]) on accepted connections until
     /// `shutdown` fires, then lets open connections finish for up to the drain timeout.
     pub async fn run(self, router: Router, shutdown: CancellationToken) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http2().enable_connect_protocol();
+        let builder = http_builder(&self.options);
         let builder = Arc::new(builder);
         let tracker = TaskTracker::new();
         loop {

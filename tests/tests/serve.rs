@@ -180,3 +180,26 @@ fn sigint_stops_cleanly_too() {
     let status = server.stop_with(rustix::process::Signal::INT).unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_slowloris_client_is_cut_off_without_hurting_others() {
+    let server = roam_tests::start("[limits]\nhttp_header_timeout_secs = 1\n");
+    let mut slow = connect(&server, &[b"http/1.1"]).await;
+    // Headers that never end.
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    let (_, status, _) = get(&server, b"h2", "/healthz").await;
+    assert_eq!(status, 200, "others are served meanwhile");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the server must close a connection whose headers never finish"
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "no response to unfinished headers"
+    );
+    assert_eq!(server.stop().unwrap().code(), Some(0));
+}
