@@ -166,7 +166,7 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             tls,
             handshake_timeout,
             drain_timeout,
-            edge_metrics,
+            edge_metrics.clone(),
         )
         .await
         .with_context(|| format!("cannot bind listen.raw on {addr}"))?;
@@ -204,6 +204,7 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             core_address.clone(),
             identity,
             config.edge.gateway(config.limits.max_packet),
+            edge_metrics,
             shutdown.clone(),
         )
         .await

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::gateway::Gateway;
+use crate::metrics::{ReasonLabel, TransportLabel};
 use crate::outbox::{CloseReason, Outbox};
 use crate::session::{Action, Session};
 use roam_proto::internal::v1 as link;
@@ -74,6 +75,15 @@ fn heartbeat_interval(batch: &[Bytes]) -> Option<u32> {
 /// Drives one connection of `transport` to its end.
 pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'static str) {
     let decoder = FrameDecoder::new(gateway.config.max_packet);
+    let metrics = gateway.metrics.clone();
+    let label = TransportLabel { transport };
+    let frames_in = metrics.frames_in.get_or_create(&label).clone();
+    let bytes_in = metrics.bytes_in.get_or_create(&label).clone();
+    let frames_out = metrics.frames_out.get_or_create(&label).clone();
+    let writes = metrics.writes.get_or_create(&label).clone();
+    let close = |reason: &'static str| {
+        metrics.closes.get_or_create(&ReasonLabel { reason }).inc();
+    };
     let mut session = Session::new(gateway.config.session.clone(), Instant::now());
     let outbox = Arc::new(Outbox::new(gateway.config.outbox));
     let mut buf = BytesMut::new();
@@ -90,11 +100,15 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
         tokio::select! {
             read = io.read(&mut buf) => match read {
                 Ok(0) | Err(_) => break 'conn,
-                Ok(_) => {
+                Ok(n) => {
+                    bytes_in.inc_by(n as u64);
                     let now = Instant::now();
                     loop {
                         match decoder.decode(&mut buf) {
-                            Ok(Some(frame)) => session.handle_frame(frame, now, &mut actions),
+                            Ok(Some(frame)) => {
+                                frames_in.inc();
+                                session.handle_frame(frame, now, &mut actions);
+                            }
                             Ok(None) => break,
                             Err(e) => {
                                 session.handle_decode_error(&e, &mut actions);
@@ -120,6 +134,7 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
                         gateway.comet.insert(id, outbox.clone());
                         gateway.joined(transport);
                         registered = true;
+                        metrics.heartbeat_interval.observe(f64::from(r.heartbeat_secs));
                         for room in std::mem::take(&mut auth_rooms) {
                             if let Some((true, 1)) = gateway.comet.join(id, &room) {
                                 gateway.room_change(room, 1);
@@ -148,13 +163,21 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
             _ = outbox.ready(), if registered => {
                 match outbox.take(&mut batch) {
                     Some(reason) => {
+                        close(match reason {
+                            CloseReason::Slow => "slow",
+                            CloseReason::Kicked(_) => "kicked",
+                            CloseReason::Drain => "drain",
+                        });
                         let _ = io.write_batch(&[close_frames(reason)]).await;
                         break 'conn;
                     }
                     None => {
                         if let Some(secs) = heartbeat_interval(&batch) {
+                            metrics.heartbeat_interval.observe(f64::from(secs));
                             session.handle_heartbeat_interval(secs, Instant::now());
                         }
+                        frames_out.inc_by(batch.len() as u64);
+                        writes.inc();
                         let written = io.write_batch(&batch).await;
                         batch.clear();
                         if written.is_err() {
@@ -165,6 +188,7 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
             },
             _ = tokio::time::sleep_until(deadline) => session.handle_timeout(Instant::now(), &mut actions),
             _ = gateway.shutdown.cancelled() => {
+                close("drain");
                 let _ = io.write_batch(&[close_frames(CloseReason::Drain)]).await;
                 break 'conn;
             }
@@ -173,6 +197,8 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
         for action in actions.drain(..) {
             match action {
                 Action::Send(frames) => {
+                    frames_out.inc();
+                    writes.inc();
                     if io.write_batch(&[frames]).await.is_err() {
                         break 'conn;
                     }
@@ -229,6 +255,7 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
                 }
                 Action::Close { idle: was_idle } => {
                     idle = was_idle;
+                    close(if was_idle { "idle" } else { "protocol" });
                     break 'conn;
                 }
             }

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::comet::Comet;
 use crate::link::{CoreLink, EdgeIdentity, LinkError};
+use crate::metrics::EdgeMetrics;
 use crate::outbox::CloseReason;
 use crate::session::SessionConfig;
 
@@ -60,6 +61,8 @@ pub struct Gateway {
     pub comet: Comet,
     /// Tunables.
     pub config: GatewayConfig,
+    /// Metrics.
+    pub metrics: EdgeMetrics,
     /// Fires on shutdown: connections drain.
     pub shutdown: CancellationToken,
     up: Mutex<Option<mpsc::Sender<EdgeUp>>>,
@@ -91,12 +94,14 @@ impl Gateway {
         core: String,
         identity: EdgeIdentity,
         config: GatewayConfig,
+        metrics: EdgeMetrics,
         shutdown: CancellationToken,
     ) -> Result<Arc<Gateway>, LinkError> {
         let link = CoreLink::connect(&core, identity.clone()).await?;
         let gateway = Arc::new(Gateway {
             comet: Comet::new(config.buckets),
             config,
+            metrics,
             shutdown,
             up: Mutex::new(Some(link.sender())),
             pending: Mutex::new(HashMap::new()),

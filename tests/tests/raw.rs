@@ -235,6 +235,18 @@ async fn bad_auth_and_bad_frames_get_an_error_then_the_close() {
         assert_eq!(error_of(&frames[0]).code, code as i32, "{bytes:?}");
         assert_eq!(frames[1].op_kind(), Some(Op::Disconnect));
     }
+    let metrics = admin(&server, "GET", "/metrics", None, Some("")).await.body;
+    for needle in [
+        "roam_edge_closes_total{reason=\"protocol\"} 5",
+        "roam_edge_frames_in_total{transport=\"raw\"}",
+        "roam_edge_writes_total{transport=\"raw\"}",
+        "roam_edge_heartbeat_interval_seconds_count 3",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle:?}:\n{metrics}"
+        );
+    }
     // The server is unharmed.
     let (mut ok, _) = login(&server, "alice", "a", &[]).await;
     ok.send(Op::Heartbeat, 2, &pb::Heartbeat {}).await.unwrap();
