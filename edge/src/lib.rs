@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod http;
 pub mod lean_tls;
 pub mod link;
+mod listener;
 mod metrics;
 pub mod outbox;
 pub mod raw;

@@ -11,13 +11,12 @@ use roam_proto::client::v1::disconnect::Reason;
 use roam_proto::disconnect_frame;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::debug;
 
 use crate::conn::{FrameIo, drive};
 use crate::gateway::Gateway;
 use crate::lean_tls::LeanTlsAcceptor;
+use crate::listener::accept_loop;
 use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
 
 const RAW: TransportLabel = TransportLabel { transport: "raw" };
@@ -100,37 +99,19 @@ impl RawServer {
     /// Serves until the gateway shuts down, then waits (up to the drain timeout) for
     /// connections to send their DISCONNECT(drain) and close.
     pub async fn run(self, gateway: Arc<Gateway>) {
-        let tracker = TaskTracker::new();
-        let shutdown: CancellationToken = gateway.shutdown.clone();
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let span = info_span!("conn", %peer, transport = "raw");
-            let conn = serve(
+        let shutdown = gateway.shutdown.clone();
+        let (acceptor, metrics) = (self.acceptor, self.metrics);
+        let handshake_timeout = self.handshake_timeout;
+        accept_loop(self.listener, "raw", &shutdown, self.drain_timeout, |tcp| {
+            serve(
                 gateway.clone(),
-                self.acceptor.clone(),
-                self.handshake_timeout,
-                self.metrics.clone(),
+                acceptor.clone(),
+                handshake_timeout,
+                metrics.clone(),
                 tcp,
-            );
-            tracker.spawn(conn.instrument(span));
-        }
-        tracker.close();
-        if tokio::time::timeout(self.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(open = tracker.len(), "drain timeout on the raw port");
-        }
+            )
+        })
+        .await;
     }
 }
 

@@ -11,10 +11,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::debug;
 
 use crate::lean_tls::LeanTlsAcceptor;
+use crate::listener::accept_loop;
 use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
 
 const TCP: TransportLabel = TransportLabel { transport: "tcp" };
@@ -92,42 +92,27 @@ impl ClientTcpServer {
     pub async fn run(self, router: Router, shutdown: CancellationToken) {
         let builder = http_builder(&self.options);
         let builder = Arc::new(builder);
-        let tracker = TaskTracker::new();
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let conn = Connection {
-                acceptor: self.acceptor.clone(),
-                handshake_timeout: self.options.handshake_timeout,
-                metrics: self.metrics.clone(),
-                router: router.clone(),
-                builder: builder.clone(),
-                shutdown: shutdown.clone(),
-            };
-            let span = info_span!("conn", %peer, transport = "tcp");
-            tracker.spawn(conn.serve(tcp).instrument(span));
-        }
-        drop(self.listener);
-        tracker.close();
-        if tokio::time::timeout(self.options.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                open = tracker.len(),
-                "drain timeout: leaving the remaining client connections to be cut at exit"
-            );
-        }
+        let (acceptor, metrics) = (self.acceptor, self.metrics);
+        let handshake_timeout = self.options.handshake_timeout;
+        let conn_shutdown = shutdown.clone();
+        accept_loop(
+            self.listener,
+            "tcp",
+            &shutdown,
+            self.options.drain_timeout,
+            |tcp| {
+                Connection {
+                    acceptor: acceptor.clone(),
+                    handshake_timeout,
+                    metrics: metrics.clone(),
+                    router: router.clone(),
+                    builder: builder.clone(),
+                    shutdown: conn_shutdown.clone(),
+                }
+                .serve(tcp)
+            },
+        )
+        .await;
     }
 }
 

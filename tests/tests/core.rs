@@ -28,12 +28,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn token(server: &ChildServer, user: &str) -> String {
-    Secret::load_or_create(&server.data_dir())
-        .unwrap()
-        .mint(user, None, 600, now())
-        .unwrap()
-}
+use roam_tests::token;
 
 async fn edge(server: &ChildServer, id: &str, lat: f64, lon: f64, weight: u32) -> CoreLink {
     let addr = format!("http://{}", server.addr("internal").unwrap());

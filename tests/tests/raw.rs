@@ -1,26 +1,16 @@
 //! The raw frame port end to end: real TLS clients, the real edge, core and store in one
 //! `roam serve`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use roam_client::child::ChildServer;
 use roam_client::raw::RawConnection;
-use roam_core::auth::Secret;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, Op};
 use roam_tests::admin;
 use serde_json::json;
 
-fn token(server: &ChildServer, user: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    Secret::load_or_create(&server.data_dir())
-        .unwrap()
-        .mint(user, None, 600, now)
-        .unwrap()
-}
+use roam_tests::token;
 
 async fn dial(server: &ChildServer) -> RawConnection {
     RawConnection::connect(server.addr("raw").unwrap(), &server.dev_cert())

@@ -1,14 +1,13 @@
 //! WebSockets on the client port: over HTTP/1.1 Upgrade, over HTTP/2 extended CONNECT (two
 //! on one TCP connection), and from another stack (Python's `websockets`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use roam_client::child::ChildServer;
-use roam_core::auth::Secret;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, FrameDecoder, Op, encode_msg};
 use roam_tests::admin;
@@ -21,16 +20,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-fn token(server: &ChildServer, user: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    Secret::load_or_create(&server.data_dir())
-        .unwrap()
-        .mint(user, None, 600, now)
-        .unwrap()
-}
+use roam_tests::token;
 
 async fn tls(server: &ChildServer, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
     let roots = roam_tls::roots_from_pem(&server.dev_cert()).unwrap();

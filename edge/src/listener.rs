@@ -1,0 +1,48 @@
+//! The accept loop every TCP listener of the edge shares: accept until shutdown (backing off
+//! on accept errors such as EMFILE instead of spinning), one tracked task per connection
+//! inside a `conn` span, then wait up to the drain timeout for those tasks to finish.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+
+/// Runs `serve` on every connection `listener` accepts until `shutdown`, then drains.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    transport: &'static str,
+    shutdown: &CancellationToken,
+    drain: Duration,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tracker = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, transport, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let span = info_span!("conn", %peer, transport);
+        tracker.spawn(serve(tcp).instrument(span));
+    }
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        warn!(
+            open = tracker.len(),
+            transport, "drain timeout: leaving the remaining connections to be cut at exit"
+        );
+    }
+}
