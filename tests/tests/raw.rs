@@ -118,7 +118,12 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
     };
     assert_eq!(&e.content[..], b"hi alice");
 
-    // A room push reaches the room's members and no one else.
+    // A room push reaches the room's members and no one else. Room membership travels to core on
+    // the edge link, apart from the API: wait until core has seen it.
+    roam_tests::poll(&server, "/api/v1/online/rooms", |v| {
+        v["rooms"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
     let r = admin(
         &server,
         "POST",

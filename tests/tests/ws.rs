@@ -107,6 +107,11 @@ async fn websocket_over_http11_authenticates_heartbeats_and_receives_pushes() {
         seqs.extend(frames(&mut ws).await.iter().map(|f| f.seq));
     }
     assert_eq!(seqs, [3, 4]);
+    // Room membership travels to core on the edge link, apart from the API: wait for it.
+    roam_tests::poll(&server, "/api/v1/online/rooms", |v| {
+        v["rooms"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
     let r = admin(
         &server,
         "POST",
