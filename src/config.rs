@@ -195,6 +195,10 @@ pub struct EdgeSection {
     pub rate_burst: u32,
     /// Requests per second a client may sustain.
     pub rate_per_sec: u32,
+    /// A write to a client that takes longer than this (it stopped reading) closes it as slow.
+    pub write_timeout_secs: u64,
+    /// clients/web's build, served at `GET /` when it holds an index.html.
+    pub web_dir: PathBuf,
 }
 
 impl Default for EdgeSection {
@@ -214,6 +218,8 @@ impl Default for EdgeSection {
             auth_timeout_secs: 10,
             rate_burst: 50,
             rate_per_sec: 20,
+            write_timeout_secs: 10,
+            web_dir: PathBuf::from("clients/web/dist"),
         }
     }
 }
@@ -236,6 +242,7 @@ impl EdgeSection {
             } else {
                 self.buckets
             },
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
         }
     }
 }
@@ -412,8 +419,15 @@ impl Config {
         if e.id.is_empty() {
             bail!("edge.id must not be empty");
         }
-        if e.outbox == 0 || e.max_connections == 0 || e.rate_burst == 0 || e.rate_per_sec == 0 {
-            bail!("edge.outbox, max_connections, rate_burst and rate_per_sec must be above 0");
+        if e.outbox == 0
+            || e.max_connections == 0
+            || e.rate_burst == 0
+            || e.rate_per_sec == 0
+            || e.write_timeout_secs == 0
+        {
+            bail!(
+                "edge.outbox, max_connections, rate_burst, rate_per_sec and write_timeout_secs must be above 0"
+            );
         }
         if !(-90.0..=90.0).contains(&e.lat) || !(-180.0..=180.0).contains(&e.lon) {
             bail!("edge.lat must be within [-90, 90] and edge.lon within [-180, 180]");

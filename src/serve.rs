@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use axum::http::HeaderValue;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -214,7 +215,18 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
                 config.edge.id
             )
         })?;
-        tasks.spawn(server.run(roam_edge::http::router(gateway.clone()), shutdown.clone()));
+        let http = roam_edge::http::HttpOptions {
+            alt_svc: HeaderValue::from_str(&format!(
+                "h3=\":{}\"; ma=86400",
+                config.listen.client_quic.port()
+            ))
+            .ok(),
+            web_dir: Some(config.edge.web_dir.clone()),
+        };
+        tasks.spawn(server.run(
+            roam_edge::http::router(gateway.clone(), http),
+            shutdown.clone(),
+        ));
         tasks.spawn(raw.run(gateway));
         banner.push(format!(
             "client API  https://{client_tcp}  (TLS 1.3, HTTP/2 + HTTP/1.1)"

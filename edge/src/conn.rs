@@ -72,11 +72,48 @@ fn heartbeat_interval(batch: &[Bytes]) -> Option<u32> {
     newest
 }
 
-/// Drives one connection of `transport` to its end.
-pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'static str) {
+/// What a connection runs over, for metrics and the load reports to core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transport {
+    /// `ws`, `stream`, `poll`, `grpc` or `raw` (one of [`crate::gateway::TRANSPORTS`]).
+    pub name: &'static str,
+    /// The HTTP version beneath: `1.1`, `2`, `3`, or `none` (the raw port).
+    pub http: &'static str,
+}
+
+impl Transport {
+    /// The label for an HTTP request's version.
+    pub fn http_version(version: axum::http::Version) -> &'static str {
+        match version {
+            axum::http::Version::HTTP_2 => "2",
+            axum::http::Version::HTTP_3 => "3",
+            _ => "1.1",
+        }
+    }
+}
+
+/// Why a write to the client failed: it did not finish within the write timeout (the client
+/// stopped reading: `slow`), or the transport broke (`io`).
+async fn write<T: FrameIo>(
+    io: &mut T,
+    frames: &[Bytes],
+    timeout: std::time::Duration,
+) -> Result<(), &'static str> {
+    match tokio::time::timeout(timeout, io.write_batch(frames)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("io"),
+        Err(_) => Err("slow"),
+    }
+}
+
+/// Drives one connection over `transport` to its end.
+pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Transport) {
     let decoder = FrameDecoder::new(gateway.config.max_packet);
+    let write_timeout = gateway.config.write_timeout;
     let metrics = gateway.metrics.clone();
-    let label = TransportLabel { transport };
+    let label = TransportLabel {
+        transport: transport.name,
+    };
     let frames_in = metrics.frames_in.get_or_create(&label).clone();
     let bytes_in = metrics.bytes_in.get_or_create(&label).clone();
     let frames_out = metrics.frames_out.get_or_create(&label).clone();
@@ -168,7 +205,7 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
                             CloseReason::Kicked(_) => "kicked",
                             CloseReason::Drain => "drain",
                         });
-                        let _ = io.write_batch(&[close_frames(reason)]).await;
+                        let _ = write(&mut io, &[close_frames(reason)], write_timeout).await;
                         break 'conn;
                     }
                     None => {
@@ -176,11 +213,13 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
                             metrics.heartbeat_interval.observe(f64::from(secs));
                             session.handle_heartbeat_interval(secs, Instant::now());
                         }
+                        metrics.queue_depth.observe(batch.len() as f64);
                         frames_out.inc_by(batch.len() as u64);
                         writes.inc();
-                        let written = io.write_batch(&batch).await;
+                        let written = write(&mut io, &batch, write_timeout).await;
                         batch.clear();
-                        if written.is_err() {
+                        if let Err(reason) = written {
+                            close(reason);
                             break 'conn;
                         }
                     }
@@ -189,7 +228,7 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
             _ = tokio::time::sleep_until(deadline) => session.handle_timeout(Instant::now(), &mut actions),
             _ = gateway.shutdown.cancelled() => {
                 close("drain");
-                let _ = io.write_batch(&[close_frames(CloseReason::Drain)]).await;
+                let _ = write(&mut io, &[close_frames(CloseReason::Drain)], write_timeout).await;
                 break 'conn;
             }
         }
@@ -199,7 +238,8 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
                 Action::Send(frames) => {
                     frames_out.inc();
                     writes.inc();
-                    if io.write_batch(&[frames]).await.is_err() {
+                    if let Err(reason) = write(&mut io, &[frames], write_timeout).await {
+                        close(reason);
                         break 'conn;
                     }
                 }
@@ -213,7 +253,7 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
                         .collect();
                     let id = gateway.comet.allocate(&a.device_id);
                     conn_id = Some(id);
-                    auth = Some(gateway.authenticate(id, a, transport));
+                    auth = Some(gateway.authenticate(id, a, transport.name));
                 }
                 Action::ToCore { op, seq, body } => {
                     if let Some(id) = conn_id {
@@ -233,8 +273,9 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
                         rooms: gateway.comet.rooms_of(id),
                     };
                     if let Ok(f) = frame_of(Op::RoomJoinReply, seq, &reply)
-                        && io.write_batch(&[f]).await.is_err()
+                        && let Err(reason) = write(&mut io, &[f], write_timeout).await
                     {
+                        close(reason);
                         break 'conn;
                     }
                 }
@@ -248,8 +289,9 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
                         rooms: gateway.comet.rooms_of(id),
                     };
                     if let Ok(f) = frame_of(Op::RoomLeaveReply, seq, &reply)
-                        && io.write_batch(&[f]).await.is_err()
+                        && let Err(reason) = write(&mut io, &[f], write_timeout).await
                     {
+                        close(reason);
                         break 'conn;
                     }
                 }
@@ -262,7 +304,8 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: &'st
         }
     }
 
-    io.close().await;
+    // Bounded like every write: a client that stopped reading cannot hold the task.
+    let _ = tokio::time::timeout(write_timeout, io.close()).await;
     if let Some(id) = conn_id {
         if registered {
             gateway.left(transport);

@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::comet::Comet;
+use crate::comet::{Comet, Fanout};
+use crate::conn::Transport;
 use crate::link::{CoreLink, EdgeIdentity, LinkError};
 use crate::metrics::EdgeMetrics;
 use crate::outbox::CloseReason;
@@ -37,6 +38,8 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Comet buckets.
     pub buckets: usize,
+    /// A write to a client that takes longer than this closes the connection as slow.
+    pub write_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -47,6 +50,7 @@ impl Default for GatewayConfig {
             max_packet: roam_proto::DEFAULT_MAX_PACKET,
             max_connections: 100_000,
             buckets: std::thread::available_parallelism().map_or(4, |n| n.get() * 4),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -121,18 +125,20 @@ impl Gateway {
         (n < self.config.max_connections).then_some(permit)
     }
 
-    /// Counts an authenticated connection of `transport` (until [`Gateway::left`]).
-    pub fn joined(&self, transport: &str) {
-        if let Some(i) = TRANSPORTS.iter().position(|t| *t == transport) {
+    /// Counts an authenticated connection over `transport` (until [`Gateway::left`]).
+    pub fn joined(&self, transport: Transport) {
+        if let Some(i) = TRANSPORTS.iter().position(|t| *t == transport.name) {
             self.by_transport[i].fetch_add(1, Ordering::Relaxed);
         }
+        self.metrics.sessions.get_or_create(&transport.into()).inc();
     }
 
-    /// The authenticated connection of `transport` ended.
-    pub fn left(&self, transport: &str) {
-        if let Some(i) = TRANSPORTS.iter().position(|t| *t == transport) {
+    /// The authenticated connection over `transport` ended.
+    pub fn left(&self, transport: Transport) {
+        if let Some(i) = TRANSPORTS.iter().position(|t| *t == transport.name) {
             self.by_transport[i].fetch_sub(1, Ordering::Relaxed);
         }
+        self.metrics.sessions.get_or_create(&transport.into()).dec();
     }
 
     fn send_up(&self, msg: edge_up::Msg) {
@@ -207,6 +213,13 @@ impl Gateway {
         })
     }
 
+    fn count(&self, fanout: Fanout) {
+        self.metrics.queued.inc_by(fanout.queued);
+        if fanout.overflowed > 0 {
+            self.metrics.overflows.inc_by(fanout.overflowed);
+        }
+    }
+
     fn apply(&self, msg: edge_down::Msg) {
         match msg {
             edge_down::Msg::ConnectResult(r) => {
@@ -215,15 +228,17 @@ impl Gateway {
                 }
             }
             edge_down::Msg::Deliver(d) => {
-                let _ = match d.target {
+                let fanout = match d.target {
                     Some(deliver::Target::Conns(ids)) => self.comet.send_many(&ids.ids, &d.frames),
                     Some(deliver::Target::Room(room)) => self.comet.send_room(&room, &d.frames),
                     Some(deliver::Target::All(_)) => self.comet.send_all(&d.frames),
                     None => return,
                 };
+                self.count(fanout);
             }
             edge_down::Msg::OpReply(r) => {
-                self.comet.send(r.conn_id, r.frames);
+                let fanout = self.comet.send(r.conn_id, r.frames);
+                self.count(fanout);
             }
             edge_down::Msg::Kick(k) => {
                 self.comet.close(k.conn_id, CloseReason::Kicked(k.reason));

@@ -15,7 +15,7 @@ use roam_proto::{FrameDecoder, encode};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::conn::{FrameIo, drive};
+use crate::conn::{FrameIo, Transport, drive};
 use crate::gateway::Gateway;
 
 /// Frames buffered towards a gRPC client beyond the connection's outbox.
@@ -55,7 +55,15 @@ impl GatewayRpc for GrpcGateway {
         let gateway = self.gateway.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            drive(gateway, io, "grpc").await;
+            drive(
+                gateway,
+                io,
+                Transport {
+                    name: "grpc",
+                    http: "2",
+                },
+            )
+            .await;
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Response::new(Box::pin(futures_util::StreamExt::map(

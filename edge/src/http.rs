@@ -1,63 +1,174 @@
-//! The HTTP routes of the client port: `GET /healthz`; `GET /v1/ws` — a WebSocket over
-//! HTTP/1.1 Upgrade or HTTP/2 extended CONNECT (RFC 8441, many WebSockets on one TCP
-//! connection), carrying frames (one binary message = one or more frames) through the same
-//! connection driver as every transport; and `POST /roam.client.v1.Gateway/Connect`, the
-//! gRPC `Gateway` service ([`crate::grpc`]).
+//! The HTTP routes of the client port, every response carrying `alt-svc` (HTTP/3):
+//!
+//! - `GET /healthz`.
+//! - `GET /v1/ws` — a WebSocket over HTTP/1.1 Upgrade or HTTP/2 extended CONNECT (RFC 8441,
+//!   many WebSockets on one TCP connection); one binary message = one or more frames.
+//! - `GET /v1/stream`, `GET /v1/poll`, `POST /v1/send` — virtual connections made of HTTP
+//!   requests ([`crate::vconn`]): a streamed response body or long-polls down, request
+//!   bodies up.
+//! - `POST /roam.client.v1.Gateway/Connect` — the gRPC `Gateway` service ([`crate::grpc`]).
+//! - `GET /` — the web app (clients/web's build) when its directory exists.
+//!
+//! Every connection runs through the same driver ([`crate::conn::drive`]). Errors before a
+//! connection exists (no token, a refused token, an unknown `roam-session`, a bad body) are
+//! an HTTP status with `{"error": {"code", "message"}}`.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::extract::{Query, State};
+use axum::http::header::{ALT_SVC, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use roam_proto::client::v1::{self as pb, error::Code};
+use roam_proto::{FrameDecoder, Op};
+use tower_http::services::{ServeDir, ServeFile};
+use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::conn::{FrameIo, drive};
+use crate::conn::{FrameIo, Transport, drive};
 use crate::gateway::Gateway;
+use crate::vconn::{self, Conn, ConnError, Mode, Registry};
 
-/// The client port's routes over `gateway`, with the gRPC `Gateway` service (tonic) at its
-/// method path.
-pub fn router(gateway: Arc<Gateway>) -> Router {
+/// The header naming a virtual connection.
+pub const SESSION: HeaderName = HeaderName::from_static("roam-session");
+/// The header carrying the cursor of the last frame a poll answered.
+pub const CURSOR: HeaderName = HeaderName::from_static("roam-cursor");
+/// The media type of a body of frames back to back.
+pub const FRAMES: &str = "application/vnd.roam.frames";
+
+/// A long-poll waits at most this long (`wait` above is cut to it).
+pub const MAX_POLL_WAIT: Duration = Duration::from_secs(60);
+/// A long-poll without `wait` waits this long.
+pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(25);
+/// A `/v1/send` waits this long for its replies; later ones go downstream.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// `/v1/send` bodies hold at most this many maximum-size frames' worth of bytes.
+const SEND_FRAMES: usize = 16;
+
+/// What the routes serve besides the client API.
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// `alt-svc` value on every response (e.g. `h3=":8443"; ma=86400`).
+    pub alt_svc: Option<HeaderValue>,
+    /// clients/web's build; `GET /` serves it when the directory exists.
+    pub web_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct Client {
+    gateway: Arc<Gateway>,
+    vconns: Arc<Registry>,
+}
+
+/// The client port's routes over `gateway`.
+pub fn router(gateway: Arc<Gateway>, options: HttpOptions) -> Router {
     let grpc = crate::grpc::service(gateway.clone());
-    Router::new()
+    let client = Client {
+        gateway,
+        vconns: Arc::new(Registry::default()),
+    };
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/ws", any(websocket))
+        .route("/v1/stream", get(stream))
+        .route("/v1/poll", get(poll))
+        .route("/v1/send", post(send))
         .route_service("/roam.client.v1.Gateway/Connect", grpc)
-        .with_state(gateway)
+        .with_state(client);
+    router = match options.web_dir.filter(|d| d.join("index.html").is_file()) {
+        Some(dir) => {
+            let index = ServeFile::new(dir.join("index.html"));
+            router.fallback_service(ServeDir::new(dir).fallback(index))
+        }
+        None => router.fallback(not_found),
+    };
+    if let Some(alt_svc) = options.alt_svc {
+        router = router.layer(SetResponseHeaderLayer::overriding(ALT_SVC, alt_svc));
+    }
+    router
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-fn unavailable(message: &str) -> Response {
-    let body = serde_json::json!({"error": {"code": "unavailable", "message": message}});
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [("retry-after", "5")],
-        axum::Json(body),
+async fn not_found() -> ApiError {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint (and the web app is not built: run `npm ci && npm run build` in clients/web)",
     )
-        .into_response()
 }
 
-async fn websocket(State(gateway): State<Arc<Gateway>>, upgrade: WebSocketUpgrade) -> Response {
+/// An error answer: `{"error": {"code", "message"}}` with its status (and `retry-after`
+/// when the edge is unavailable).
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("5"));
+        }
+        r
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> ApiError {
+    ApiError {
+        status,
+        code: code.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+fn unavailable(message: &str) -> ApiError {
+    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+}
+
+async fn websocket(
+    State(client): State<Client>,
+    version: Version,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let gateway = client.gateway;
     let Some(permit) = gateway.admit() else {
-        return unavailable("the edge is at its connection limit");
+        return unavailable("the edge is at its connection limit").into_response();
     };
     let max = gateway.config.max_packet;
+    let transport = Transport {
+        name: "ws",
+        http: Transport::http_version(version),
+    };
     upgrade
         // Small buffers: an idle WebSocket should cost little (tungstenite's default read
         // buffer is 128 KiB).
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_message_size(max * 16)
-        .max_frame_size(max * 16)
+        .max_message_size(max * SEND_FRAMES)
+        .max_frame_size(max * SEND_FRAMES)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
-            drive(gateway, WsIo { socket }, "ws").await;
+            drive(gateway, WsIo { socket }, transport).await;
         })
 }
 
@@ -91,13 +202,7 @@ impl FrameIo for WsIo {
         let message = match frames {
             [] => return Ok(()),
             [one] => one.clone(),
-            many => {
-                let mut joined = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
-                for f in many {
-                    joined.extend_from_slice(f);
-                }
-                joined.freeze()
-            }
+            many => many.concat().into(),
         };
         self.socket
             .send(Message::Binary(message))
@@ -108,4 +213,280 @@ impl FrameIo for WsIo {
     async fn close(&mut self) {
         let _ = self.socket.send(Message::Close(None)).await;
     }
+}
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_query", &e.body_text()))
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "an `Authorization: Bearer <token>` header is required",
+            )
+        })
+}
+
+/// The virtual connection a request names in `roam-session`, checked against its token.
+fn named(client: &Client, headers: &HeaderMap) -> Result<Option<Arc<Conn>>, ApiError> {
+    let token = bearer(headers)?;
+    let Some(id) = headers.get(&SESSION) else {
+        return Ok(None);
+    };
+    let conn = id
+        .to_str()
+        .map_err(|_| ConnError::Unknown)
+        .and_then(|id| client.vconns.get(id))
+        .and_then(|c| c.check(token).map(|()| c))
+        .map_err(conn_error)?;
+    Ok(Some(conn))
+}
+
+fn conn_error(e: ConnError) -> ApiError {
+    match e {
+        ConnError::Unknown => error(
+            StatusCode::NOT_FOUND,
+            "unknown_session",
+            "no such connection (closed, or never opened): open a new one and SYNC",
+        ),
+        ConnError::WrongToken => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the connection was opened with another token",
+        ),
+        ConnError::Cursor(message) => error(StatusCode::CONFLICT, "bad_cursor", &message),
+        ConnError::Closed => error(
+            StatusCode::GONE,
+            "closed",
+            "the connection is closed: open a new one and SYNC",
+        ),
+    }
+}
+
+/// The HTTP answer to an AUTH refused with `e`.
+fn refused(e: &pb::Error) -> ApiError {
+    let code = Code::try_from(e.code).unwrap_or(Code::Unspecified);
+    let status = match code {
+        Code::AuthRequired | Code::AuthFailed | Code::AuthExpired => StatusCode::UNAUTHORIZED,
+        Code::Forbidden => StatusCode::FORBIDDEN,
+        Code::Unavailable => return unavailable(&e.message),
+        Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let name = code
+        .as_str_name()
+        .trim_start_matches("CODE_")
+        .to_lowercase();
+    error(status, &name, &e.message)
+}
+
+/// Opens a virtual connection for `headers` and `q` and waits for core's answer to its AUTH:
+/// the connection and its first frames, or the HTTP error refusing it.
+async fn open(
+    client: &Client,
+    version: Version,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    mode: Mode,
+) -> Result<(Arc<Conn>, Option<tokio::sync::mpsc::Receiver<Bytes>>), ApiError> {
+    let token = bearer(headers)?;
+    let field = |name: &str| q.get(name).map_or("", String::as_str);
+    if field("device").is_empty() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "`device` is required: a stable id of the app install (as AUTH.device_id)",
+        ));
+    }
+    let auth = vconn::auth_frame(token, field("device"), field("platform"), field("rooms"))
+        .filter(|a| a.len() <= client.gateway.config.max_packet)
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "too_large",
+                "the token and parameters exceed the frame limit",
+            )
+        })?;
+    let gateway = client.gateway.clone();
+    let Some(permit) = gateway.admit() else {
+        return Err(unavailable("the edge is at its connection limit"));
+    };
+    let (conn, io, body) = client.vconns.open(
+        token.to_owned(),
+        auth,
+        mode,
+        gateway.config.outbox,
+        gateway.shutdown.clone(),
+    );
+    let transport = Transport {
+        name: if mode == Mode::Stream {
+            "stream"
+        } else {
+            "poll"
+        },
+        http: Transport::http_version(version),
+    };
+    let wait = gateway.config.session.auth_timeout + Duration::from_secs(5);
+    tokio::spawn(async move {
+        let _permit = permit;
+        drive(gateway, io, transport).await;
+    });
+    let first = tokio::time::timeout(wait, conn.first_frames()).await;
+    let refusal = match first {
+        Ok(Some(mut frames)) => match FrameDecoder::new(usize::MAX).decode_bytes(&mut frames) {
+            Ok(Some(f)) if f.op == Op::AuthReply.code() => return Ok((conn, body)),
+            Ok(Some(f)) if f.op == Op::Error.code() => f.decode_body::<pb::Error>().map_or_else(
+                |_| unavailable("the connection was refused"),
+                |e| refused(&e),
+            ),
+            _ => unavailable("the connection was refused"),
+        },
+        _ => unavailable("core did not answer the authentication in time"),
+    };
+    client.vconns.remove(&conn.id);
+    Err(refusal)
+}
+
+fn frames_response(status: StatusCode, body: Bytes, conn: &Conn, cursor: Option<u64>) -> Response {
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(FRAMES));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(id) = HeaderValue::from_str(&conn.id) {
+        h.insert(SESSION, id);
+    }
+    if let Some(c) = cursor {
+        h.insert(CURSOR, HeaderValue::from(c));
+    }
+    r
+}
+
+/// `GET /v1/stream`: opens a virtual connection; the response body is its frames.
+async fn stream(
+    State(client): State<Client>,
+    version: Version,
+    headers: HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
+    let q = params(q)?;
+    let (conn, body) = open(&client, version, &headers, &q, Mode::Stream).await?;
+    let body = body.ok_or_else(|| unavailable("the stream could not be set up"))?;
+    let chunks = tokio_stream::wrappers::ReceiverStream::new(body).map(Ok::<_, Infallible>);
+    let mut r = frames_response(StatusCode::OK, Bytes::new(), &conn, None);
+    *r.body_mut() = Body::from_stream(chunks);
+    // Tell buffering proxies (nginx) to pass frames through as they come.
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(r)
+}
+
+/// `cursor` and `wait` of a poll.
+fn poll_query(q: &HashMap<String, String>) -> Result<(u64, Duration), ApiError> {
+    let bad = |message: &str| error(StatusCode::BAD_REQUEST, "bad_query", message);
+    let cursor = q
+        .get("cursor")
+        .ok_or_else(|| bad("`cursor` is required: the roam-cursor of the last poll answer"))?;
+    let cursor = cursor
+        .parse::<u64>()
+        .map_err(|_| bad(&format!("cursor {cursor:?} is not a non-negative integer")))?;
+    let wait = match q.get("wait").map(|w| w.parse::<f64>()) {
+        None => DEFAULT_POLL_WAIT,
+        Some(Ok(w)) if w.is_finite() && w >= 0.0 => Duration::from_secs_f64(w).min(MAX_POLL_WAIT),
+        Some(_) => {
+            return Err(bad(
+                "wait must be a number of seconds from 0 (at most 60 are waited)",
+            ));
+        }
+    };
+    Ok((cursor, wait))
+}
+
+/// `GET /v1/poll[?cursor=N&wait=S]`: without `roam-session`, opens a virtual connection and
+/// answers its first frames; with it, the frames after cursor N (waiting up to S seconds).
+async fn poll(
+    State(client): State<Client>,
+    version: Version,
+    headers: HeaderMap,
+    q: Params,
+) -> Result<Response, ApiError> {
+    let q = params(q)?;
+    let (conn, cursor, wait) = match named(&client, &headers)? {
+        None => {
+            let (conn, _) = open(&client, version, &headers, &q, Mode::Poll).await?;
+            (conn, 0, Duration::ZERO)
+        }
+        Some(conn) if conn.mode != Mode::Poll => {
+            return Err(error(
+                StatusCode::CONFLICT,
+                "not_polled",
+                "this connection streams its frames: read its /v1/stream response",
+            ));
+        }
+        Some(conn) => {
+            let (cursor, wait) = poll_query(&q)?;
+            (conn, cursor, wait)
+        }
+    };
+    Ok(match conn.poll(cursor, wait).await.map_err(conn_error)? {
+        Some((body, last)) => frames_response(StatusCode::OK, body, &conn, Some(last)),
+        None => frames_response(StatusCode::NO_CONTENT, Bytes::new(), &conn, Some(cursor)),
+    })
+}
+
+/// `POST /v1/send`: frames up to the connection named in `roam-session`; the response body
+/// holds their replies.
+async fn send(
+    State(client): State<Client>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let conn = named(&client, &headers)?.ok_or_else(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "no_session",
+            "a roam-session header is required: open a connection with GET /v1/stream or GET /v1/poll",
+        )
+    })?;
+    let max_packet = client.gateway.config.max_packet;
+    let limit = max_packet * SEND_FRAMES;
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("the body exceeds {limit} bytes"),
+            ));
+        }
+        Err(e) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                &format!("reading the body: {e}"),
+            ));
+        }
+    };
+    let requests = vconn::requests(&body, max_packet)
+        .map_err(|message| error(StatusCode::BAD_REQUEST, "bad_frame", &message))?;
+    let replies = conn
+        .send(body, requests, SEND_TIMEOUT)
+        .await
+        .map_err(conn_error)?;
+    Ok(frames_response(
+        StatusCode::OK,
+        replies.concat().into(),
+        &conn,
+        None,
+    ))
 }

@@ -28,6 +28,7 @@ pub mod outbox;
 pub mod raw;
 pub mod session;
 mod tcp;
+pub mod vconn;
 
 pub use metrics::EdgeMetrics;
 pub use tcp::{ClientTcpServer, TcpOptions};

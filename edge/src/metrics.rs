@@ -4,7 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, linear_buckets};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of connection metrics.
@@ -12,6 +12,24 @@ use prometheus_client::registry::Registry;
 pub struct TransportLabel {
     /// `tcp`, later `quic`, `raw`.
     pub transport: &'static str,
+}
+
+/// Labels of authenticated connections.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabel {
+    /// `ws`, `stream`, `poll`, `grpc`, `raw`.
+    pub transport: &'static str,
+    /// `1.1`, `2`, `3`, `none`.
+    pub http_version: &'static str,
+}
+
+impl From<crate::conn::Transport> for SessionLabel {
+    fn from(t: crate::conn::Transport) -> Self {
+        SessionLabel {
+            transport: t.name,
+            http_version: t.http,
+        }
+    }
 }
 
 /// Labels of handshake failures.
@@ -38,11 +56,20 @@ pub struct EdgeMetrics {
     pub frames_out: Family<TransportLabel, Counter>,
     /// Coalesced writes (one per outbox batch), by transport.
     pub writes: Family<TransportLabel, Counter>,
-    /// Connections the edge closed, by reason: `slow`, `idle`, `kicked`, `drain`, `protocol`
-    /// (a broken frame stream, a request before AUTH, or a refused AUTH).
+    /// Connections the edge closed, by reason: `slow` (queue overflow or a write past the
+    /// write timeout), `idle`, `kicked`, `drain`, `protocol` (a broken frame stream, a request
+    /// before AUTH, or a refused AUTH), `io` (a write failed: the client went away).
     pub closes: Family<ReasonLabel, Counter>,
     /// Heartbeat intervals told to clients, in seconds.
     pub heartbeat_interval: Histogram,
+    /// Authenticated connections open now, by transport and HTTP version.
+    pub sessions: Family<SessionLabel, Gauge>,
+    /// Frames a connection's task found queued when it drained its outbox (queue depth).
+    pub queue_depth: Histogram,
+    /// Frames queued to connections' outboxes (deliveries and replies from core).
+    pub queued: Counter,
+    /// Connections whose outbox overflowed (each then closes as slow; its frames are dropped).
+    pub overflows: Counter,
 }
 
 impl Default for EdgeMetrics {
@@ -57,6 +84,10 @@ impl Default for EdgeMetrics {
             writes: Family::default(),
             closes: Family::default(),
             heartbeat_interval: Histogram::new(linear_buckets(60.0, 30.0, 9)),
+            sessions: Family::default(),
+            queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            queued: Counter::default(),
+            overflows: Counter::default(),
         }
     }
 }
@@ -105,6 +136,26 @@ impl EdgeMetrics {
             "heartbeat_interval_seconds",
             "Heartbeat intervals told to clients",
             m.heartbeat_interval.clone(),
+        );
+        r.register(
+            "sessions",
+            "Authenticated client connections open now, by transport and HTTP version",
+            m.sessions.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Frames a connection had queued when its task drained its outbox",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "queued_frames",
+            "Frames queued to client connections (deliveries and replies)",
+            m.queued.clone(),
+        );
+        r.register(
+            "queue_overflows",
+            "Client connections whose queue overflowed (closed as slow, frames dropped)",
+            m.overflows.clone(),
         );
         r.register(
             "handshake_failures",

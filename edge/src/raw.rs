@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
-use crate::conn::{FrameIo, drive};
+use crate::conn::{FrameIo, Transport, drive};
 use crate::gateway::Gateway;
 use crate::lean_tls::LeanTlsAcceptor;
 use crate::listener::accept_loop;
@@ -156,6 +156,14 @@ async fn serve(
     metrics.accepted.get_or_create(&RAW).inc();
     let open = metrics.open_connections.get_or_create(&RAW).clone();
     open.inc();
-    drive(gateway, RawIo::new(tls), "raw").await;
+    drive(
+        gateway,
+        RawIo::new(tls),
+        Transport {
+            name: "raw",
+            http: "none",
+        },
+    )
+    .await;
     open.dec();
 }

@@ -143,3 +143,12 @@ pub fn token(server: &ChildServer, user: &str) -> String {
         .mint(user, None, 600, now)
         .expect("a token")
 }
+
+/// The value of one sample of the server's `/metrics` (`name{labels}` exactly as exposed,
+/// e.g. `roam_edge_closes_total{reason="slow"}`), 0 when absent.
+pub async fn metric(server: &ChildServer, sample: &str) -> f64 {
+    let text = admin(server, "GET", "/metrics", None, Some("")).await.body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -7,7 +7,7 @@ use roam_client::child::ChildServer;
 use roam_client::raw::RawConnection;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, Op};
-use roam_tests::admin;
+use roam_tests::{admin, metric};
 use serde_json::json;
 
 use roam_tests::token;
@@ -269,4 +269,75 @@ async fn shutdown_tells_clients_to_reconnect_elsewhere() {
     assert_eq!(d.reason, pb::disconnect::Reason::Drain as i32);
     assert!(d.reconnect);
     assert_eq!(stopping.await.unwrap().unwrap().code(), Some(0));
+}
+
+/// Pushes 60 KB messages to `user` until the edge reports a queue overflow (the client's
+/// socket buffers full, then its outbox), at most 1,000 of them.
+async fn flood_until_overflow(server: &ChildServer, user: &str) {
+    let body = json!({"users": [user], "content": "x".repeat(60_000)}).to_string();
+    for i in 0..1000 {
+        let r = admin(server, "POST", "/api/v1/push/users", Some(&body), None).await;
+        if r.status == 429 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        assert_eq!(r.status, 202, "{r:?}");
+        if i % 10 == 9 && metric(server, "roam_edge_queue_overflows_total").await >= 1.0 {
+            return;
+        }
+    }
+    panic!("no queue overflow after 1,000 pushes");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_gets_disconnect_slow_and_others_do_not_notice() {
+    let server = roam_tests::start("[edge]\noutbox = 8\nwrite_timeout_secs = 60\n");
+    let (mut alice, _) = login(&server, "alice", "a", &[]).await;
+    let (mut bob, _) = login(&server, "bob", "b", &[]).await;
+    // Alice stops reading; her pushes pile up until her queue overflows.
+    flood_until_overflow(&server, "alice").await;
+    let r = admin(
+        &server,
+        "POST",
+        "/api/v1/push/users",
+        Some(&json!({"users": ["bob"], "content": "still served"}).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let f = next(&mut bob).await;
+    let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
+        panic!("{f:?}")
+    };
+    assert_eq!(&e.content[..], b"still served");
+    // Alice reads again: what was written, then DISCONNECT(slow), then the close.
+    let frames = until_closed(&mut alice).await;
+    let last = frames.last().unwrap();
+    assert_eq!(last.op_kind(), Some(Op::Disconnect), "{last:?}");
+    let d: pb::Disconnect = last.decode_body().unwrap();
+    assert_eq!(d.reason, pb::disconnect::Reason::Slow as i32, "{d:?}");
+    assert!(frames.len() > 2, "pushes came before the DISCONNECT");
+    assert_eq!(
+        metric(&server, "roam_edge_closes_total{reason=\"slow\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
+    let server = roam_tests::start("[edge]\noutbox = 8\nwrite_timeout_secs = 1\n");
+    let (_alice, _) = login(&server, "alice", "a", &[]).await;
+    flood_until_overflow(&server, "alice").await;
+    // The blocked write times out: the edge closes the connection and core forgets it.
+    roam_tests::poll(&server, "/api/v1/presence?users=alice", |v| {
+        v["users"][0]["online"] == false
+    })
+    .await;
+    assert_eq!(
+        metric(&server, "roam_edge_closes_total{reason=\"slow\"}").await,
+        1.0
+    );
+    let (mut bob, _) = login(&server, "bob", "b", &[]).await;
+    bob.send(Op::Heartbeat, 2, &pb::Heartbeat {}).await.unwrap();
+    assert_eq!(next(&mut bob).await.op_kind(), Some(Op::HeartbeatReply));
 }

@@ -1,0 +1,768 @@
+//! Virtual connections: a client connection made of HTTP requests, for clients that cannot
+//! hold a WebSocket (proxies that buffer or strip upgrades, restricted runtimes).
+//!
+//! - `GET /v1/stream` opens one and keeps the response open: its body is the connection's
+//!   downstream, frames back to back (the first is AUTH_REPLY).
+//! - `GET /v1/poll` opens one whose downstream is a buffer read by long-polls: every frame
+//!   gets a cursor (AUTH_REPLY is 1); `GET /v1/poll?cursor=N&wait=S` answers the frames after
+//!   N at once, or waits up to S seconds for some (204 if none came). Polling with cursor N
+//!   releases the frames up to N.
+//! - `POST /v1/send` carries frames up; its response body holds their replies (every frame
+//!   whose op has a reply, or that the session answers with ERROR, is matched by `seq`).
+//!   Everything else (pushes, kicks, DISCONNECT) goes down the stream or into the poll buffer.
+//!
+//! The opening request authenticates with `Authorization: Bearer <token>` (and optional
+//! `device`, `platform` and comma-separated `rooms` query parameters, as in AUTH); its answer
+//! names the connection in a `roam-session` header, which later requests carry together with
+//! the same bearer token. A refused token is an HTTP error (401, or 503 if core is
+//! unavailable) with a JSON body, not a frame.
+//!
+//! Underneath, a virtual connection is driven by the same [`crate::conn::drive`] as every
+//! transport ([`VirtualIo`] turns request bodies into reads and routes writes), so the
+//! session state machine, rate limits, heartbeats (a HEARTBEAT sent with `/v1/send` keeps the
+//! connection alive), rooms, the outbox and its slow-consumer policy all apply unchanged. A
+//! poll client that lets more than the outbox's capacity of frames pile up unpolled is closed
+//! as slow: its buffer ends with DISCONNECT(slow), kept (like every closed poll connection's
+//! last frames) for [`LINGER`] so the client can read why.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use roam_proto::client::v1 as pb;
+use roam_proto::{FrameDecoder, FrameError, Op, disconnect_frame, frame_of};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::FrameIo;
+
+/// How long a closed poll connection's last frames stay readable.
+pub const LINGER: Duration = Duration::from_secs(60);
+
+/// Request bodies queued towards a connection's task.
+const UP_QUEUE: usize = 4;
+/// Batches queued towards a stream response beyond the connection's outbox.
+const DOWN_QUEUE: usize = 2;
+
+/// How a virtual connection's frames reach the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One long response body.
+    Stream,
+    /// A buffer read by long-polls.
+    Poll,
+}
+
+/// A `POST /v1/send` waiting for its replies.
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    /// seq → the reply op it waits for (ERROR answers any).
+    expect: HashMap<u32, u32>,
+    /// The requests' seqs in body order: replies are answered in it.
+    order: Vec<u32>,
+    got: Vec<(u32, Bytes)>,
+    done: Option<oneshot::Sender<Vec<Bytes>>>,
+}
+
+impl Waiter {
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(self.take());
+        }
+    }
+
+    /// The replies gathered, in the order of their requests.
+    fn take(&mut self) -> Vec<Bytes> {
+        let order = &self.order;
+        self.got
+            .sort_by_key(|(seq, _)| order.iter().position(|s| s == seq));
+        self.got.drain(..).map(|(_, b)| b).collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    waiters: Vec<Waiter>,
+    next_waiter: u64,
+    /// Poll mode: frames not yet released; `frames[0]` has cursor `first`.
+    frames: VecDeque<Bytes>,
+    first: u64,
+    /// The connection's first output (AUTH_REPLY, or the frames refusing it).
+    opened: Option<Bytes>,
+    /// The connection's task has ended.
+    closed: bool,
+}
+
+impl State {
+    /// The cursor of the newest frame (0 before any).
+    fn last(&self) -> u64 {
+        self.first + self.frames.len() as u64 - 1
+    }
+}
+
+/// One virtual connection, shared by its task and the requests that reach it.
+#[derive(Debug)]
+pub struct Conn {
+    /// The `roam-session` id.
+    pub id: String,
+    /// The bearer token that opened it; later requests must carry the same.
+    token: String,
+    /// How its frames reach the client.
+    pub mode: Mode,
+    up: mpsc::Sender<Bytes>,
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a request to a virtual connection failed (each maps to an HTTP status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnError {
+    /// No such connection (never opened, or closed and gone).
+    Unknown,
+    /// The request's bearer token is not the one that opened the connection.
+    WrongToken,
+    /// The cursor is ahead of the last frame, or behind frames already released.
+    Cursor(String),
+    /// The connection is closing or its task does not take input.
+    Closed,
+}
+
+impl Conn {
+    /// Whether `token` opened this connection.
+    pub fn check(&self, token: &str) -> Result<(), ConnError> {
+        // Length first, then every byte: no early exit that times the matching prefix.
+        let same = self.token.len() == token.len()
+            && self
+                .token
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(ConnError::WrongToken)
+        }
+    }
+
+    /// Sends `body` (whole, validated frames) up; resolves with the frames answering its
+    /// `requests` (seq, reply op), in their order, once all came, the connection closed, or
+    /// `timeout` passed (the replies still missing then go downstream when they come).
+    pub async fn send(
+        &self,
+        body: Bytes,
+        requests: Vec<(u32, u32)>,
+        timeout: Duration,
+    ) -> Result<Vec<Bytes>, ConnError> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut s = lock(&self.state);
+            if s.closed {
+                return Err(ConnError::Closed);
+            }
+            s.next_waiter += 1;
+            let id = s.next_waiter;
+            let mut waiter = Waiter {
+                id,
+                order: requests.iter().map(|(seq, _)| *seq).collect(),
+                expect: requests.into_iter().collect(),
+                got: Vec::new(),
+                done: Some(tx),
+            };
+            if waiter.expect.is_empty() {
+                waiter.finish();
+            } else {
+                s.waiters.push(waiter);
+            }
+            id
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sent = tokio::time::timeout_at(deadline, self.up.send(body)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.forget(id);
+            return Err(ConnError::Closed);
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(frames)) => Ok(frames),
+            Ok(Err(_)) => Ok(Vec::new()),
+            Err(_) => Ok(self.forget(id)),
+        }
+    }
+
+    /// Drops waiter `id`, returning what it gathered.
+    fn forget(&self, id: u64) -> Vec<Bytes> {
+        let mut s = lock(&self.state);
+        match s.waiters.iter().position(|w| w.id == id) {
+            Some(i) => s.waiters.swap_remove(i).take(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Poll mode: the frames after `cursor` (releasing those up to it) and the cursor of the
+    /// last one, waiting up to `wait` for some. `Ok(None)`: none came in time.
+    pub async fn poll(
+        &self,
+        cursor: u64,
+        wait: Duration,
+    ) -> Result<Option<(Bytes, u64)>, ConnError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.changed.notified();
+            {
+                let mut s = lock(&self.state);
+                if cursor + 1 < s.first {
+                    return Err(ConnError::Cursor(format!(
+                        "frames up to cursor {} were released by an earlier poll; poll from there",
+                        s.first - 1
+                    )));
+                }
+                if cursor > s.last() {
+                    return Err(ConnError::Cursor(format!(
+                        "cursor {cursor} is ahead of the last frame ({})",
+                        s.last()
+                    )));
+                }
+                let release = (cursor + 1 - s.first) as usize;
+                s.frames.drain(..release);
+                s.first = cursor + 1;
+                if !s.frames.is_empty() {
+                    let mut body = BytesMut::with_capacity(s.frames.iter().map(Bytes::len).sum());
+                    for f in &s.frames {
+                        body.extend_from_slice(f);
+                    }
+                    return Ok(Some((body.freeze(), s.last())));
+                }
+                if s.closed {
+                    return Err(ConnError::Unknown);
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits for the connection's first output (AUTH_REPLY, or the ERROR refusing it).
+    pub async fn first_frames(&self) -> Option<Bytes> {
+        loop {
+            let changed = self.changed.notified();
+            {
+                let s = lock(&self.state);
+                if let Some(f) = &s.opened {
+                    return Some(f.clone());
+                }
+                if s.closed {
+                    return None;
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+/// The virtual connections of the client port, by `roam-session` id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+}
+
+impl Registry {
+    /// The connection `id`.
+    pub fn get(&self, id: &str) -> Result<Arc<Conn>, ConnError> {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .ok_or(ConnError::Unknown)
+    }
+
+    /// Forgets connection `id` (its task, if still running, is unaffected).
+    pub fn remove(&self, id: &str) {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// Registers a new connection opened with `token`, whose task reads AUTH (`auth`) first.
+    /// Returns the connection, the transport for its task, and (stream mode) the receiver of
+    /// its response body.
+    pub fn open(
+        self: &Arc<Self>,
+        token: String,
+        auth: Bytes,
+        mode: Mode,
+        poll_capacity: usize,
+        shutdown: CancellationToken,
+    ) -> (Arc<Conn>, VirtualIo, Option<mpsc::Receiver<Bytes>>) {
+        let id = format!("{:032x}", rand::random::<u128>());
+        let (up, up_rx) = mpsc::channel(UP_QUEUE);
+        let conn = Arc::new(Conn {
+            id: id.clone(),
+            token,
+            mode,
+            up,
+            state: Mutex::new(State {
+                first: 1,
+                ..State::default()
+            }),
+            changed: Notify::new(),
+        });
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, conn.clone());
+        let (down, body) = match mode {
+            Mode::Stream => {
+                let (tx, rx) = mpsc::channel(DOWN_QUEUE);
+                (Down::Stream(tx), Some(rx))
+            }
+            Mode::Poll => (Down::Poll(poll_capacity.max(1)), None),
+        };
+        let io = VirtualIo {
+            conn: conn.clone(),
+            registry: self.clone(),
+            auth: Some(auth),
+            up: up_rx,
+            down,
+            decoder: FrameDecoder::new(usize::MAX),
+            shutdown,
+        };
+        (conn, io, body)
+    }
+}
+
+#[derive(Debug)]
+enum Down {
+    Stream(mpsc::Sender<Bytes>),
+    /// At most this many frames unpolled.
+    Poll(usize),
+}
+
+/// A virtual connection as its task ([`crate::conn::drive`]) sees it.
+#[derive(Debug)]
+pub struct VirtualIo {
+    conn: Arc<Conn>,
+    registry: Arc<Registry>,
+    auth: Option<Bytes>,
+    up: mpsc::Receiver<Bytes>,
+    down: Down,
+    decoder: FrameDecoder,
+    shutdown: CancellationToken,
+}
+
+/// Splits server-encoded `bytes` into its frames, each with its op and seq.
+fn split(decoder: &FrameDecoder, bytes: &Bytes, out: &mut Vec<(u32, u32, Bytes)>) {
+    let mut rest = bytes.clone();
+    loop {
+        let before = rest.len();
+        let start = bytes.len() - before;
+        match decoder.decode_bytes(&mut rest) {
+            Ok(Some(f)) => {
+                let end = bytes.len() - rest.len();
+                out.push((f.op, f.seq, bytes.slice(start..end)));
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
+
+impl FrameIo for VirtualIo {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if let Some(auth) = self.auth.take() {
+            buf.extend_from_slice(&auth);
+            return Ok(auth.len());
+        }
+        let body = match &self.down {
+            Down::Stream(tx) => tokio::select! {
+                body = self.up.recv() => body,
+                // The client dropped the stream: the connection is over.
+                _ = tx.closed() => None,
+            },
+            Down::Poll(_) => self.up.recv().await,
+        };
+        match body {
+            Some(b) => {
+                buf.extend_from_slice(&b);
+                Ok(b.len())
+            }
+            None => Ok(0),
+        }
+    }
+
+    async fn write_batch(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        let mut down: Vec<Bytes> = Vec::with_capacity(frames.len());
+        {
+            let mut s = lock(&self.conn.state);
+            if s.opened.is_none() {
+                s.opened = Some(frames.concat().into());
+            }
+            if s.waiters.is_empty() {
+                down.extend(frames.iter().cloned());
+            } else {
+                let mut split_frames = Vec::new();
+                for b in frames {
+                    split(&self.decoder, b, &mut split_frames);
+                }
+                for (op, seq, raw) in split_frames {
+                    let claimed = s.waiters.iter_mut().position(|w| {
+                        w.expect
+                            .get(&seq)
+                            .is_some_and(|want| *want == op || op == Op::Error.code())
+                    });
+                    match claimed {
+                        Some(i) => {
+                            let w = &mut s.waiters[i];
+                            w.expect.remove(&seq);
+                            w.got.push((seq, raw));
+                            if w.expect.is_empty() {
+                                w.finish();
+                                s.waiters.swap_remove(i);
+                            }
+                        }
+                        None => down.push(raw),
+                    }
+                }
+            }
+            if let Down::Poll(capacity) = self.down {
+                s.frames.extend(down.drain(..));
+                if s.frames.len() > capacity {
+                    // The client stopped polling: close it as slow, telling it why.
+                    s.frames.truncate(capacity);
+                    s.frames.push_back(disconnect_frame(
+                        pb::disconnect::Reason::Slow,
+                        "the connection was not polled in time; reconnect and SYNC",
+                        Some(1000),
+                    ));
+                    drop(s);
+                    self.conn.changed.notify_waiters();
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "poll buffer overflowed",
+                    ));
+                }
+            }
+        }
+        match &self.down {
+            Down::Poll(_) => {
+                self.conn.changed.notify_waiters();
+                Ok(())
+            }
+            Down::Stream(tx) => {
+                let chunk = match down.len() {
+                    0 => return Ok(()),
+                    1 => down.swap_remove(0),
+                    _ => {
+                        let mut joined = BytesMut::with_capacity(down.iter().map(Bytes::len).sum());
+                        for f in &down {
+                            joined.extend_from_slice(f);
+                        }
+                        joined.freeze()
+                    }
+                };
+                self.conn.changed.notify_waiters();
+                tx.send(chunk)
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        {
+            let mut s = lock(&self.conn.state);
+            s.closed = true;
+            for mut w in s.waiters.drain(..) {
+                w.finish();
+            }
+        }
+        self.conn.changed.notify_waiters();
+        match self.down {
+            Down::Stream(_) => self.registry.remove(&self.conn.id),
+            Down::Poll(_) => {
+                let (registry, id, shutdown) = (
+                    self.registry.clone(),
+                    self.conn.id.clone(),
+                    self.shutdown.clone(),
+                );
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LINGER) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    registry.remove(&id);
+                });
+            }
+        }
+    }
+}
+
+/// Checks a `/v1/send` body: whole frames within `max_packet`, no AUTH, no seq twice.
+/// Returns (seq, the op that will answer it) in body order, for every frame that gets an
+/// answer.
+pub fn requests(body: &Bytes, max_packet: usize) -> Result<Vec<(u32, u32)>, String> {
+    let decoder = FrameDecoder::new(max_packet);
+    let mut rest = body.clone();
+    let mut expect = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut n = 0;
+    loop {
+        n += 1;
+        match decoder.decode_bytes(&mut rest) {
+            Ok(Some(f)) => {
+                let reply = match Op::from_code(f.op) {
+                    Some(Op::Auth) => {
+                        return Err(format!(
+                            "frame {n}: AUTH is not sent over /v1/send (the connection authenticated with its bearer token)"
+                        ));
+                    }
+                    // A request with a reply, or anything the session answers with ERROR.
+                    Some(op) => match op.reply() {
+                        Some(reply) => Some(reply.code()),
+                        None if op.direction() == roam_proto::Direction::Up => None,
+                        None => Some(Op::Error.code()),
+                    },
+                    None => Some(Op::Error.code()),
+                };
+                if let Some(reply) = reply {
+                    if !seen.insert(f.seq) {
+                        return Err(format!(
+                            "frame {n}: seq {} appears twice in one request",
+                            f.seq
+                        ));
+                    }
+                    expect.push((f.seq, reply));
+                }
+            }
+            Ok(None) => match decoder.finish(&rest) {
+                Ok(()) => break,
+                Err(FrameError::Truncated { have, need }) => {
+                    return Err(format!(
+                        "frame {n}: the body ends inside a frame ({have} of {need} bytes)"
+                    ));
+                }
+                Err(e) => return Err(format!("frame {n}: {e}")),
+            },
+            Err(e) => return Err(format!("frame {n}: {e}")),
+        }
+    }
+    if n == 1 {
+        return Err("the body holds no frame".into());
+    }
+    Ok(expect)
+}
+
+/// The AUTH frame an opening request stands for.
+pub fn auth_frame(token: &str, device: &str, platform: &str, rooms: &str) -> Option<Bytes> {
+    let auth = pb::Auth {
+        token: token.to_owned(),
+        device_id: device.to_owned(),
+        platform: platform.to_owned(),
+        rooms: rooms
+            .split(',')
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    frame_of(Op::Auth, 1, &auth).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roam_proto::error_frame;
+
+    fn frame(op: Op, seq: u32) -> Bytes {
+        frame_of(op, seq, &pb::Heartbeat {}).unwrap_or_default()
+    }
+
+    #[test]
+    fn requests_map_each_seq_to_its_answer() {
+        let mut body = BytesMut::new();
+        for (op, seq) in [
+            (Op::Heartbeat, 1),
+            (Op::PushAck, 2),
+            (Op::Send, 3),
+            (Op::Push, 4),
+        ] {
+            body.extend_from_slice(&frame(op, seq));
+        }
+        let expect = requests(&body.freeze(), 1024).unwrap();
+        assert_eq!(
+            expect,
+            [
+                (1, Op::HeartbeatReply.code()),
+                (3, Op::SendAck.code()),
+                (4, Op::Error.code())
+            ]
+        );
+    }
+
+    #[test]
+    fn requests_refuse_bad_bodies_with_the_fault() {
+        let hb = frame(Op::Heartbeat, 1);
+        let cases: Vec<(Bytes, &str)> = vec![
+            (Bytes::new(), "no frame"),
+            (frame(Op::Auth, 1), "AUTH is not sent"),
+            (hb.slice(..10), "ends inside a frame (10 of 16"),
+            (
+                [hb.clone(), hb.clone()].concat().into(),
+                "seq 1 appears twice",
+            ),
+            (
+                {
+                    let mut b = BytesMut::from(&hb[..]);
+                    b[7] = 9;
+                    b.freeze()
+                },
+                "version",
+            ),
+        ];
+        for (body, fault) in cases {
+            let e = requests(&body, 1024).unwrap_err();
+            assert!(e.contains(fault), "{e:?} should name {fault:?}");
+        }
+        let room = pb::Room {
+            room: "x".repeat(100),
+        };
+        let big = frame_of(Op::RoomJoin, 1, &room).unwrap();
+        assert!(
+            requests(&big, 64)
+                .unwrap_err()
+                .contains("frame 1: frame too large")
+        );
+    }
+
+    fn open(
+        mode: Mode,
+    ) -> (
+        Arc<Registry>,
+        Arc<Conn>,
+        VirtualIo,
+        Option<mpsc::Receiver<Bytes>>,
+    ) {
+        let registry = Arc::new(Registry::default());
+        let (conn, io, body) = registry.open(
+            "tok".into(),
+            auth_frame("tok", "d", "web", "a,b").unwrap(),
+            mode,
+            3,
+            CancellationToken::new(),
+        );
+        (registry, conn, io, body)
+    }
+
+    #[tokio::test]
+    async fn reads_start_with_auth_then_carry_request_bodies() {
+        let (_, conn, mut io, _) = open(Mode::Poll);
+        let mut buf = BytesMut::new();
+        io.read(&mut buf).await.unwrap();
+        let auth = FrameDecoder::new(1024).decode(&mut buf).unwrap().unwrap();
+        let auth = auth.decode_body::<pb::Auth>().unwrap();
+        assert_eq!((auth.device_id.as_str(), auth.rooms.len()), ("d", 2));
+        let hb = frame(Op::Heartbeat, 7);
+        let expect = requests(&hb, 1024).unwrap();
+        let send = tokio::spawn({
+            let conn = conn.clone();
+            let hb = hb.clone();
+            async move { conn.send(hb, expect, Duration::from_secs(5)).await }
+        });
+        io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..], &hb[..]);
+        // The reply goes to the request; a push goes to the poll buffer.
+        let reply = frame(Op::HeartbeatReply, 7);
+        let push = frame(Op::Push, 0);
+        io.write_batch(&[[reply.clone(), push.clone()].concat().into()])
+            .await
+            .unwrap();
+        assert_eq!(send.await.unwrap().unwrap(), vec![reply]);
+        let (body, last) = conn.poll(0, Duration::ZERO).await.unwrap().unwrap();
+        assert_eq!((body, last), (push, 1));
+    }
+
+    #[tokio::test]
+    async fn polls_release_frames_and_check_cursors() {
+        let (_, conn, mut io, _) = open(Mode::Poll);
+        for seq in 1..=3 {
+            io.write_batch(&[frame(Op::Push, seq)]).await.unwrap();
+        }
+        let (body, last) = conn.poll(1, Duration::ZERO).await.unwrap().unwrap();
+        assert_eq!((body.len(), last), (2 * roam_proto::HEADER_LEN, 3));
+        assert!(matches!(
+            conn.poll(0, Duration::ZERO).await,
+            Err(ConnError::Cursor(_))
+        ));
+        assert!(matches!(
+            conn.poll(9, Duration::ZERO).await,
+            Err(ConnError::Cursor(_))
+        ));
+        assert_eq!(conn.poll(3, Duration::ZERO).await.unwrap(), None);
+        // A poll waits for the next frame.
+        let waiting = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.poll(3, Duration::from_secs(5)).await }
+        });
+        tokio::task::yield_now().await;
+        io.write_batch(&[frame(Op::Push, 4)]).await.unwrap();
+        assert_eq!(waiting.await.unwrap().unwrap().map(|(_, c)| c), Some(4));
+    }
+
+    #[tokio::test]
+    async fn an_unpolled_buffer_overflows_into_disconnect_slow() {
+        let (registry, conn, mut io, _) = open(Mode::Poll);
+        for seq in 1..=3 {
+            io.write_batch(&[frame(Op::Push, seq)]).await.unwrap();
+        }
+        let e = io.write_batch(&[frame(Op::Push, 4)]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        io.close().await;
+        let (body, last) = conn.poll(0, Duration::ZERO).await.unwrap().unwrap();
+        assert_eq!(last, 4);
+        let mut b = body;
+        let decoder = FrameDecoder::new(1024);
+        let mut ops = Vec::new();
+        while let Some(f) = decoder.decode_bytes(&mut b).unwrap() {
+            ops.push(Op::from_code(f.op));
+        }
+        assert_eq!(ops.last(), Some(&Some(Op::Disconnect)));
+        // Read to the end: the connection is gone for the next poll, and stays listed
+        // until its linger passes.
+        assert_eq!(conn.poll(4, Duration::ZERO).await, Err(ConnError::Unknown));
+        assert!(registry.get(&conn.id).is_ok());
+        assert_eq!(conn.check("tok"), Ok(()));
+        assert_eq!(conn.check("tak"), Err(ConnError::WrongToken));
+    }
+
+    #[tokio::test]
+    async fn a_stream_carries_batches_and_ends_when_the_client_leaves() {
+        let (registry, conn, mut io, body) = open(Mode::Stream);
+        let mut body = body.unwrap();
+        let mut buf = BytesMut::new();
+        io.read(&mut buf).await.unwrap();
+        let refused = error_frame(1, pb::error::Code::AuthFailed, "no");
+        io.write_batch(std::slice::from_ref(&refused)).await.unwrap();
+        assert_eq!(conn.first_frames().await, Some(refused.clone()));
+        assert_eq!(body.recv().await, Some(refused));
+        drop(body);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        io.close().await;
+        assert_eq!(registry.get(&conn.id).unwrap_err(), ConnError::Unknown);
+        assert_eq!(
+            conn.send(
+                frame(Op::Heartbeat, 1),
+                Vec::new(),
+                Duration::from_secs(1)
+            )
+            .await,
+            Err(ConnError::Closed)
+        );
+    }
+}

@@ -1,0 +1,582 @@
+//! Virtual connections over plain HTTP requests on the client port: `GET /v1/stream` +
+//! `POST /v1/send` over HTTP/2, `GET /v1/poll` long-polls over HTTP/1.1, `curl --http2` as a
+//! client from another stack, and the JSON errors of each endpoint.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use roam_client::child::ChildServer;
+use roam_proto::client::v1 as pb;
+use roam_proto::{Frame, FrameDecoder, Op, encode_msg};
+use roam_tests::{admin, metric, token};
+use rustls::pki_types::ServerName;
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+type Tls = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+async fn tls(server: &ChildServer, alpn: &[u8]) -> Tls {
+    let roots = roam_tls::roots_from_pem(&server.dev_cert()).unwrap();
+    let config = roam_tls::client_config(roots, &[alpn]);
+    let tcp = TcpStream::connect(server.addr("client_tcp").unwrap())
+        .await
+        .unwrap();
+    let tls = TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    TokioIo::new(tls)
+}
+
+/// An HTTP/2 connection (many requests at once).
+async fn h2(server: &ChildServer) -> H2 {
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), tls(server, b"h2").await)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// An HTTP/1.1 keep-alive connection (one request at a time).
+async fn h1(server: &ChildServer) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let (send, conn) = hyper::client::conn::http1::handshake(tls(server, b"http/1.1").await)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+fn request(
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    session: Option<&str>,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let mut r = Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"));
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    if let Some(s) = session {
+        r = r.header("roam-session", s);
+    }
+    r.body(Full::new(body)).unwrap()
+}
+
+fn header(r: &Response<Incoming>, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn frames_of(mut bytes: Bytes) -> Vec<Frame> {
+    let mut out = Vec::new();
+    while let Some(f) = FrameDecoder::default().decode_bytes(&mut bytes).unwrap() {
+        out.push(f);
+    }
+    assert!(bytes.is_empty(), "a partial frame is left: {bytes:?}");
+    out
+}
+
+async fn body(r: Response<Incoming>) -> Bytes {
+    r.into_body().collect().await.unwrap().to_bytes()
+}
+
+async fn json_error(r: Response<Incoming>) -> (StatusCode, String) {
+    let status = r.status();
+    assert_eq!(header(&r, "content-type"), "application/json", "{status}");
+    let v: serde_json::Value = serde_json::from_slice(&body(r).await).unwrap();
+    (
+        status,
+        v["error"]["code"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn encode<M: prost::Message>(frames: &[(Op, u32, &M)]) -> Bytes {
+    let mut b = BytesMut::new();
+    for (op, seq, msg) in frames {
+        encode_msg(*op, *seq, *msg, &mut b).unwrap();
+    }
+    b.freeze()
+}
+
+/// Reads frames from a streamed body until `n` arrived (5 s at most).
+async fn read_frames(body: &mut Incoming, buf: &mut BytesMut, n: usize) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let decoder = FrameDecoder::default();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while out.len() < n {
+            while let Some(f) = decoder.decode(buf).unwrap() {
+                out.push(f);
+            }
+            if out.len() >= n {
+                break;
+            }
+            let chunk = body.frame().await.expect("the stream ended").unwrap();
+            if let Ok(data) = chunk.into_data() {
+                buf.extend_from_slice(&data);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("only {} of {n} frames came: {out:?}", out.len()));
+    out
+}
+
+fn push_content(f: &Frame) -> String {
+    assert_eq!(f.op_kind(), Some(Op::Push), "{f:?}");
+    let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
+        panic!("not an ephemeral push: {f:?}")
+    };
+    String::from_utf8(e.content.to_vec()).unwrap()
+}
+
+async fn push_user(server: &ChildServer, user: &str, content: &str) {
+    let r = admin(
+        server,
+        "POST",
+        "/api/v1/push/users",
+        Some(&json!({"users": [user], "content": content}).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["queued"].clone()),
+        (202, json!(1)),
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn stream_and_send_share_one_http2_connection() {
+    let server = roam_tests::start("");
+    let alice = token(&server, "alice");
+    let mut h2 = h2(&server).await;
+    let r = h2
+        .send_request(request(
+            Method::GET,
+            "/v1/stream?device=phone&rooms=lobby",
+            Some(&alice),
+            None,
+            Bytes::new(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-type"), "application/vnd.roam.frames");
+    assert!(
+        header(&r, "alt-svc").starts_with("h3=\":"),
+        "{:?}",
+        r.headers()
+    );
+    let session = header(&r, "roam-session");
+    assert_eq!(session.len(), 32);
+    let mut stream = r.into_body();
+    let mut buf = BytesMut::new();
+    let first = &read_frames(&mut stream, &mut buf, 1).await[0];
+    let reply = first.decode_body::<pb::AuthReply>().unwrap();
+    assert_eq!(
+        (reply.user_id.as_str(), reply.device_id.as_str()),
+        ("alice", "phone")
+    );
+
+    // Requests up on the same connection; their replies come back in the POST's response.
+    let up = encode(&[(Op::Heartbeat, 2, &pb::Heartbeat {})]);
+    let mut up = BytesMut::from(&up[..]);
+    encode_msg(
+        Op::RoomJoin,
+        3,
+        &pb::Room {
+            room: "games".into(),
+        },
+        &mut up,
+    )
+    .unwrap();
+    encode_msg(Op::PushAck, 4, &pb::PushAck::default(), &mut up).unwrap();
+    let r = h2
+        .send_request(request(
+            Method::POST,
+            "/v1/send",
+            Some(&alice),
+            Some(&session),
+            up.freeze(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let replies: Vec<_> = frames_of(body(r).await)
+        .iter()
+        .map(|f| (f.op_kind(), f.seq))
+        .collect();
+    assert_eq!(
+        replies,
+        [(Some(Op::HeartbeatReply), 2), (Some(Op::RoomJoinReply), 3)]
+    );
+    let joined = roam_tests::poll(&server, "/api/v1/online/rooms", |v| {
+        v["rooms"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        joined["rooms"].as_array().map(Vec::len),
+        Some(2),
+        "{joined}"
+    );
+
+    // Pushes come down the stream.
+    push_user(&server, "alice", "over the stream").await;
+    let f = &read_frames(&mut stream, &mut buf, 1).await[0];
+    assert_eq!(push_content(f), "over the stream");
+    assert_eq!(
+        metric(
+            &server,
+            "roam_edge_sessions{transport=\"stream\",http_version=\"2\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // The client leaves: the connection ends and its session is forgotten.
+    drop(stream);
+    roam_tests::poll(&server, "/api/v1/presence?users=alice", |v| {
+        v["users"][0]["online"] == false
+    })
+    .await;
+    let r = h2
+        .send_request(request(
+            Method::POST,
+            "/v1/send",
+            Some(&alice),
+            Some(&session),
+            encode(&[(Op::Heartbeat, 5, &pb::Heartbeat {})]),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        json_error(r).await,
+        (StatusCode::NOT_FOUND, "unknown_session".into())
+    );
+}
+
+#[tokio::test]
+async fn long_polls_over_http11_carry_pushes_with_cursors() {
+    let server = roam_tests::start("");
+    let bob = token(&server, "bob");
+    let mut c = h1(&server).await;
+    let r = c
+        .send_request(request(
+            Method::GET,
+            "/v1/poll?device=laptop",
+            Some(&bob),
+            None,
+            Bytes::new(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "roam-cursor"), "1");
+    let session = header(&r, "roam-session");
+    let frames = frames_of(body(r).await);
+    assert_eq!(frames[0].op_kind(), Some(Op::AuthReply));
+
+    // Nothing new: 204 at once with wait=0.
+    let poll = |cursor: u64, wait: &str| {
+        request(
+            Method::GET,
+            &format!("/v1/poll?cursor={cursor}&wait={wait}"),
+            Some(&bob),
+            Some(&session),
+            Bytes::new(),
+        )
+    };
+    let r = c.send_request(poll(1, "0")).await.unwrap();
+    assert_eq!(
+        (r.status(), header(&r, "roam-cursor")),
+        (StatusCode::NO_CONTENT, "1".into())
+    );
+    body(r).await;
+
+    // A waiting poll is answered when a push arrives.
+    let waiting = c.send_request(poll(1, "10"));
+    let pusher = async {
+        // The poll is parked on the server before the push goes out.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        push_user(&server, "bob", "polled").await;
+    };
+    let (r, ()) = tokio::join!(waiting, pusher);
+    let r = r.unwrap();
+    assert_eq!(
+        (r.status(), header(&r, "roam-cursor")),
+        (StatusCode::OK, "2".into())
+    );
+    let frames = frames_of(body(r).await);
+    assert_eq!(push_content(&frames[0]), "polled");
+
+    // Requests go up with /v1/send on another connection; replies in its response.
+    let mut up = h1(&server).await;
+    let r = up
+        .send_request(request(
+            Method::POST,
+            "/v1/send",
+            Some(&bob),
+            Some(&session),
+            encode(&[(Op::Heartbeat, 7, &pb::Heartbeat {})]),
+        ))
+        .await
+        .unwrap();
+    let frames = frames_of(body(r).await);
+    assert_eq!(
+        (frames[0].op_kind(), frames[0].seq),
+        (Some(Op::HeartbeatReply), 7)
+    );
+
+    // Cursors: behind what was released, or ahead of the last frame, are conflicts.
+    let r = c.send_request(poll(2, "0")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    body(r).await;
+    for cursor in [0, 9] {
+        let r = c.send_request(poll(cursor, "0")).await.unwrap();
+        assert_eq!(
+            json_error(r).await,
+            (StatusCode::CONFLICT, "bad_cursor".into())
+        );
+    }
+    let r = c.send_request(poll(2, "soon")).await.unwrap();
+    assert_eq!(
+        json_error(r).await,
+        (StatusCode::BAD_REQUEST, "bad_query".into())
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "roam_edge_sessions{transport=\"poll\",http_version=\"1.1\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn curl_over_http2_reads_the_stream() {
+    let server = roam_tests::start("");
+    let addr = server.addr("client_tcp").unwrap();
+    let headers = tempfile::NamedTempFile::new().unwrap();
+    let mut curl = tokio::process::Command::new("curl")
+        .args(["--http2", "-sS", "-N", "--max-time", "20", "--cacert"])
+        .arg(server.dev_cert())
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", token(&server, "carol")),
+        ])
+        .arg("--dump-header")
+        .arg(headers.path())
+        .arg(format!(
+            "https://localhost:{}/v1/stream?device=curl",
+            addr.port()
+        ))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl is installed (scripts/setup)");
+    let mut out = curl.stdout.take().unwrap();
+    let mut buf = BytesMut::new();
+    let decoder = FrameDecoder::default();
+    let mut frames = Vec::new();
+    let mut pushed = false;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while frames.len() < 2 {
+            if out.read_buf(&mut buf).await.unwrap() == 0 {
+                panic!("curl ended after {frames:?}");
+            }
+            while let Some(f) = decoder.decode(&mut buf).unwrap() {
+                frames.push(f);
+            }
+            if !frames.is_empty() && !pushed {
+                push_user(&server, "carol", "to curl").await;
+                pushed = true;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("curl got only {frames:?}"));
+    assert_eq!(frames[0].op_kind(), Some(Op::AuthReply));
+    assert_eq!(push_content(&frames[1]), "to curl");
+    let head = std::fs::read_to_string(headers.path()).unwrap();
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    assert!(head.contains("alt-svc: h3="), "{head}");
+    curl.kill().await.unwrap();
+}
+
+type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+async fn call(
+    c: &mut H2,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    session: Option<&str>,
+    body: Bytes,
+) -> (StatusCode, String) {
+    json_error(
+        c.send_request(request(method, path, token, session, body))
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn bad_http_requests_get_json_errors() {
+    let server = roam_tests::start("[limits]\nmax_packet = 1024\n");
+    let alice = token(&server, "alice");
+    let mut c = h2(&server).await;
+    let unauthenticated = (StatusCode::UNAUTHORIZED, "unauthenticated".to_owned());
+    assert_eq!(
+        call(&mut c, Method::GET, "/v1/stream", None, None, Bytes::new()).await,
+        unauthenticated
+    );
+    assert_eq!(
+        call(&mut c, Method::GET, "/v1/poll", None, None, Bytes::new()).await,
+        unauthenticated
+    );
+    assert_eq!(
+        call(
+            &mut c,
+            Method::GET,
+            "/v1/stream?device=d",
+            Some("not-a-jwt"),
+            None,
+            Bytes::new()
+        )
+        .await,
+        (StatusCode::UNAUTHORIZED, "auth_failed".into())
+    );
+    let hb = encode(&[(Op::Heartbeat, 1, &pb::Heartbeat {})]);
+    assert_eq!(
+        call(
+            &mut c,
+            Method::POST,
+            "/v1/send",
+            Some(&alice),
+            None,
+            hb.clone()
+        )
+        .await,
+        (StatusCode::BAD_REQUEST, "no_session".into())
+    );
+    assert_eq!(
+        call(
+            &mut c,
+            Method::POST,
+            "/v1/send",
+            Some(&alice),
+            Some("0123"),
+            hb.clone()
+        )
+        .await,
+        (StatusCode::NOT_FOUND, "unknown_session".into())
+    );
+    assert_eq!(
+        call(
+            &mut c,
+            Method::GET,
+            "/v1/poll?cursor=x",
+            Some(&alice),
+            Some("0123"),
+            Bytes::new()
+        )
+        .await,
+        (StatusCode::NOT_FOUND, "unknown_session".into())
+    );
+    assert_eq!(
+        call(&mut c, Method::GET, "/", None, None, Bytes::new()).await,
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+
+    assert_eq!(
+        call(
+            &mut c,
+            Method::GET,
+            "/v1/poll",
+            Some(&alice),
+            None,
+            Bytes::new()
+        )
+        .await,
+        (StatusCode::BAD_REQUEST, "bad_query".into())
+    );
+
+    // A real poll connection, then requests that do not fit it.
+    let r = c
+        .send_request(request(
+            Method::GET,
+            "/v1/poll?device=d",
+            Some(&alice),
+            None,
+            Bytes::new(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let session = header(&r, "roam-session");
+    body(r).await;
+    let s = Some(session.as_str());
+    let bob = token(&server, "bob");
+    assert_eq!(
+        call(&mut c, Method::POST, "/v1/send", Some(&bob), s, hb.clone()).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    let auth = encode(&[(Op::Auth, 9, &pb::Auth::default())]);
+    let oversize = Bytes::from(vec![0, 0, 8, 0, 0, 16, 0, 1, 0, 0, 0, 3, 0, 0, 0, 1]);
+    for bad in [auth, hb.slice(..5), oversize, Bytes::new()] {
+        assert_eq!(
+            call(&mut c, Method::POST, "/v1/send", Some(&alice), s, bad).await,
+            (StatusCode::BAD_REQUEST, "bad_frame".into())
+        );
+    }
+    assert_eq!(
+        call(
+            &mut c,
+            Method::POST,
+            "/v1/send",
+            Some(&alice),
+            s,
+            Bytes::from(vec![0; 17 * 1024])
+        )
+        .await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large".into())
+    );
+    assert_eq!(
+        call(
+            &mut c,
+            Method::GET,
+            "/v1/poll",
+            Some(&alice),
+            s,
+            Bytes::new()
+        )
+        .await,
+        (StatusCode::BAD_REQUEST, "bad_query".into())
+    );
+    // The connection is unharmed by all that.
+    let r = c
+        .send_request(request(Method::POST, "/v1/send", Some(&alice), s, hb))
+        .await
+        .unwrap();
+    assert_eq!(
+        frames_of(body(r).await)[0].op_kind(),
+        Some(Op::HeartbeatReply)
+    );
+}
