@@ -580,3 +580,29 @@ async fn bad_http_requests_get_json_errors() {
         Some(Op::HeartbeatReply)
     );
 }
+
+#[tokio::test]
+async fn the_web_app_is_served_at_the_root_when_built() {
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(web.path().join("index.html"), "<title>Roam</title>").unwrap();
+    std::fs::write(web.path().join("app.js"), "console.log('roam')").unwrap();
+    let server = roam_tests::start(&format!(
+        "[edge]\nweb_dir = {:?}\n",
+        web.path().display().to_string()
+    ));
+    let mut c = h1(&server).await;
+    for (path, content) in [
+        ("/", "<title>Roam</title>"),
+        ("/app.js", "console.log('roam')"),
+        // Client-side routes fall back to the app.
+        ("/chat/alice", "<title>Roam</title>"),
+    ] {
+        let r = c
+            .send_request(request(Method::GET, path, None, None, Bytes::new()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(header(&r, "alt-svc").starts_with("h3="), "{path}");
+        assert_eq!(&body(r).await[..], content.as_bytes(), "{path}");
+    }
+}

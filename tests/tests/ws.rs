@@ -186,6 +186,14 @@ async fn two_websockets_share_one_http2_connection() {
         .await
         .json();
     assert!(total["edges"] == 1);
+    assert_eq!(
+        roam_tests::metric(
+            &server,
+            "roam_edge_sessions{transport=\"ws\",http_version=\"2\"}"
+        )
+        .await,
+        2.0
+    );
 }
 
 #[tokio::test]
