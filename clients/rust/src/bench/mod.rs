@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Offered load, operations per second.
     #[arg(long, value_name = "PER_SEC")]
     pub rate: Option<u64>,
+    /// Room members (room-fanout).
+    #[arg(long, value_name = "M")]
+    pub members: Option<usize>,
     /// Transport to use, where a scenario offers several.
     #[arg(long, value_name = "T")]
     pub transport: Option<String>,
