@@ -748,7 +748,9 @@ mod tests {
         let mut buf = BytesMut::new();
         io.read(&mut buf).await.unwrap();
         let refused = error_frame(1, pb::error::Code::AuthFailed, "no");
-        io.write_batch(std::slice::from_ref(&refused)).await.unwrap();
+        io.write_batch(std::slice::from_ref(&refused))
+            .await
+            .unwrap();
         assert_eq!(conn.first_frames().await, Some(refused.clone()));
         assert_eq!(body.recv().await, Some(refused));
         drop(body);
@@ -756,12 +758,8 @@ mod tests {
         io.close().await;
         assert_eq!(registry.get(&conn.id).unwrap_err(), ConnError::Unknown);
         assert_eq!(
-            conn.send(
-                frame(Op::Heartbeat, 1),
-                Vec::new(),
-                Duration::from_secs(1)
-            )
-            .await,
+            conn.send(frame(Op::Heartbeat, 1), Vec::new(), Duration::from_secs(1))
+                .await,
             Err(ConnError::Closed)
         );
     }

@@ -149,6 +149,12 @@ pub fn token(server: &ChildServer, user: &str) -> String {
 pub async fn metric(server: &ChildServer, sample: &str) -> f64 {
     let text = admin(server, "GET", "/metrics", None, Some("")).await.body;
     text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
 }
