@@ -99,7 +99,9 @@ async fn write<T: FrameIo>(
     frames: &[Bytes],
     timeout: std::time::Duration,
 ) -> Result<(), &'static str> {
-    match tokio::time::timeout(timeout, io.write_batch(frames)).await {
+    // Boxed: the write's state (and its timer) exists only while a write is under way,
+    // instead of widening every connection's task.
+    match Box::pin(tokio::time::timeout(timeout, io.write_batch(frames))).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err("io"),
         Err(_) => Err("slow"),
@@ -132,8 +134,18 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Tran
     let mut idle = false;
     let mut auth_rooms: Vec<String> = Vec::new();
 
+    // One timer for the connection's life, moved when the session's deadline moves.
+    let mut deadline = session.deadline();
+    let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+    tokio::pin!(timer);
+
     'conn: loop {
-        let deadline = tokio::time::Instant::from_std(session.deadline());
+        if session.deadline() != deadline {
+            deadline = session.deadline();
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(deadline));
+        }
         tokio::select! {
             read = io.read(&mut buf) => match read {
                 Ok(0) | Err(_) => break 'conn,
@@ -174,7 +186,7 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Tran
                         metrics.heartbeat_interval.observe(f64::from(r.heartbeat_secs));
                         for room in std::mem::take(&mut auth_rooms) {
                             if let Some((true, 1)) = gateway.comet.join(id, &room) {
-                                gateway.room_change(room, 1);
+                                Box::pin(gateway.room_change(room, 1)).await;
                             }
                         }
                         let reply = pb::AuthReply {
@@ -225,7 +237,7 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Tran
                     }
                 }
             },
-            _ = tokio::time::sleep_until(deadline) => session.handle_timeout(Instant::now(), &mut actions),
+            _ = timer.as_mut() => session.handle_timeout(Instant::now(), &mut actions),
             _ = gateway.shutdown.cancelled() => {
                 close("drain");
                 let _ = write(&mut io, &[close_frames(CloseReason::Drain)], write_timeout).await;
@@ -233,7 +245,9 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Tran
             }
         }
 
-        for action in actions.drain(..) {
+        // Taken, not drained: the vector's storage is freed after each round, so an idle
+        // connection keeps none.
+        for action in std::mem::take(&mut actions) {
             match action {
                 Action::Send(frames) => {
                     frames_out.inc();
@@ -253,11 +267,11 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Tran
                         .collect();
                     let id = gateway.comet.allocate(&a.device_id);
                     conn_id = Some(id);
-                    auth = Some(gateway.authenticate(id, a, transport.name));
+                    auth = Some(Box::pin(gateway.authenticate(id, a, transport.name)).await);
                 }
                 Action::ToCore { op, seq, body } => {
                     if let Some(id) = conn_id {
-                        gateway.to_core(id, op, seq, body);
+                        Box::pin(gateway.to_core(id, op, seq, body)).await;
                     }
                 }
                 Action::Join { room, seq } | Action::Leave { room, seq } if conn_id.is_none() => {
@@ -266,7 +280,7 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Tran
                 Action::Join { room, seq } => {
                     let id = conn_id.unwrap_or_default();
                     if let Some((true, 1)) = gateway.comet.join(id, &room) {
-                        gateway.room_change(room.clone(), 1);
+                        Box::pin(gateway.room_change(room.clone(), 1)).await;
                     }
                     let reply = pb::RoomReply {
                         room,
@@ -282,7 +296,7 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Tran
                 Action::Leave { room, seq } => {
                     let id = conn_id.unwrap_or_default();
                     if let Some((true, 0)) = gateway.comet.leave(id, &room) {
-                        gateway.room_change(room.clone(), 0);
+                        Box::pin(gateway.room_change(room.clone(), 0)).await;
                     }
                     let reply = pb::RoomReply {
                         room,
@@ -310,6 +324,28 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Tran
         if registered {
             gateway.left(transport);
         }
-        gateway.disconnect(id, idle);
+        Box::pin(gateway.disconnect(id, idle)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::GatewayConfig;
+    use crate::raw::RawIo;
+
+    /// The driver's future is allocated once per connection for its whole life: keep an
+    /// eye on its size (large, short-lived states are boxed so they do not widen it).
+    #[test]
+    fn the_driver_future_stays_small() {
+        let gateway = Gateway::detached(GatewayConfig::default());
+        let (a, _b) = tokio::io::duplex(64);
+        let t = Transport {
+            name: "raw",
+            http: "none",
+        };
+        let f = drive(gateway, RawIo::new(a), t);
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 4096, "the driver's future grew to {size} bytes");
     }
 }

@@ -55,6 +55,9 @@ impl Default for GatewayConfig {
     }
 }
 
+/// How long a connection's message may wait for room on the link to core.
+const UP_WAIT: Duration = Duration::from_secs(5);
+
 /// Transports the edge reports connections for.
 pub const TRANSPORTS: &[&str] = &["ws", "stream", "poll", "grpc", "raw"];
 
@@ -116,6 +119,21 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// A gateway with no link to core (for tests of what runs beneath it).
+    #[cfg(test)]
+    pub(crate) fn detached(config: GatewayConfig) -> Arc<Gateway> {
+        Arc::new(Gateway {
+            comet: Comet::new(config.buckets),
+            config,
+            metrics: EdgeMetrics::default(),
+            shutdown: CancellationToken::new(),
+            up: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            open: AtomicUsize::new(0),
+            by_transport: Default::default(),
+        })
+    }
+
     /// Takes a slot for a new connection, or `None` at the limit.
     pub fn admit(self: &Arc<Self>) -> Option<ConnPermit> {
         let n = self.open.fetch_add(1, Ordering::Relaxed);
@@ -141,19 +159,41 @@ impl Gateway {
         self.metrics.sessions.get_or_create(&transport.into()).dec();
     }
 
-    fn send_up(&self, msg: edge_up::Msg) {
+    /// Offers a periodic report to the link; dropped if the link is full (the next one
+    /// repeats it).
+    fn offer_up(&self, msg: edge_up::Msg) {
         let up = lock(&self.up).clone();
-        if let Some(up) = up {
-            // Bounded: when core cannot keep up, an update is dropped rather than memory
-            // growing (AUTH waits out its timeout; heartbeats and room reports repeat).
-            if up.try_send(EdgeUp { msg: Some(msg) }).is_err() {
-                warn!("the link to core is full or down: dropped an update");
-            }
+        if let Some(up) = up
+            && up.try_send(EdgeUp { msg: Some(msg) }).is_err()
+        {
+            self.metrics.link_drops.inc();
+        }
+    }
+
+    /// Sends a connection's message up the link, waiting for room: a burst (a reconnect
+    /// storm, synchronised heartbeats) slows the connections' tasks down instead of losing
+    /// their requests. After [`UP_WAIT`] — core is not reading — the message is dropped and
+    /// counted (`roam_edge_link_drops_total`); AUTH then times out, a request goes unanswered.
+    async fn send_up(&self, msg: edge_up::Msg) {
+        let up = lock(&self.up).clone();
+        let Some(up) = up else {
+            self.metrics.link_drops.inc();
+            return;
+        };
+        // Boxed: the send's state exists only while it waits, not in every connection's task.
+        let sent = Box::pin(tokio::time::timeout(
+            UP_WAIT,
+            up.send(EdgeUp { msg: Some(msg) }),
+        ))
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.metrics.link_drops.inc();
+            warn!("the link to core is full or down: dropped a connection's message");
         }
     }
 
     /// Asks core to authenticate connection `conn_id`; the answer arrives on the receiver.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         conn_id: u64,
         auth: pb::Auth,
@@ -168,36 +208,40 @@ impl Gateway {
             platform: auth.platform,
             transport: transport.to_owned(),
             rooms: auth.rooms,
-        }));
+        }))
+        .await;
         rx
     }
 
     /// Passes a client request to core.
-    pub fn to_core(&self, conn_id: u64, op: u32, seq: u32, body: Bytes) {
+    pub async fn to_core(&self, conn_id: u64, op: u32, seq: u32, body: Bytes) {
         self.send_up(edge_up::Msg::ClientOp(link::ClientOp {
             conn_id,
             op,
             seq,
             body,
-        }));
+        }))
+        .await;
     }
 
     /// Tells core a room's membership on this edge changed to `members`.
-    pub fn room_change(&self, room: String, members: u64) {
-        self.send_up(edge_up::Msg::RoomChange(link::RoomChange { room, members }));
+    pub async fn room_change(&self, room: String, members: u64) {
+        self.send_up(edge_up::Msg::RoomChange(link::RoomChange { room, members }))
+            .await;
     }
 
     /// A connection ended (`idle`: lost to a heartbeat timeout).
-    pub fn disconnect(&self, conn_id: u64, idle: bool) {
+    pub async fn disconnect(&self, conn_id: u64, idle: bool) {
         lock(&self.pending).remove(&conn_id);
         for room in self.comet.remove(conn_id) {
-            self.room_change(room, 0);
+            self.room_change(room, 0).await;
         }
         let reason = if idle { "idle" } else { "closed" };
         self.send_up(edge_up::Msg::Disconnect(link::Disconnect {
             conn_id,
             reason: reason.into(),
-        }));
+        }))
+        .await;
     }
 
     fn heartbeat(&self) -> edge_up::Msg {
@@ -254,7 +298,7 @@ impl Gateway {
             let ended = loop {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => return,
-                    _ = beat.tick() => self.send_up(self.heartbeat()),
+                    _ = beat.tick() => self.offer_up(self.heartbeat()),
                     msg = link.next() => match msg {
                         Ok(Some(msg)) => self.apply(msg),
                         Ok(None) => break "core ended the link".to_owned(),

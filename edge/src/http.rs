@@ -57,6 +57,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// `/v1/send` bodies hold at most this many maximum-size frames' worth of bytes.
 const SEND_FRAMES: usize = 16;
 
+/// tungstenite's read buffer per WebSocket (kept while idle).
+const WS_READ_BUFFER: usize = 512;
+
 /// What the routes serve besides the client API.
 #[derive(Debug, Clone, Default)]
 pub struct HttpOptions {
@@ -160,15 +163,18 @@ async fn websocket(
         http: Transport::http_version(version),
     };
     upgrade
-        // Small buffers: an idle WebSocket should cost little (tungstenite's default read
-        // buffer is 128 KiB).
-        .read_buffer_size(4096)
+        // Small buffers: tungstenite allocates its read buffer up front and keeps it for
+        // the connection's life (128 KiB by default). Client frames are small; a larger
+        // message grows the buffer while it is read.
+        .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(max * SEND_FRAMES)
         .max_frame_size(max * SEND_FRAMES)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
-            drive(gateway, WsIo { socket }, transport).await;
+            // Boxed, so the upgrade task's future does not carry the driver's size on
+            // top of its own for the connection's life.
+            Box::pin(drive(gateway, WsIo { socket }, transport)).await;
         })
 }
 

@@ -70,6 +70,8 @@ pub struct EdgeMetrics {
     pub queued: Counter,
     /// Connections whose outbox overflowed (each then closes as slow; its frames are dropped).
     pub overflows: Counter,
+    /// Messages for core dropped because the edge link was full or down.
+    pub link_drops: Counter,
 }
 
 impl Default for EdgeMetrics {
@@ -88,6 +90,7 @@ impl Default for EdgeMetrics {
             queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             queued: Counter::default(),
             overflows: Counter::default(),
+            link_drops: Counter::default(),
         }
     }
 }
@@ -156,6 +159,11 @@ impl EdgeMetrics {
             "queue_overflows",
             "Client connections whose queue overflowed (closed as slow, frames dropped)",
             m.overflows.clone(),
+        );
+        r.register(
+            "link_drops",
+            "Messages for core dropped because the edge link was full or down",
+            m.link_drops.clone(),
         );
         r.register(
             "handshake_failures",
