@@ -76,9 +76,14 @@ impl Outbox {
             self.ready.notify_one();
             return Pushed::Overflowed;
         }
+        let was_empty = s.queue.is_empty();
         s.queue.push_back(frame);
         drop(s);
-        self.ready.notify_one();
+        // Only the first frame of a batch wakes the task: it takes everything queued when
+        // it runs, so later frames would only pay for a wake-up already on its way.
+        if was_empty {
+            self.ready.notify_one();
+        }
         Pushed::Queued
     }
 
