@@ -108,47 +108,256 @@ async fn write<T: FrameIo>(
     }
 }
 
+/// One connection's state, owned by its driver task.
+struct Conn<T> {
+    gateway: Arc<Gateway>,
+    io: T,
+    transport: Transport,
+    session: Session,
+    outbox: Arc<Outbox>,
+    write_timeout: std::time::Duration,
+    frames_out: prometheus_client::metrics::counter::Counter,
+    writes: prometheus_client::metrics::counter::Counter,
+    conn_id: Option<u64>,
+    registered: bool,
+    auth: Option<oneshot::Receiver<link::ConnectResult>>,
+    auth_rooms: Vec<String>,
+    idle: bool,
+}
+
+/// Whether the connection goes on after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Continue,
+    Close,
+}
+
+impl<T: FrameIo> Conn<T> {
+    fn count_close(&self, reason: &'static str) {
+        self.gateway
+            .metrics
+            .closes
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Writes `frames` as one batch; on failure counts the close and says to stop.
+    async fn send(&mut self, frames: &[Bytes]) -> Step {
+        self.frames_out.inc_by(frames.len() as u64);
+        self.writes.inc();
+        match write(&mut self.io, frames, self.write_timeout).await {
+            Ok(()) => Step::Continue,
+            Err(reason) => {
+                self.count_close(reason);
+                Step::Close
+            }
+        }
+    }
+
+    /// Core's answer to AUTH: registers the connection (and its rooms) or refuses it.
+    async fn authenticated(
+        &mut self,
+        result: Result<link::ConnectResult, ()>,
+        out: &mut Vec<Action>,
+    ) {
+        let now = Instant::now();
+        let gateway = self.gateway.clone();
+        match (result, self.conn_id) {
+            (Ok(r), Some(id)) if r.ok => {
+                gateway.comet.insert(id, self.outbox.clone());
+                gateway.joined(self.transport);
+                self.registered = true;
+                gateway
+                    .metrics
+                    .heartbeat_interval
+                    .observe(f64::from(r.heartbeat_secs));
+                for room in std::mem::take(&mut self.auth_rooms) {
+                    if let Some((true, 1)) = gateway.comet.join(id, &room) {
+                        gateway.room_change(room, 1).await;
+                    }
+                }
+                let reply = pb::AuthReply {
+                    user_id: r.user_id,
+                    device_id: r.device_id,
+                    session_id: r.session_id,
+                    heartbeat_secs: r.heartbeat_secs,
+                    server_time_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                };
+                self.session
+                    .handle_auth_result(true, r.heartbeat_secs, reply, (0, ""), now, out);
+            }
+            (Ok(r), _) => self.session.handle_auth_result(
+                false,
+                0,
+                pb::AuthReply::default(),
+                (r.error_code, &r.error_message),
+                now,
+                out,
+            ),
+            (Err(()), _) => self.session.handle_auth_result(
+                false,
+                0,
+                pb::AuthReply::default(),
+                (
+                    pb::error::Code::Unavailable as i32,
+                    "core is unavailable; retry",
+                ),
+                now,
+                out,
+            ),
+        }
+    }
+
+    /// Writes what the outbox gathered, or closes the connection as the outbox asks.
+    async fn flush(&mut self, batch: &mut Vec<Bytes>) -> Step {
+        if let Some(reason) = self.outbox.take(batch) {
+            self.count_close(match reason {
+                CloseReason::Slow => "slow",
+                CloseReason::Kicked(_) => "kicked",
+                CloseReason::Drain => "drain",
+            });
+            let _ = write(&mut self.io, &[close_frames(reason)], self.write_timeout).await;
+            return Step::Close;
+        }
+        if let Some(secs) = heartbeat_interval(batch) {
+            self.gateway
+                .metrics
+                .heartbeat_interval
+                .observe(f64::from(secs));
+            self.session.handle_heartbeat_interval(secs, Instant::now());
+        }
+        self.gateway.metrics.queue_depth.observe(batch.len() as f64);
+        let step = self.send(batch).await;
+        batch.clear();
+        step
+    }
+
+    /// Answers a room request: joins or leaves, tells core when the room appears on or
+    /// leaves this edge, and replies with the connection's rooms.
+    async fn room(&mut self, room: String, seq: u32, join: bool) -> Step {
+        let Some(id) = self.conn_id else {
+            debug!(room, seq, "room op before registration");
+            return Step::Continue;
+        };
+        let gateway = self.gateway.clone();
+        let (changed, op) = if join {
+            (
+                gateway.comet.join(id, &room) == Some((true, 1)),
+                Op::RoomJoinReply,
+            )
+        } else {
+            (
+                gateway.comet.leave(id, &room) == Some((true, 0)),
+                Op::RoomLeaveReply,
+            )
+        };
+        if changed {
+            gateway.room_change(room.clone(), u64::from(join)).await;
+        }
+        let reply = pb::RoomReply {
+            room,
+            rooms: gateway.comet.rooms_of(id),
+        };
+        match frame_of(op, seq, &reply) {
+            Ok(f) => self.send(&[f]).await,
+            Err(_) => Step::Continue,
+        }
+    }
+
+    /// Carries out what the session asked for.
+    async fn act(&mut self, actions: Vec<Action>) -> Step {
+        for action in actions {
+            let step = match action {
+                Action::Send(frames) => self.send(&[frames]).await,
+                Action::Authenticate(a) => {
+                    self.auth_rooms = a
+                        .rooms
+                        .iter()
+                        .filter(|r| !r.is_empty() && r.len() <= 256)
+                        .take(64)
+                        .cloned()
+                        .collect();
+                    let id = self.gateway.comet.allocate(&a.device_id);
+                    self.conn_id = Some(id);
+                    let gateway = self.gateway.clone();
+                    self.auth = Some(gateway.authenticate(id, a, self.transport.name).await);
+                    Step::Continue
+                }
+                Action::ToCore { op, seq, body } => {
+                    if let Some(id) = self.conn_id {
+                        self.gateway.to_core(id, op, seq, body).await;
+                    }
+                    Step::Continue
+                }
+                Action::Join { room, seq } => self.room(room, seq, true).await,
+                Action::Leave { room, seq } => self.room(room, seq, false).await,
+                Action::Close { idle } => {
+                    self.idle = idle;
+                    self.count_close(if idle { "idle" } else { "protocol" });
+                    Step::Close
+                }
+            };
+            if step == Step::Close {
+                return Step::Close;
+            }
+        }
+        Step::Continue
+    }
+}
+
 /// Drives one connection over `transport` to its end.
-pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Transport) {
+///
+/// This future lives as long as the connection, so its size is per-connection memory: the
+/// work of each round (acting on frames, AUTH results, outbox batches) runs in boxed
+/// futures that exist only while it is under way.
+pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, io: T, transport: Transport) {
     let decoder = FrameDecoder::new(gateway.config.max_packet);
-    let write_timeout = gateway.config.write_timeout;
-    let metrics = gateway.metrics.clone();
     let label = TransportLabel {
         transport: transport.name,
     };
+    let metrics = &gateway.metrics;
     let frames_in = metrics.frames_in.get_or_create(&label).clone();
     let bytes_in = metrics.bytes_in.get_or_create(&label).clone();
     let frames_out = metrics.frames_out.get_or_create(&label).clone();
     let writes = metrics.writes.get_or_create(&label).clone();
-    let close = |reason: &'static str| {
-        metrics.closes.get_or_create(&ReasonLabel { reason }).inc();
+    let mut c = Conn {
+        session: Session::new(gateway.config.session.clone(), Instant::now()),
+        outbox: Arc::new(Outbox::new(gateway.config.outbox)),
+        write_timeout: gateway.config.write_timeout,
+        frames_out,
+        writes,
+        gateway,
+        io,
+        transport,
+        conn_id: None,
+        registered: false,
+        auth: None,
+        auth_rooms: Vec::new(),
+        idle: false,
     };
-    let mut session = Session::new(gateway.config.session.clone(), Instant::now());
-    let outbox = Arc::new(Outbox::new(gateway.config.outbox));
     let mut buf = BytesMut::new();
     let mut actions = Vec::new();
     let mut batch = Vec::new();
-    let mut conn_id: Option<u64> = None;
-    let mut registered = false;
-    let mut auth: Option<oneshot::Receiver<link::ConnectResult>> = None;
-    let mut idle = false;
-    let mut auth_rooms: Vec<String> = Vec::new();
 
     // One timer for the connection's life, moved when the session's deadline moves.
-    let mut deadline = session.deadline();
+    let mut deadline = c.session.deadline();
     let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
     tokio::pin!(timer);
+    let shutdown = c.gateway.shutdown.clone();
+    let outbox = c.outbox.clone();
 
-    'conn: loop {
-        if session.deadline() != deadline {
-            deadline = session.deadline();
+    loop {
+        if c.session.deadline() != deadline {
+            deadline = c.session.deadline();
             timer
                 .as_mut()
                 .reset(tokio::time::Instant::from_std(deadline));
         }
-        tokio::select! {
-            read = io.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break 'conn,
+        let step = tokio::select! {
+            read = c.io.read(&mut buf) => match read {
+                Ok(0) | Err(_) => Step::Close,
                 Ok(n) => {
                     bytes_in.inc_by(n as u64);
                     let now = Instant::now();
@@ -156,11 +365,11 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Tran
                         match decoder.decode(&mut buf) {
                             Ok(Some(frame)) => {
                                 frames_in.inc();
-                                session.handle_frame(frame, now, &mut actions);
+                                c.session.handle_frame(frame, now, &mut actions);
                             }
                             Ok(None) => break,
                             Err(e) => {
-                                session.handle_decode_error(&e, &mut actions);
+                                c.session.handle_decode_error(&e, &mut actions);
                                 break;
                             }
                         }
@@ -168,163 +377,48 @@ pub async fn drive<T: FrameIo>(gateway: Arc<Gateway>, mut io: T, transport: Tran
                     if buf.is_empty() {
                         buf = BytesMut::new();
                     }
+                    Step::Continue
                 }
             },
             result = async {
-                match auth.as_mut() {
+                match c.auth.as_mut() {
                     Some(rx) => rx.await.map_err(|_| ()),
                     None => std::future::pending().await,
                 }
-            }, if auth.is_some() => {
-                auth = None;
-                let now = Instant::now();
-                match (result, conn_id) {
-                    (Ok(r), Some(id)) if r.ok => {
-                        gateway.comet.insert(id, outbox.clone());
-                        gateway.joined(transport);
-                        registered = true;
-                        metrics.heartbeat_interval.observe(f64::from(r.heartbeat_secs));
-                        for room in std::mem::take(&mut auth_rooms) {
-                            if let Some((true, 1)) = gateway.comet.join(id, &room) {
-                                Box::pin(gateway.room_change(room, 1)).await;
-                            }
-                        }
-                        let reply = pb::AuthReply {
-                            user_id: r.user_id,
-                            device_id: r.device_id,
-                            session_id: r.session_id,
-                            heartbeat_secs: r.heartbeat_secs,
-                            server_time_ms: std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_millis() as u64),
-                        };
-                        session.handle_auth_result(true, r.heartbeat_secs, reply, (0, ""), now, &mut actions);
-                    }
-                    (Ok(r), _) => session.handle_auth_result(
-                        false, 0, pb::AuthReply::default(), (r.error_code, &r.error_message), now, &mut actions,
-                    ),
-                    (Err(()), _) => session.handle_auth_result(
-                        false, 0, pb::AuthReply::default(),
-                        (pb::error::Code::Unavailable as i32, "core is unavailable; retry"), now, &mut actions,
-                    ),
-                }
+            }, if c.auth.is_some() => {
+                c.auth = None;
+                Box::pin(c.authenticated(result, &mut actions)).await;
+                Step::Continue
             },
-            _ = outbox.ready(), if registered => {
-                match outbox.take(&mut batch) {
-                    Some(reason) => {
-                        close(match reason {
-                            CloseReason::Slow => "slow",
-                            CloseReason::Kicked(_) => "kicked",
-                            CloseReason::Drain => "drain",
-                        });
-                        let _ = write(&mut io, &[close_frames(reason)], write_timeout).await;
-                        break 'conn;
-                    }
-                    None => {
-                        if let Some(secs) = heartbeat_interval(&batch) {
-                            metrics.heartbeat_interval.observe(f64::from(secs));
-                            session.handle_heartbeat_interval(secs, Instant::now());
-                        }
-                        metrics.queue_depth.observe(batch.len() as f64);
-                        frames_out.inc_by(batch.len() as u64);
-                        writes.inc();
-                        let written = write(&mut io, &batch, write_timeout).await;
-                        batch.clear();
-                        if let Err(reason) = written {
-                            close(reason);
-                            break 'conn;
-                        }
-                    }
-                }
-            },
-            _ = timer.as_mut() => session.handle_timeout(Instant::now(), &mut actions),
-            _ = gateway.shutdown.cancelled() => {
-                close("drain");
-                let _ = write(&mut io, &[close_frames(CloseReason::Drain)], write_timeout).await;
-                break 'conn;
+            _ = outbox.ready(), if c.registered => Box::pin(c.flush(&mut batch)).await,
+            _ = timer.as_mut() => {
+                c.session.handle_timeout(Instant::now(), &mut actions);
+                Step::Continue
             }
+            _ = shutdown.cancelled() => {
+                c.count_close("drain");
+                let _ = write(&mut c.io, &[close_frames(CloseReason::Drain)], c.write_timeout).await;
+                Step::Close
+            }
+        };
+        if step == Step::Close {
+            break;
         }
-
         // Taken, not drained: the vector's storage is freed after each round, so an idle
         // connection keeps none.
-        for action in std::mem::take(&mut actions) {
-            match action {
-                Action::Send(frames) => {
-                    frames_out.inc();
-                    writes.inc();
-                    if let Err(reason) = write(&mut io, &[frames], write_timeout).await {
-                        close(reason);
-                        break 'conn;
-                    }
-                }
-                Action::Authenticate(a) => {
-                    auth_rooms = a
-                        .rooms
-                        .iter()
-                        .filter(|r| !r.is_empty() && r.len() <= 256)
-                        .take(64)
-                        .cloned()
-                        .collect();
-                    let id = gateway.comet.allocate(&a.device_id);
-                    conn_id = Some(id);
-                    auth = Some(Box::pin(gateway.authenticate(id, a, transport.name)).await);
-                }
-                Action::ToCore { op, seq, body } => {
-                    if let Some(id) = conn_id {
-                        Box::pin(gateway.to_core(id, op, seq, body)).await;
-                    }
-                }
-                Action::Join { room, seq } | Action::Leave { room, seq } if conn_id.is_none() => {
-                    debug!(room, seq, "room op before registration");
-                }
-                Action::Join { room, seq } => {
-                    let id = conn_id.unwrap_or_default();
-                    if let Some((true, 1)) = gateway.comet.join(id, &room) {
-                        Box::pin(gateway.room_change(room.clone(), 1)).await;
-                    }
-                    let reply = pb::RoomReply {
-                        room,
-                        rooms: gateway.comet.rooms_of(id),
-                    };
-                    if let Ok(f) = frame_of(Op::RoomJoinReply, seq, &reply)
-                        && let Err(reason) = write(&mut io, &[f], write_timeout).await
-                    {
-                        close(reason);
-                        break 'conn;
-                    }
-                }
-                Action::Leave { room, seq } => {
-                    let id = conn_id.unwrap_or_default();
-                    if let Some((true, 0)) = gateway.comet.leave(id, &room) {
-                        Box::pin(gateway.room_change(room.clone(), 0)).await;
-                    }
-                    let reply = pb::RoomReply {
-                        room,
-                        rooms: gateway.comet.rooms_of(id),
-                    };
-                    if let Ok(f) = frame_of(Op::RoomLeaveReply, seq, &reply)
-                        && let Err(reason) = write(&mut io, &[f], write_timeout).await
-                    {
-                        close(reason);
-                        break 'conn;
-                    }
-                }
-                Action::Close { idle: was_idle } => {
-                    idle = was_idle;
-                    close(if was_idle { "idle" } else { "protocol" });
-                    break 'conn;
-                }
-            }
+        if !actions.is_empty() && Box::pin(c.act(std::mem::take(&mut actions))).await == Step::Close
+        {
+            break;
         }
     }
 
     // Bounded like every write: a client that stopped reading cannot hold the task.
-    let _ = tokio::time::timeout(write_timeout, io.close()).await;
-    if let Some(id) = conn_id {
-        if registered {
-            gateway.left(transport);
+    let _ = tokio::time::timeout(c.write_timeout, c.io.close()).await;
+    if let Some(id) = c.conn_id {
+        if c.registered {
+            c.gateway.left(c.transport);
         }
-        Box::pin(gateway.disconnect(id, idle)).await;
+        Box::pin(c.gateway.disconnect(id, c.idle)).await;
     }
 }
 
@@ -346,6 +440,7 @@ mod tests {
         };
         let f = drive(gateway, RawIo::new(a), t);
         let size = std::mem::size_of_val(&f);
-        assert!(size <= 4096, "the driver's future grew to {size} bytes");
+        // 952 bytes over a duplex stream when this was written (rust 1.95).
+        assert!(size <= 1536, "the driver's future grew to {size} bytes");
     }
 }
