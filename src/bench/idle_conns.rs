@@ -75,6 +75,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::server::{admin_get, api_key, duration_at_most, listener, refuse_target, with_server};
+
 /// The hidden scenario name of a worker process.
 pub const WORKER: &str = "idle-conns-worker";
 
@@ -334,63 +336,18 @@ pub(super) fn unix_now() -> Result<u64> {
     Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs())
 }
 
-/// The API key the child server wrote.
-pub(super) fn api_key(data_dir: &Path) -> Result<String> {
-    let path = data_dir.join("api-key");
-    let key = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(key.trim().to_owned())
-}
-
-/// `GET path` on the admin listener (one request, `connection: close`); the JSON body of a
-/// 200 answer.
-pub(super) async fn admin_get(
-    admin: SocketAddr,
-    key: &str,
-    path: &str,
-) -> Result<serde_json::Value> {
-    let mut tcp = TcpStream::connect(admin).await?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {key}\r\nconnection: close\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
-        .await
-        .map_err(|_| anyhow!("GET {path}: no answer within 10 s"))??;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!(
-            "GET {path}: {}",
-            head.lines().next().unwrap_or("no status line")
-        );
-    }
-    serde_json::from_str(body).with_context(|| format!("GET {path}: not JSON: {body:?}"))
-}
-
 // ---------------------------------------------------------------------------------------
 // The scenario (parent)
 // ---------------------------------------------------------------------------------------
 
 pub fn run(args: &BenchArgs) -> Result<Report> {
-    if args.target.is_some() {
-        bail!(
-            "idle-conns runs its own server (it needs the server's data directory for tokens): drop --target"
-        );
-    }
+    refuse_target(args, "idle-conns", "tokens")?;
     if args.rate.is_some() || args.members.is_some() {
         bail!("idle-conns takes --transport, --connections and --duration (the idle window) only");
     }
     let transport = Transport::parse(args.transport.as_deref())?;
     let n = args.connections_or(1000, MAX_CONNECTIONS)?;
-    let idle = args.duration_or(2.0)?;
-    if idle.as_secs_f64() > MAX_IDLE_SECS {
-        bail!(
-            "--duration {}: at most {MAX_IDLE_SECS} seconds for idle-conns",
-            idle.as_secs_f64()
-        );
-    }
+    let idle = duration_at_most(args, 2.0, MAX_IDLE_SECS, "idle-conns")?;
     let nofile = raise_nofile_limit();
     // The server holds every connection plus its listeners, store files and links.
     let needed = n as u64 + 500;
@@ -400,25 +357,18 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
         );
     }
     let exe = std::env::current_exe()?;
-    let server = ChildServer::start(&exe, SERVER_TOML)?;
-    let result = measure(&exe, &server, transport, n, idle);
-    let stopped = server.stop();
-    let report = result?;
-    let status = stopped?;
-    if !status.success() {
-        bail!("the server exited with {status}");
-    }
-    Ok(report)
+    with_server(&exe, SERVER_TOML, |server| {
+        measure(&exe, server, transport, n, idle)
+    })
 }
 
 /// Where a worker stands, from its last line.
 #[derive(Debug, Default, Clone)]
 struct WorkerState {
-    established: u64,
-    failed: u64,
+    set_up: SetUp,
     ready: bool,
     first_error: Option<String>,
-    probed: Option<(u64, u64, u64)>,
+    probed: Option<Liveness>,
     exited: bool,
 }
 
@@ -430,12 +380,8 @@ fn measure(
     idle: Duration,
 ) -> Result<Report> {
     let pid = server.pid();
-    let target = server
-        .addr(transport.listener())
-        .with_context(|| format!("the server reported no {} address", transport.listener()))?;
-    let admin = server
-        .addr("admin")
-        .context("the server reported no admin address")?;
+    let target = listener(server, transport.listener())?;
+    let admin = listener(server, "admin")?;
     let (ca, data_dir) = (server.dev_cert(), server.data_dir());
     let key = api_key(&data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -468,21 +414,24 @@ fn measure(
     let deadline = start + CONNECT_LIMIT;
     while !states.iter().all(|s| s.ready) {
         let (k, msg) = workers.recv(deadline).with_context(|| {
-            let established: u64 = states.iter().map(|s| s.established).sum();
+            let established: u64 = states.iter().map(|s| s.set_up.established).sum();
             format!("connect phase: {established} of {n} connections set up")
         })?;
         apply(&mut states[k], msg);
         if states[k].exited && !states[k].ready {
             bail!("idle-conns worker {k} exited during the connect phase (its stderr is above)");
         }
-        let done: u64 = states.iter().map(|s| s.established + s.failed).sum();
+        let done: u64 = states
+            .iter()
+            .map(|s| s.set_up.established + s.set_up.failed)
+            .sum();
         progress.set(Duration::from_millis(done));
     }
     let connect_elapsed = start.elapsed();
     progress.finish();
     let connected = ProcStats::read(pid)?;
-    let established: u64 = states.iter().map(|s| s.established).sum();
-    let failed: u64 = states.iter().map(|s| s.failed).sum();
+    let established: u64 = states.iter().map(|s| s.set_up.established).sum();
+    let failed: u64 = states.iter().map(|s| s.set_up.failed).sum();
     eprintln!(
         "idle-conns: {established} {} connections set up in {:.1} s ({failed} failed)",
         transport.name(),
@@ -524,15 +473,19 @@ fn measure(
             bail!("idle-conns worker {k} exited during the liveness probe");
         }
     }
-    let alive: u64 = states.iter().filter_map(|s| s.probed).map(|p| p.0).sum();
+    let alive: u64 = states
+        .iter()
+        .filter_map(|s| s.probed)
+        .map(|p| p.alive)
+        .sum();
     let online = runtime.block_on(server_online(admin, &key, alive));
     workers.finish();
     drop(runtime);
 
     let (mut closed, mut unexpected) = (0, 0);
-    for (_, c, u) in states.iter().filter_map(|s| s.probed) {
-        closed += c;
-        unexpected += u;
+    for p in states.iter().filter_map(|s| s.probed) {
+        closed += p.closed;
+        unexpected += p.unexpected_frames;
     }
     if let Some(e) = states.iter().find_map(|s| s.first_error.clone()) {
         eprintln!("idle-conns: first setup error: {e}");
@@ -584,28 +537,16 @@ async fn server_online(admin: SocketAddr, key: &str, expected: u64) -> Option<u6
 fn apply(state: &mut WorkerState, msg: Option<WorkerMsg>) {
     match msg {
         None => state.exited = true,
-        Some(WorkerMsg::Progress {
-            established,
-            failed,
-        }) => {
-            state.established = established;
-            state.failed = failed;
-        }
+        Some(WorkerMsg::Progress(set_up)) => state.set_up = set_up,
         Some(WorkerMsg::Ready {
-            established,
-            failed,
+            set_up,
             first_error,
         }) => {
-            state.established = established;
-            state.failed = failed;
+            state.set_up = set_up;
             state.first_error = first_error;
             state.ready = true;
         }
-        Some(WorkerMsg::Probed {
-            alive,
-            closed,
-            unexpected_frames,
-        }) => state.probed = Some((alive, closed, unexpected_frames)),
+        Some(WorkerMsg::Probed(probed)) => state.probed = Some(probed),
     }
 }
 
@@ -693,20 +634,31 @@ struct Job {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum WorkerMsg {
     /// Connections set up (and failed) so far.
-    Progress { established: u64, failed: u64 },
+    Progress(SetUp),
     /// Every connection of the job is set up or failed.
     Ready {
-        established: u64,
-        failed: u64,
+        #[serde(flatten)]
+        set_up: SetUp,
         first_error: Option<String>,
     },
-    /// The answer to `probe`: connections that answered a heartbeat, connections closed,
-    /// frames received while idle.
-    Probed {
-        alive: u64,
-        closed: u64,
-        unexpected_frames: u64,
-    },
+    /// The answer to `probe`.
+    Probed(Liveness),
+}
+
+/// A worker's connections set up, and those that failed, so far.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+struct SetUp {
+    established: u64,
+    failed: u64,
+}
+
+/// A worker's answer to `probe`: connections that answered a heartbeat, connections closed,
+/// frames received while idle.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Liveness {
+    alive: u64,
+    closed: u64,
+    unexpected_frames: u64,
 }
 
 /// The worker processes of a run. Dropping it kills and reaps every one still running.
@@ -923,21 +875,19 @@ async fn work(job: Job, mut commands: tokio::sync::mpsc::UnboundedReceiver<Strin
     // Progress until every connection is set up or failed.
     let count = job.count as u64;
     loop {
-        let established = counters.established.load(Ordering::Relaxed);
-        let failed = counters.failed.load(Ordering::Relaxed);
-        if established + failed >= count {
+        let set_up = SetUp {
+            established: counters.established.load(Ordering::Relaxed),
+            failed: counters.failed.load(Ordering::Relaxed),
+        };
+        if set_up.established + set_up.failed >= count {
             let first_error = counters.first_error.lock().ok().and_then(|e| e.clone());
             say(&WorkerMsg::Ready {
-                established,
-                failed,
+                set_up,
                 first_error,
             });
             break;
         }
-        say(&WorkerMsg::Progress {
-            established,
-            failed,
-        });
+        say(&WorkerMsg::Progress(set_up));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
@@ -954,11 +904,11 @@ async fn work(job: Job, mut commands: tokio::sync::mpsc::UnboundedReceiver<Strin
             let closed = counters.closed.load(Ordering::Relaxed);
             let established = counters.established.load(Ordering::Relaxed);
             if alive + closed >= established || Instant::now() > deadline {
-                say(&WorkerMsg::Probed {
+                say(&WorkerMsg::Probed(Liveness {
                     alive,
                     closed,
                     unexpected_frames: counters.unexpected.load(Ordering::Relaxed),
-                });
+                }));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

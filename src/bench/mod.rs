@@ -9,6 +9,7 @@ mod idle_conns;
 mod ids;
 mod push;
 mod room_fanout;
+mod server;
 mod store;
 
 use anyhow::{Result, bail};

@@ -17,28 +17,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use anyhow::{Result, bail};
 use roam_client::bench::{BenchArgs, ProcStats, Progress, Report, latency_histogram};
 use roam_client::child::ChildServer;
 use roam_edge::link::{CoreLink, EdgeIdentity};
 use roam_proto::FrameDecoder;
 use roam_proto::client::v1 as pb;
 use roam_proto::internal::v1::{self as link, EdgeUp, edge_down, edge_up};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+
+use super::server::{admin_connect, admin_post, api_key, listener, refuse_target, status_of};
 
 const WORKERS: usize = 32;
 
 pub fn run(args: &BenchArgs) -> Result<Report> {
-    if args.target.is_some() {
-        bail!(
-            "push runs its own server (it needs the server's data directory for tokens and the API key): drop --target"
-        );
-    }
+    refuse_target(args, "push", "tokens and the API key")?;
     let duration = args.duration_or(5.0)?;
     let devices = args.connections_or(1000, 100_000)?;
     let server = ChildServer::start(&std::env::current_exe()?, "")?;
@@ -57,12 +50,8 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
 type Sent = Arc<Mutex<HashMap<u64, Instant>>>;
 
 async fn drive(server: &ChildServer, devices: usize, duration: Duration) -> Result<Report> {
-    let internal = server
-        .addr("internal")
-        .context("the server reported no internal address")?;
-    let admin = server
-        .addr("admin")
-        .context("the server reported no admin address")?;
+    let internal = listener(server, "internal")?;
+    let admin = listener(server, "admin")?;
     let mut edge = CoreLink::connect(
         &format!("http://{internal}"),
         EdgeIdentity {
@@ -103,7 +92,7 @@ async fn drive(server: &ChildServer, devices: usize, duration: Duration) -> Resu
             Err(_) => bail!("core authenticated {accepted} of {devices} devices within 30 s"),
         }
     }
-    let key = api_key(server)?;
+    let key: Arc<str> = Arc::from(api_key(&server.data_dir())?);
 
     let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
     let delivered = Arc::new(Mutex::new(latency_histogram()));
@@ -202,14 +191,6 @@ async fn drive(server: &ChildServer, devices: usize, duration: Duration) -> Resu
     Ok(report)
 }
 
-/// The API key the child server wrote.
-fn api_key(server: &ChildServer) -> Result<Arc<str>> {
-    let path = server.data_dir().join("api-key");
-    let key = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Arc::from(key.trim()))
-}
-
 struct WorkerResult {
     ok: u64,
     rejected: u64,
@@ -238,7 +219,7 @@ async fn worker(
     let mut user = seed;
     while Instant::now() < deadline {
         if send.is_none() {
-            match connect(admin).await {
+            match admin_connect(admin).await {
                 Ok(s) => send = Some(s),
                 Err(e) => {
                     r.errors += 1;
@@ -252,25 +233,12 @@ async fn worker(
         user = (user * 7919 + 13) % devices;
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let body = format!(r#"{{"users":["u{user}"],"content":"{n}"}}"#);
-        let request = hyper::Request::post("/api/v1/push/users")
-            .header("host", "bench")
-            .header("authorization", format!("Bearer {key}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)));
-        let Ok(request) = request else { continue };
+        let Ok(request) = admin_post("/api/v1/push/users", &key, body) else {
+            continue;
+        };
         let start = Instant::now();
         sent.lock().await.insert(n, start);
-        let outcome = async {
-            let response = s.send_request(request).await.map_err(|e| e.to_string())?;
-            let status = response.status().as_u16();
-            response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<u16, String>(status)
-        }
-        .await;
+        let outcome = status_of(s, request).await;
         let _ = r.api.record(start.elapsed().as_micros().max(1) as u64);
         match outcome {
             Ok(202) => r.ok += 1,
@@ -292,14 +260,4 @@ async fn worker(
         }
     }
     r
-}
-
-async fn connect(admin: std::net::SocketAddr) -> Result<http1::SendRequest<Full<Bytes>>, String> {
-    let tcp = TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    let (send, conn) = http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(send)
 }

@@ -50,22 +50,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use roam_client::bench::{BenchArgs, ProcStats, Progress, Report};
 use roam_client::child::ChildServer;
 use roam_proto::Op;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::idle_conns::{
-    Conn, SERVER_TOML, SETUP_TIMEOUT, Transport, admin_get, api_key, authenticate, open,
-    raise_nofile_limit, source_addr, unix_now,
+    Conn, SERVER_TOML, SETUP_TIMEOUT, Transport, authenticate, open, raise_nofile_limit,
+    source_addr, unix_now,
+};
+use super::server::{
+    AdminConn, admin_connect, admin_get, admin_post, api_key, duration_at_most, listener,
+    refuse_target, status_of, with_server,
 };
 
 /// The room.
@@ -90,11 +89,7 @@ const LATE: Duration = Duration::from_millis(5);
 const TOKEN_TTL: u64 = 3600;
 
 pub fn run(args: &BenchArgs) -> Result<Report> {
-    if args.target.is_some() {
-        bail!(
-            "room-fanout runs its own server (it needs the server's data directory for tokens and the API key): drop --target"
-        );
-    }
+    refuse_target(args, "room-fanout", "tokens and the API key")?;
     if args.connections.is_some() {
         bail!("room-fanout counts --members, not --connections");
     }
@@ -109,13 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     if rate == 0 || rate > MAX_RATE {
         bail!("--rate {rate}: must be between 1 and {MAX_RATE}");
     }
-    let duration = args.duration_or(10.0)?;
-    if duration.as_secs_f64() > MAX_SECS {
-        bail!(
-            "--duration {}: at most {MAX_SECS} seconds for room-fanout",
-            duration.as_secs_f64()
-        );
-    }
+    let duration = duration_at_most(args, 10.0, MAX_SECS, "room-fanout")?;
     let nofile = raise_nofile_limit();
     if nofile < members as u64 + 500 {
         bail!(
@@ -123,19 +112,12 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             members + 500
         );
     }
-    let server = ChildServer::start(&std::env::current_exe()?, SERVER_TOML)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(drive(&server, members, rate, duration));
-    drop(runtime);
-    let stopped = server.stop();
-    let report = result?;
-    let status = stopped?;
-    if !status.success() {
-        bail!("the server exited with {status}");
-    }
-    Ok(report)
+    with_server(&std::env::current_exe()?, SERVER_TOML, |server| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(drive(server, members, rate, duration))
+    })
 }
 
 /// A histogram of microseconds, 1 µs – 60 s, 2 significant digits (~20 KiB each).
@@ -157,12 +139,8 @@ async fn drive(
     rate: u64,
     duration: Duration,
 ) -> Result<Report> {
-    let client_tcp = server
-        .addr("client_tcp")
-        .context("the server reported no client_tcp address")?;
-    let admin = server
-        .addr("admin")
-        .context("the server reported no admin address")?;
+    let client_tcp = listener(server, "client_tcp")?;
+    let admin = listener(server, "admin")?;
     let data_dir = server.data_dir();
     let key: Arc<str> = Arc::from(api_key(&data_dir)?);
     let tls = Transport::Ws.tls(&server.dev_cert())?;
@@ -465,7 +443,7 @@ struct PublisherResult {
 struct Pool {
     admin: SocketAddr,
     key: Arc<str>,
-    idle: Mutex<Vec<http1::SendRequest<Full<Bytes>>>>,
+    idle: Mutex<Vec<AdminConn>>,
     opened: AtomicU64,
     /// One permit per connection that may be in use.
     slots: Arc<Semaphore>,
@@ -529,7 +507,7 @@ async fn publish_one(pool: Arc<Pool>, k: u64, due: Instant, base: Instant) -> (O
     let idle = pool.idle.lock().ok().and_then(|mut idle| idle.pop());
     let mut send = match idle {
         Some(send) => send,
-        None => match connect(pool.admin).await {
+        None => match admin_connect(pool.admin).await {
             Ok(send) => {
                 pool.opened.fetch_add(1, Ordering::Relaxed);
                 send
@@ -544,29 +522,11 @@ async fn publish_one(pool: Arc<Pool>, k: u64, due: Instant, base: Instant) -> (O
     let late = now.duration_since(due) > LATE;
     let sent_us = base.elapsed().as_micros();
     let body = format!(r#"{{"rooms":["{ROOM}"],"content":"{k:010} {sent_us:021}"}}"#);
-    let request = hyper::Request::post("/api/v1/push/rooms")
-        .header("host", "bench")
-        .header("authorization", format!("Bearer {}", pool.key))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)));
-    let request = match request {
+    let request = match admin_post("/api/v1/push/rooms", &pool.key, body) {
         Ok(request) => request,
         Err(e) => return (Outcome::Failed(e.to_string()), 0, late),
     };
-    let status = async {
-        let response = send
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<u16, String>(status)
-    }
-    .await;
+    let status = status_of(&mut send, request).await;
     let api_us = now.elapsed().as_micros() as u64;
     let outcome = match status {
         Ok(202) => Outcome::Accepted,
@@ -579,16 +539,6 @@ async fn publish_one(pool: Arc<Pool>, k: u64, due: Instant, base: Instant) -> (O
         idle.push(send);
     }
     (outcome, api_us, late)
-}
-
-async fn connect(admin: SocketAddr) -> Result<http1::SendRequest<Full<Bytes>>, String> {
-    let tcp = TcpStream::connect(admin).await.map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    let (send, conn) = http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(send)
 }
 
 #[cfg(test)]
