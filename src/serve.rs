@@ -222,9 +222,12 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             ))
             .ok(),
             web_dir: Some(config.edge.web_dir.clone()),
+            tracker: tokio_util::task::TaskTracker::new(),
         };
+        let tracker = http.tracker.clone();
         tasks.spawn(server.run(
             roam_edge::http::router(gateway.clone(), http),
+            tracker,
             shutdown.clone(),
         ));
         tasks.spawn(raw.run(gateway));

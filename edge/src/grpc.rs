@@ -13,6 +13,7 @@ use roam_proto::client::v1::Frame as PbFrame;
 use roam_proto::client::v1::gateway_server::{Gateway as GatewayRpc, GatewayServer};
 use roam_proto::{FrameDecoder, encode};
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::conn::{FrameIo, Transport, drive};
@@ -23,15 +24,16 @@ const SEND_QUEUE: usize = 16;
 
 /// The tonic service over `gateway`. A message larger than the frame limit is refused by
 /// tonic before it reaches the session.
-pub fn service(gateway: Arc<Gateway>) -> GatewayServer<GrpcGateway> {
+pub fn service(gateway: Arc<Gateway>, tracker: TaskTracker) -> GatewayServer<GrpcGateway> {
     let max = gateway.config.max_packet;
-    GatewayServer::new(GrpcGateway { gateway }).max_decoding_message_size(max)
+    GatewayServer::new(GrpcGateway { gateway, tracker }).max_decoding_message_size(max)
 }
 
-/// The `Gateway` gRPC service.
+/// The `Gateway` gRPC service; each stream's connection runs on `tracker`.
 #[derive(Debug, Clone)]
 pub struct GrpcGateway {
     gateway: Arc<Gateway>,
+    tracker: TaskTracker,
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<PbFrame, Status>> + Send>>;
@@ -53,7 +55,7 @@ impl GatewayRpc for GrpcGateway {
             outgoing: tx,
         };
         let gateway = self.gateway.clone();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let _permit = permit;
             drive(
                 gateway,

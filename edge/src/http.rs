@@ -34,6 +34,7 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use roam_proto::client::v1::{self as pb, error::Code};
 use roam_proto::{FrameDecoder, Op};
+use tokio_util::task::TaskTracker;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -67,20 +68,25 @@ pub struct HttpOptions {
     pub alt_svc: Option<HeaderValue>,
     /// clients/web's build; `GET /` serves it when the directory exists.
     pub web_dir: Option<PathBuf>,
+    /// Where connections outliving their request run (WebSockets, virtual connections,
+    /// gRPC streams): the listener waits for them when it drains.
+    pub tracker: TaskTracker,
 }
 
 #[derive(Debug, Clone)]
 struct Client {
     gateway: Arc<Gateway>,
     vconns: Arc<Registry>,
+    tracker: TaskTracker,
 }
 
 /// The client port's routes over `gateway`.
 pub fn router(gateway: Arc<Gateway>, options: HttpOptions) -> Router {
-    let grpc = crate::grpc::service(gateway.clone());
+    let grpc = crate::grpc::service(gateway.clone(), options.tracker.clone());
     let client = Client {
         gateway,
         vconns: Arc::new(Registry::default()),
+        tracker: options.tracker,
     };
     let mut router = Router::new()
         .route("/healthz", get(healthz))
@@ -162,6 +168,8 @@ async fn websocket(
         name: "ws",
         http: Transport::http_version(version),
     };
+    // axum runs the WebSocket in a task of its own; the token keeps the drain waiting for it.
+    let running = client.tracker.token();
     upgrade
         // Small buffers: tungstenite allocates its read buffer up front and keeps it for
         // the connection's life (128 KiB by default). Client frames are small; a larger
@@ -171,7 +179,7 @@ async fn websocket(
         .max_message_size(max * SEND_FRAMES)
         .max_frame_size(max * SEND_FRAMES)
         .on_upgrade(move |socket| async move {
-            let _permit = permit;
+            let (_permit, _running) = (permit, running);
             // Boxed, so the upgrade task's future does not carry the driver's size on
             // top of its own for the connection's life.
             Box::pin(drive(gateway, WsIo { socket }, transport)).await;
@@ -344,7 +352,7 @@ async fn open(
         http: Transport::http_version(version),
     };
     let wait = gateway.config.session.auth_timeout + Duration::from_secs(5);
-    tokio::spawn(async move {
+    client.tracker.spawn(async move {
         let _permit = permit;
         drive(gateway, io, transport).await;
     });

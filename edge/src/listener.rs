@@ -10,18 +10,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug_span, warn};
 
-/// Runs `serve` on every connection `listener` accepts until `shutdown`, then drains.
+/// Runs `serve` on every connection `listener` accepts until `shutdown`, then drains:
+/// waits for every task on `tracker` (the connections' and any their requests spawned).
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
     transport: &'static str,
     shutdown: &CancellationToken,
     drain: Duration,
+    tracker: TaskTracker,
     mut serve: F,
 ) where
     F: FnMut(TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let tracker = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -14,6 +14,7 @@ use roam_proto::client::v1::disconnect::Reason;
 use roam_proto::disconnect_frame;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::conn::{FrameIo, Transport, drive};
@@ -112,15 +113,23 @@ impl RawServer {
         let shutdown = gateway.shutdown.clone();
         let (acceptor, metrics) = (self.acceptor, self.metrics);
         let handshake_timeout = self.handshake_timeout;
-        accept_loop(self.listener, "raw", &shutdown, self.drain_timeout, |tcp| {
-            serve(
-                gateway.clone(),
-                acceptor.clone(),
-                handshake_timeout,
-                metrics.clone(),
-                tcp,
-            )
-        })
+        let tracker = TaskTracker::new();
+        accept_loop(
+            self.listener,
+            "raw",
+            &shutdown,
+            self.drain_timeout,
+            tracker,
+            |tcp| {
+                serve(
+                    gateway.clone(),
+                    acceptor.clone(),
+                    handshake_timeout,
+                    metrics.clone(),
+                    tcp,
+                )
+            },
+        )
         .await;
     }
 }

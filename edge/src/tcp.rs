@@ -11,6 +11,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::lean_tls::LeanTlsAcceptor;
@@ -88,8 +89,10 @@ impl ClientTcpServer {
     }
 
     /// Serves `router` (see [`crate::http::router`]) on accepted connections until
-    /// `shutdown` fires, then lets open connections finish for up to the drain timeout.
-    pub async fn run(self, router: Router, shutdown: CancellationToken) {
+    /// `shutdown` fires, then lets open connections — and every task on `tracker`, where the
+    /// router runs WebSockets, virtual connections and gRPC streams — finish for up to the
+    /// drain timeout.
+    pub async fn run(self, router: Router, tracker: TaskTracker, shutdown: CancellationToken) {
         let builder = http_builder(&self.options);
         let builder = Arc::new(builder);
         let (acceptor, metrics) = (self.acceptor, self.metrics);
@@ -100,6 +103,7 @@ impl ClientTcpServer {
             "tcp",
             &shutdown,
             self.options.drain_timeout,
+            tracker,
             |tcp| {
                 Connection {
                     acceptor: acceptor.clone(),

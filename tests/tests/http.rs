@@ -606,3 +606,31 @@ async fn the_web_app_is_served_at_the_root_when_built() {
         assert_eq!(&body(r).await[..], content.as_bytes(), "{path}");
     }
 }
+
+#[tokio::test]
+async fn shutdown_ends_a_stream_with_disconnect_drain() {
+    let server = roam_tests::start("");
+    let alice = token(&server, "alice");
+    let mut h2 = h2(&server).await;
+    let r = h2
+        .send_request(request(
+            Method::GET,
+            "/v1/stream?device=phone",
+            Some(&alice),
+            None,
+            Bytes::new(),
+        ))
+        .await
+        .unwrap();
+    let mut stream = r.into_body();
+    let mut buf = BytesMut::new();
+    assert_eq!(
+        read_frames(&mut stream, &mut buf, 1).await[0].op_kind(),
+        Some(Op::AuthReply)
+    );
+    let stopping = tokio::task::spawn_blocking(move || server.stop());
+    let f = &read_frames(&mut stream, &mut buf, 1).await[0];
+    let d: pb::Disconnect = f.decode_body().unwrap();
+    assert_eq!(d.reason, pb::disconnect::Reason::Drain as i32);
+    assert_eq!(stopping.await.unwrap().unwrap().code(), Some(0));
+}

@@ -254,3 +254,21 @@ asyncio.run(main(*sys.argv[1:]))
         "python client failed:\n{stdout}\n{stderr}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_sends_websocket_clients_disconnect_drain() {
+    let server = roam_tests::start("");
+    let stream = tls(&server, b"http/1.1").await;
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/v1/ws", stream)
+        .await
+        .unwrap();
+    auth(&mut ws, &server, "alice", "alice-web").await;
+    let stopping = tokio::task::spawn_blocking(move || server.stop());
+    let f = &frames(&mut ws).await[0];
+    let d: pb::Disconnect = f.decode_body().unwrap();
+    assert_eq!(
+        (f.op_kind(), d.reason),
+        (Some(Op::Disconnect), pb::disconnect::Reason::Drain as i32)
+    );
+    assert_eq!(stopping.await.unwrap().unwrap().code(), Some(0));
+}
