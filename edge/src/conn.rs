@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::counter::Counter;
 use roam_proto::client::v1::{self as pb, disconnect::Reason};
 use roam_proto::{FrameDecoder, HEADER_LEN, Op, disconnect_frame, frame_of};
 use tokio::sync::oneshot;
@@ -116,8 +117,9 @@ struct Conn<T> {
     session: Session,
     outbox: Arc<Outbox>,
     write_timeout: std::time::Duration,
-    frames_out: prometheus_client::metrics::counter::Counter,
-    writes: prometheus_client::metrics::counter::Counter,
+    frames_out: Counter,
+    bytes_out: Counter,
+    writes: Counter,
     conn_id: Option<u64>,
     registered: bool,
     auth: Option<oneshot::Receiver<link::ConnectResult>>,
@@ -141,9 +143,25 @@ impl<T: FrameIo> Conn<T> {
             .inc();
     }
 
+    fn count_auth_failure(&self, code: i32) {
+        let reason = match pb::error::Code::try_from(code) {
+            Ok(pb::error::Code::AuthExpired) => "auth_expired",
+            Ok(pb::error::Code::Unavailable) => "unavailable",
+            Ok(pb::error::Code::AuthFailed) => "auth_failed",
+            _ => "other",
+        };
+        self.gateway
+            .metrics
+            .auth_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// Writes `frames` as one batch; on failure counts the close and says to stop.
     async fn send(&mut self, frames: &[Bytes]) -> Step {
         self.frames_out.inc_by(frames.len() as u64);
+        self.bytes_out
+            .inc_by(frames.iter().map(|f| f.len() as u64).sum());
         self.writes.inc();
         match write(&mut self.io, frames, self.write_timeout).await {
             Ok(()) => Step::Continue,
@@ -188,25 +206,29 @@ impl<T: FrameIo> Conn<T> {
                 self.session
                     .handle_auth_result(true, r.heartbeat_secs, reply, (0, ""), now, out);
             }
-            (Ok(r), _) => self.session.handle_auth_result(
-                false,
-                0,
-                pb::AuthReply::default(),
-                (r.error_code, &r.error_message),
-                now,
-                out,
-            ),
-            (Err(()), _) => self.session.handle_auth_result(
-                false,
-                0,
-                pb::AuthReply::default(),
-                (
-                    pb::error::Code::Unavailable as i32,
-                    "core is unavailable; retry",
-                ),
-                now,
-                out,
-            ),
+            (Ok(r), _) => {
+                self.count_auth_failure(r.error_code);
+                self.session.handle_auth_result(
+                    false,
+                    0,
+                    pb::AuthReply::default(),
+                    (r.error_code, &r.error_message),
+                    now,
+                    out,
+                );
+            }
+            (Err(()), _) => {
+                let code = pb::error::Code::Unavailable as i32;
+                self.count_auth_failure(code);
+                self.session.handle_auth_result(
+                    false,
+                    0,
+                    pb::AuthReply::default(),
+                    (code, "core is unavailable; retry"),
+                    now,
+                    out,
+                );
+            }
         }
     }
 
@@ -324,12 +346,14 @@ pub fn drive<T: FrameIo>(
     };
     let metrics = &gateway.metrics;
     let frames_out = metrics.frames_out.get_or_create(&label).clone();
+    let bytes_out = metrics.bytes_out.get_or_create(&label).clone();
     let writes = metrics.writes.get_or_create(&label).clone();
     let mut conn = Conn {
         session: Session::new(gateway.config.session.clone(), Instant::now()),
         outbox: Arc::new(Outbox::new(gateway.config.outbox)),
         write_timeout: gateway.config.write_timeout,
         frames_out,
+        bytes_out,
         writes,
         gateway,
         io,

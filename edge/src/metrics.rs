@@ -52,6 +52,10 @@ pub struct EdgeMetrics {
     pub frames_in: Family<TransportLabel, Counter>,
     /// Bytes received from clients (frame bytes), by transport.
     pub bytes_in: Family<TransportLabel, Counter>,
+    /// Bytes of frames written to clients, by transport.
+    pub bytes_out: Family<TransportLabel, Counter>,
+    /// AUTHs core refused, by error code (`auth_failed`, `auth_expired`, `unavailable`, …).
+    pub auth_failures: Family<ReasonLabel, Counter>,
     /// Frames written to clients, by transport.
     pub frames_out: Family<TransportLabel, Counter>,
     /// Coalesced writes (one per outbox batch), by transport.
@@ -82,6 +86,8 @@ impl Default for EdgeMetrics {
             handshake_failures: Family::default(),
             frames_in: Family::default(),
             bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            auth_failures: Family::default(),
             frames_out: Family::default(),
             writes: Family::default(),
             closes: Family::default(),
@@ -119,6 +125,16 @@ impl EdgeMetrics {
             "bytes_in",
             "Frame bytes received from clients",
             m.bytes_in.clone(),
+        );
+        r.register(
+            "bytes_out",
+            "Frame bytes written to clients",
+            m.bytes_out.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Client AUTHs refused, by error code",
+            m.auth_failures.clone(),
         );
         r.register(
             "frames_out",

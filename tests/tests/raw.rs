@@ -235,6 +235,8 @@ async fn bad_auth_and_bad_frames_get_an_error_then_the_close() {
         "roam_edge_closes_total{reason=\"protocol\"} 5",
         "roam_edge_frames_in_total{transport=\"raw\"}",
         "roam_edge_writes_total{transport=\"raw\"}",
+        "roam_edge_bytes_out_total{transport=\"raw\"}",
+        "roam_edge_auth_failures_total{reason=\"auth_failed\"} 1",
         "roam_edge_heartbeat_interval_seconds_count 3",
     ] {
         assert!(
