@@ -111,8 +111,12 @@ impl RawServer {
     /// connections to send their DISCONNECT(drain) and close.
     pub async fn run(self, gateway: Arc<Gateway>) {
         let shutdown = gateway.shutdown.clone();
-        let (acceptor, metrics) = (self.acceptor, self.metrics);
-        let handshake_timeout = self.handshake_timeout;
+        // One shared handle: every connection's task carries this for its life.
+        let listener = Arc::new(Listener {
+            acceptor: self.acceptor,
+            handshake_timeout: self.handshake_timeout,
+            metrics: self.metrics,
+        });
         let tracker = TaskTracker::new();
         accept_loop(
             self.listener,
@@ -120,32 +124,26 @@ impl RawServer {
             &shutdown,
             self.drain_timeout,
             tracker,
-            |tcp| {
-                serve(
-                    gateway.clone(),
-                    acceptor.clone(),
-                    handshake_timeout,
-                    metrics.clone(),
-                    tcp,
-                )
-            },
+            |tcp| serve(gateway.clone(), listener.clone(), tcp),
         )
         .await;
     }
 }
 
-async fn serve(
-    gateway: Arc<Gateway>,
+/// What every connection of the raw listener shares.
+struct Listener {
     acceptor: LeanTlsAcceptor,
     handshake_timeout: Duration,
     metrics: EdgeMetrics,
-    tcp: TcpStream,
-) {
+}
+
+async fn serve(gateway: Arc<Gateway>, listener: Arc<Listener>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
     let handshake = Box::pin(tokio::time::timeout(
-        handshake_timeout,
-        acceptor.accept(tcp),
+        listener.handshake_timeout,
+        listener.acceptor.accept(tcp),
     ));
+    let metrics = &listener.metrics;
     // `tls` never lives across an await here (it moves into a boxed future at once): a TLS
     // stream is ≈ 1.2 KB, and a local held across an await keeps its slot in this task.
     let tls = tokio::select! {
