@@ -272,3 +272,46 @@ async fn shutdown_sends_websocket_clients_disconnect_drain() {
     );
     assert_eq!(stopping.await.unwrap().unwrap().code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_bad_websocket_handshake_gets_a_json_error() {
+    let server = roam_tests::start("");
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls(&server, b"http/1.1").await))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (headers, status, code) in [
+        (&[][..], 400, "bad_handshake"),
+        (
+            &[("sec-websocket-version", "13")][..],
+            426,
+            "upgrade_required",
+        ),
+        (
+            &[
+                ("sec-websocket-version", "13"),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+            ][..],
+            400,
+            "bad_handshake",
+        ),
+    ] {
+        let mut req = http::Request::builder().uri("https://localhost/v1/ws");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let r = send
+            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{headers:?}");
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{headers:?}");
+    }
+}
