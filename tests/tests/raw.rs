@@ -343,3 +343,38 @@ async fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
     bob.send(Op::Heartbeat, 2, &pb::Heartbeat {}).await.unwrap();
     assert_eq!(next(&mut bob).await.op_kind(), Some(Op::HeartbeatReply));
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_and_the_others_keep_working() {
+    let server = roam_tests::start("[edge]\nmax_connections = 2\n");
+    let (mut a, _) = login(&server, "alice", "a", &[]).await;
+    let (_b, _) = login(&server, "bob", "b", &[]).await;
+    // A third raw connection is told to come back later.
+    let mut c = dial(&server).await;
+    let frames = until_closed(&mut c).await;
+    let d: pb::Disconnect = frames.last().expect("a DISCONNECT").decode_body().unwrap();
+    assert_eq!(d.reason, pb::disconnect::Reason::Limit as i32, "{d:?}");
+    assert!(d.reconnect);
+    // So is a WebSocket, with a 503 and a JSON error.
+    let stream = tokio::net::TcpStream::connect(server.addr("client_tcp").unwrap())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(roam_tls::client_config(
+        roam_tls::roots_from_pem(&server.dev_cert()).unwrap(),
+        &[b"http/1.1"],
+    ))
+    .connect(
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+        stream,
+    )
+    .await
+    .unwrap();
+    let refused = tokio_tungstenite::client_async("wss://localhost/v1/ws", tls).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(r)) = refused else {
+        panic!("the WebSocket was not refused: {refused:?}");
+    };
+    assert_eq!(r.status(), 503);
+    // The admitted ones are unaffected.
+    a.send(Op::Heartbeat, 2, &pb::Heartbeat {}).await.unwrap();
+    assert_eq!(next(&mut a).await.op_kind(), Some(Op::HeartbeatReply));
+}
