@@ -23,7 +23,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, Request, State};
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::header::{
     ALT_SVC, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT,
     SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
@@ -294,11 +295,27 @@ impl FrameIo for WsIo {
     }
 }
 
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+/// What a request to open or poll a virtual connection carries.
+struct Opening {
+    version: Version,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+}
 
-fn params(q: Params) -> Result<HashMap<String, String>, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_query", &e.body_text()))
+impl<S: Send + Sync> FromRequestParts<S> for Opening {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let q: Result<Query<HashMap<String, String>>, QueryRejection> =
+            Query::from_request_parts(parts, state).await;
+        let Query(q) =
+            q.map_err(|e| error(StatusCode::BAD_REQUEST, "bad_query", &e.body_text()))?;
+        Ok(Opening {
+            version: parts.version,
+            headers: parts.headers.clone(),
+            q,
+        })
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
@@ -370,16 +387,15 @@ fn refused(e: &pb::Error) -> ApiError {
     error(status, &name, &e.message)
 }
 
-/// Opens a virtual connection for `headers` and `q` and waits for core's answer to its AUTH:
-/// the connection and its first frames, or the HTTP error refusing it.
+/// Opens a virtual connection for `request` and waits for core's answer to its AUTH: the
+/// connection and its first frames, or the HTTP error refusing it.
 async fn open(
     client: &Client,
-    version: Version,
-    headers: &HeaderMap,
-    q: &HashMap<String, String>,
+    request: &Opening,
     mode: Mode,
 ) -> Result<(Arc<Conn>, Option<tokio::sync::mpsc::Receiver<Bytes>>), ApiError> {
-    let token = bearer(headers)?;
+    let (version, q) = (request.version, &request.q);
+    let token = bearer(&request.headers)?;
     let field = |name: &str| q.get(name).map_or("", String::as_str);
     if field("device").is_empty() {
         return Err(error(
@@ -452,14 +468,8 @@ fn frames_response(status: StatusCode, body: Bytes, conn: &Conn, cursor: Option<
 }
 
 /// `GET /v1/stream`: opens a virtual connection; the response body is its frames.
-async fn stream(
-    State(client): State<Client>,
-    version: Version,
-    headers: HeaderMap,
-    q: Params,
-) -> Result<Response, ApiError> {
-    let q = params(q)?;
-    let (conn, body) = open(&client, version, &headers, &q, Mode::Stream).await?;
+async fn stream(State(client): State<Client>, request: Opening) -> Result<Response, ApiError> {
+    let (conn, body) = open(&client, &request, Mode::Stream).await?;
     let body = body.ok_or_else(|| unavailable("the stream could not be set up"))?;
     let chunks = tokio_stream::wrappers::ReceiverStream::new(body).map(Ok::<_, Infallible>);
     let mut r = frames_response(StatusCode::OK, Bytes::new(), &conn, None);
@@ -493,16 +503,10 @@ fn poll_query(q: &HashMap<String, String>) -> Result<(u64, Duration), ApiError> 
 
 /// `GET /v1/poll[?cursor=N&wait=S]`: without `roam-session`, opens a virtual connection and
 /// answers its first frames; with it, the frames after cursor N (waiting up to S seconds).
-async fn poll(
-    State(client): State<Client>,
-    version: Version,
-    headers: HeaderMap,
-    q: Params,
-) -> Result<Response, ApiError> {
-    let q = params(q)?;
-    let (conn, cursor, wait) = match named(&client, &headers)? {
+async fn poll(State(client): State<Client>, request: Opening) -> Result<Response, ApiError> {
+    let (conn, cursor, wait) = match named(&client, &request.headers)? {
         None => {
-            let (conn, _) = open(&client, version, &headers, &q, Mode::Poll).await?;
+            let (conn, _) = open(&client, &request, Mode::Poll).await?;
             (conn, 0, Duration::ZERO)
         }
         Some(conn) if conn.mode != Mode::Poll => {
@@ -513,7 +517,7 @@ async fn poll(
             ));
         }
         Some(conn) => {
-            let (cursor, wait) = poll_query(&q)?;
+            let (cursor, wait) = poll_query(&request.q)?;
             (conn, cursor, wait)
         }
     };

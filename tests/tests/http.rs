@@ -21,6 +21,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 type Tls = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 async fn tls(server: &ChildServer, alpn: &[u8]) -> Tls {
     let roots = roam_tls::roots_from_pem(&server.dev_cert()).unwrap();
@@ -46,13 +48,64 @@ async fn h2(server: &ChildServer) -> H2 {
 }
 
 /// An HTTP/1.1 keep-alive connection (one request at a time).
-async fn h1(server: &ChildServer) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+async fn h1(server: &ChildServer) -> H1 {
     let (send, conn) = hyper::client::conn::http1::handshake(tls(server, b"http/1.1").await)
         .await
         .unwrap();
     tokio::spawn(conn);
     send
 }
+
+/// A client connection that sends one request and returns its answer's head.
+trait Call {
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        session: Option<&str>,
+        body: Bytes,
+    ) -> Response<Incoming>;
+
+    /// `GET path` with a bearer token (opening a stream or a poll).
+    async fn open(&mut self, path: &str, token: &str) -> Response<Incoming> {
+        self.call(Method::GET, path, Some(token), None, Bytes::new())
+            .await
+    }
+
+    /// `POST /v1/send` of `frames` to connection `session`.
+    async fn send_frames(
+        &mut self,
+        token: &str,
+        session: &str,
+        frames: Bytes,
+    ) -> Response<Incoming> {
+        self.call(Method::POST, "/v1/send", Some(token), Some(session), frames)
+            .await
+    }
+}
+
+/// Both connection kinds send the same way (hyper gives them no common trait).
+macro_rules! impl_call {
+    ($($conn:ty),*) => {$(
+        impl Call for $conn {
+            async fn call(
+                &mut self,
+                method: Method,
+                path: &str,
+                token: Option<&str>,
+                session: Option<&str>,
+                body: Bytes,
+            ) -> Response<Incoming> {
+                self.send_request(request(method, path, token, session, body))
+                    .await
+                    .unwrap()
+            }
+        }
+    )*};
+}
+
+impl_call!(H1, H2);
 
 fn request(
     method: Method,
@@ -164,16 +217,7 @@ async fn stream_and_send_share_one_http2_connection() {
     let server = roam_tests::start("");
     let alice = token(&server, "alice");
     let mut h2 = h2(&server).await;
-    let r = h2
-        .send_request(request(
-            Method::GET,
-            "/v1/stream?device=phone&rooms=lobby",
-            Some(&alice),
-            None,
-            Bytes::new(),
-        ))
-        .await
-        .unwrap();
+    let r = h2.open("/v1/stream?device=phone&rooms=lobby", &alice).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "content-type"), "application/vnd.roam.frames");
     assert!(
@@ -205,16 +249,7 @@ async fn stream_and_send_share_one_http2_connection() {
     )
     .unwrap();
     encode_msg(Op::PushAck, 4, &pb::PushAck::default(), &mut up).unwrap();
-    let r = h2
-        .send_request(request(
-            Method::POST,
-            "/v1/send",
-            Some(&alice),
-            Some(&session),
-            up.freeze(),
-        ))
-        .await
-        .unwrap();
+    let r = h2.send_frames(&alice, &session, up.freeze()).await;
     assert_eq!(r.status(), StatusCode::OK);
     let replies: Vec<_> = frames_of(body(r).await)
         .iter()
@@ -254,15 +289,12 @@ async fn stream_and_send_share_one_http2_connection() {
     })
     .await;
     let r = h2
-        .send_request(request(
-            Method::POST,
-            "/v1/send",
-            Some(&alice),
-            Some(&session),
+        .send_frames(
+            &alice,
+            &session,
             encode(&[(Op::Heartbeat, 5, &pb::Heartbeat {})]),
-        ))
-        .await
-        .unwrap();
+        )
+        .await;
     assert_eq!(
         json_error(r).await,
         (StatusCode::NOT_FOUND, "unknown_session".into())
@@ -274,16 +306,7 @@ async fn long_polls_over_http11_carry_pushes_with_cursors() {
     let server = roam_tests::start("");
     let bob = token(&server, "bob");
     let mut c = h1(&server).await;
-    let r = c
-        .send_request(request(
-            Method::GET,
-            "/v1/poll?device=laptop",
-            Some(&bob),
-            None,
-            Bytes::new(),
-        ))
-        .await
-        .unwrap();
+    let r = c.open("/v1/poll?device=laptop", &bob).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "roam-cursor"), "1");
     let session = header(&r, "roam-session");
@@ -326,15 +349,12 @@ async fn long_polls_over_http11_carry_pushes_with_cursors() {
     // Requests go up with /v1/send on another connection; replies in its response.
     let mut up = h1(&server).await;
     let r = up
-        .send_request(request(
-            Method::POST,
-            "/v1/send",
-            Some(&bob),
-            Some(&session),
+        .send_frames(
+            &bob,
+            &session,
             encode(&[(Op::Heartbeat, 7, &pb::Heartbeat {})]),
-        ))
-        .await
-        .unwrap();
+        )
+        .await;
     let frames = frames_of(body(r).await);
     assert_eq!(
         (frames[0].op_kind(), frames[0].seq),
@@ -419,8 +439,6 @@ async fn curl_over_http2_reads_the_stream() {
     curl.kill().await.unwrap();
 }
 
-type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
-
 async fn call(
     c: &mut H2,
     method: Method,
@@ -429,12 +447,7 @@ async fn call(
     session: Option<&str>,
     body: Bytes,
 ) -> (StatusCode, String) {
-    json_error(
-        c.send_request(request(method, path, token, session, body))
-            .await
-            .unwrap(),
-    )
-    .await
+    json_error(c.call(method, path, token, session, body).await).await
 }
 
 #[tokio::test]
@@ -442,93 +455,85 @@ async fn bad_http_requests_get_json_errors() {
     let server = roam_tests::start("[limits]\nmax_packet = 1024\n");
     let alice = token(&server, "alice");
     let mut c = h2(&server).await;
-    let unauthenticated = (StatusCode::UNAUTHORIZED, "unauthenticated".to_owned());
-    assert_eq!(
-        call(&mut c, Method::GET, "/v1/stream", None, None, Bytes::new()).await,
-        unauthenticated
-    );
-    assert_eq!(
-        call(&mut c, Method::GET, "/v1/poll", None, None, Bytes::new()).await,
-        unauthenticated
-    );
-    assert_eq!(
-        call(
-            &mut c,
-            Method::GET,
+    let hb = encode(&[(Op::Heartbeat, 1, &pb::Heartbeat {})]);
+    let (get, post) = (Method::GET, Method::POST);
+    // (method, path, token, roam-session, body) → (status, error code)
+    let cases: [(&Method, &str, Option<&str>, Option<&str>, &Bytes, u16, &str); 8] = [
+        (
+            &get,
+            "/v1/stream",
+            None,
+            None,
+            &Bytes::new(),
+            401,
+            "unauthenticated",
+        ),
+        (
+            &get,
+            "/v1/poll",
+            None,
+            None,
+            &Bytes::new(),
+            401,
+            "unauthenticated",
+        ),
+        (
+            &get,
             "/v1/stream?device=d",
             Some("not-a-jwt"),
             None,
-            Bytes::new()
-        )
-        .await,
-        (StatusCode::UNAUTHORIZED, "auth_failed".into())
-    );
-    let hb = encode(&[(Op::Heartbeat, 1, &pb::Heartbeat {})]);
-    assert_eq!(
-        call(
-            &mut c,
-            Method::POST,
+            &Bytes::new(),
+            401,
+            "auth_failed",
+        ),
+        (
+            &post,
             "/v1/send",
             Some(&alice),
             None,
-            hb.clone()
-        )
-        .await,
-        (StatusCode::BAD_REQUEST, "no_session".into())
-    );
-    assert_eq!(
-        call(
-            &mut c,
-            Method::POST,
+            &hb,
+            400,
+            "no_session",
+        ),
+        (
+            &post,
             "/v1/send",
             Some(&alice),
             Some("0123"),
-            hb.clone()
-        )
-        .await,
-        (StatusCode::NOT_FOUND, "unknown_session".into())
-    );
-    assert_eq!(
-        call(
-            &mut c,
-            Method::GET,
+            &hb,
+            404,
+            "unknown_session",
+        ),
+        (
+            &get,
             "/v1/poll?cursor=x",
             Some(&alice),
             Some("0123"),
-            Bytes::new()
-        )
-        .await,
-        (StatusCode::NOT_FOUND, "unknown_session".into())
-    );
-    assert_eq!(
-        call(&mut c, Method::GET, "/", None, None, Bytes::new()).await,
-        (StatusCode::NOT_FOUND, "not_found".into())
-    );
-
-    assert_eq!(
-        call(
-            &mut c,
-            Method::GET,
+            &Bytes::new(),
+            404,
+            "unknown_session",
+        ),
+        (&get, "/", None, None, &Bytes::new(), 404, "not_found"),
+        (
+            &get,
             "/v1/poll",
             Some(&alice),
             None,
-            Bytes::new()
-        )
-        .await,
-        (StatusCode::BAD_REQUEST, "bad_query".into())
-    );
+            &Bytes::new(),
+            400,
+            "bad_query",
+        ),
+    ];
+    for (method, path, token, session, body, status, code) in cases {
+        assert_eq!(
+            call(&mut c, method.clone(), path, token, session, body.clone()).await,
+            (StatusCode::from_u16(status).unwrap(), code.to_owned()),
+            "{method} {path}"
+        );
+    }
 
     // A real poll connection, then requests that do not fit it.
-    let r = c
-        .send_request(request(
-            Method::GET,
-            "/v1/poll?device=d",
-            Some(&alice),
-            None,
-            Bytes::new(),
-        ))
-        .await
-        .unwrap();
+    let r = c.open("/v1/poll?device=d", &alice).await;
     assert_eq!(r.status(), StatusCode::OK);
     let session = header(&r, "roam-session");
     body(r).await;
@@ -571,10 +576,7 @@ async fn bad_http_requests_get_json_errors() {
         (StatusCode::BAD_REQUEST, "bad_query".into())
     );
     // The connection is unharmed by all that.
-    let r = c
-        .send_request(request(Method::POST, "/v1/send", Some(&alice), s, hb))
-        .await
-        .unwrap();
+    let r = c.call(Method::POST, "/v1/send", Some(&alice), s, hb).await;
     assert_eq!(
         frames_of(body(r).await)[0].op_kind(),
         Some(Op::HeartbeatReply)
@@ -597,10 +599,7 @@ async fn the_web_app_is_served_at_the_root_when_built() {
         // Client-side routes fall back to the app.
         ("/chat/alice", "<title>Roam</title>"),
     ] {
-        let r = c
-            .send_request(request(Method::GET, path, None, None, Bytes::new()))
-            .await
-            .unwrap();
+        let r = c.call(Method::GET, path, None, None, Bytes::new()).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
         assert!(header(&r, "alt-svc").starts_with("h3="), "{path}");
         assert_eq!(&body(r).await[..], content.as_bytes(), "{path}");
@@ -612,16 +611,7 @@ async fn shutdown_ends_a_stream_with_disconnect_drain() {
     let server = roam_tests::start("");
     let alice = token(&server, "alice");
     let mut h2 = h2(&server).await;
-    let r = h2
-        .send_request(request(
-            Method::GET,
-            "/v1/stream?device=phone",
-            Some(&alice),
-            None,
-            Bytes::new(),
-        ))
-        .await
-        .unwrap();
+    let r = h2.open("/v1/stream?device=phone", &alice).await;
     let mut stream = r.into_body();
     let mut buf = BytesMut::new();
     assert_eq!(

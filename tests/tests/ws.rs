@@ -74,6 +74,20 @@ async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
     assert_eq!(f.op_kind(), Some(Op::AuthReply), "{f:?}");
 }
 
+/// A WebSocket over HTTP/1.1, authenticated as `user` on `device`.
+async fn login_http11(
+    server: &ChildServer,
+    user: &str,
+    device: &str,
+) -> WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>> {
+    let stream = tls(server, b"http/1.1").await;
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/v1/ws", stream)
+        .await
+        .unwrap();
+    auth(&mut ws, server, user, device).await;
+    ws
+}
+
 async fn expect_push<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     content: &str,
@@ -88,11 +102,7 @@ async fn expect_push<S: AsyncRead + AsyncWrite + Unpin>(
 #[tokio::test]
 async fn websocket_over_http11_authenticates_heartbeats_and_receives_pushes() {
     let server = roam_tests::start("");
-    let stream = tls(&server, b"http/1.1").await;
-    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/v1/ws", stream)
-        .await
-        .unwrap();
-    auth(&mut ws, &server, "alice", "alice-web").await;
+    let mut ws = login_http11(&server, "alice", "alice-web").await;
     ws.send(frame(Op::Heartbeat, 2, &pb::Heartbeat {}))
         .await
         .unwrap();
@@ -258,11 +268,7 @@ asyncio.run(main(*sys.argv[1:]))
 #[tokio::test]
 async fn shutdown_sends_websocket_clients_disconnect_drain() {
     let server = roam_tests::start("");
-    let stream = tls(&server, b"http/1.1").await;
-    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/v1/ws", stream)
-        .await
-        .unwrap();
-    auth(&mut ws, &server, "alice", "alice-web").await;
+    let mut ws = login_http11(&server, "alice", "alice-web").await;
     let stopping = tokio::task::spawn_blocking(move || server.stop());
     let f = &frames(&mut ws).await[0];
     let d: pb::Disconnect = f.decode_body().unwrap();
