@@ -450,6 +450,17 @@ async fn call(
     json_error(c.call(method, path, token, session, body).await).await
 }
 
+/// (method, path, token, roam-session, body) → (status, error code).
+type BadRequest<'a> = (
+    &'a Method,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a Bytes,
+    u16,
+    &'a str,
+);
+
 #[tokio::test]
 async fn bad_http_requests_get_json_errors() {
     let server = roam_tests::start("[limits]\nmax_packet = 1024\n");
@@ -457,8 +468,7 @@ async fn bad_http_requests_get_json_errors() {
     let mut c = h2(&server).await;
     let hb = encode(&[(Op::Heartbeat, 1, &pb::Heartbeat {})]);
     let (get, post) = (Method::GET, Method::POST);
-    // (method, path, token, roam-session, body) → (status, error code)
-    let cases: [(&Method, &str, Option<&str>, Option<&str>, &Bytes, u16, &str); 8] = [
+    let cases: [BadRequest; 8] = [
         (
             &get,
             "/v1/stream",
