@@ -1,19 +1,21 @@
 //! # roam-edge — the connection gateway (goim's comet)
 //!
 //! Owns everything between a client's socket and core: TLS termination, the client
-//! transports (WebSocket, gRPC and raw frames today; HTTP streaming, long-poll and HTTP/3
+//! transports (WebSocket, HTTP streaming and long-poll, gRPC and raw frames today; HTTP/3
 //! later), the buckets and rooms that hold connections, deadlines, limits and the
 //! slow-consumer policy.
 //!
 //! The pieces, each in its own module: [`lean_tls`] (a TLS 1.3 server stream over rustls's
 //! unbuffered API that holds no buffers while idle), [`ClientTcpServer`] (port 8443:
 //! HTTP/1.1 and HTTP/2 through hyper-util, serving [`http::router`]: WebSocket on `/v1/ws`
-//! over Upgrade or extended CONNECT, and the gRPC `Gateway` in [`grpc`]), [`raw`] (port 8444:
-//! frames back to back), [`session`] (the sans-IO protocol state of one connection),
-//! [`outbox`] (its bounded, coalescing queue), [`comet`] (buckets and rooms), [`conn`] (the
-//! per-connection driver every transport shares), [`gateway`] (the link to core through
-//! [`link`], heartbeats, limits). [`EdgeMetrics`] counts connections and handshake failures.
-//! docs/edge.md draws how they connect.
+//! over Upgrade or extended CONNECT, virtual connections made of HTTP requests in
+//! [`vconn`] — `/v1/stream`, `/v1/poll`, `/v1/send` — and the gRPC `Gateway` in [`grpc`]),
+//! [`raw`] (port 8444: frames back to back), [`session`] (the sans-IO protocol state of one
+//! connection), [`outbox`] (its bounded, coalescing queue), [`comet`] (buckets and rooms),
+//! [`conn`] (the per-connection driver every transport shares, with write timeouts),
+//! [`gateway`] (the link to core through [`link`], heartbeats, limits). [`EdgeMetrics`]
+//! counts connections, frames, queues, closes and failures. docs/edge.md draws how they
+//! connect.
 
 pub mod comet;
 pub mod conn;
