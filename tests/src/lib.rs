@@ -158,3 +158,25 @@ pub async fn metric(server: &ChildServer, sample: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// `POST /api/v1/push/{kind}` (`devices`, `users`, `rooms`, `all`) with `body` on the admin
+/// listener.
+pub async fn push(server: &ChildServer, kind: &str, body: serde_json::Value) -> HttpResponse {
+    admin(
+        server,
+        "POST",
+        &format!("/api/v1/push/{kind}"),
+        Some(&body.to_string()),
+        None,
+    )
+    .await
+}
+
+/// Waits until core knows `rooms` rooms. Room membership travels to core on the edge link,
+/// apart from the business API: a room push right after ROOM_JOIN_REPLY could miss it.
+pub async fn wait_for_rooms(server: &ChildServer, rooms: usize) {
+    poll(server, "/api/v1/online/rooms", |v| {
+        v["rooms"].as_array().is_some_and(|r| r.len() == rooms)
+    })
+    .await;
+}

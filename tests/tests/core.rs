@@ -10,7 +10,7 @@ use roam_edge::link::{CoreLink, EdgeIdentity};
 use roam_proto::client::v1 as pb;
 use roam_proto::internal::v1::{self as link, EdgeUp, deliver, edge_down, edge_up};
 use roam_proto::{FrameDecoder, Op};
-use roam_tests::{admin, poll};
+use roam_tests::{admin, poll, push};
 use serde_json::{Value, json};
 
 /// A core-only server: the test drives the edge link itself, with no edge of the server's own.
@@ -116,17 +116,6 @@ fn delivered(msg: edge_down::Msg) -> (deliver::Target, String) {
         d.target.unwrap(),
         String::from_utf8(e.content.to_vec()).unwrap(),
     )
-}
-
-async fn push(server: &ChildServer, kind: &str, body: Value) -> roam_tests::HttpResponse {
-    admin(
-        server,
-        "POST",
-        &format!("/api/v1/push/{kind}"),
-        Some(&body.to_string()),
-        None,
-    )
-    .await
 }
 
 #[tokio::test]

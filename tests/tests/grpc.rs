@@ -10,7 +10,6 @@ use roam_core::auth::Secret;
 use roam_proto::Op;
 use roam_proto::client::v1 as pb;
 use roam_proto::client::v1::gateway_client::GatewayClient;
-use roam_tests::admin;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -91,12 +90,10 @@ async fn a_grpc_consumer_authenticates_heartbeats_and_receives_pushes() {
     let f = next(&mut down).await;
     assert_eq!((f.op, f.seq), (Op::HeartbeatReply.code(), 2));
 
-    let r = admin(
+    let r = roam_tests::push(
         &server,
-        "POST",
-        "/api/v1/push/users",
-        Some(r#"{"users": ["svc"], "content": "grpc!"}"#),
-        None,
+        "users",
+        serde_json::json!({"users": ["svc"], "content": "grpc!"}),
     )
     .await;
     assert_eq!(r.status, 202);

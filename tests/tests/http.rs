@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use roam_client::child::ChildServer;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, FrameDecoder, Op, encode_msg};
-use roam_tests::{admin, metric, token};
+use roam_tests::{metric, token};
 use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
@@ -58,6 +58,8 @@ async fn h1(server: &ChildServer) -> H1 {
 
 /// A client connection that sends one request and returns its answer's head.
 trait Call {
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> Response<Incoming>;
+
     async fn call(
         &mut self,
         method: Method,
@@ -65,12 +67,17 @@ trait Call {
         token: Option<&str>,
         session: Option<&str>,
         body: Bytes,
-    ) -> Response<Incoming>;
+    ) -> Response<Incoming> {
+        self.send(request(method, path, token, session, body)).await
+    }
 
-    /// `GET path` with a bearer token (opening a stream or a poll).
+    /// `GET path` with a bearer token, opening a stream or a poll: answered 200.
     async fn open(&mut self, path: &str, token: &str) -> Response<Incoming> {
-        self.call(Method::GET, path, Some(token), None, Bytes::new())
-            .await
+        let r = self
+            .call(Method::GET, path, Some(token), None, Bytes::new())
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r
     }
 
     /// `POST /v1/send` of `frames` to connection `session`.
@@ -85,27 +92,17 @@ trait Call {
     }
 }
 
-/// Both connection kinds send the same way (hyper gives them no common trait).
-macro_rules! impl_call {
-    ($($conn:ty),*) => {$(
-        impl Call for $conn {
-            async fn call(
-                &mut self,
-                method: Method,
-                path: &str,
-                token: Option<&str>,
-                session: Option<&str>,
-                body: Bytes,
-            ) -> Response<Incoming> {
-                self.send_request(request(method, path, token, session, body))
-                    .await
-                    .unwrap()
-            }
-        }
-    )*};
+impl Call for H1 {
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> Response<Incoming> {
+        self.send_request(request).await.unwrap()
+    }
 }
 
-impl_call!(H1, H2);
+impl Call for H2 {
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> Response<Incoming> {
+        self.send_request(request).await.unwrap()
+    }
+}
 
 fn request(
     method: Method,
@@ -197,12 +194,10 @@ fn push_content(f: &Frame) -> String {
 }
 
 async fn push_user(server: &ChildServer, user: &str, content: &str) {
-    let r = admin(
+    let r = roam_tests::push(
         server,
-        "POST",
-        "/api/v1/push/users",
-        Some(&json!({"users": [user], "content": content}).to_string()),
-        None,
+        "users",
+        json!({"users": [user], "content": content}),
     )
     .await;
     assert_eq!(
@@ -218,7 +213,6 @@ async fn stream_and_send_share_one_http2_connection() {
     let alice = token(&server, "alice");
     let mut h2 = h2(&server).await;
     let r = h2.open("/v1/stream?device=phone&rooms=lobby", &alice).await;
-    assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "content-type"), "application/vnd.roam.frames");
     assert!(
         header(&r, "alt-svc").starts_with("h3=\":"),
@@ -259,15 +253,8 @@ async fn stream_and_send_share_one_http2_connection() {
         replies,
         [(Some(Op::HeartbeatReply), 2), (Some(Op::RoomJoinReply), 3)]
     );
-    let joined = roam_tests::poll(&server, "/api/v1/online/rooms", |v| {
-        v["rooms"].as_array().is_some_and(|r| r.len() == 2)
-    })
-    .await;
-    assert_eq!(
-        joined["rooms"].as_array().map(Vec::len),
-        Some(2),
-        "{joined}"
-    );
+    // The join through /v1/send reached core: the stream's room and this one.
+    roam_tests::wait_for_rooms(&server, 2).await;
 
     // Pushes come down the stream.
     push_user(&server, "alice", "over the stream").await;
@@ -307,7 +294,6 @@ async fn long_polls_over_http11_carry_pushes_with_cursors() {
     let bob = token(&server, "bob");
     let mut c = h1(&server).await;
     let r = c.open("/v1/poll?device=laptop", &bob).await;
-    assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "roam-cursor"), "1");
     let session = header(&r, "roam-session");
     let frames = frames_of(body(r).await);
@@ -468,71 +454,17 @@ async fn bad_http_requests_get_json_errors() {
     let mut c = h2(&server).await;
     let hb = encode(&[(Op::Heartbeat, 1, &pb::Heartbeat {})]);
     let (get, post) = (Method::GET, Method::POST);
+    let empty = Bytes::new();
+    #[rustfmt::skip]
     let cases: [BadRequest; 8] = [
-        (
-            &get,
-            "/v1/stream",
-            None,
-            None,
-            &Bytes::new(),
-            401,
-            "unauthenticated",
-        ),
-        (
-            &get,
-            "/v1/poll",
-            None,
-            None,
-            &Bytes::new(),
-            401,
-            "unauthenticated",
-        ),
-        (
-            &get,
-            "/v1/stream?device=d",
-            Some("not-a-jwt"),
-            None,
-            &Bytes::new(),
-            401,
-            "auth_failed",
-        ),
-        (
-            &post,
-            "/v1/send",
-            Some(&alice),
-            None,
-            &hb,
-            400,
-            "no_session",
-        ),
-        (
-            &post,
-            "/v1/send",
-            Some(&alice),
-            Some("0123"),
-            &hb,
-            404,
-            "unknown_session",
-        ),
-        (
-            &get,
-            "/v1/poll?cursor=x",
-            Some(&alice),
-            Some("0123"),
-            &Bytes::new(),
-            404,
-            "unknown_session",
-        ),
-        (&get, "/", None, None, &Bytes::new(), 404, "not_found"),
-        (
-            &get,
-            "/v1/poll",
-            Some(&alice),
-            None,
-            &Bytes::new(),
-            400,
-            "bad_query",
-        ),
+        (&get, "/v1/stream", None, None, &empty, 401, "unauthenticated"),
+        (&get, "/v1/poll", None, None, &empty, 401, "unauthenticated"),
+        (&get, "/v1/stream?device=d", Some("not-a-jwt"), None, &empty, 401, "auth_failed"),
+        (&post, "/v1/send", Some(&alice), None, &hb, 400, "no_session"),
+        (&post, "/v1/send", Some(&alice), Some("0123"), &hb, 404, "unknown_session"),
+        (&get, "/v1/poll?cursor=x", Some(&alice), Some("0123"), &empty, 404, "unknown_session"),
+        (&get, "/", None, None, &empty, 404, "not_found"),
+        (&get, "/v1/poll", Some(&alice), None, &empty, 400, "bad_query"),
     ];
     for (method, path, token, session, body, status, code) in cases {
         assert_eq!(
@@ -544,7 +476,6 @@ async fn bad_http_requests_get_json_errors() {
 
     // A real poll connection, then requests that do not fit it.
     let r = c.open("/v1/poll?device=d", &alice).await;
-    assert_eq!(r.status(), StatusCode::OK);
     let session = header(&r, "roam-session");
     body(r).await;
     let s = Some(session.as_str());

@@ -102,12 +102,10 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
     assert_eq!(rooms, ["games", "lobby"], "several rooms per connection");
 
     // A push to alice reaches alice only.
-    let r = admin(
+    let r = roam_tests::push(
         &server,
-        "POST",
-        "/api/v1/push/users",
-        Some(&json!({"users": ["alice"], "content": "hi alice"}).to_string()),
-        None,
+        "users",
+        json!({"users": ["alice"], "content": "hi alice"}),
     )
     .await;
     assert_eq!((r.status, r.json()["queued"].clone()), (202, json!(1)));
@@ -120,16 +118,11 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
 
     // A room push reaches the room's members and no one else. Room membership travels to core on
     // the edge link, apart from the API: wait until core has seen it.
-    roam_tests::poll(&server, "/api/v1/online/rooms", |v| {
-        v["rooms"].as_array().is_some_and(|r| r.len() == 2)
-    })
-    .await;
-    let r = admin(
+    roam_tests::wait_for_rooms(&server, 2).await;
+    let r = roam_tests::push(
         &server,
-        "POST",
-        "/api/v1/push/rooms",
-        Some(&json!({"rooms": ["games"], "content": "gg"}).to_string()),
-        None,
+        "rooms",
+        json!({"rooms": ["games"], "content": "gg"}),
     )
     .await;
     assert_eq!((r.status, r.json()["queued"].clone()), (202, json!(1)));
@@ -144,14 +137,7 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
     assert_eq!((e.room.as_str(), &e.content[..]), ("games", &b"gg"[..]));
 
     // Everyone.
-    admin(
-        &server,
-        "POST",
-        "/api/v1/push/all",
-        Some(r#"{"content": "all"}"#),
-        None,
-    )
-    .await;
+    roam_tests::push(&server, "all", serde_json::json!({"content": "all"})).await;
     assert_eq!(next(&mut alice).await.op_kind(), Some(Op::Push));
     let f = next(&mut bob).await;
     let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
@@ -298,12 +284,10 @@ async fn a_client_that_stops_reading_gets_disconnect_slow_and_others_do_not_noti
     let (mut bob, _) = login(&server, "bob", "b", &[]).await;
     // Alice stops reading; her pushes pile up until her queue overflows.
     flood_until_overflow(&server, "alice").await;
-    let r = admin(
+    let r = roam_tests::push(
         &server,
-        "POST",
-        "/api/v1/push/users",
-        Some(&json!({"users": ["bob"], "content": "still served"}).to_string()),
-        None,
+        "users",
+        json!({"users": ["bob"], "content": "still served"}),
     )
     .await;
     assert_eq!(r.status, 202);

@@ -118,18 +118,8 @@ async fn websocket_over_http11_authenticates_heartbeats_and_receives_pushes() {
     }
     assert_eq!(seqs, [3, 4]);
     // Room membership travels to core on the edge link, apart from the API: wait for it.
-    roam_tests::poll(&server, "/api/v1/online/rooms", |v| {
-        v["rooms"].as_array().is_some_and(|r| r.len() == 2)
-    })
-    .await;
-    let r = admin(
-        &server,
-        "POST",
-        "/api/v1/push/rooms",
-        Some(&json!({"rooms": ["b"], "content": "to b"}).to_string()),
-        None,
-    )
-    .await;
+    roam_tests::wait_for_rooms(&server, 2).await;
+    let r = roam_tests::push(&server, "rooms", json!({"rooms": ["b"], "content": "to b"})).await;
     assert_eq!(r.json()["queued"], 1);
     expect_push(&mut ws, "to b").await;
     // Text messages are not frames: the connection is closed.
@@ -174,20 +164,16 @@ async fn two_websockets_share_one_http2_connection() {
     let (mut a, mut b) = (sockets.remove(0), sockets.remove(0));
     auth(&mut a, &server, "alice", "a-tab").await;
     auth(&mut b, &server, "bob", "b-tab").await;
-    admin(
+    roam_tests::push(
         &server,
-        "POST",
-        "/api/v1/push/users",
-        Some(r#"{"users": ["bob"], "content": "for bob"}"#),
-        None,
+        "users",
+        serde_json::json!({"users": ["bob"], "content": "for bob"}),
     )
     .await;
-    admin(
+    roam_tests::push(
         &server,
-        "POST",
-        "/api/v1/push/users",
-        Some(r#"{"users": ["alice"], "content": "for alice"}"#),
-        None,
+        "users",
+        serde_json::json!({"users": ["alice"], "content": "for alice"}),
     )
     .await;
     expect_push(&mut b, "for bob").await;
