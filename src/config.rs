@@ -197,6 +197,11 @@ pub struct EdgeSection {
     pub rate_per_sec: u32,
     /// A write to a client that takes longer than this (it stopped reading) closes it as slow.
     pub write_timeout_secs: u64,
+    /// Milliseconds a room or broadcast batch collects pushes before it is fanned out
+    /// (goim's room batch; 0: every push goes out alone).
+    pub batch_ms: u64,
+    /// Pushes that make a batch full (it goes out at once).
+    pub batch_max: usize,
     /// clients/web's build, served at `GET /` when it holds an index.html.
     pub web_dir: PathBuf,
 }
@@ -219,6 +224,8 @@ impl Default for EdgeSection {
             rate_burst: 50,
             rate_per_sec: 20,
             write_timeout_secs: 10,
+            batch_ms: 50,
+            batch_max: 64,
             web_dir: PathBuf::from("clients/web/dist"),
         }
     }
@@ -243,6 +250,11 @@ impl EdgeSection {
                 self.buckets
             },
             write_timeout: Duration::from_secs(self.write_timeout_secs),
+            batch: roam_edge::batch::BatchConfig {
+                window: Duration::from_millis(self.batch_ms),
+                max_frames: self.batch_max,
+                ..defaults.batch
+            },
         }
     }
 }
@@ -428,6 +440,9 @@ impl Config {
             bail!(
                 "edge.outbox, max_connections, rate_burst, rate_per_sec and write_timeout_secs must be above 0"
             );
+        }
+        if e.batch_max == 0 || e.batch_ms > 10_000 {
+            bail!("edge.batch_max must be above 0 and edge.batch_ms at most 10000");
         }
         if !(-90.0..=90.0).contains(&e.lat) || !(-180.0..=180.0).contains(&e.lon) {
             bail!("edge.lat must be within [-90, 90] and edge.lon within [-180, 180]");

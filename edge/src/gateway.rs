@@ -5,19 +5,22 @@
 //! connection, deliveries to the comet, op replies, kicks), and the *heartbeat* reports load
 //! and rooms every period core asked for. If the link breaks, every client connection is
 //! closed with DISCONNECT (reconnect) — core has forgotten them — and the gateway reconnects.
+//! Room and broadcast deliveries pass through the [`Batcher`] (goim's room batch): a third
+//! task fans each batch out when its window ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use roam_proto::client::v1 as pb;
 use roam_proto::internal::v1::{self as link, EdgeUp, deliver, edge_down, edge_up};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::batch::{Batch, BatchConfig, BatchKey, Batcher};
 use crate::comet::{Comet, Fanout};
 use crate::conn::Transport;
 use crate::link::{CoreLink, EdgeIdentity, LinkError};
@@ -40,6 +43,8 @@ pub struct GatewayConfig {
     pub buckets: usize,
     /// A write to a client that takes longer than this closes the connection as slow.
     pub write_timeout: Duration,
+    /// How room and broadcast deliveries are batched.
+    pub batch: BatchConfig,
 }
 
 impl Default for GatewayConfig {
@@ -51,6 +56,7 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             buckets: std::thread::available_parallelism().map_or(4, |n| n.get() * 4),
             write_timeout: Duration::from_secs(10),
+            batch: BatchConfig::default(),
         }
     }
 }
@@ -76,10 +82,18 @@ pub struct Gateway {
     pending: Mutex<HashMap<u64, oneshot::Sender<link::ConnectResult>>>,
     open: AtomicUsize,
     by_transport: [AtomicU64; TRANSPORTS.len()],
+    batcher: Mutex<Batcher>,
+    /// Wakes the batch task when a batch opens while none was pending.
+    batch_opened: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Now, on tokio's clock (which tests can pause and advance).
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// A slot in the connection limit, released on drop.
@@ -105,33 +119,41 @@ impl Gateway {
         shutdown: CancellationToken,
     ) -> Result<Arc<Gateway>, LinkError> {
         let link = CoreLink::connect(&core, identity.clone()).await?;
-        let gateway = Arc::new(Gateway {
+        let gateway = Gateway::new(config, metrics, shutdown, Some(link.sender()));
+        tokio::spawn(gateway.clone().run_link(link, core, identity));
+        tokio::spawn(gateway.clone().run_batches());
+        Ok(gateway)
+    }
+
+    fn new(
+        config: GatewayConfig,
+        metrics: EdgeMetrics,
+        shutdown: CancellationToken,
+        up: Option<mpsc::Sender<EdgeUp>>,
+    ) -> Arc<Gateway> {
+        Arc::new(Gateway {
             comet: Comet::new(config.buckets),
+            batcher: Mutex::new(Batcher::new(config.batch)),
+            batch_opened: Notify::new(),
             config,
             metrics,
             shutdown,
-            up: Mutex::new(Some(link.sender())),
+            up: Mutex::new(up),
             pending: Mutex::new(HashMap::new()),
             open: AtomicUsize::new(0),
             by_transport: Default::default(),
-        });
-        tokio::spawn(gateway.clone().run_link(link, core, identity));
-        Ok(gateway)
+        })
     }
 
     /// A gateway with no link to core (for tests of what runs beneath it).
     #[cfg(test)]
     pub(crate) fn detached(config: GatewayConfig) -> Arc<Gateway> {
-        Arc::new(Gateway {
-            comet: Comet::new(config.buckets),
+        Gateway::new(
             config,
-            metrics: EdgeMetrics::default(),
-            shutdown: CancellationToken::new(),
-            up: Mutex::new(None),
-            pending: Mutex::new(HashMap::new()),
-            open: AtomicUsize::new(0),
-            by_transport: Default::default(),
-        })
+            EdgeMetrics::default(),
+            CancellationToken::new(),
+            None,
+        )
     }
 
     /// Takes a slot for a new connection, or `None` at the limit.
@@ -272,13 +294,16 @@ impl Gateway {
                 }
             }
             edge_down::Msg::Deliver(d) => {
-                let fanout = match d.target {
-                    Some(deliver::Target::Conns(ids)) => self.comet.send_many(&ids.ids, &d.frames),
-                    Some(deliver::Target::Room(room)) => self.comet.send_room(&room, &d.frames),
-                    Some(deliver::Target::All(_)) => self.comet.send_all(&d.frames),
+                let key = match d.target {
+                    Some(deliver::Target::Conns(ids)) => {
+                        let fanout = self.comet.send_many(&ids.ids, &d.frames);
+                        return self.count(fanout);
+                    }
+                    Some(deliver::Target::Room(room)) => BatchKey::Room(room),
+                    Some(deliver::Target::All(_)) => BatchKey::All,
                     None => return,
                 };
-                self.count(fanout);
+                self.batch(key, d.frames);
             }
             edge_down::Msg::OpReply(r) => {
                 let fanout = self.comet.send(r.conn_id, r.frames);
@@ -288,6 +313,52 @@ impl Gateway {
                 self.comet.close(k.conn_id, CloseReason::Kicked(k.reason));
             }
             edge_down::Msg::Registered(_) => {}
+        }
+    }
+
+    /// Adds a room or broadcast delivery to its batch; fans out what is ready.
+    fn batch(&self, key: BatchKey, frames: Bytes) {
+        let (ready, opened) = {
+            let mut b = lock(&self.batcher);
+            let idle = b.next_due().is_none();
+            let ready = b.push(key, frames, now());
+            (ready, idle && b.next_due().is_some())
+        };
+        if opened {
+            self.batch_opened.notify_one();
+        }
+        for batch in ready {
+            self.fan_out(batch);
+        }
+    }
+
+    fn fan_out(&self, batch: Batch) {
+        let fanout = match &batch.key {
+            BatchKey::Room(room) => self.comet.send_room(room, &batch.frames),
+            BatchKey::All => self.comet.send_all(&batch.frames),
+        };
+        self.metrics.batch_pushes.observe(batch.pushes as f64);
+        self.count(fanout);
+    }
+
+    /// Fans out each batch when its window ends, until shutdown.
+    async fn run_batches(self: Arc<Self>) {
+        loop {
+            let next = lock(&self.batcher).next_due();
+            let Some(at) = next else {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = self.batch_opened.notified() => continue,
+                }
+            };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+            }
+            let due = lock(&self.batcher).take_due(now());
+            for batch in due {
+                self.fan_out(batch);
+            }
         }
     }
 
@@ -329,5 +400,78 @@ impl Gateway {
             info!("link to core restored");
             *lock(&self.up) = Some(link.sender());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+    use roam_proto::{FrameDecoder, Op, frame_of};
+
+    fn deliver(target: deliver::Target, seq: u32) -> edge_down::Msg {
+        edge_down::Msg::Deliver(link::Deliver {
+            target: Some(target),
+            frames: frame_of(Op::Push, seq, &pb::Push::default()).expect("a push encodes"),
+        })
+    }
+
+    fn frames_in(batch: &[Bytes]) -> Vec<u32> {
+        let decoder = FrameDecoder::new(usize::MAX);
+        let mut seqs = Vec::new();
+        for b in batch {
+            let mut b = b.clone();
+            while let Ok(Some(f)) = decoder.decode_bytes(&mut b) {
+                seqs.push(f.seq);
+            }
+        }
+        seqs
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_pushes_reach_members_as_one_batch_after_the_window() {
+        let config = GatewayConfig {
+            batch: BatchConfig {
+                window: Duration::from_millis(50),
+                max_frames: 3,
+                max_bytes: 32 * 1024,
+            },
+            ..GatewayConfig::default()
+        };
+        let gw = Gateway::detached(config);
+        tokio::spawn(gw.clone().run_batches());
+        let member = Arc::new(Outbox::new(16));
+        let id = gw.comet.allocate("phone");
+        gw.comet.insert(id, member.clone());
+        gw.comet.join(id, "lobby");
+        let room = || deliver::Target::Room("lobby".into());
+
+        gw.apply(deliver(room(), 1));
+        gw.apply(deliver(room(), 2));
+        tokio::time::sleep(Duration::from_millis(49)).await;
+        assert!(member.is_empty(), "the batch waits for its window");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let mut batch = Vec::new();
+        member.take(&mut batch);
+        assert_eq!(batch.len(), 1, "one buffer for the whole batch");
+        assert_eq!(frames_in(&batch), vec![1, 2]);
+
+        // A full batch goes out at once; broadcasts batch too; pushes to connections do not.
+        batch.clear();
+        for seq in 3..=5 {
+            gw.apply(deliver(room(), seq));
+        }
+        gw.apply(deliver(
+            deliver::Target::Conns(link::ConnIds { ids: vec![id] }),
+            6,
+        ));
+        gw.apply(deliver(deliver::Target::All(true), 7));
+        member.take(&mut batch);
+        assert_eq!(frames_in(&batch), vec![3, 4, 5, 6]);
+        batch.clear();
+        tokio::time::sleep(Duration::from_millis(51)).await;
+        member.take(&mut batch);
+        assert_eq!(frames_in(&batch), vec![7]);
+        gw.shutdown.cancel();
     }
 }

@@ -12,11 +12,13 @@
 //! [`vconn`] — `/v1/stream`, `/v1/poll`, `/v1/send` — and the gRPC `Gateway` in [`grpc`]),
 //! [`raw`] (port 8444: frames back to back), [`session`] (the sans-IO protocol state of one
 //! connection), [`outbox`] (its bounded, coalescing queue), [`comet`] (buckets and rooms),
-//! [`conn`] (the per-connection driver every transport shares, with write timeouts),
-//! [`gateway`] (the link to core through [`link`], heartbeats, limits). [`EdgeMetrics`]
-//! counts connections, frames, queues, closes and failures. docs/edge.md draws how they
-//! connect.
+//! [`batch`] (goim's room batch: room and broadcast pushes collected for a short window, then
+//! fanned out as one buffer), [`conn`] (the per-connection driver every transport shares,
+//! with write timeouts), [`gateway`] (the link to core through [`link`], heartbeats, limits,
+//! the batch timer). [`EdgeMetrics`] counts connections, frames, queues, closes and failures.
+//! docs/edge.md draws how they connect.
 
+pub mod batch;
 pub mod comet;
 pub mod conn;
 pub mod gateway;

@@ -72,6 +72,8 @@ pub struct EdgeMetrics {
     pub queue_depth: Histogram,
     /// Frames queued to connections' outboxes (deliveries and replies from core).
     pub queued: Counter,
+    /// Pushes per room or broadcast batch fanned out (see `edge.batch_ms`).
+    pub batch_pushes: Histogram,
     /// Connections whose outbox overflowed (each then closes as slow; its frames are dropped).
     pub overflows: Counter,
     /// Messages for core dropped because the edge link was full or down.
@@ -95,6 +97,7 @@ impl Default for EdgeMetrics {
             sessions: Family::default(),
             queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             queued: Counter::default(),
+            batch_pushes: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             overflows: Counter::default(),
             link_drops: Counter::default(),
         }
@@ -170,6 +173,11 @@ impl EdgeMetrics {
             "queued_frames",
             "Frames queued to client connections (deliveries and replies)",
             m.queued.clone(),
+        );
+        r.register(
+            "batch_pushes",
+            "Pushes per room or broadcast batch fanned out",
+            m.batch_pushes.clone(),
         );
         r.register(
             "queue_overflows",

@@ -405,7 +405,8 @@ impl FrameIo for VirtualIo {
             if s.opened.is_none() {
                 s.opened = Some(frames.concat().into());
             }
-            if s.waiters.is_empty() {
+            // A poll's cursor counts frames, and a batch may hold several in one `Bytes`.
+            if s.waiters.is_empty() && matches!(self.down, Down::Stream(_)) {
                 down.extend(frames.iter().cloned());
             } else {
                 let mut split_frames = Vec::new();
