@@ -559,6 +559,21 @@ async fn key_updates_from_the_client_are_followed() {
     }
 }
 
+#[tokio::test]
+async fn a_flood_of_key_updates_without_data_is_refused() {
+    let (mut server, mut client) = duplex_pair(256 * 1024).await;
+    for _ in 0..40 {
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+    }
+    client.flush().await.unwrap();
+    let mut buf = [0u8; 8];
+    let err = within("server read", server.read(&mut buf))
+        .await
+        .expect_err("40 key updates in a row were accepted");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("key updates"), "{err}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Closing.
 
