@@ -149,6 +149,9 @@ pub struct CoreSection {
     pub heartbeat_max_secs: u32,
     /// How far one success or failure moves the interval, seconds.
     pub heartbeat_step_secs: u32,
+    /// The ID service's internal gRPC address (`http://host:port`) for a process that runs
+    /// core but not the ID service (role `core`); empty: `http://127.0.0.1:9090`.
+    pub ids: String,
 }
 
 /// Client token verification. HS256 tokens signed with `<data>/jwt-secret` are always
@@ -268,11 +271,22 @@ impl Default for CoreSection {
             heartbeat_min_secs: 60,
             heartbeat_max_secs: 300,
             heartbeat_step_secs: 30,
+            ids: String::new(),
         }
     }
 }
 
 impl CoreSection {
+    /// Core's options from this section and the frame limit.
+    /// Where a core-only process finds the ID service.
+    pub fn ids_address(&self) -> String {
+        if self.ids.is_empty() {
+            "http://127.0.0.1:9090".to_owned()
+        } else {
+            self.ids.clone()
+        }
+    }
+
     /// Core's options from this section and the frame limit.
     pub fn options(&self, max_packet: usize) -> roam_core::CoreOptions {
         roam_core::CoreOptions {

@@ -32,6 +32,8 @@ struct Ready {
 
 /// File name of the business API key inside the data directory.
 const API_KEY_FILE: &str = "api-key";
+/// Deadline of a call to a remote ID service (and of connecting to it).
+const IDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the configured roles until a shutdown signal.
 pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
@@ -71,7 +73,6 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             let ids = roam_idsvc::IdService::start(store.clone(), config.ids.clone(), metrics)
                 .await
                 .context("cannot start the ID service")?;
-            business = business.merge(roam_idsvc::http::router(ids.clone()));
             grpc_services.push("ID service");
             ids_handle = Some(ids);
         }
@@ -98,6 +99,23 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
                 config.data.display()
             ));
             core_handle = Some(core);
+        }
+        // The ID routes of the business API: this process's ID service, or (role `core`)
+        // another process's over gRPC, connected on first use.
+        let ids_source = match &ids_handle {
+            Some(ids) => Some(roam_idsvc::IdSource::local(ids.clone())),
+            None if config.role.runs_core() => {
+                let address = config.core.ids_address();
+                banner.push(format!("ids         the ID service at {address}"));
+                Some(
+                    roam_idsvc::IdSource::connect_lazy(&address, IDS_TIMEOUT)
+                        .with_context(|| format!("core.ids {address:?}"))?,
+                )
+            }
+            None => None,
+        };
+        if let Some(source) = ids_source {
+            business = business.merge(roam_idsvc::http::router(source));
         }
 
         let key_path = config.data.join(API_KEY_FILE);

@@ -1,8 +1,12 @@
 //! [`IdSource`]: where core gets IDs — the service in this process, or a remote one over
 //! gRPC. Both answer with the same [`IdError`] kinds.
 
-use crate::{IdError, IdService, flake::layout::Generator};
-use roam_proto::idsvc::v1::{NextIdsRequest, SnowflakeRequest, id_service_client::IdServiceClient};
+use crate::flake::layout::{Decoded, Generator};
+use crate::{IdError, IdService};
+use roam_proto::idsvc::v1::{
+    CreateTagRequest, DecodeRequest, NextIdsRequest, SnowflakeRequest,
+    id_service_client::IdServiceClient,
+};
 use std::{sync::Arc, time::Duration};
 use tonic::transport::{Channel, Endpoint};
 
@@ -26,18 +30,36 @@ impl IdSource {
         Self::Remote(IdServiceClient::new(channel))
     }
 
-    /// Connects to a remote service at `uri` (`http://host:port`, plain HTTP/2), with a
-    /// per-call deadline of `timeout`.
-    pub async fn connect(uri: &str, timeout: Duration) -> Result<Self, IdError> {
-        let endpoint = Endpoint::from_shared(uri.to_owned())
+    fn endpoint(uri: &str, timeout: Duration) -> Result<Endpoint, IdError> {
+        Ok(Endpoint::from_shared(uri.to_owned())
             .map_err(|e| IdError::invalid(format!("id service address {uri:?}: {e}")))?
             .tcp_nodelay(true)
             .connect_timeout(timeout)
-            .timeout(timeout);
-        let channel = endpoint.connect().await.map_err(|e| {
+            .timeout(timeout))
+    }
+
+    /// Connects to a remote service at `uri` (`http://host:port`, plain HTTP/2), with a
+    /// per-call deadline of `timeout`.
+    pub async fn connect(uri: &str, timeout: Duration) -> Result<Self, IdError> {
+        let channel = Self::endpoint(uri, timeout)?.connect().await.map_err(|e| {
             IdError::Unavailable(format!("cannot connect to the id service at {uri}: {e}"))
         })?;
         Ok(Self::remote(channel))
+    }
+
+    /// A remote service at `uri` that is connected on first use (and reconnected after a
+    /// failure): a process may start before the ID service does; calls made while it is
+    /// unreachable fail with [`IdError::Unavailable`].
+    pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Self, IdError> {
+        Ok(Self::remote(Self::endpoint(uri, timeout)?.connect_lazy()))
+    }
+
+    /// The service of this process, if it is one.
+    pub fn as_local(&self) -> Option<&Arc<IdService>> {
+        match self {
+            Self::Local(s) => Some(s),
+            Self::Remote(_) => None,
+        }
     }
 
     /// `count` segment IDs of `tag`.
@@ -51,10 +73,7 @@ impl IdSource {
                 };
                 match c.clone().next_ids(request).await {
                     Ok(r) => Ok(r.into_inner().ids),
-                    Err(s) if s.code() == tonic::Code::NotFound => {
-                        Err(IdError::UnknownTag { tag: tag.into() })
-                    }
-                    Err(s) => Err(s.into()),
+                    Err(s) => Err(tag_error(tag, s)),
                 }
             }
         }
@@ -82,5 +101,52 @@ impl IdSource {
                 Ok(reply?.into_inner().ids)
             }
         }
+    }
+
+    /// Takes apart an ID of a time-based generator (its layout is the service's).
+    pub async fn decode(&self, generator: Generator, id: u64) -> Result<Decoded, IdError> {
+        match self {
+            Self::Local(s) => s.decode(generator, id),
+            Self::Remote(c) => {
+                let request = DecodeRequest {
+                    id,
+                    generator: generator.name().to_owned(),
+                };
+                let d = c.clone().decode(request).await?.into_inner();
+                Ok(Decoded {
+                    timestamp_ms: d.timestamp_ms,
+                    worker: d.worker,
+                    sequence: d.sequence,
+                })
+            }
+        }
+    }
+
+    /// Creates segment tag `tag` with its first step and first ID.
+    pub async fn create_tag(&self, tag: &str, step: u64, start: u64) -> Result<(), IdError> {
+        match self {
+            Self::Local(s) => s.create_tag(tag, step, start).await,
+            Self::Remote(c) => {
+                let request = CreateTagRequest {
+                    tag: tag.to_owned(),
+                    step,
+                    start,
+                };
+                match c.clone().create_tag(request).await {
+                    Ok(_) => Ok(()),
+                    Err(s) => Err(tag_error(tag, s)),
+                }
+            }
+        }
+    }
+}
+
+/// The error a remote service's status about `tag` stands for.
+fn tag_error(tag: &str, s: tonic::Status) -> IdError {
+    match s.code() {
+        tonic::Code::NotFound => IdError::UnknownTag { tag: tag.into() },
+        tonic::Code::AlreadyExists => IdError::TagExists { tag: tag.into() },
+        tonic::Code::FailedPrecondition => IdError::Exhausted(s.message().to_owned()),
+        _ => s.into(),
     }
 }

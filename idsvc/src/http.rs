@@ -8,13 +8,16 @@
 //! | `GET /api/v1/ids/sonyflake?count=N` | likewise |
 //! | `GET /api/v1/ids/snowflake/{id}`, `/sonyflake/{id}` | the ID taken apart |
 //! | `POST /api/v1/ids/tags` `{"tag", "step", "start"?}` | 201, the tag; 409 if it exists |
-//! | `GET /api/v1/ids/_state` | per-tag buffers and both leases (Leaf's cache page) |
+//! | `GET /api/v1/ids/_state` | per-tag buffers and both leases (Leaf's cache page); only where the service runs in this process |
+//!
+//! The routes call an [`IdSource`]: the service of this process, or (in a process that runs
+//! core but not the ID service) the ID service of another process over gRPC.
 //!
 //! `count` is 1 (default) to `max_count`. Errors are `{"error": {"code", "message"}}`:
 //! 400 `invalid_argument`, 404 `not_found`, 409 `already_exists` / `exhausted`, 503
 //! `unavailable` / `clock_moved_backwards` (with `retry-after: 1`).
 
-use crate::{IdError, IdService, flake::layout::Generator};
+use crate::{IdError, IdSource, flake::layout::Generator};
 use axum::{
     Json, Router,
     extract::{
@@ -27,19 +30,25 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::sync::Arc;
 
-/// The routes, over a running service.
-pub fn router(service: Arc<IdService>) -> Router {
-    Router::new()
+/// The routes, over a service in this process or a remote one.
+pub fn router(source: IdSource) -> Router {
+    let mut router = Router::new()
         .route("/api/v1/ids/tags", post(create_tag))
-        .route("/api/v1/ids/_state", get(state))
         .route("/api/v1/ids/snowflake", get(snowflake))
         .route("/api/v1/ids/sonyflake", get(sonyflake))
         .route("/api/v1/ids/snowflake/{id}", get(decode_snowflake))
-        .route("/api/v1/ids/sonyflake/{id}", get(decode_sonyflake))
+        .route("/api/v1/ids/sonyflake/{id}", get(decode_sonyflake));
+    if let Some(service) = source.as_local().cloned() {
+        // A static path wins over `{tag}` in axum's router whatever the order.
+        router = router.route(
+            "/api/v1/ids/_state",
+            get(move || std::future::ready(Json(service.state()))),
+        );
+    }
+    router
         .route("/api/v1/ids/{tag}", get(segment_ids))
-        .with_state(service)
+        .with_state(source)
 }
 
 impl IntoResponse for IdError {
@@ -84,7 +93,7 @@ struct Strings {
 }
 
 async fn segment_ids(
-    State(svc): State<Arc<IdService>>,
+    State(svc): State<IdSource>,
     Path(tag): Path<String>,
     query: Result<Query<CountQuery>, QueryRejection>,
 ) -> Answer<Json<Numbers>> {
@@ -94,7 +103,7 @@ async fn segment_ids(
     }))
 }
 
-async fn flake(svc: &IdService, generator: Generator, n: u32) -> Answer<Json<Strings>> {
+async fn flake(svc: &IdSource, generator: Generator, n: u32) -> Answer<Json<Strings>> {
     let ids = svc.flake_ids(generator, n).await?;
     Ok(Json(Strings {
         ids: ids.iter().map(u64::to_string).collect(),
@@ -102,24 +111,28 @@ async fn flake(svc: &IdService, generator: Generator, n: u32) -> Answer<Json<Str
 }
 
 async fn snowflake(
-    State(svc): State<Arc<IdService>>,
+    State(svc): State<IdSource>,
     query: Result<Query<CountQuery>, QueryRejection>,
 ) -> Answer<Json<Strings>> {
     flake(&svc, Generator::Snowflake, count(query)?).await
 }
 
 async fn sonyflake(
-    State(svc): State<Arc<IdService>>,
+    State(svc): State<IdSource>,
     query: Result<Query<CountQuery>, QueryRejection>,
 ) -> Answer<Json<Strings>> {
     flake(&svc, Generator::Sonyflake, count(query)?).await
 }
 
-fn decode(svc: &IdService, generator: Generator, id: &str) -> Answer<Json<serde_json::Value>> {
+async fn decode(
+    svc: &IdSource,
+    generator: Generator,
+    id: &str,
+) -> Answer<Json<serde_json::Value>> {
     let n: u64 = id
         .parse()
         .map_err(|_| IdError::invalid(format!("id {id:?}: not a whole number")))?;
-    let d = svc.decode(generator, n)?;
+    let d = svc.decode(generator, n).await?;
     Ok(Json(json!({
         "id": n.to_string(),
         "generator": generator.name(),
@@ -130,17 +143,17 @@ fn decode(svc: &IdService, generator: Generator, id: &str) -> Answer<Json<serde_
 }
 
 async fn decode_snowflake(
-    State(svc): State<Arc<IdService>>,
+    State(svc): State<IdSource>,
     Path(id): Path<String>,
 ) -> Answer<Json<serde_json::Value>> {
-    decode(&svc, Generator::Snowflake, &id)
+    decode(&svc, Generator::Snowflake, &id).await
 }
 
 async fn decode_sonyflake(
-    State(svc): State<Arc<IdService>>,
+    State(svc): State<IdSource>,
     Path(id): Path<String>,
 ) -> Answer<Json<serde_json::Value>> {
-    decode(&svc, Generator::Sonyflake, &id)
+    decode(&svc, Generator::Sonyflake, &id).await
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -153,15 +166,11 @@ struct NewTag {
 }
 
 async fn create_tag(
-    State(svc): State<Arc<IdService>>,
+    State(svc): State<IdSource>,
     body: Result<Json<NewTag>, JsonRejection>,
 ) -> Answer<(StatusCode, Json<NewTag>)> {
     let Json(mut t) = body.map_err(|e| IdError::invalid(format!("body: {}", e.body_text())))?;
     svc.create_tag(&t.tag, t.step, t.start).await?;
     t.start = t.start.max(1);
     Ok((StatusCode::CREATED, Json(t)))
-}
-
-async fn state(State(svc): State<Arc<IdService>>) -> Json<crate::ServiceState> {
-    Json(svc.state())
 }

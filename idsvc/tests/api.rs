@@ -60,7 +60,7 @@ async fn http_routes_answer_the_spec_shapes_and_statuses() {
     let store = open(dir.path()).await;
     let clock = Arc::new(ManualClock::new(T0));
     let svc = service(&store, &clock, config()).await;
-    let r = roam_idsvc::http::router(svc.clone());
+    let r = roam_idsvc::http::router(roam_idsvc::IdSource::local(svc.clone()));
 
     let (s, v, _) = call(
         &r,

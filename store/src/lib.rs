@@ -65,6 +65,7 @@ mod idempotency;
 mod options;
 mod range;
 mod retry;
+mod stats;
 mod spec;
 mod store;
 pub mod timeline;
@@ -79,6 +80,7 @@ pub use range::{
     KEY_SPACE_END, KeySelector, KeyValue, MAX_KEY_SIZE, MAX_VALUE_SIZE, RangeOption, strinc,
 };
 pub use spec::StoreSpec;
+pub use stats::StoreStats;
 pub use store::Store;
 pub use timeline::{
     Appended, MultiAppend, NewMessage, TimelineEntry, TimelineId, TimelineKind, Timelines,

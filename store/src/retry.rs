@@ -1,22 +1,26 @@
 //! Exponential backoff with jitter and a bound, shared by both backends' retry loops.
 
+use crate::stats::Counters;
 use crate::{RetryPolicy, RetryReason, StoreError};
 use std::{
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
-/// Counts attempts of one `transact` call and sleeps between them.
-pub(crate) struct Backoff {
+/// Counts attempts of one `transact` call and sleeps between them; every retry is also
+/// counted in the store's [`Counters`].
+pub(crate) struct Backoff<'a> {
     policy: RetryPolicy,
     attempts: u32,
+    retries: &'a AtomicU64,
 }
 
-impl Backoff {
-    pub(crate) fn new(policy: RetryPolicy) -> Self {
+impl<'a> Backoff<'a> {
+    pub(crate) fn new(policy: RetryPolicy, counters: &'a Counters) -> Self {
         Self {
             policy,
             attempts: 1,
+            retries: &counters.retries,
         }
     }
 
@@ -29,6 +33,7 @@ impl Backoff {
                 last: reason,
             });
         }
+        Counters::add(self.retries, 1);
         let delay = self.delay();
         tracing::trace!(attempt = self.attempts, ?delay, %reason, "retrying transaction");
         self.attempts += 1;
@@ -71,7 +76,8 @@ mod tests {
             initial_backoff: Duration::from_millis(2),
             max_backoff: Duration::from_millis(16),
         };
-        let mut b = Backoff::new(policy);
+        let counters = Counters::default();
+        let mut b = Backoff::new(policy, &counters);
         for (attempt, full_ms) in [(1, 2), (2, 4), (3, 8), (4, 16), (5, 16), (30, 16)] {
             b.attempts = attempt;
             let d = b.delay();
@@ -87,9 +93,11 @@ mod tests {
             initial_backoff: Duration::from_micros(10),
             max_backoff: Duration::from_micros(10),
         };
-        let mut b = Backoff::new(policy);
+        let counters = Counters::default();
+        let mut b = Backoff::new(policy, &counters);
         b.retry(RetryReason::Conflict).await.unwrap();
         b.retry(RetryReason::Conflict).await.unwrap();
+        assert_eq!(counters.snapshot().retries, 2);
         let err = b.retry(RetryReason::Conflict).await.unwrap_err();
         assert!(
             matches!(

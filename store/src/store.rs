@@ -1,7 +1,7 @@
 //! [`Store`]: the handle every caller holds; opens a backend and runs transactions on it.
 
 use crate::{
-    StoreError, StoreOptions, StoreSpec, Tx, TxError,
+    StoreError, StoreOptions, StoreSpec, StoreStats, Tx, TxError,
     cursor::Cursors,
     embedded::Embedded,
     timeline::{Sequencer, Timelines},
@@ -104,6 +104,15 @@ impl Store {
     /// The cursors layer over this store.
     pub fn cursors(&self) -> Cursors {
         Cursors::new(self.clone())
+    }
+
+    /// What the store did since it was opened.
+    pub fn stats(&self) -> StoreStats {
+        match &self.inner.backend {
+            Backend::Embedded(b) => b.stats(),
+            #[cfg(feature = "fdb")]
+            Backend::Fdb(b) => b.counters.snapshot(),
+        }
     }
 
     /// The spec this store was opened with.

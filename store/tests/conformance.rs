@@ -657,11 +657,47 @@ async fn retry_bound(backend: Backend) {
         Some(&4i64.to_le_bytes()[..]),
         "only the other client's adds landed"
     );
+    assert_eq!(h.store.stats().retries, 6, "3 retries of each transaction, counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_retry_bound() {
     retry_bound(Backend::Embedded).await;
+}
+
+/// Group commit: concurrent commits share fsyncs, and each is durable when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_concurrent_commits_share_fsyncs() {
+    let h = common::open(Backend::Embedded, StoreOptions::default())
+        .await
+        .expect("embedded store");
+    let before = h.store.stats();
+    let tasks: Vec<_> = (0..256)
+        .map(|i| {
+            let (store, k) = (h.store.clone(), h.k(&format!("group-{i}")));
+            tokio::spawn(async move {
+                for j in 0..8u8 {
+                    let k = k.clone();
+                    store.transact(move |tx| tx.set(&k, &[j])).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = h.store.stats();
+    let (commits, syncs) = (after.commits - before.commits, after.syncs - before.syncs);
+    assert_eq!(commits, 256 * 8);
+    assert!(
+        syncs * 4 <= commits,
+        "{commits} concurrent commits took {syncs} fsyncs: a group shares one"
+    );
+    // A lone commit still gets its fsync before it returns.
+    let k = h.k("alone");
+    h.store.transact(move |tx| tx.set(&k, b"x")).await.unwrap();
+    assert_eq!(h.store.stats().syncs, after.syncs + 1);
+    assert_eq!(h.store.stats().retries, 0, "distinct keys never conflict");
 }
 
 #[cfg(feature = "fdb")]

@@ -17,6 +17,7 @@ use super::{
     state::{ActiveRead, Shared},
     writes::{Op, WriteBuffer},
 };
+use crate::stats::Counters;
 use crate::{RetryReason, StoreError, TxError, tx::add_le};
 use fjall::PersistMode;
 use std::{
@@ -116,6 +117,7 @@ impl Committer {
         self.shared.set_applied(version);
         match result {
             Ok(()) => {
+                Counters::add(&self.shared.counters.commits, 1);
                 self.since_gc += writes.len();
                 self.resolver.record(
                     version,
@@ -138,6 +140,7 @@ impl Committer {
             return;
         }
         let result = self.shared.db.persist(PersistMode::SyncData);
+        Counters::add(&self.shared.counters.syncs, 1);
         let outcome = match result {
             Ok(()) => {
                 self.durable = self.version;

@@ -82,6 +82,10 @@ impl Embedded {
         })
     }
 
+    pub(crate) fn stats(&self) -> crate::StoreStats {
+        self.shared.counters.snapshot()
+    }
+
     pub(crate) async fn transact<T, F>(
         &self,
         mut f: F,
@@ -90,7 +94,7 @@ impl Embedded {
     where
         F: FnMut(&mut Tx<'_>) -> Result<T, TxError>,
     {
-        let mut backoff = Backoff::new(policy);
+        let mut backoff = Backoff::new(policy, &self.shared.counters);
         loop {
             match self.attempt(&mut f).await {
                 Ok(value) => return Ok(value),

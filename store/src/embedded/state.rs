@@ -19,6 +19,8 @@ use std::{
 };
 use tokio::sync::watch;
 
+use crate::stats::Counters;
+
 pub(super) struct Shared {
     pub(super) db: fjall::Database,
     pub(super) kv: fjall::Keyspace,
@@ -27,6 +29,8 @@ pub(super) struct Shared {
     /// Read version -> number of live transactions holding it.
     active: Mutex<BTreeMap<u64, usize>>,
     durable: watch::Sender<Durable>,
+    /// What the store did (commits, fsyncs, retries).
+    pub(super) counters: Counters,
 }
 
 /// The durable watermark, or why it stopped moving.
@@ -45,6 +49,7 @@ impl Shared {
             applied: AtomicU64::new(0),
             active: Mutex::new(BTreeMap::new()),
             durable: watch::Sender::new(Durable::default()),
+            counters: Counters::default(),
         }
     }
 

@@ -14,6 +14,7 @@
 
 mod tx;
 
+use crate::stats::Counters;
 use crate::{RetryPolicy, RetryReason, StoreError, Tx, TxError, retry::Backoff};
 use foundationdb::{FdbError, api::NetworkAutoStop};
 use std::{
@@ -27,6 +28,8 @@ const NOT_COMMITTED: i32 = 1020;
 
 pub(crate) struct FdbBackend {
     db: foundationdb::Database,
+    /// What the store did (commits, retries; fsyncs are the cluster's).
+    pub(crate) counters: Counters,
 }
 
 impl FdbBackend {
@@ -50,7 +53,10 @@ impl FdbBackend {
             })?;
         let db = foundationdb::Database::new(Some(path)).map_err(fatal)?;
         tracing::info!(cluster_file = path, "FoundationDB store open");
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            counters: Counters::default(),
+        })
     }
 
     pub(crate) async fn transact<T, F>(
@@ -62,7 +68,7 @@ impl FdbBackend {
         F: FnMut(&mut Tx<'_>) -> Result<T, TxError> + Send + 'static,
         T: Send + 'static,
     {
-        let mut backoff = Backoff::new(policy);
+        let mut backoff = Backoff::new(policy, &self.counters);
         loop {
             let trx = self.db.create_trx().map_err(fatal)?;
             let handle = tokio::runtime::Handle::current();
@@ -80,7 +86,13 @@ impl FdbBackend {
             f = closure;
             let error = match outcome {
                 Ok(value) => match trx.commit().await {
-                    Ok(_) => return Ok(value),
+                    Ok(committed) => {
+                        // A read-only transaction has no committed version (-1).
+                        if committed.committed_version().is_ok_and(|v| v >= 0) {
+                            Counters::add(&self.counters.commits, 1);
+                        }
+                        return Ok(value);
+                    }
                     Err(e) => classify(*e),
                 },
                 Err(e) => e,
