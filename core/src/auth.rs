@@ -76,6 +76,9 @@ pub enum AuthError {
     /// The token is not a well-formed JWT with the required claims.
     #[error("token is malformed: {0}")]
     Malformed(String),
+    /// No token was given (an empty `token` in AUTH).
+    #[error("token is missing: AUTH must carry a client token")]
+    Missing,
 }
 
 /// The HS256 secret that signs and verifies client tokens.
@@ -185,6 +188,9 @@ impl Verifier {
     /// Verifies a token's signature, audience and expiry at `now` (seconds since the Unix
     /// epoch, no leeway) and, when the token is bound to a device, that it is `device`.
     pub fn verify(&self, token: &str, device: &str, now: u64) -> Result<Claims, AuthError> {
+        if token.trim().is_empty() {
+            return Err(AuthError::Missing);
+        }
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let key = match (&self.public, header.alg) {
@@ -260,10 +266,7 @@ mod tests {
             mine.verify("not.a.jwt", "d", NOW),
             Err(AuthError::Malformed(_))
         ));
-        assert!(matches!(
-            mine.verify("", "d", NOW),
-            Err(AuthError::Malformed(_))
-        ));
+        assert!(matches!(mine.verify("", "d", NOW), Err(AuthError::Missing)));
 
         let other_aud = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -326,5 +329,63 @@ mod tests {
             .with_public_key(PublicKeyAlgorithm::ES256, &public)
             .unwrap_err();
         assert!(matches!(err, AuthError::PublicKey { .. }), "{err}");
+    }
+
+    #[test]
+    fn es256_tokens_verify_with_the_configured_public_key_only() {
+        // A fixed P-256 key pair (PKCS#8 private, SPKI public; `openssl genpkey -algorithm EC
+        // -pkeyopt ec_paramgen_curve:P-256`), for tests only.
+        const PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgYsEw0peh7Ml6bBDJ\nBq7uZEF7oyslxjIa2e1vBJdoA5ehRANCAATRvs8fAHnFzkaRtBkIGg40c5RNJkh1\noXSu/5YpYuLAlUpSeUUl/xtxBlVtMAXl6jESKwoHL+ySQKeXvNz/BveX\n-----END PRIVATE KEY-----\n";
+        const PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE0b7PHwB5xc5GkbQZCBoONHOUTSZI\ndaF0rv+WKWLiwJVKUnlFJf8bcQZVbTAF5eoxEisKBy/skkCnl7zc/wb3lw==\n-----END PUBLIC KEY-----\n";
+        let dir = tempfile::tempdir().unwrap();
+        let public = dir.path().join("pub.pem");
+        std::fs::write(&public, PUBLIC).unwrap();
+        let secret = Secret::from_bytes(vec![1; 32]);
+        let claims = |exp: u64, aud: &str| Claims {
+            sub: "erin".into(),
+            aud: aud.into(),
+            iat: NOW,
+            exp,
+            did: Some("phone".into()),
+        };
+        let key = EncodingKey::from_ec_pem(PRIVATE.as_bytes()).unwrap();
+        let sign =
+            |c: &Claims| jsonwebtoken::encode(&Header::new(Algorithm::ES256), c, &key).unwrap();
+        let token = sign(&claims(NOW + 60, AUDIENCE));
+        assert!(matches!(
+            Verifier::new(&secret).verify(&token, "phone", NOW),
+            Err(AuthError::Algorithm(Algorithm::ES256))
+        ));
+        let verifier = Verifier::new(&secret)
+            .with_public_key(PublicKeyAlgorithm::ES256, &public)
+            .unwrap();
+        assert_eq!(verifier.verify(&token, "phone", NOW).unwrap().sub, "erin");
+        assert!(matches!(
+            verifier.verify(&token, "tablet", NOW),
+            Err(AuthError::WrongDevice)
+        ));
+        assert!(matches!(
+            verifier.verify(&sign(&claims(NOW - 1, AUDIENCE)), "phone", NOW),
+            Err(AuthError::Expired)
+        ));
+        assert!(matches!(
+            verifier.verify(&sign(&claims(NOW + 60, "elsewhere")), "phone", NOW),
+            Err(AuthError::WrongAudience)
+        ));
+        // A signature by another key fails; so does an Ed25519 key configured as ES256.
+        let mut forged = token.clone();
+        forged.truncate(forged.len() - 4);
+        forged.push_str("AAAA");
+        assert!(matches!(
+            verifier.verify(&forged, "phone", NOW),
+            Err(AuthError::BadSignature | AuthError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_missing_token_is_named_as_missing() {
+        let v = Verifier::new(&Secret::from_bytes(vec![1; 32]));
+        assert!(matches!(v.verify("", "d", NOW), Err(AuthError::Missing)));
+        assert!(matches!(v.verify("  ", "d", NOW), Err(AuthError::Missing)));
     }
 }

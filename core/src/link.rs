@@ -144,6 +144,7 @@ fn auth_failure(e: &AuthError) -> (pb::error::Code, &'static str) {
         AuthError::BadSignature => (pb::error::Code::AuthFailed, "signature"),
         AuthError::WrongDevice => (pb::error::Code::AuthFailed, "device"),
         AuthError::Algorithm(_) => (pb::error::Code::AuthFailed, "algorithm"),
+        AuthError::Missing => (pb::error::Code::AuthFailed, "missing"),
         AuthError::EmptyUser | AuthError::Malformed(_) => {
             (pb::error::Code::AuthFailed, "malformed")
         }

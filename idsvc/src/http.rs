@@ -124,11 +124,7 @@ async fn sonyflake(
     flake(&svc, Generator::Sonyflake, count(query)?).await
 }
 
-async fn decode(
-    svc: &IdSource,
-    generator: Generator,
-    id: &str,
-) -> Answer<Json<serde_json::Value>> {
+async fn decode(svc: &IdSource, generator: Generator, id: &str) -> Answer<Json<serde_json::Value>> {
     let n: u64 = id
         .parse()
         .map_err(|_| IdError::invalid(format!("id {id:?}: not a whole number")))?;

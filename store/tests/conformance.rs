@@ -657,7 +657,11 @@ async fn retry_bound(backend: Backend) {
         Some(&4i64.to_le_bytes()[..]),
         "only the other client's adds landed"
     );
-    assert_eq!(h.store.stats().retries, 6, "3 retries of each transaction, counted");
+    assert_eq!(
+        h.store.stats().retries,
+        6,
+        "3 retries of each transaction, counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,6 +33,10 @@ const EPHEMERAL: &str = "[listen]\nclient_tcp = \"127.0.0.1:0\"\nadmin = \"127.0
 fn bad_config_exits_nonzero_with_one_line_naming_the_fault() {
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
+    let files = tempfile::tempdir().unwrap();
+    let not_pem = files.path().join("cert.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let (dir_path, not_pem) = (files.path().display(), not_pem.display());
     let cases = [
         ("unknown key", "colour = \"blue\"\n".to_owned(), "colour"),
         (
@@ -46,6 +50,16 @@ fn bad_config_exits_nonzero_with_one_line_naming_the_fault() {
                 "{EPHEMERAL}[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n"
             ),
             "/nonexistent/cert.pem",
+        ),
+        (
+            "cert path is a directory",
+            format!("{EPHEMERAL}[tls]\ncert = \"{dir_path}\"\nkey = \"{dir_path}\"\n"),
+            "cannot read",
+        ),
+        (
+            "cert file is not PEM",
+            format!("{EPHEMERAL}[tls]\ncert = \"{not_pem}\"\nkey = \"{not_pem}\"\n"),
+            "holds no PEM certificate",
         ),
         (
             "port in use",
@@ -303,4 +317,24 @@ fn bench_push_measures_api_to_edge_delivery() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("drop --target"));
+}
+
+#[test]
+fn bench_ids_prints_every_figure_the_issue_names() {
+    let out = roam(&["bench", "ids", "--duration", "1"], &[]);
+    let json = last_json_line(&out);
+    assert_eq!(json["scenario"], "ids", "{json}");
+    for figure in [
+        "segment_ids_per_sec_1t",
+        "segment_ids_per_sec",
+        "snowflake_ids_per_sec",
+        "grpc_calls_per_sec",
+        "grpc_batched_ids_per_sec",
+    ] {
+        assert!(
+            json[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure} missing or zero: {json}"
+        );
+    }
+    assert_eq!(json["grpc_errors"], 0, "{json}");
 }

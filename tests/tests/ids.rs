@@ -54,7 +54,9 @@ async fn a_core_only_process_serves_ids_from_the_id_service_of_another() {
 
     let ids = ChildServer::start_with(&roam_tests::roam_bin(), "", &["--role", "idsvc"])
         .unwrap_or_else(|e| panic!("roam serve --role idsvc: {e}"));
-    let internal = ids.addr("internal").expect("the ID service's internal address");
+    let internal = ids
+        .addr("internal")
+        .expect("the ID service's internal address");
     let core = ChildServer::start_with(
         &roam_tests::roam_bin(),
         &format!("[core]\nids = \"http://{internal}\"\n"),
@@ -66,7 +68,10 @@ async fn a_core_only_process_serves_ids_from_the_id_service_of_another() {
     let r = admin(&core, "POST", "/api/v1/ids/tags", new_tag, None).await;
     assert_eq!(r.status, 201, "{}", r.body);
     let r = admin(&core, "POST", "/api/v1/ids/tags", new_tag, None).await;
-    assert_eq!((r.status, r.json()["error"]["code"].clone()), (409, json!("already_exists")));
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (409, json!("already_exists"))
+    );
 
     let from_core = admin(&core, "GET", "/api/v1/ids/msg?count=5", None, None).await;
     let from_ids = admin(&ids, "GET", "/api/v1/ids/msg?count=5", None, None).await;
@@ -74,7 +79,10 @@ async fn a_core_only_process_serves_ids_from_the_id_service_of_another() {
     let b: Vec<u64> = serde_json::from_value(from_ids.json()["ids"].clone()).unwrap();
     assert_eq!(a.len(), 5);
     assert!(a.windows(2).all(|w| w[0] < w[1]), "{a:?}");
-    assert!(a.iter().all(|id| !b.contains(id)), "one allocator behind both: {a:?} {b:?}");
+    assert!(
+        a.iter().all(|id| !b.contains(id)),
+        "one allocator behind both: {a:?} {b:?}"
+    );
 
     for (path, status, code) in [
         ("/api/v1/ids/nope", 404, "not_found"),
@@ -82,23 +90,58 @@ async fn a_core_only_process_serves_ids_from_the_id_service_of_another() {
         ("/api/v1/ids/snowflake/abc", 400, "invalid_argument"),
     ] {
         let r = admin(&core, "GET", path, None, None).await;
-        assert_eq!((r.status, r.json()["error"]["code"].clone()), (status, json!(code)), "{path}");
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].clone()),
+            (status, json!(code)),
+            "{path}"
+        );
     }
 
     let r = admin(&core, "GET", "/api/v1/ids/snowflake?count=1", None, None).await;
-    let id = r.json()["ids"][0].as_str().expect("a snowflake as a string").to_owned();
-    let via_core = admin(&core, "GET", &format!("/api/v1/ids/snowflake/{id}"), None, None).await;
-    let via_ids = admin(&ids, "GET", &format!("/api/v1/ids/snowflake/{id}"), None, None).await;
+    let id = r.json()["ids"][0]
+        .as_str()
+        .expect("a snowflake as a string")
+        .to_owned();
+    let via_core = admin(
+        &core,
+        "GET",
+        &format!("/api/v1/ids/snowflake/{id}"),
+        None,
+        None,
+    )
+    .await;
+    let via_ids = admin(
+        &ids,
+        "GET",
+        &format!("/api/v1/ids/snowflake/{id}"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(via_core.status, 200, "{}", via_core.body);
-    assert_eq!(via_core.json(), via_ids.json(), "decoded by the service that issued it");
+    assert_eq!(
+        via_core.json(),
+        via_ids.json(),
+        "decoded by the service that issued it"
+    );
 
     // The monitoring page belongs to the ID service's own process.
-    assert_eq!(admin(&ids, "GET", "/api/v1/ids/_state", None, None).await.status, 200);
+    assert_eq!(
+        admin(&ids, "GET", "/api/v1/ids/_state", None, None)
+            .await
+            .status,
+        200
+    );
 
     // Without its ID service, core says so instead of making IDs up.
     assert_eq!(ids.stop().expect("stop").code(), Some(0));
     let r = admin(&core, "GET", "/api/v1/ids/msg", None, None).await;
-    assert_eq!((r.status, r.json()["error"]["code"].clone()), (503, json!("unavailable")), "{}", r.body);
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (503, json!("unavailable")),
+        "{}",
+        r.body
+    );
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(core.stop().expect("stop").code(), Some(0));
 }

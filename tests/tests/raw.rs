@@ -175,23 +175,68 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
 #[tokio::test]
 async fn bad_auth_and_bad_frames_get_an_error_then_the_close() {
     let server = roam_tests::start("[limits]\nmax_packet = 1024\n");
-    // A bad token.
-    let mut c = dial(&server).await;
-    c.send(
-        Op::Auth,
-        1,
-        &pb::Auth {
-            token: "nope".into(),
+    // Bad tokens, each named in the error frame, then DISCONNECT and the close.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let secret_hex =
+        std::fs::read_to_string(server.data_dir().join(roam_core::auth::SECRET_FILE)).unwrap();
+    let secret = hex::decode(secret_hex.trim()).unwrap();
+    let signed = |aud: &str, exp: u64, did: Option<&str>, key: &[u8]| {
+        let claims = roam_core::auth::Claims {
+            sub: "mallory".into(),
+            aud: aud.into(),
+            iat: now,
+            exp,
+            did: did.map(Into::into),
+        };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    use pb::error::Code::{AuthExpired, AuthFailed};
+    let bad_tokens = [
+        ("nope".to_owned(), AuthFailed, "malformed"),
+        (String::new(), AuthFailed, "missing"),
+        (
+            signed("roam", now - 5, None, &secret),
+            AuthExpired,
+            "expired",
+        ),
+        (
+            signed("elsewhere", now + 60, None, &secret),
+            AuthFailed,
+            "audience",
+        ),
+        (
+            signed("roam", now + 60, None, b"another server's secret"),
+            AuthFailed,
+            "signature",
+        ),
+        (
+            signed("roam", now + 60, Some("tablet"), &secret),
+            AuthFailed,
+            "device",
+        ),
+    ];
+    for (token, code, named) in &bad_tokens {
+        let mut c = dial(&server).await;
+        let auth = pb::Auth {
+            token: token.clone(),
             device_id: "d".into(),
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let frames = until_closed(&mut c).await;
-    let e = error_of(&frames[0]);
-    assert_eq!(e.code, pb::error::Code::AuthFailed as i32, "{e:?}");
-    assert_eq!(frames[1].op_kind(), Some(Op::Disconnect));
+        };
+        c.send(Op::Auth, 1, &auth).await.unwrap();
+        let frames = until_closed(&mut c).await;
+        let e = error_of(&frames[0]);
+        assert_eq!(e.code, *code as i32, "{named}: {e:?}");
+        assert!(e.message.contains(named), "{named}: {e:?}");
+        assert_eq!(frames[1].op_kind(), Some(Op::Disconnect));
+    }
 
     // Anything before AUTH.
     let mut c = dial(&server).await;
@@ -218,11 +263,12 @@ async fn bad_auth_and_bad_frames_get_an_error_then_the_close() {
     }
     let metrics = admin(&server, "GET", "/metrics", None, Some("")).await.body;
     for needle in [
-        "roam_edge_closes_total{reason=\"protocol\"} 5",
+        "roam_edge_closes_total{reason=\"protocol\"} 10",
         "roam_edge_frames_in_total{transport=\"raw\"}",
         "roam_edge_writes_total{transport=\"raw\"}",
         "roam_edge_bytes_out_total{transport=\"raw\"}",
-        "roam_edge_auth_failures_total{reason=\"auth_failed\"} 1",
+        "roam_edge_auth_failures_total{reason=\"auth_failed\"} 5",
+        "roam_edge_auth_failures_total{reason=\"auth_expired\"} 1",
         "roam_edge_heartbeat_interval_seconds_count 3",
     ] {
         assert!(
