@@ -16,7 +16,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proptest::prelude::*;
 use roam_edge::lean_tls::{LeanTlsAcceptor, LeanTlsStream};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, duplex,
@@ -94,20 +94,8 @@ struct Pki {
 fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-            .expect("test certificate");
-        let cert = generated.cert.der().clone();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            generated.signing_key.serialize_der(),
-        ));
-        let cert_key = roam_tls::CertKey {
-            chain: vec![cert.clone()],
-            key,
-            cert_path: "test-cert.pem".into(),
-        };
+        let (cert_key, roots) = roam_tls::self_signed(&["localhost"]).expect("test certificate");
         let server = roam_tls::server_config(&cert_key, roam_tls::ALPN_TCP).expect("config");
-        let mut roots = RootCertStore::empty();
-        roots.add(cert).expect("root");
         Pki { server, roots }
     })
 }

@@ -168,6 +168,26 @@ pub fn load_pem(cert_path: &Path, key_path: &Path) -> Result<CertKey, TlsError> 
     })
 }
 
+/// A self-signed certificate for `names`, in memory, with the roots that trust it: for
+/// tests and tools that run a private server and its clients in one process.
+pub fn self_signed(names: &[&str]) -> Result<(CertKey, RootCertStore), TlsError> {
+    let generated = rcgen::generate_simple_self_signed(
+        names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+    )?;
+    let cert = generated.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        generated.signing_key.serialize_der(),
+    ));
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.clone())?;
+    let cert_key = CertKey {
+        chain: vec![cert],
+        key,
+        cert_path: PathBuf::from("(in memory)"),
+    };
+    Ok((cert_key, roots))
+}
+
 /// The development certificate in `dir` (`cert.pem`, `key.pem`): loaded if present,
 /// otherwise generated (self-signed for `localhost`, `127.0.0.1` and `::1`) and written there,
 /// the key readable by the owner only. Returns the pair and whether it was generated now.

@@ -382,34 +382,11 @@ mod tests {
     //! The record layer against records a client sealed with its real traffic key (taken
     //! from a rustls client after a real handshake with [`super::super::LeanTlsAcceptor`]).
 
-    use std::sync::{Arc, OnceLock};
+    use std::sync::Arc;
 
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-    use rustls::{RootCertStore, ServerConfig};
+    use rustls::pki_types::ServerName;
 
     use super::*;
-
-    fn server_config() -> (Arc<ServerConfig>, RootCertStore) {
-        static PKI: OnceLock<(Arc<ServerConfig>, RootCertStore)> = OnceLock::new();
-        PKI.get_or_init(|| {
-            let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
-                .expect("test certificate");
-            let cert = generated.cert.der().clone();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                generated.signing_key.serialize_der(),
-            ));
-            let cert_key = roam_tls::CertKey {
-                chain: vec![cert.clone()],
-                key,
-                cert_path: "test-cert.pem".into(),
-            };
-            let server = roam_tls::server_config(&cert_key, roam_tls::ALPN_RAW).expect("config");
-            let mut roots = RootCertStore::empty();
-            roots.add(cert).expect("root");
-            (server, roots)
-        })
-        .clone()
-    }
 
     /// The server's record layer, and the client's transmit key to seal records for it.
     fn established() -> (Records, Keys) {
@@ -418,7 +395,9 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let (server_config, roots) = server_config();
+            let (cert_key, roots) = roam_tls::self_signed(&["localhost"]).expect("certificate");
+            let server_config =
+                roam_tls::server_config(&cert_key, roam_tls::ALPN_RAW).expect("config");
             let mut client_config = (*roam_tls::client_config(roots, roam_tls::ALPN_RAW)).clone();
             client_config.enable_secret_extraction = true;
             let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));

@@ -56,22 +56,11 @@ fn the_stream_adds_little_to_rustls_and_the_socket() {
 
 #[test]
 fn a_client_follows_our_key_refresh_at_the_confidentiality_limit() {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-    let cert = generated.cert.der().clone();
-    let cert_key = roam_tls::CertKey {
-        chain: vec![cert.clone()],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            generated.signing_key.serialize_der(),
-        )),
-        cert_path: "test-cert.pem".into(),
-    };
+    let (cert_key, roots) = roam_tls::self_signed(&["localhost"]).expect("certificate");
     let server_config = roam_tls::server_config(&cert_key, roam_tls::ALPN_RAW).expect("config");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).expect("root");
     let connector =
         tokio_rustls::TlsConnector::from(roam_tls::client_config(roots, roam_tls::ALPN_RAW));
     let runtime = tokio::runtime::Builder::new_current_thread()
