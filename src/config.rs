@@ -188,7 +188,8 @@ pub struct EdgeSection {
     pub public_raw: String,
     /// Connections beyond this are refused (DISCONNECT `REASON_LIMIT` / 503).
     pub max_connections: usize,
-    /// Frames queued per connection before it is closed as slow.
+    /// Deliveries queued per connection (each a frame, a reply or a room batch) before it is
+    /// closed as slow.
     pub outbox: usize,
     /// Comet buckets (0: four per core).
     pub buckets: usize,

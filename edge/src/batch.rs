@@ -74,8 +74,9 @@ struct Pending {
 pub struct Batcher {
     config: BatchConfig,
     pending: HashMap<BatchKey, Pending>,
-    /// Deadlines in the order the batches opened; every window is the same, so this is
-    /// also deadline order. An entry whose generation no longer matches was flushed early.
+    /// Deadlines in the order the batches opened; every window is the same (and `now` never
+    /// goes back: the gateway reads it under its lock), so this is also deadline order. An
+    /// entry whose generation no longer matches was flushed early.
     due: VecDeque<(Instant, BatchKey, u64)>,
     generation: u64,
 }
@@ -132,7 +133,8 @@ impl Batcher {
             }
             None => {
                 self.generation += 1;
-                let mut buf = BytesMut::with_capacity(frames.len() * 4);
+                let mut buf =
+                    BytesMut::with_capacity((frames.len() * 4).min(self.config.max_bytes));
                 buf.extend_from_slice(&frames);
                 self.pending.insert(
                     key.clone(),

@@ -33,7 +33,8 @@ use crate::session::SessionConfig;
 pub struct GatewayConfig {
     /// The client protocol state machine's limits.
     pub session: SessionConfig,
-    /// Frames queued per connection before it is closed as slow.
+    /// Deliveries queued per connection (each a frame, a reply or a room batch) before it is
+    /// closed as slow.
     pub outbox: usize,
     /// Largest client frame.
     pub max_packet: usize,
@@ -317,18 +318,17 @@ impl Gateway {
     }
 
     /// Adds a room or broadcast delivery to its batch; fans out what is ready.
+    ///
+    /// Batches are fanned out with the batcher's lock held, here and in the batch task, so
+    /// two batches of one room can never overtake each other.
     fn batch(&self, key: BatchKey, frames: Bytes) {
-        let (ready, opened) = {
-            let mut b = lock(&self.batcher);
-            let idle = b.next_due().is_none();
-            let ready = b.push(key, frames, now());
-            (ready, idle && b.next_due().is_some())
-        };
-        if opened {
-            self.batch_opened.notify_one();
-        }
-        for batch in ready {
+        let mut b = lock(&self.batcher);
+        let idle = b.next_due().is_none();
+        for batch in b.push(key, frames, now()) {
             self.fan_out(batch);
+        }
+        if idle && b.next_due().is_some() {
+            self.batch_opened.notify_one();
         }
     }
 
@@ -341,24 +341,29 @@ impl Gateway {
         self.count(fanout);
     }
 
-    /// Fans out each batch when its window ends, until shutdown.
+    /// Fans out each batch when its window ends; on shutdown, what is pending goes out at
+    /// once (ahead of the connections' DISCONNECT(drain)).
     async fn run_batches(self: Arc<Self>) {
         loop {
             let next = lock(&self.batcher).next_due();
-            let Some(at) = next else {
-                tokio::select! {
-                    _ = self.shutdown.cancelled() => return,
-                    _ = self.batch_opened.notified() => continue,
+            let wait = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => self.batch_opened.notified().await,
                 }
             };
             tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                _ = self.shutdown.cancelled() => break,
+                _ = wait => {}
             }
-            let due = lock(&self.batcher).take_due(now());
-            for batch in due {
+            let mut b = lock(&self.batcher);
+            for batch in b.take_due(now()) {
                 self.fan_out(batch);
             }
+        }
+        let mut b = lock(&self.batcher);
+        for batch in b.take_all() {
+            self.fan_out(batch);
         }
     }
 
@@ -379,6 +384,9 @@ impl Gateway {
             };
             warn!(reason = %ended, "link to core lost: closing client connections, reconnecting");
             *lock(&self.up) = None;
+            // Pending batches were for the connections about to be closed; the clients that
+            // reconnect must not get them on top of what they SYNC.
+            drop(lock(&self.batcher).take_all());
             self.comet.close_all(CloseReason::Kicked(
                 pb::disconnect::Reason::Unspecified as i32,
             ));
@@ -473,5 +481,23 @@ mod tests {
         member.take(&mut batch);
         assert_eq!(frames_in(&batch), vec![7]);
         gw.shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_batches_go_out_on_shutdown() {
+        let gw = Gateway::detached(GatewayConfig::default());
+        let batches = tokio::spawn(gw.clone().run_batches());
+        let member = Arc::new(Outbox::new(16));
+        let id = gw.comet.allocate("phone");
+        gw.comet.insert(id, member.clone());
+        gw.comet.join(id, "lobby");
+        gw.apply(deliver(deliver::Target::Room("lobby".into()), 9));
+        tokio::task::yield_now().await;
+        assert!(member.is_empty(), "the window has not passed");
+        gw.shutdown.cancel();
+        batches.await.unwrap();
+        let mut batch = Vec::new();
+        member.take(&mut batch);
+        assert_eq!(frames_in(&batch), vec![9]);
     }
 }

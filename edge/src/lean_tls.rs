@@ -309,17 +309,44 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
     }
 }
 
+/// Where the first whole TLS record at `from` ends, or the end of `data` if none is whole
+/// yet (rustls then sees the partial record and checks its header early).
+fn next_record_end(data: &[u8], from: usize) -> usize {
+    let rest = &data[from.min(data.len())..];
+    match rest.get(..5) {
+        Some(h) => {
+            let end = from + 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
+            if end <= data.len() { end } else { data.len() }
+        }
+        None => data.len(),
+    }
+}
+
 /// Runs rustls over `data` until it needs more input, the handshake is done, or the peer
 /// closed. Returns how many bytes from the front of `data` rustls is done with.
+///
+/// rustls is offered one record more at a time and nothing once the handshake is complete:
+/// the records after the client's Finished belong to [`Records`]. (Given them, rustls would
+/// process them itself — and a `KeyUpdate` among them would leave its answer queued inside
+/// rustls, which the conversion drops.)
 fn process(
     conn: &mut UnbufferedServerConnection,
     b: &mut Buffers,
     data: &mut [u8],
 ) -> io::Result<usize> {
     let mut consumed = 0;
+    let len = data.len();
+    // The end of what rustls has been offered so far.
+    let mut offered = 0;
     for _ in 0..MAX_STEPS {
+        let mut offer_more = false;
+        if !conn.is_handshaking() {
+            offered = consumed;
+        } else if offered <= consumed {
+            offered = next_record_end(data, consumed);
+        }
         let UnbufferedStatus { mut discard, state } =
-            conn.process_tls_records(&mut data[consumed..]);
+            conn.process_tls_records(&mut data[consumed..offered]);
         let mut error = None;
         let done = match state {
             Err(e) => return Err(fail_handshake(conn, b, e)),
@@ -359,6 +386,11 @@ fn process(
                 b.read_closed = true;
                 true
             }
+            Ok(ConnectionState::BlockedHandshake) if offered < len => {
+                // A handshake message continues in the next record: offer one more.
+                offer_more = true;
+                false
+            }
             Ok(ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_)) => true,
             Ok(ConnectionState::ReadEarlyData(_)) => {
                 b.failed = true;
@@ -375,6 +407,9 @@ fn process(
         }
         if done {
             return Ok(consumed);
+        }
+        if offer_more {
+            offered = next_record_end(data, offered);
         }
     }
     b.failed = true;
@@ -473,7 +508,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTlsStream<IO> {
                     Ok(None) => break,
                     Err(e) => return Err(fail(records, b, e)),
                 };
-                match records.open(&mut rest[..len], &mut b.outgoing) {
+                match records.open(&mut rest[..len]) {
                     Ok(Content::Data(plain)) => {
                         deliver(&mut b.plaintext, sink.as_deref_mut(), plain)
                     }
@@ -482,6 +517,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTlsStream<IO> {
                     Err(e) => return Err(fail(records, b, e)),
                 }
                 consumed += len;
+                // A requested KeyUpdate is answered now if nothing waits for the socket;
+                // otherwise it goes out ahead of our next data (one answer for any number
+                // of requests, so a peer that does not read cannot pile them up).
+                if records.answer_owed() && b.outgoing.is_empty() && !b.write_closed {
+                    if let Err(e) = records.answer(&mut b.outgoing) {
+                        return Err(fail(records, b, e));
+                    }
+                }
             }
             Ok(consumed)
         })
@@ -614,9 +657,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTlsStream<IO> {
     }
 }
 
-/// Marks the stream failed and queues the alert the fault calls for.
+/// Marks the stream failed and queues the alert the fault calls for (none after our
+/// `close_notify`: nothing may follow it).
 fn fail(records: &mut Records, b: &mut Buffers, error: RecordError) -> io::Error {
     if !b.failed
+        && !b.write_closed
         && let Some(alert) = error.alert()
     {
         records.seal_alert(alert, &mut b.outgoing);
@@ -646,18 +691,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for LeanTlsStream<IO> {
         if this.b.read_closed || buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        // Whole records may wait from before (those that followed the handshake): they are
+        // opened before the socket is read.
+        let mut buffered = !matches!(Records::record_len(&this.b.incoming), Ok(None));
         loop {
             let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut received = ReadBuf::uninit(&mut chunk);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut received))?;
-            let data = received.filled_mut();
-            if data.is_empty() {
-                this.b.incoming = Vec::new();
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "peer closed the connection without sending TLS close_notify",
-                )));
+            if buffered {
+                buffered = false;
+            } else {
+                ready!(Pin::new(&mut this.io).poll_read(cx, &mut received))?;
+                if received.filled().is_empty() {
+                    this.b.incoming = Vec::new();
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed the connection without sending TLS close_notify",
+                    )));
+                }
             }
+            let data = received.filled_mut();
             let before = buf.filled().len();
             let result = this.open_records(data, Some(&mut *buf));
             this.flush_from_reader(cx);

@@ -54,7 +54,8 @@ fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl Outbox {
-    /// An empty queue of at most `capacity` frames.
+    /// An empty queue of at most `capacity` deliveries (each one or more frames: a push, a
+    /// reply, a room batch).
     pub fn new(capacity: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),

@@ -562,6 +562,83 @@ async fn a_flood_of_key_updates_without_data_is_refused() {
     assert!(err.to_string().contains("key updates"), "{err}");
 }
 
+#[tokio::test]
+async fn a_key_update_in_the_same_flight_as_the_clients_finished_is_followed() {
+    // The client is driven by hand so that its Finished, a KeyUpdate asking for ours and
+    // data reach the server in one write: the records after Finished must be the lean
+    // stream's, not rustls's (whose queued answer the hand-over would drop).
+    let (mut pipe, s) = duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        let mut server = acceptor().accept(s).await?;
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await?;
+        server.write_all(b"pong").await?;
+        server.flush().await?;
+        io::Result::Ok((got, server))
+    });
+    let config = roam_tls::client_config(pki().roots.clone(), &[b"h2"]);
+    let mut client = rustls::ClientConnection::new(config, localhost()).unwrap();
+    let mut wire = Vec::new();
+    client.write_tls(&mut wire).unwrap();
+    pipe.write_all(&wire).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    while client.is_handshaking() {
+        let n = within("server flight", pipe.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "the server closed during the handshake");
+        client.read_tls(&mut &buf[..n]).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    client.refresh_traffic_keys().unwrap();
+    io::Write::write_all(&mut client.writer(), b"ping").unwrap();
+    let mut flight = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut flight).unwrap();
+    }
+    pipe.write_all(&flight).await.unwrap();
+    let mut pong = Vec::new();
+    while pong.len() < 4 {
+        let n = within("reply", pipe.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "the server closed instead of answering");
+        client.read_tls(&mut &buf[..n]).unwrap();
+        client
+            .process_new_packets()
+            .expect("the reply decrypts under our new key");
+        let mut chunk = [0u8; 16];
+        match io::Read::read(&mut client.reader(), &mut chunk) {
+            Ok(n) => pong.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(pong, b"pong");
+    let (got, _server) = server.await.unwrap().unwrap();
+    assert_eq!(&got, b"ping");
+}
+
+#[tokio::test]
+async fn key_update_requests_from_a_client_that_never_reads_owe_one_answer_at_most() {
+    // The server's side of the pipe fills (the client never reads); each request could add
+    // an answer to the server's queue, but one answer serves them all.
+    let (mut server, mut client) = duplex_pair(4096).await;
+    for round in 0..100u8 {
+        for _ in 0..31 {
+            client.get_mut().1.refresh_traffic_keys().unwrap();
+        }
+        client.write_all(&[round]).await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 1];
+        within("server read", server.read_exact(&mut got))
+            .await
+            .unwrap();
+        assert_eq!(got, [round]);
+    }
+    assert!(
+        server.buffered_capacity() <= 1024,
+        "{} bytes queued for a client that does not read",
+        server.buffered_capacity()
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Closing.
 

@@ -187,7 +187,8 @@ impl Keys {
         let Some(end) = plain.iter().rposition(|&b| b != 0) else {
             return Err(RecordError::Unexpected("record with no content type"));
         };
-        if end > MAX_PLAINTEXT {
+        // RFC 8446 §5.4: content, type and padding together at most 2^14 + 1 bytes.
+        if end > MAX_PLAINTEXT || plain.len() > MAX_PLAINTEXT + 1 {
             return Err(RecordError::RecordOverflow);
         }
         Ok((plain[end], &plain[..end]))
@@ -202,6 +203,9 @@ pub(super) struct Records {
     /// Records one key may seal before it is refreshed (the suite's confidentiality limit).
     tx_limit: u64,
     updates_in_a_row: u8,
+    /// The peer asked for our key to be updated: one `KeyUpdate` is owed before our next
+    /// application data (RFC 8446 §4.6.3; however many requests came, one answer).
+    answer_owed: bool,
 }
 
 impl Records {
@@ -221,6 +225,7 @@ impl Records {
             kernel,
             tx_limit,
             updates_in_a_row: 0,
+            answer_owed: false,
         })
     }
 
@@ -250,17 +255,16 @@ impl Records {
         Ok((data.len() >= HEADER_LEN + len).then_some(HEADER_LEN + len))
     }
 
-    /// Opens one whole record (as [`Records::record_len`] delimited it) in place. Records
-    /// owed to the peer in answer (a `KeyUpdate`) are appended to `outgoing`.
-    pub(super) fn open<'a>(
-        &mut self,
-        record: &'a mut [u8],
-        outgoing: &mut Vec<u8>,
-    ) -> Result<Content<'a>, RecordError> {
+    /// Opens one whole record (as [`Records::record_len`] delimited it) in place. A
+    /// `KeyUpdate` that asks for ours leaves one owed ([`Records::answer_owed`]).
+    pub(super) fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Content<'a>, RecordError> {
         let (typ, plain) = self.rx.open(record)?;
         match typ {
             CONTENT_APPLICATION_DATA => {
-                self.updates_in_a_row = 0;
+                // Only real data ends a run of key updates (an empty record costs nothing).
+                if !plain.is_empty() {
+                    self.updates_in_a_row = 0;
+                }
                 Ok(Content::Data(plain))
             }
             CONTENT_ALERT => match plain {
@@ -270,7 +274,7 @@ impl Records {
                 _ => Err(RecordError::Decode("alert of the wrong length")),
             },
             CONTENT_HANDSHAKE => {
-                self.key_update(plain, outgoing)?;
+                self.key_update(plain)?;
                 Ok(Content::Nothing)
             }
             _ => Err(RecordError::Unexpected("record of an unknown content type")),
@@ -279,7 +283,7 @@ impl Records {
 
     /// Follows a `KeyUpdate` (the only handshake message a server accepts after the
     /// handshake; it must end its record, as every key change must).
-    fn key_update(&mut self, plain: &[u8], outgoing: &mut Vec<u8>) -> Result<(), RecordError> {
+    fn key_update(&mut self, plain: &[u8]) -> Result<(), RecordError> {
         let [HANDSHAKE_KEY_UPDATE, 0, 0, 1, request] = *plain else {
             return Err(match plain.first() {
                 Some(&HANDSHAKE_KEY_UPDATE) => RecordError::Decode("KeyUpdate of the wrong length"),
@@ -300,40 +304,59 @@ impl Records {
             .update_rx_secret()
             .map_err(|e| RecordError::Internal(e.to_string()))?;
         self.rx = Keys::new(next)?;
-        if request == 1 {
-            self.update_tx(outgoing)?;
-        }
+        self.answer_owed |= request == 1;
         Ok(())
     }
 
-    /// Sends `KeyUpdate(update_not_requested)` under the current key into `outgoing`, then
-    /// switches to the next one.
-    fn update_tx(&mut self, outgoing: &mut Vec<u8>) -> Result<(), RecordError> {
+    /// Whether the peer is owed our `KeyUpdate`.
+    pub(super) fn answer_owed(&self) -> bool {
+        self.answer_owed
+    }
+
+    /// Appends the owed `KeyUpdate(update_not_requested)`, sealed under the current key, to
+    /// `outgoing` and switches to the next key (the reader sends it while nothing else waits
+    /// for the socket, so a peer that never reads cannot make answers pile up).
+    pub(super) fn answer(&mut self, outgoing: &mut Vec<u8>) -> Result<(), RecordError> {
+        if !self.answer_owed {
+            return Ok(());
+        }
         let start = outgoing.len();
         outgoing.resize(start + KEY_UPDATE_RECORD, 0);
-        let n = self.seal_key_update(&mut outgoing[start..])?;
-        outgoing.truncate(start + n);
-        Ok(())
+        match self.seal_key_update(&mut outgoing[start..]) {
+            Ok(n) => {
+                outgoing.truncate(start + n);
+                Ok(())
+            }
+            Err(e) => {
+                outgoing.truncate(start);
+                Err(e)
+            }
+        }
     }
 
+    /// Seals `KeyUpdate(update_not_requested)` into `out` and moves to the next key; the
+    /// next key is derived first, so a failure leaves nothing sealed under a key the peer
+    /// would not follow.
     fn seal_key_update(&mut self, out: &mut [u8]) -> Result<usize, RecordError> {
-        let n = self
-            .tx
-            .seal(CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0], out)?;
         let next = self
             .kernel
             .update_tx_secret()
             .map_err(|e| RecordError::Internal(e.to_string()))?;
-        self.tx = Keys::new(next)?;
+        let next = Keys::new(next)?;
+        let n = self
+            .tx
+            .seal(CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0], out)?;
+        self.tx = next;
+        self.answer_owed = false;
         Ok(n)
     }
 
     /// Seals `plain` (at most [`MAX_PLAINTEXT`] bytes) as application data into `out`, which
-    /// must hold `plain.len() + OVERHEAD + KEY_UPDATE_RECORD` bytes: a key at its limit is
-    /// refreshed first, its `KeyUpdate` record ahead of the data. Returns the bytes written.
+    /// must hold `plain.len() + OVERHEAD + KEY_UPDATE_RECORD` bytes: an owed `KeyUpdate`, or
+    /// a key at its limit, goes first (one record serves both). Returns the bytes written.
     pub(super) fn seal_data(&mut self, plain: &[u8], out: &mut [u8]) -> Result<usize, RecordError> {
         let mut n = 0;
-        if self.tx.seq >= self.tx_limit.saturating_sub(1) {
+        if self.answer_owed || self.tx.seq >= self.tx_limit.saturating_sub(1) {
             n = self.seal_key_update(out)?;
         }
         let rest = out.get_mut(n..).unwrap_or_default();
@@ -423,9 +446,8 @@ mod tests {
     fn open(server: &mut Records, record: &mut [u8]) -> Result<Vec<u8>, RecordError> {
         let len = Records::record_len(record)?.expect("a whole record");
         assert_eq!(len, record.len());
-        let mut outgoing = Vec::new();
-        let content = server.open(record, &mut outgoing)?;
-        assert!(outgoing.is_empty(), "nothing owed to the peer");
+        let content = server.open(record)?;
+        assert!(!server.answer_owed(), "nothing owed to the peer");
         Ok(match content {
             Content::Data(d) => d.to_vec(),
             Content::Nothing => b"<nothing>".to_vec(),
@@ -558,9 +580,8 @@ mod tests {
         let (mut server, _client) = established();
         // Not sealed by the client: only the counter is under test here.
         server.updates_in_a_row = MAX_UPDATES_IN_A_ROW;
-        let mut outgoing = Vec::new();
         assert_eq!(
-            server.key_update(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0], &mut outgoing),
+            server.key_update(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]),
             Err(RecordError::Unexpected("key updates without data"))
         );
     }
