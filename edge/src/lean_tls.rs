@@ -520,10 +520,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTlsStream<IO> {
                 // A requested KeyUpdate is answered now if nothing waits for the socket;
                 // otherwise it goes out ahead of our next data (one answer for any number
                 // of requests, so a peer that does not read cannot pile them up).
-                if records.answer_owed() && b.outgoing.is_empty() && !b.write_closed {
-                    if let Err(e) = records.answer(&mut b.outgoing) {
-                        return Err(fail(records, b, e));
-                    }
+                if records.answer_owed()
+                    && b.outgoing.is_empty()
+                    && !b.write_closed
+                    && let Err(e) = records.answer(&mut b.outgoing)
+                {
+                    return Err(fail(records, b, e));
                 }
             }
             Ok(consumed)
