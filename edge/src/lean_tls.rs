@@ -811,18 +811,7 @@ fn encode_into(
         }
         Err(e) => return Err(io::Error::other(e)),
     };
-    let start = outgoing.len();
-    outgoing.resize(start + required, 0);
-    match encode.encode(&mut outgoing[start..]) {
-        Ok(n) => {
-            outgoing.truncate(start + n);
-            Ok(())
-        }
-        Err(e) => {
-            outgoing.truncate(start);
-            Err(io::Error::other(e))
-        }
-    }
+    records::append(outgoing, required, |out| encode.encode(out)).map_err(io::Error::other)
 }
 
 fn invalid_data(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {

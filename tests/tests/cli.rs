@@ -139,6 +139,16 @@ fn last_json_line(out: &Output) -> serde_json::Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"))
 }
 
+/// Asserts that each of `figures` is a number above zero in `json`.
+fn assert_positive(json: &serde_json::Value, figures: &[&str]) {
+    for figure in figures {
+        assert!(
+            json[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure} missing or zero: {json}"
+        );
+    }
+}
+
 #[test]
 fn bench_frame_codec_prints_its_figures_as_the_last_json_line() {
     let out = roam(&["bench", "frame-codec", "--duration", "0.3"], &[]);
@@ -246,40 +256,35 @@ fn bench_store_scenarios_print_their_figures_as_the_last_json_line() {
     let out = roam(&[&["bench", "store-append"][..], &args].concat(), &[]);
     let json = last_json_line(&out);
     assert_eq!(json["scenario"], "store-append", "{json}");
-    for name in [
-        "appends_per_sec",
-        "commit_p50_us",
-        "commit_p99_us",
-        "hot_appends_per_sec",
-        "hot_commit_p50_us",
-        "hot_commit_p99_us",
-        "rss_bytes",
-    ] {
-        assert!(json[name].as_u64().is_some_and(|v| v > 0), "{name}: {json}");
-    }
-    for name in ["cpu_us_per_append", "hot_cpu_us_per_append"] {
-        assert!(
-            json[name].as_f64().is_some_and(|v| v > 0.0),
-            "{name}: {json}"
-        );
-    }
+    assert_positive(
+        &json,
+        &[
+            "appends_per_sec",
+            "commit_p50_us",
+            "commit_p99_us",
+            "hot_appends_per_sec",
+            "hot_commit_p50_us",
+            "hot_commit_p99_us",
+            "rss_bytes",
+            "cpu_us_per_append",
+            "hot_cpu_us_per_append",
+        ],
+    );
     assert_eq!(json["errors"], 0, "{json}");
     assert!(json["machine"].as_str().unwrap().ends_with(" cores"));
 
     let out = roam(&[&["bench", "store-read"][..], &args].concat(), &[]);
     let json = last_json_line(&out);
     assert_eq!(json["scenario"], "store-read", "{json}");
-    for name in [
-        "reads_per_sec",
-        "read_100_p50_us",
-        "read_100_p99_us",
-        "rss_bytes",
-    ] {
-        assert!(json[name].as_u64().is_some_and(|v| v > 0), "{name}: {json}");
-    }
-    assert!(
-        json["cpu_us_per_read"].as_f64().is_some_and(|v| v > 0.0),
-        "{json}"
+    assert_positive(
+        &json,
+        &[
+            "reads_per_sec",
+            "read_100_p50_us",
+            "read_100_p99_us",
+            "rss_bytes",
+            "cpu_us_per_read",
+        ],
     );
     assert_eq!(json["errors"], 0, "{json}");
 }
@@ -324,17 +329,15 @@ fn bench_ids_prints_every_figure_the_issue_names() {
     let out = roam(&["bench", "ids", "--duration", "1"], &[]);
     let json = last_json_line(&out);
     assert_eq!(json["scenario"], "ids", "{json}");
-    for figure in [
-        "segment_ids_per_sec_1t",
-        "segment_ids_per_sec",
-        "snowflake_ids_per_sec",
-        "grpc_calls_per_sec",
-        "grpc_batched_ids_per_sec",
-    ] {
-        assert!(
-            json[figure].as_f64().is_some_and(|v| v > 0.0),
-            "{figure} missing or zero: {json}"
-        );
-    }
+    assert_positive(
+        &json,
+        &[
+            "segment_ids_per_sec_1t",
+            "segment_ids_per_sec",
+            "snowflake_ids_per_sec",
+            "grpc_calls_per_sec",
+            "grpc_batched_ids_per_sec",
+        ],
+    );
     assert_eq!(json["grpc_errors"], 0, "{json}");
 }

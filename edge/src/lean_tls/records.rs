@@ -320,18 +320,7 @@ impl Records {
         if !self.answer_owed {
             return Ok(());
         }
-        let start = outgoing.len();
-        outgoing.resize(start + KEY_UPDATE_RECORD, 0);
-        match self.seal_key_update(&mut outgoing[start..]) {
-            Ok(n) => {
-                outgoing.truncate(start + n);
-                Ok(())
-            }
-            Err(e) => {
-                outgoing.truncate(start);
-                Err(e)
-            }
-        }
+        append(outgoing, KEY_UPDATE_RECORD, |out| self.seal_key_update(out))
     }
 
     /// Seals `KeyUpdate(update_not_requested)` into `out` and moves to the next key; the
@@ -370,16 +359,10 @@ impl Records {
         } else {
             2
         };
-        let start = outgoing.len();
-        outgoing.resize(start + OVERHEAD + 2, 0);
-        match self
-            .tx
-            .seal(CONTENT_ALERT, &[level, description], &mut outgoing[start..])
-        {
-            Ok(n) => outgoing.truncate(start + n),
-            // Nothing can be said any more; the socket closes all the same.
-            Err(_) => outgoing.truncate(start),
-        }
+        // On failure nothing can be said any more; the socket closes all the same.
+        let _ = append(outgoing, OVERHEAD + 2, |out| {
+            self.tx.seal(CONTENT_ALERT, &[level, description], out)
+        });
     }
 
     /// Appends `close_notify` to `outgoing`.
@@ -397,6 +380,27 @@ impl Records {
     #[cfg(test)]
     pub(super) fn set_tx_limit(&mut self, limit: u64) {
         self.tx_limit = limit;
+    }
+}
+
+/// Appends to `outgoing` what `write` puts into `room` bytes of new space at its end (and
+/// returns the length of); nothing is appended when `write` fails.
+pub(super) fn append<E>(
+    outgoing: &mut Vec<u8>,
+    room: usize,
+    write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+) -> Result<(), E> {
+    let start = outgoing.len();
+    outgoing.resize(start + room, 0);
+    match write(&mut outgoing[start..]) {
+        Ok(n) => {
+            outgoing.truncate(start + n.min(room));
+            Ok(())
+        }
+        Err(e) => {
+            outgoing.truncate(start);
+            Err(e)
+        }
     }
 }
 
