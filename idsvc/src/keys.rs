@@ -29,8 +29,9 @@
 //! range with a snapshot read and then the chosen key with a plain read, so two claimers
 //! conflict only when they pick the same worker id; heartbeats touch only their own key.
 
-use roam_store::tuple::{TuplePack, TupleUnpack, pack, pack_into, unpack};
-use roam_store::{Printable, StoreError};
+use roam_store::StoreError;
+use roam_store::codec;
+use roam_store::tuple::{TuplePack, TupleUnpack, pack, unpack};
 
 const PREFIX: &str = "ids";
 const SEGMENT: u16 = 0;
@@ -56,7 +57,7 @@ pub(crate) fn leases(generator: &str) -> Vec<u8> {
 /// The worker id in a lease key.
 pub(crate) fn lease_worker(key: &[u8]) -> Result<u32, StoreError> {
     let (_, _, _, worker): (String, u16, String, u32) =
-        unpack(key).map_err(|e| corrupt(key, format!("not a lease key: {e}")))?;
+        unpack(key).map_err(|e| StoreError::corrupt(key, format!("not a lease key: {e}")))?;
     Ok(worker)
 }
 
@@ -105,29 +106,11 @@ pub(crate) fn decode_lease(key: &[u8], value: &[u8]) -> Result<LeaseRecord, Stor
 }
 
 fn encode<T: TuplePack>(value: &T) -> Vec<u8> {
-    let mut out = vec![V1];
-    pack_into(value, &mut out);
-    out
+    codec::encode(V1, value)
 }
 
 fn decode<'de, T: TupleUnpack<'de>>(key: &[u8], stored: &'de [u8]) -> Result<T, StoreError> {
-    match stored.split_first() {
-        Some((&V1, rest)) => {
-            unpack(rest).map_err(|e| corrupt(key, format!("malformed value: {e}")))
-        }
-        Some((&v, _)) => Err(corrupt(
-            key,
-            format!("schema version {v} is not supported (this build reads {V1})"),
-        )),
-        None => Err(corrupt(key, "empty value")),
-    }
-}
-
-fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        key: Printable(key.to_vec()),
-        reason: reason.into(),
-    }
+    codec::decode(key, stored, V1)
 }
 
 #[cfg(test)]
