@@ -167,6 +167,6 @@ async fn create_tag(
 ) -> Answer<(StatusCode, Json<NewTag>)> {
     let Json(mut t) = body.map_err(|e| IdError::invalid(format!("body: {}", e.body_text())))?;
     svc.create_tag(&t.tag, t.step, t.start).await?;
-    t.start = t.start.max(1);
+    t.start = crate::segment::first_id(t.start);
     Ok((StatusCode::CREATED, Json(t)))
 }

@@ -48,6 +48,11 @@ pub const MAX_TAG_LEN: usize = 64;
 /// Tag names the HTTP routes use for something else.
 const RESERVED_TAGS: &[&str] = &["snowflake", "sonyflake", "tags"];
 
+/// The first ID of a tag created with `start`: ID 0 is never issued, so 0 counts as 1.
+pub(crate) fn first_id(start: u64) -> u64 {
+    start.max(1)
+}
+
 /// Checks a tag name: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with `_` or `.`, and not one
 /// of the generator names.
 pub fn validate_tag(tag: &str) -> Result<(), IdError> {
@@ -217,13 +222,14 @@ impl SegmentAllocator {
     /// whose segments hold `step` IDs (the dynamic step's floor).
     pub async fn create_tag(&self, tag: &str, step: u64, start: u64) -> Result<(), IdError> {
         validate_tag(tag)?;
+        let start = first_id(start);
         let max_step = self.ctx.config.max_step;
         if step == 0 || step > max_step {
             return Err(IdError::invalid(format!(
                 "step {step}: must be 1 to {max_step} (ids.max_step)"
             )));
         }
-        if start.max(1).saturating_add(step) > MAX_SEGMENT_ID {
+        if start.saturating_add(step) > MAX_SEGMENT_ID {
             return Err(IdError::invalid(format!(
                 "start {start}: segment IDs stay below 2^53"
             )));

@@ -24,7 +24,7 @@ enum Refusal {
     Exhausted,
 }
 
-/// Creates `tag`: its first segment starts at `start` (0 counts as 1: ID 0 is never issued).
+/// Creates `tag`: its first segment starts at `start` (at least 1, see `first_id`).
 pub(crate) async fn create_tag(
     store: &Store,
     tag: &str,
@@ -34,7 +34,7 @@ pub(crate) async fn create_tag(
 ) -> Result<(), IdError> {
     let key = keys::tag(tag);
     let record = TagRecord {
-        max_id: start.max(1),
+        max_id: start,
         step,
         base_step: step,
         updated_at_ms: now_ms,
