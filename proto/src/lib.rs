@@ -2,7 +2,7 @@
 //!
 //! Owns everything two Roam processes (or a client and Roam) must agree on byte for byte:
 //!
-//! - [`frame`]: the client frame of SPEC.md §3 — a 16-byte big-endian header (`packet_len`,
+//! - [`frame`]: the client frame of docs/contract.md §3 — a 16-byte big-endian header (`packet_len`,
 //!   `header_len`, `version`, `op`, `seq`) and a protobuf body. [`FrameDecoder`] is sans-IO:
 //!   bytes go in (any split, many frames per buffer), [`Frame`]s come out with zero-copy
 //!   [`bytes::Bytes`] bodies, or one precise [`FrameError`]. [`encode`] and friends write frames.
@@ -12,7 +12,9 @@
 //!   the client ops and the `roam.client.v1.Gateway` gRPC service; the edge↔core link
 //!   `roam.internal.v1.EdgeLink`; the ID service `roam.idsvc.v1.IdService`.
 //!
-//! No I/O lives here: transports (edge, clients) feed bytes in and write bytes out.
+//! No I/O lives here: transports (edge, clients) feed bytes in and write bytes out. The
+generated services need tonic's codegen feature only (no transport, server or client stack:
+no hyper, h2 or axum), like quinn-proto beside quinn.
 //!
 //! ```
 //! use bytes::BytesMut;
