@@ -91,6 +91,10 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
                 config.core.options(config.limits.max_packet),
                 metrics,
             );
+            core.sessions
+                .upgrade()
+                .await
+                .context("cannot upgrade the sessions' key layout")?;
             tasks.spawn(core.clone().run_reaper(shutdown.clone()));
             business = business.merge(roam_core::api::router(core.clone()));
             grpc_services.push("edge link");

@@ -3,7 +3,7 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `POST /api/v1/push/devices` `{"devices": [..], "content"}` | 202 `{"queued": n}` |
+//! | `POST /api/v1/push/devices` `{"devices": [{"user", "device"}, ..], "content"}` | 202 `{"queued": n}` |
 //! | `POST /api/v1/push/users` `{"users": [..], "content"}` | 202 `{"queued": n}` |
 //! | `POST /api/v1/push/rooms` `{"rooms": [..], "content"}` | 202 `{"queued": n}` |
 //! | `POST /api/v1/push/all` `{"content"}` | 202 `{"queued": n}` |
@@ -11,6 +11,9 @@
 //! | `GET /api/v1/online/total` | `{"total", "by_transport", "edges"}` |
 //! | `GET /api/v1/online/rooms?top=N` | `{"rooms": [{"room", "online"}]}` |
 //! | `GET /api/v1/edges?lat=..&lon=..` | `{"edges": [{"id", "region", "addresses", "weight", "connections"}]}` |
+//!
+//! A device is named with its user (`{"user": "alice", "device": "phone"}`): device ids are
+//! the clients' own labels and only unique within one user's devices.
 //!
 //! `queued` counts the connections the push was queued for (for rooms and `all`, as the edges
 //! last reported). Errors are `{"error": {"code", "message"}}`: 400 `invalid_argument`, 401
@@ -36,6 +39,7 @@ use crate::link::total_connections;
 use crate::metrics::RouteLabel;
 use crate::push::{PushError, Target};
 use crate::service::Core;
+use crate::sessions::UserDevice;
 
 /// Most entries one request may list (users, devices, rooms).
 pub const MAX_LIST: usize = 1000;
@@ -182,7 +186,8 @@ fn body<T>(json: Result<Json<T>, JsonRejection>) -> Answer<T> {
         .map_err(|e| ApiError::Invalid(format!("request body: {}", e.body_text())))
 }
 
-fn list(name: &str, items: Vec<String>) -> Answer<Vec<String>> {
+/// Refuses an empty or oversized list.
+fn bounded<T>(name: &str, items: &[T]) -> Answer<()> {
     if items.is_empty() {
         return Err(ApiError::Invalid(format!(
             "{name}: at least one is required"
@@ -193,6 +198,11 @@ fn list(name: &str, items: Vec<String>) -> Answer<Vec<String>> {
             "{name}: at most {MAX_LIST} per request"
         )));
     }
+    Ok(())
+}
+
+fn list(name: &str, items: Vec<String>) -> Answer<Vec<String>> {
+    bounded(name, &items)?;
     if items.iter().any(String::is_empty) {
         return Err(ApiError::Invalid(format!(
             "{name}: empty entries are not allowed"
@@ -204,8 +214,48 @@ fn list(name: &str, items: Vec<String>) -> Answer<Vec<String>> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PushDevices {
-    devices: Vec<String>,
+    /// Checked entry by entry ([`device_list`]), so that each fault names its entry.
+    devices: Vec<Value>,
     content: String,
+}
+
+/// One entry of `PushDevices::devices`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceEntry {
+    user: String,
+    device: String,
+}
+
+const DEVICE_SHAPE: &str = r#"{"user": "<user id>", "device": "<device id>"}"#;
+
+/// The devices of a push: each an object naming the user and the user's device.
+fn device_list(items: Vec<Value>) -> Answer<Vec<UserDevice>> {
+    bounded("devices", &items)?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            if !item.is_object() {
+                return Err(ApiError::Invalid(format!(
+                    "devices[{i}]: each device is an object {DEVICE_SHAPE}: a device id is \
+                     unique only among its user's devices"
+                )));
+            }
+            let entry: DeviceEntry = serde_json::from_value(item).map_err(|e| {
+                ApiError::Invalid(format!("devices[{i}]: {e}; each device is {DEVICE_SHAPE}"))
+            })?;
+            if entry.user.is_empty() || entry.device.is_empty() {
+                return Err(ApiError::Invalid(format!(
+                    "devices[{i}]: user and device must not be empty"
+                )));
+            }
+            Ok(UserDevice {
+                user: entry.user,
+                device: entry.device,
+            })
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -238,7 +288,7 @@ async fn push_devices(
     req: Result<Json<PushDevices>, JsonRejection>,
 ) -> Answer<(StatusCode, Json<Value>)> {
     let req = body(req)?;
-    let devices = list("devices", req.devices)?;
+    let devices = device_list(req.devices)?;
     queue(&core, Target::Devices(devices), req.content).await
 }
 
@@ -400,4 +450,63 @@ async fn edges(
         })
         .collect();
     Ok(Json(json!({ "edges": edges })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(items: Value) -> String {
+        let items = serde_json::from_value(items).unwrap();
+        match device_list(items) {
+            Err(ApiError::Invalid(m)) => m,
+            other => panic!("expected invalid_argument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn devices_are_named_with_their_user() {
+        let ok = device_list(
+            serde_json::from_value(json!([
+                {"user": "alice", "device": "phone"},
+                {"device": "a/b", "user": "bob"},
+            ]))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            [
+                UserDevice {
+                    user: "alice".into(),
+                    device: "phone".into()
+                },
+                UserDevice {
+                    user: "bob".into(),
+                    device: "a/b".into()
+                },
+            ]
+        );
+        for (items, needle) in [
+            (json!([]), "at least one"),
+            (json!(["phone"]), "devices[0]: each device is an object"),
+            (json!([{"user": "a", "device": "b"}, 7]), "devices[1]"),
+            (json!([{"device": "phone"}]), "missing field `user`"),
+            (
+                json!([{"user": "a", "device": "b", "x": 1}]),
+                "unknown field `x`",
+            ),
+            (
+                json!([{"user": "a", "device": 5}]),
+                "devices[0]: invalid type",
+            ),
+            (json!([{"user": "", "device": "b"}]), "must not be empty"),
+            (json!([{"user": "a", "device": ""}]), "must not be empty"),
+        ] {
+            let m = message(items.clone());
+            assert!(m.contains(needle), "{items}: {m}");
+        }
+        let many = Value::Array(vec![json!({"user": "a", "device": "b"}); MAX_LIST + 1]);
+        assert!(message(many).contains("at most"));
+    }
 }

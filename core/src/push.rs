@@ -1,8 +1,9 @@
 //! Pushes (goim's job): ephemeral messages to devices, users, rooms or everyone, delivered
 //! through the edges' queues as one pre-encoded PUSH frame shared by every recipient.
 //!
-//! Targets resolve to edges: devices and users through the sessions layer (to connection
-//! ids on each edge), rooms to the edges that reported members, everyone to every live edge.
+//! Targets resolve to edges: devices (always named with their user) and users through the
+//! sessions layer (to connection ids on each edge), rooms to the edges that reported members,
+//! everyone to every live edge. Deliveries address connection ids, never device ids.
 //! A push reserves a place in every target edge's queue before it sends to any, so it is
 //! either queued everywhere or refused as a whole with [`PushError::Busy`] (HTTP 429): a slow
 //! edge never makes memory grow, and never receives half a push.
@@ -21,13 +22,13 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::edges::Edge;
 use crate::metrics::{EdgeLabel, KindLabel};
 use crate::service::{Core, now_ms};
-use crate::sessions::Session;
+use crate::sessions::{Session, UserDevice};
 
 /// Whom a push is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// These devices (their current connection).
-    Devices(Vec<String>),
+    /// These devices, each of its user (their current connection).
+    Devices(Vec<UserDevice>),
     /// Every connected device of these users.
     Users(Vec<String>),
     /// Every member of these rooms.

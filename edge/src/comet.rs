@@ -2,8 +2,10 @@
 //! out to connections' outboxes.
 //!
 //! A connection enters the comet once core has accepted its AUTH. Its id encodes its bucket
-//! (`id & BUCKET_MASK`), chosen by hashing the device id, so a delivery addressed to a
-//! connection id goes straight to one bucket, and each bucket has its own lock (goim splits
+//! (`id & BUCKET_MASK`), chosen by hashing the device id (only to spread the locks: the id
+//! is unique per edge whatever the device, and deliveries address connection ids, which core
+//! resolved from `(user, device)`), so a delivery addressed to a connection id goes straight
+//! to one bucket, and each bucket has its own lock (goim splits
 //! its locks the same way). A bucket holds its connections and, for each room, the members
 //! it holds; a room delivery walks every bucket's member list and hands each member the same
 //! pre-encoded `Bytes`. Edge-wide room totals decide when core is told a room appeared on or

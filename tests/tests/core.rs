@@ -229,7 +229,7 @@ async fn pushes_reach_devices_users_rooms_and_everyone_and_no_one_else() {
     let r = push(
         &server,
         "devices",
-        json!({"devices": ["bob-phone"], "content": "d"}),
+        json!({"devices": [{"user": "bob", "device": "bob-phone"}], "content": "d"}),
     )
     .await;
     assert_eq!((r.status, r.json()["queued"].clone()), (202, json!(1)));
@@ -576,7 +576,7 @@ async fn a_reconnecting_device_replaces_and_kicks_its_old_connection() {
     let r = push(
         &server,
         "devices",
-        json!({"devices": ["phone"], "content": "to-new"}),
+        json!({"devices": [{"user": "alice", "device": "phone"}], "content": "to-new"}),
     )
     .await;
     assert_eq!(r.json()["queued"], 1);

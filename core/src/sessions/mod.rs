@@ -2,16 +2,30 @@
 //! which user is connected through which edge (and connection), when each user was last
 //! online, and each device's adaptive heartbeat interval. Key layout: [`keys`].
 //!
-//! [`Sessions`] is the layer; core calls [`Sessions::connect`] when an edge authenticates a
-//! client, [`Sessions::disconnect`] when the connection ends, and [`Sessions::expire_edge`]
-//! when an edge stops heartbeating (so presence survives an edge crash).
+//! A device is always named with its user ([`UserDevice`]): device ids are the clients' own
+//! labels, unique only among one user's devices, so no user can displace, read or receive
+//! another user's device traffic by picking the same id.
+//!
+//! [`Sessions`] is the layer; core calls [`Sessions::upgrade`] once at start,
+//! [`Sessions::connect`] when an edge authenticates a client, [`Sessions::disconnect`] when
+//! the connection ends, and [`Sessions::expire_edge`] when an edge stops heartbeating (so
+//! presence survives an edge crash).
 
 mod keys;
 
 use roam_store::codec::{decode, encode};
 use roam_store::{RangeOption, Store, StoreError, TxError};
 
-use keys::V1;
+use keys::{LAYOUT, V1};
+
+/// One device of one user: how pushes address a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserDevice {
+    /// The user.
+    pub user: String,
+    /// The device, as the user's client named it (AUTH's `device_id`).
+    pub device: String,
+}
 
 /// Where a session lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +66,8 @@ pub struct NewSession<'a> {
 /// What [`Sessions::connect`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connected {
-    /// Sessions the new one replaced (the same device's older connection, or the device's
-    /// session under another user): their connections must be closed.
+    /// The session the new one replaced (the same user's device's older connection): its
+    /// connection must be closed. Another user's device of the same id is never replaced.
     pub replaced: Vec<Session>,
     /// The device's remembered heartbeat interval, if any.
     pub heartbeat_secs: Option<u32>,
@@ -105,10 +119,9 @@ fn read_session(
     }
 }
 
-/// Clears the three rows of `s` and records the user's last-seen time.
+/// Clears the rows of `s` and records the user's last-seen time.
 fn clear_session(tx: &mut roam_store::Tx<'_>, s: &Session, now_ms: u64) -> Result<(), TxError> {
     tx.clear(&keys::session(&s.user, &s.device))?;
-    tx.clear(&keys::device(&s.device))?;
     tx.clear(&keys::edge_session(&s.edge, &s.user, &s.device))?;
     tx.set(&keys::presence(&s.user), &encode(V1, &(now_ms,)))?;
     Ok(())
@@ -120,7 +133,37 @@ impl Sessions {
         Sessions { store }
     }
 
-    /// Records a new session, replacing the device's previous one (under any user).
+    /// Brings the stored key layout to this build's ([`keys`]): from layout 1 (no marker),
+    /// clears the old device index, which named a device without its user. Idempotent; a
+    /// store written by a newer layout is refused rather than misread.
+    pub async fn upgrade(&self) -> Result<(), StoreError> {
+        self.store
+            .transact(|tx| {
+                let key = keys::layout();
+                let stored = match tx.get(&key)? {
+                    Some(v) => decode::<(u64,)>(&key, &v, V1)?.0,
+                    None => 1,
+                };
+                if stored > LAYOUT {
+                    return Err(StoreError::corrupt(
+                        &key,
+                        format!(
+                            "sessions key layout {stored} is newer than this build's ({LAYOUT})"
+                        ),
+                    )
+                    .into());
+                }
+                if stored < LAYOUT {
+                    let (begin, end) = keys::retired_device_index().range();
+                    tx.clear_range(&begin, &end)?;
+                    tx.set(&key, &encode(V1, &(LAYOUT,)))?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Records a new session, replacing the previous session of the same `(user, device)`.
     pub async fn connect(&self, new: NewSession<'_>, now_ms: u64) -> Result<Connected, StoreError> {
         let user = new.user.to_owned();
         let device = new.device.to_owned();
@@ -129,19 +172,8 @@ impl Sessions {
             (new.conn, new.platform.to_owned(), new.transport.to_owned());
         self.store
             .transact(move |tx| {
-                let mut replaced = Vec::new();
-                if let Some(old) = read_session(tx, &user, &device)? {
-                    replaced.push(old);
-                }
-                let dev_key = keys::device(&device);
-                if let Some(v) = tx.get(&dev_key)? {
-                    let (owner,): (String,) = decode(&dev_key, &v, V1)?;
-                    if owner != user
-                        && let Some(old) = read_session(tx, &owner, &device)?
-                    {
-                        replaced.push(old);
-                    }
-                }
+                let replaced: Vec<Session> =
+                    read_session(tx, &user, &device)?.into_iter().collect();
                 for old in &replaced {
                     clear_session(tx, old, now_ms)?;
                 }
@@ -153,7 +185,6 @@ impl Sessions {
                     now_ms,
                 );
                 tx.set(&keys::session(&user, &device), &encode(V1, &row))?;
-                tx.set(&dev_key, &encode(V1, &(user.as_str(),)))?;
                 tx.set(
                     &keys::edge_session(&edge, &user, &device),
                     &encode(V1, &(conn,)),
@@ -241,24 +272,19 @@ impl Sessions {
             .await
     }
 
-    /// The current session of each device that has one.
+    /// The current session of each device that has one (snapshot reads).
     pub async fn sessions_of_devices(
         &self,
-        devices: &[String],
+        devices: &[UserDevice],
     ) -> Result<Vec<Session>, StoreError> {
         let devices = devices.to_vec();
         self.store
             .transact(move |tx| {
                 let mut out = Vec::new();
-                for device in &devices {
-                    let dev_key = keys::device(device);
-                    let Some(v) = tx.snapshot_get(&dev_key)? else {
-                        continue;
-                    };
-                    let (user,): (String,) = decode(&dev_key, &v, V1)?;
-                    let key = keys::session(&user, device);
+                for d in &devices {
+                    let key = keys::session(&d.user, &d.device);
                     if let Some(v) = tx.snapshot_get(&key)? {
-                        out.push(session_from(&user, device, &key, &v)?);
+                        out.push(session_from(&d.user, &d.device, &key, &v)?);
                     }
                 }
                 Ok(out)

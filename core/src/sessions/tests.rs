@@ -1,4 +1,5 @@
 use super::*;
+use roam_store::tuple::pack;
 
 async fn store() -> (tempfile::TempDir, Sessions) {
     let dir = tempfile::tempdir().unwrap();
@@ -21,6 +22,21 @@ fn new<'a>(user: &'a str, device: &'a str, edge: &'a str, conn: u64) -> NewSessi
 
 fn users(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
+}
+
+fn device(user: &str, device: &str) -> UserDevice {
+    UserDevice {
+        user: user.into(),
+        device: device.into(),
+    }
+}
+
+/// `(user, edge, conn)` of each session.
+fn placed(sessions: &[Session]) -> Vec<(&str, &str, u64)> {
+    sessions
+        .iter()
+        .map(|s| (s.user.as_str(), s.edge.as_str(), s.conn))
+        .collect()
 }
 
 #[tokio::test]
@@ -70,8 +86,11 @@ async fn a_reconnecting_device_replaces_its_old_session() {
     assert_eq!((c.replaced[0].edge.as_str(), c.replaced[0].conn), ("e1", 1));
     // The old connection's late disconnect must not end the new session.
     assert!(!s.disconnect("alice", "phone", "e1", 1, 1200).await.unwrap());
-    let found = s.sessions_of_devices(&users(&["phone"])).await.unwrap();
-    assert_eq!((found[0].edge.as_str(), found[0].conn), ("e2", 9));
+    let found = s
+        .sessions_of_devices(&[device("alice", "phone")])
+        .await
+        .unwrap();
+    assert_eq!(placed(&found), [("alice", "e2", 9)]);
     // Expiring the old edge leaves the new session alone.
     assert_eq!(s.expire_edge("e1", 1300).await.unwrap(), 0);
     assert_eq!(
@@ -81,29 +100,101 @@ async fn a_reconnecting_device_replaces_its_old_session() {
 }
 
 #[tokio::test]
-async fn a_device_id_moves_to_the_user_who_connects_with_it() {
+async fn a_device_id_is_per_user_and_never_displaces_another_users_device() {
     let (_dir, s) = store().await;
-    s.connect(new("alice", "shared-tablet", "e1", 1), 1000)
-        .await
-        .unwrap();
+    s.connect(new("bob", "phone", "e1", 1), 1000).await.unwrap();
     let c = s
-        .connect(new("bob", "shared-tablet", "e1", 2), 1100)
+        .connect(new("alice", "phone", "e2", 2), 1100)
         .await
         .unwrap();
-    assert_eq!(c.replaced[0].user, "alice");
+    assert!(c.replaced.is_empty(), "alice replaced {:?}", c.replaced);
+    // Each user's "phone" is their own: both online, each reached on its own connection.
+    let both = s
+        .sessions_of_devices(&[device("bob", "phone"), device("alice", "phone")])
+        .await
+        .unwrap();
+    assert_eq!(placed(&both), [("bob", "e1", 1), ("alice", "e2", 2)]);
+    // A device of a user who never connected it reaches no one.
     assert!(
-        s.sessions_of_users(&users(&["alice"]))
+        s.sessions_of_devices(&[device("carol", "phone")])
             .await
             .unwrap()
             .is_empty()
     );
+    // Bob's phone reconnecting replaces bob's old connection only.
+    let c = s.connect(new("bob", "phone", "e1", 3), 1200).await.unwrap();
+    assert_eq!(placed(&c.replaced), [("bob", "e1", 1)]);
+    let p = s.presence(&users(&["alice", "bob"])).await.unwrap();
+    assert_eq!(placed(&p[0].sessions), [("alice", "e2", 2)]);
+    assert_eq!(placed(&p[1].sessions), [("bob", "e1", 3)]);
+    // Alice leaving ends her session, not bob's, and sets only her last-seen time.
+    assert!(s.disconnect("alice", "phone", "e2", 2, 1300).await.unwrap());
+    assert!(!s.disconnect("alice", "phone", "e1", 3, 1301).await.unwrap());
+    let p = s.presence(&users(&["alice", "bob"])).await.unwrap();
+    assert_eq!((p[0].sessions.len(), p[0].last_seen_ms), (0, Some(1300)));
+    assert_eq!(placed(&p[1].sessions), [("bob", "e1", 3)]);
     assert_eq!(
-        s.sessions_of_devices(&users(&["shared-tablet"]))
-            .await
-            .unwrap()[0]
-            .user,
-        "bob"
+        placed(
+            &s.sessions_of_devices(&[device("bob", "phone")])
+                .await
+                .unwrap()
+        ),
+        [("bob", "e1", 3)]
     );
+}
+
+#[tokio::test]
+async fn ids_that_join_differently_name_different_devices() {
+    // "a" + "b/c" and "a/b" + "c" would be one slash-joined name; they are two devices.
+    let (_dir, s) = store().await;
+    s.connect(new("a", "b/c", "e1", 1), 1000).await.unwrap();
+    let c = s.connect(new("a/b", "c", "e1", 2), 1000).await.unwrap();
+    assert!(c.replaced.is_empty());
+    let found = s
+        .sessions_of_devices(&[device("a", "b/c"), device("a/b", "c"), device("a", "b")])
+        .await
+        .unwrap();
+    assert_eq!(placed(&found), [("a", "e1", 1), ("a/b", "e1", 2)]);
+}
+
+#[tokio::test]
+async fn the_upgrade_clears_the_old_device_index_and_refuses_a_newer_layout() {
+    let (_dir, s) = store().await;
+    // A layout-1 store: a session and its device index row, no layout marker.
+    let index_row = pack(&("sess", 2i64, "phone"));
+    let row = index_row.clone();
+    s.store
+        .transact(move |tx| {
+            tx.set(&row, &encode(V1, &("bob",)))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    s.connect(new("bob", "phone", "e1", 1), 1000).await.unwrap();
+    s.upgrade().await.unwrap();
+    s.upgrade().await.unwrap();
+    let (index, marker) = s
+        .store
+        .transact(move |tx| Ok((tx.get(&index_row)?, tx.get(&keys::layout())?)))
+        .await
+        .unwrap();
+    assert_eq!(index, None, "the old index is gone");
+    assert_eq!(marker.as_deref(), Some(&encode(V1, &(LAYOUT,))[..]));
+    assert_eq!(
+        s.sessions_of_users(&users(&["bob"])).await.unwrap().len(),
+        1,
+        "sessions survive the upgrade"
+    );
+
+    s.store
+        .transact(|tx| {
+            tx.set(&keys::layout(), &encode(V1, &(LAYOUT + 1,)))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let err = s.upgrade().await.unwrap_err().to_string();
+    assert!(err.contains("newer than this build"), "{err}");
 }
 
 #[tokio::test]
