@@ -26,6 +26,7 @@
 //! ```
 
 pub mod frame;
+pub mod internal_auth;
 pub mod op;
 
 pub use frame::{
