@@ -718,6 +718,32 @@ mod tests {
     }
 
     #[test]
+    fn internal_key_file_and_token_policy_keys_load_from_file_and_env() {
+        let f = file("[auth]\naccept_hs256 = true\nmax_token_lifetime_secs = 3600\n");
+        let vars = env(&[("ROAM_INTERNAL_KEY_FILE", "/etc/roam/internal-key")]);
+        let c = Config::load(Some(f.path()), vars, &Overrides::default()).unwrap();
+        assert_eq!(c.internal.key_file, PathBuf::from("/etc/roam/internal-key"));
+        assert_eq!(c.auth.accept_hs256, Some(true));
+        assert_eq!(c.auth.max_token_lifetime_secs, 3600);
+        let d = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(d.auth.accept_hs256, None, "unset: follows auth.public_key");
+    }
+
+    #[test]
+    fn the_default_edge_id_differs_per_client_address() {
+        let e = EdgeSection::default();
+        let a = e.id_or_derived(local(8443));
+        let b = e.id_or_derived(local(9443));
+        assert!(a.ends_with("@127.0.0.1:8443"), "{a}");
+        assert_ne!(a, b);
+        let named = EdgeSection {
+            id: "paris-1".into(),
+            ..EdgeSection::default()
+        };
+        assert_eq!(named.id_or_derived(local(8443)), "paris-1");
+    }
+
+    #[test]
     fn printed_config_loads_back_identically() {
         let c = Config::load(
             None,
