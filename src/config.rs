@@ -82,6 +82,48 @@ pub struct Config {
     pub edge: EdgeSection,
     /// The ID service (docs/ids.md).
     pub ids: roam_idsvc::IdsConfig,
+    /// The internal gRPC port's credential.
+    pub internal: InternalSection,
+}
+
+/// The internal gRPC port's credential (docs/core.md, "The internal port"): a shared key
+/// every process of a deployment holds, sent by callers and checked by the port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InternalSection {
+    /// File with the shared key (hex, mode 0600); empty: `<data>/internal-key`, generated
+    /// on first start. Processes on other data directories point this at the same key.
+    pub key_file: PathBuf,
+}
+
+impl Config {
+    /// The internal port's key: read from its file, generated there if absent.
+    pub fn internal_key(&self) -> Result<roam_proto::internal_auth::InternalKey> {
+        let path = if self.internal.key_file.as_os_str().is_empty() {
+            self.data.join("internal-key")
+        } else {
+            self.internal.key_file.clone()
+        };
+        let key = roam_core::secret_file::load_or_create(&path, 32)
+            .with_context(|| "internal.key_file (ROAM_INTERNAL_KEY_FILE)")?;
+        Ok(roam_proto::internal_auth::InternalKey::from_bytes(&key))
+    }
+}
+
+impl EdgeSection {
+    /// This edge's id: `edge.id`, or when empty one unique per process on this host,
+    /// `<hostname>@<bound client address>` (two processes cannot bind the same address).
+    pub fn id_or_derived(&self, client_tcp: SocketAddr) -> String {
+        if !self.id.is_empty() {
+            return self.id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("{host}@{client_tcp}")
+    }
 }
 
 /// Listening addresses (SPEC.md §2). Port 0 lets the OS pick (see `--ready-file`).
@@ -154,8 +196,9 @@ pub struct CoreSection {
     pub ids: String,
 }
 
-/// Client token verification. HS256 tokens signed with `<data>/jwt-secret` are always
-/// accepted; a public key adds EdDSA or ES256 tokens signed by the business backend.
+/// Client token verification. HS256 tokens signed with `<data>/jwt-secret` are accepted
+/// while no public key is set; a public key accepts EdDSA or ES256 tokens signed by the
+/// business backend instead (HS256 too only with `accept_hs256 = true`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
@@ -163,13 +206,31 @@ pub struct Auth {
     pub public_key: Option<PathBuf>,
     /// `EdDSA` or `ES256`; required with `public_key`.
     pub public_key_algorithm: Option<roam_core::auth::PublicKeyAlgorithm>,
+    /// Whether HS256 tokens are accepted; unset: yes without `public_key`, no with it.
+    pub accept_hs256: Option<bool>,
+    /// Tokens valid for longer than this (`exp` − `iat`) are refused; 0: no maximum.
+    pub max_token_lifetime_secs: u64,
+}
+
+impl Auth {
+    /// The token verifier this section describes, over the data dir's HS256 secret.
+    pub fn verifier(&self, data: &Path) -> Result<roam_core::auth::Verifier> {
+        let secret = roam_core::auth::Secret::load_or_create(data)?;
+        let mut verifier = roam_core::auth::Verifier::new(&secret)
+            .accept_hs256(self.accept_hs256)
+            .max_lifetime(Some(self.max_token_lifetime_secs).filter(|&s| s > 0));
+        if let (Some(path), Some(alg)) = (&self.public_key, self.public_key_algorithm) {
+            verifier = verifier.with_public_key(alg, path)?;
+        }
+        Ok(verifier)
+    }
 }
 
 /// The edge role's settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeSection {
-    /// Unique id of this edge in the node list.
+    /// Unique id of this edge in the node list; empty: `<hostname>@<client_tcp address>`.
     pub id: String,
     /// Core's internal gRPC address (`http://host:port`); empty: this process's own core
     /// (role `all`) or `http://127.0.0.1:9090`.
@@ -213,7 +274,7 @@ pub struct EdgeSection {
 impl Default for EdgeSection {
     fn default() -> Self {
         EdgeSection {
-            id: "edge-1".into(),
+            id: String::new(),
             core: String::new(),
             region: "local".into(),
             lat: 0.0,
@@ -323,6 +384,7 @@ impl Default for Config {
             auth: Auth::default(),
             edge: EdgeSection::default(),
             ids: roam_idsvc::IdsConfig::default(),
+            internal: InternalSection::default(),
         }
     }
 }
@@ -443,9 +505,6 @@ impl Config {
             bail!("core.edge_queue must be above 0");
         }
         let e = &self.edge;
-        if e.id.is_empty() {
-            bail!("edge.id must not be empty");
-        }
         if e.outbox == 0
             || e.max_connections == 0
             || e.rate_burst == 0
@@ -656,6 +715,32 @@ mod tests {
             assert!(msg.contains(needle), "{text:?} {vars:?}: {msg}");
             assert!(!msg.contains('\n'), "one line: {msg}");
         }
+    }
+
+    #[test]
+    fn internal_key_file_and_token_policy_keys_load_from_file_and_env() {
+        let f = file("[auth]\naccept_hs256 = true\nmax_token_lifetime_secs = 3600\n");
+        let vars = env(&[("ROAM_INTERNAL_KEY_FILE", "/etc/roam/internal-key")]);
+        let c = Config::load(Some(f.path()), vars, &Overrides::default()).unwrap();
+        assert_eq!(c.internal.key_file, PathBuf::from("/etc/roam/internal-key"));
+        assert_eq!(c.auth.accept_hs256, Some(true));
+        assert_eq!(c.auth.max_token_lifetime_secs, 3600);
+        let d = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(d.auth.accept_hs256, None, "unset: follows auth.public_key");
+    }
+
+    #[test]
+    fn the_default_edge_id_differs_per_client_address() {
+        let e = EdgeSection::default();
+        let a = e.id_or_derived(local(8443));
+        let b = e.id_or_derived(local(9443));
+        assert!(a.ends_with("@127.0.0.1:8443"), "{a}");
+        assert_ne!(a, b);
+        let named = EdgeSection {
+            id: "paris-1".into(),
+            ..EdgeSection::default()
+        };
+        assert_eq!(named.id_or_derived(local(8443)), "paris-1");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
     registry.register_collector(Box::new(metrics::ProcessCollector));
     let mut tasks = JoinSet::new();
     let mut ready = Ready::default();
+    // Every role speaks on the internal port (serves it or calls it): one shared key.
+    let internal_key = config.internal_key()?;
     let mut business_api: Option<axum::Router> = None;
     let mut banner = vec![format!(
         "roam {} (role {})",
@@ -77,13 +79,7 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             ids_handle = Some(ids);
         }
         if config.role.runs_core() {
-            let secret = roam_core::auth::Secret::load_or_create(&config.data)?;
-            let mut verifier = roam_core::auth::Verifier::new(&secret);
-            if let (Some(path), Some(alg)) =
-                (&config.auth.public_key, config.auth.public_key_algorithm)
-            {
-                verifier = verifier.with_public_key(alg, path)?;
-            }
+            let verifier = config.auth.verifier(&config.data)?;
             let metrics = roam_core::metrics::CoreMetrics::register(&mut registry);
             let core = roam_core::Core::new(
                 store.clone(),
@@ -112,8 +108,12 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
                 let address = config.core.ids_address();
                 banner.push(format!("ids         the ID service at {address}"));
                 Some(
-                    roam_idsvc::IdSource::connect_lazy(&address, IDS_TIMEOUT)
-                        .with_context(|| format!("core.ids {address:?}"))?,
+                    roam_idsvc::IdSource::connect_lazy(
+                        &address,
+                        IDS_TIMEOUT,
+                        Some(internal_key.clone()),
+                    )
+                    .with_context(|| format!("core.ids {address:?}"))?,
                 )
             }
             None => None,
@@ -141,6 +141,10 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
         let bound = listener.local_addr()?;
         ready.internal = Some(bound);
         let grpc = tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(require_internal_key(
+                internal_key.clone(),
+                &mut registry,
+            )))
             .add_optional_service(core_handle.as_ref().map(|c| c.link_service()))
             .add_optional_service(
                 ids_handle
@@ -208,8 +212,10 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
                 configured.to_owned()
             }
         };
+        let edge_id = config.edge.id_or_derived(client_tcp);
         let identity = roam_edge::link::EdgeIdentity {
-            edge_id: config.edge.id.clone(),
+            key: Some(internal_key.clone()),
+            edge_id: edge_id.clone(),
             addresses: [
                 (
                     "client_tcp".to_owned(),
@@ -231,12 +237,7 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             shutdown.clone(),
         )
         .await
-        .with_context(|| {
-            format!(
-                "edge {}: cannot link to core at {core_address}",
-                config.edge.id
-            )
-        })?;
+        .with_context(|| format!("edge {edge_id}: cannot link to core at {core_address}"))?;
         let http = roam_edge::http::HttpOptions {
             alt_svc: HeaderValue::from_str(&format!(
                 "h3=\":{}\"; ma=86400",
@@ -271,8 +272,7 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             }
         ));
         banner.push(format!(
-            "edge        {} linked to core at {core_address}",
-            config.edge.id
+            "edge        {edge_id} linked to core at {core_address}"
         ));
     }
 
@@ -340,6 +340,28 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The internal port's one interceptor: every call must carry the shared key (else
+/// `UNAUTHENTICATED`, counted in `roam_internal_unauthenticated_total`).
+fn require_internal_key(
+    key: roam_proto::internal_auth::InternalKey,
+    registry: &mut Registry,
+) -> impl tonic::service::Interceptor + Clone + use<> {
+    let refused = prometheus_client::metrics::counter::Counter::<u64>::default();
+    registry.register(
+        "roam_internal_unauthenticated",
+        "Calls to the internal gRPC port refused for a missing or wrong key",
+        refused.clone(),
+    );
+    move |request: tonic::Request<()>| match key.check(request.metadata()) {
+        Ok(()) => Ok(request),
+        Err(status) => {
+            refused.inc();
+            tracing::debug!(peer = ?request.remote_addr(), "internal call without the right key");
+            Err(status)
+        }
+    }
 }
 
 fn certificate(config: &Config) -> Result<(roam_tls::CertKey, bool)> {

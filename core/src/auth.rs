@@ -36,6 +36,9 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at, seconds since the Unix epoch.
     pub exp: u64,
+    /// Not valid before, seconds since the Unix epoch (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// The device the token is bound to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub did: Option<String>,
@@ -61,6 +64,15 @@ pub enum AuthError {
     /// The token has expired.
     #[error("token expired")]
     Expired,
+    /// The token's `nbf` is still in the future.
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    /// The token is valid for longer than the configured maximum.
+    #[error("token lifetime exceeds the maximum of {max_secs} s")]
+    TooLong {
+        /// The configured maximum, seconds.
+        max_secs: u64,
+    },
     /// The token is for another audience.
     #[error("token audience is not the expected one")]
     WrongAudience,
@@ -121,6 +133,7 @@ impl Secret {
             aud: AUDIENCE.to_owned(),
             iat: now,
             exp: now.saturating_add(ttl_secs),
+            nbf: None,
             did: device.map(str::to_owned),
         };
         jsonwebtoken::encode(
@@ -133,16 +146,23 @@ impl Secret {
 }
 
 /// Checks client tokens: HS256 with the secret, and optionally EdDSA or ES256 with a public
-/// key.
+/// key (HS256 is then refused unless [`Verifier::accept_hs256`] says otherwise).
 pub struct Verifier {
     hs256: DecodingKey,
+    /// Whether HS256 tokens are accepted (`None`: only while no public key is configured).
+    accept_hs256: Option<bool>,
     public: Option<(Algorithm, DecodingKey)>,
+    /// Longest accepted lifetime (`exp` minus `iat`, or minus now when `iat` is absent or
+    /// in the future), seconds.
+    max_lifetime: Option<u64>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verifier")
             .field("public", &self.public.as_ref().map(|(alg, _)| alg))
+            .field("hs256", &self.hs256_accepted())
+            .field("max_lifetime", &self.max_lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -161,8 +181,27 @@ impl Verifier {
     pub fn new(secret: &Secret) -> Self {
         Verifier {
             hs256: DecodingKey::from_secret(&secret.key),
+            accept_hs256: None,
             public: None,
+            max_lifetime: None,
         }
+    }
+
+    /// Whether HS256 tokens (signed with the data dir's secret) are accepted: `None` keeps
+    /// the default — yes without a public key, no with one.
+    pub fn accept_hs256(mut self, accept: Option<bool>) -> Self {
+        self.accept_hs256 = accept;
+        self
+    }
+
+    /// Refuses tokens valid for longer than `max_secs` (`None`: no maximum).
+    pub fn max_lifetime(mut self, max_secs: Option<u64>) -> Self {
+        self.max_lifetime = max_secs;
+        self
+    }
+
+    fn hs256_accepted(&self) -> bool {
+        self.accept_hs256.unwrap_or(self.public.is_none())
     }
 
     /// Also accepts tokens signed with the private half of the PEM public key in `path`.
@@ -185,8 +224,9 @@ impl Verifier {
         Ok(self)
     }
 
-    /// Verifies a token's signature, audience and expiry at `now` (seconds since the Unix
-    /// epoch, no leeway) and, when the token is bound to a device, that it is `device`.
+    /// Verifies a token's signature, audience, expiry and `nbf` at `now` (seconds since the
+    /// Unix epoch, no leeway), its lifetime against the maximum, and, when the token is bound
+    /// to a device, that it is `device`.
     pub fn verify(&self, token: &str, device: &str, now: u64) -> Result<Claims, AuthError> {
         if token.trim().is_empty() {
             return Err(AuthError::Missing);
@@ -194,7 +234,7 @@ impl Verifier {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         let key = match (&self.public, header.alg) {
-            (_, Algorithm::HS256) => &self.hs256,
+            (_, Algorithm::HS256) if self.hs256_accepted() => &self.hs256,
             (Some((alg, key)), got) if *alg == got => key,
             (_, got) => return Err(AuthError::Algorithm(got)),
         };
@@ -215,6 +255,19 @@ impl Verifier {
             .claims;
         if claims.exp <= now {
             return Err(AuthError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now) {
+            return Err(AuthError::NotYetValid);
+        }
+        if let Some(max_secs) = self.max_lifetime {
+            let from = if claims.iat == 0 {
+                now
+            } else {
+                claims.iat.min(now)
+            };
+            if claims.exp.saturating_sub(from) > max_secs {
+                return Err(AuthError::TooLong { max_secs });
+            }
         }
         if claims.sub.is_empty() {
             return Err(AuthError::EmptyUser);
@@ -275,6 +328,7 @@ mod tests {
                 aud: "elsewhere".into(),
                 iat: NOW,
                 exp: NOW + 60,
+                nbf: None,
                 did: None,
             },
             &EncodingKey::from_secret(&[1; 32]),
@@ -305,6 +359,7 @@ mod tests {
             aud: AUDIENCE.into(),
             iat: NOW,
             exp: NOW + 60,
+            nbf: None,
             did: None,
         };
         let token = jsonwebtoken::encode(
@@ -322,9 +377,18 @@ mod tests {
             .with_public_key(PublicKeyAlgorithm::EdDSA, &public)
             .unwrap();
         assert_eq!(with_pk.verify(&token, "d", NOW).unwrap().sub, "carol");
-        // HS256 tokens keep working next to the public key.
+        // HS256 tokens are refused next to a public key, unless configured.
         let hs = secret.mint("dave", None, 60, NOW).unwrap();
-        assert_eq!(with_pk.verify(&hs, "d", NOW).unwrap().sub, "dave");
+        assert!(matches!(
+            with_pk.verify(&hs, "d", NOW),
+            Err(AuthError::Algorithm(Algorithm::HS256))
+        ));
+        let both = Verifier::new(&secret)
+            .accept_hs256(Some(true))
+            .with_public_key(PublicKeyAlgorithm::EdDSA, &public)
+            .unwrap();
+        assert_eq!(both.verify(&hs, "d", NOW).unwrap().sub, "dave");
+        assert_eq!(both.verify(&token, "d", NOW).unwrap().sub, "carol");
         let err = Verifier::new(&secret)
             .with_public_key(PublicKeyAlgorithm::ES256, &public)
             .unwrap_err();
@@ -346,6 +410,7 @@ mod tests {
             aud: aud.into(),
             iat: NOW,
             exp,
+            nbf: None,
             did: Some("phone".into()),
         };
         let key = EncodingKey::from_ec_pem(PRIVATE.as_bytes()).unwrap();
@@ -387,5 +452,67 @@ mod tests {
         let v = Verifier::new(&Secret::from_bytes(vec![1; 32]));
         assert!(matches!(v.verify("", "d", NOW), Err(AuthError::Missing)));
         assert!(matches!(v.verify("  ", "d", NOW), Err(AuthError::Missing)));
+    }
+
+    fn hs256(claims: &Claims) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(&[1; 32]),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf() {
+        let v = Verifier::new(&Secret::from_bytes(vec![1; 32]));
+        let claims = Claims {
+            sub: "frank".into(),
+            aud: AUDIENCE.into(),
+            iat: NOW,
+            exp: NOW + 600,
+            nbf: Some(NOW + 100),
+            did: None,
+        };
+        let token = hs256(&claims);
+        assert!(matches!(
+            v.verify(&token, "d", NOW + 99),
+            Err(AuthError::NotYetValid)
+        ));
+        assert_eq!(v.verify(&token, "d", NOW + 100).unwrap().sub, "frank");
+    }
+
+    #[test]
+    fn a_token_valid_for_longer_than_the_maximum_is_refused() {
+        let v = Verifier::new(&Secret::from_bytes(vec![1; 32])).max_lifetime(Some(3600));
+        let claims = |iat: u64, exp: u64| Claims {
+            sub: "gina".into(),
+            aud: AUDIENCE.into(),
+            iat,
+            exp,
+            nbf: None,
+            did: None,
+        };
+        let ok = hs256(&claims(NOW, NOW + 3600));
+        assert_eq!(v.verify(&ok, "d", NOW + 10).unwrap().sub, "gina");
+        for (iat, exp) in [
+            (NOW, NOW + 3601),
+            // No `iat`: the lifetime left from now counts.
+            (0, NOW + 3601),
+            // An `iat` in the future does not shorten it.
+            (NOW + 1000, NOW + 4000),
+        ] {
+            let token = hs256(&claims(iat, exp));
+            assert!(
+                matches!(
+                    v.verify(&token, "d", NOW),
+                    Err(AuthError::TooLong { max_secs: 3600 })
+                ),
+                "iat {iat} exp {exp}"
+            );
+        }
+        let unlimited = Verifier::new(&Secret::from_bytes(vec![1; 32]));
+        let long = hs256(&claims(NOW, NOW + 10 * 365 * 86_400));
+        assert!(unlimited.verify(&long, "d", NOW).is_ok());
     }
 }

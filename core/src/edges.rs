@@ -207,6 +207,10 @@ impl Edge {
     }
 }
 
+/// A live edge already has the id a newcomer registers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyLinked;
+
 /// Every edge this core knows, live or recently lost.
 #[derive(Debug)]
 pub struct EdgeRegistry {
@@ -232,14 +236,23 @@ impl EdgeRegistry {
         }
     }
 
-    /// Registers an edge (replacing a previous registration of the same id, whose link is
-    /// cancelled). Returns the edge and the receiving end of its queue.
+    /// Registers an edge. Returns the edge and the receiving end of its queue, or
+    /// [`AlreadyLinked`] while an edge of that id is live: a second process with the same id
+    /// is refused and the live edge is left untouched. (An edge re-registers once its old
+    /// link has ended, or once core dropped it as silent.)
     pub fn register(
         &self,
         id: String,
         meta: EdgeMeta,
         now: Instant,
-    ) -> (Arc<Edge>, mpsc::Receiver<EdgeDown>) {
+    ) -> Result<(Arc<Edge>, mpsc::Receiver<EdgeDown>), AlreadyLinked> {
+        let mut live = self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if live.contains_key(&id) {
+            return Err(AlreadyLinked);
+        }
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let edge = Arc::new(Edge {
             id: id.clone(),
@@ -253,15 +266,8 @@ impl EdgeRegistry {
             conns: Mutex::new(HashMap::new()),
         });
         lock(&self.lost).remove(&id);
-        let old = self
-            .live
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, edge.clone());
-        if let Some(old) = old {
-            old.cancel.cancel();
-        }
-        (edge, rx)
+        live.insert(id, edge.clone());
+        Ok((edge, rx))
     }
 
     /// The link of `edge` ended: it leaves the live set now; its sessions expire after the
@@ -367,8 +373,8 @@ mod tests {
     fn silent_edges_are_reaped_and_lost_ones_expire_after_the_timeout() {
         let t0 = Instant::now();
         let reg = EdgeRegistry::new(8, Duration::from_secs(10));
-        let (a, _rx_a) = reg.register("a".into(), meta(), t0);
-        let (b, _rx_b) = reg.register("b".into(), meta(), t0);
+        let (a, _rx_a) = reg.register("a".into(), meta(), t0).unwrap();
+        let (b, _rx_b) = reg.register("b".into(), meta(), t0).unwrap();
         b.heartbeat(t0 + Duration::from_secs(8), HashMap::new(), HashMap::new());
         assert!(reg.reap(t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(
@@ -394,24 +400,52 @@ mod tests {
     }
 
     #[test]
-    fn a_re_registration_replaces_the_old_link_and_cancels_its_expiry() {
+    fn a_re_registration_after_the_link_ended_cancels_its_expiry() {
         let t0 = Instant::now();
         let reg = EdgeRegistry::new(8, Duration::from_secs(10));
-        let (old, _rx) = reg.register("a".into(), meta(), t0);
+        let (old, _rx) = reg.register("a".into(), meta(), t0).unwrap();
         reg.link_ended(&old, t0);
-        let (new, _rx2) = reg.register("a".into(), meta(), t0 + Duration::from_secs(1));
+        let (new, _rx2) = reg
+            .register("a".into(), meta(), t0 + Duration::from_secs(1))
+            .unwrap();
         assert!(reg.reap(t0 + Duration::from_secs(10)).is_empty());
         // The old link's late end does not remove the new registration.
         reg.link_ended(&old, t0 + Duration::from_secs(2));
         assert!(Arc::ptr_eq(&reg.get("a").unwrap(), &new));
-        let (_newer, _rx3) = reg.register("a".into(), meta(), t0 + Duration::from_secs(3));
-        assert!(new.cancel.is_cancelled());
+    }
+
+    #[test]
+    fn a_second_registration_of_a_live_id_is_refused_and_the_live_edge_kept() {
+        let t0 = Instant::now();
+        let reg = EdgeRegistry::new(8, Duration::from_secs(10));
+        let (live, _rx) = reg.register("a".into(), meta(), t0).unwrap();
+        let newcomer = EdgeMeta {
+            region: "elsewhere".into(),
+            ..meta()
+        };
+        assert_eq!(
+            reg.register("a".into(), newcomer, t0 + Duration::from_secs(1))
+                .map(|_| ()),
+            Err(AlreadyLinked)
+        );
+        assert!(!live.cancel.is_cancelled(), "the live link is untouched");
+        assert!(Arc::ptr_eq(&reg.get("a").unwrap(), &live));
+        assert_eq!(reg.get("a").unwrap().meta().region, "");
+        // Once core dropped the silent edge, the id is free again.
+        assert_eq!(
+            reg.reap(t0 + Duration::from_secs(11)),
+            vec!["a".to_string()]
+        );
+        assert!(
+            reg.register("a".into(), meta(), t0 + Duration::from_secs(12))
+                .is_ok()
+        );
     }
 
     #[test]
     fn a_disconnect_during_auth_is_not_lost() {
         let reg = EdgeRegistry::new(2, Duration::from_secs(10));
-        let (e, _rx) = reg.register("a".into(), meta(), Instant::now());
+        let (e, _rx) = reg.register("a".into(), meta(), Instant::now()).unwrap();
         let conn = || Conn {
             user: "u".into(),
             device: "d".into(),
@@ -432,7 +466,7 @@ mod tests {
     #[test]
     fn rooms_and_load_follow_reports() {
         let reg = EdgeRegistry::new(2, Duration::from_secs(10));
-        let (e, _rx) = reg.register("a".into(), meta(), Instant::now());
+        let (e, _rx) = reg.register("a".into(), meta(), Instant::now()).unwrap();
         e.room_change("lobby".into(), 3);
         e.room_change("quiet".into(), 1);
         e.room_change("quiet".into(), 0);

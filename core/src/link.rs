@@ -52,6 +52,9 @@ impl EdgeLink for LinkService {
         &self,
         request: Request<Streaming<EdgeUp>>,
     ) -> Result<Response<DownStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
         let mut up = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, up.message())
             .await
@@ -75,9 +78,26 @@ impl EdgeLink for LinkService {
             weight: reg.weight,
         };
         let core = self.core.clone();
-        let (edge, rx) = core
+        let Ok((edge, rx)) = core
             .edges
-            .register(reg.edge_id.clone(), meta, Instant::now());
+            .register(reg.edge_id.clone(), meta, Instant::now())
+        else {
+            warn!(
+                edge = %reg.edge_id,
+                %peer,
+                "refused a second link for a live edge id (give every edge its own edge.id)"
+            );
+            core.metrics
+                .links_refused
+                .get_or_create(&KindLabel {
+                    kind: "edge_id_taken",
+                })
+                .inc();
+            return Err(Status::already_exists(format!(
+                "edge id {:?} is already linked to this core by another process; give every edge its own edge.id",
+                reg.edge_id
+            )));
+        };
         info!(edge = %edge.id, "edge registered");
         core.metrics.edges.set(core.edges.live().len() as i64);
         let registered = down(edge_down::Msg::Registered(link::Registered {
@@ -140,6 +160,8 @@ async fn read_up(core: Arc<Core>, edge: Arc<Edge>, mut up: Streaming<EdgeUp>) {
 fn auth_failure(e: &AuthError) -> (pb::error::Code, &'static str) {
     match e {
         AuthError::Expired => (pb::error::Code::AuthExpired, "expired"),
+        AuthError::NotYetValid => (pb::error::Code::AuthFailed, "not_yet_valid"),
+        AuthError::TooLong { .. } => (pb::error::Code::AuthFailed, "lifetime"),
         AuthError::WrongAudience => (pb::error::Code::AuthFailed, "audience"),
         AuthError::BadSignature => (pb::error::Code::AuthFailed, "signature"),
         AuthError::WrongDevice => (pb::error::Code::AuthFailed, "device"),

@@ -55,6 +55,8 @@ pub struct CoreMetrics {
     pub api_requests: Family<RouteLabel, Counter>,
     /// Business API latency in seconds.
     pub api_latency: Histogram,
+    /// Edge links refused, by reason (`edge_id_taken`).
+    pub links_refused: Family<KindLabel, Counter>,
 }
 
 impl CoreMetrics {
@@ -72,6 +74,7 @@ impl CoreMetrics {
             store_errors: Family::default(),
             api_requests: Family::default(),
             api_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            links_refused: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("roam_core");
         r.register("edges", "Edges registered and live", m.edges.clone());
@@ -124,6 +127,11 @@ impl CoreMetrics {
             "api_latency_seconds",
             "Business API request latency",
             m.api_latency.clone(),
+        );
+        r.register(
+            "edge_links_refused",
+            "Edge links refused, by reason",
+            m.links_refused.clone(),
         );
         m
     }

@@ -33,17 +33,41 @@ pub enum LinkError {
         /// Why.
         source: tonic::transport::Error,
     },
-    /// Core refused or broke the stream.
+    /// Core refused this edge: a missing or wrong internal key, or its id is linked already.
+    #[error("core refused the edge link ({code:?}): {message}")]
+    Refused {
+        /// The gRPC status code (`Unauthenticated`, `AlreadyExists`).
+        code: tonic::Code,
+        /// Core's explanation.
+        message: String,
+    },
+    /// Core broke the stream.
     #[error("edge link: {0}")]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     /// Core answered the registration with something else.
     #[error("edge link: core did not confirm the registration")]
     NotRegistered,
 }
 
+impl From<tonic::Status> for LinkError {
+    fn from(status: tonic::Status) -> Self {
+        match status.code() {
+            code @ (tonic::Code::Unauthenticated | tonic::Code::AlreadyExists) => {
+                LinkError::Refused {
+                    code,
+                    message: status.message().to_owned(),
+                }
+            }
+            _ => LinkError::Status(status),
+        }
+    }
+}
+
 /// What an edge tells core about itself.
 #[derive(Debug, Clone, Default)]
 pub struct EdgeIdentity {
+    /// The internal port's key, sent with the link (see `roam_proto::internal_auth`).
+    pub key: Option<roam_proto::internal_auth::InternalKey>,
     /// Unique id of the edge.
     pub edge_id: String,
     /// Public addresses by transport name (`client_tcp`, `client_quic`, `raw`).
@@ -94,10 +118,11 @@ impl CoreLink {
         // The queue is empty and its receiver alive: this cannot fail.
         let _ = up.try_send(register);
         let mut client = EdgeLinkClient::new(channel);
-        let mut down = client
-            .link(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(key) = &identity.key {
+            key.attach(&mut request);
+        }
+        let mut down = client.link(request).await?.into_inner();
         let heartbeat = match down.message().await? {
             Some(EdgeDown {
                 msg: Some(edge_down::Msg::Registered(r)),

@@ -7,7 +7,9 @@ use roam_proto::idsvc::v1::{
     CreateTagRequest, DecodeRequest, NextIdsRequest, SnowflakeRequest,
     id_service_client::IdServiceClient,
 };
+use roam_proto::internal_auth::{AttachKey, InternalKey};
 use std::{sync::Arc, time::Duration};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// An ID service to call: in-process when the roles share a process, remote otherwise.
@@ -16,7 +18,7 @@ pub enum IdSource {
     /// The service of this process: a plain method call.
     Local(Arc<IdService>),
     /// A service on another process, over gRPC (`roam.idsvc.v1.IdService`).
-    Remote(IdServiceClient<Channel>),
+    Remote(IdServiceClient<InterceptedService<Channel, AttachKey>>),
 }
 
 impl IdSource {
@@ -27,7 +29,13 @@ impl IdSource {
 
     /// A remote service over an existing channel.
     pub fn remote(channel: Channel) -> Self {
-        Self::Remote(IdServiceClient::new(channel))
+        Self::remote_with_key(channel, None)
+    }
+
+    /// A remote service over an existing channel, every call carrying the internal port's
+    /// `key` (see [`roam_proto::internal_auth`]).
+    pub fn remote_with_key(channel: Channel, key: Option<InternalKey>) -> Self {
+        Self::Remote(IdServiceClient::with_interceptor(channel, AttachKey(key)))
     }
 
     fn endpoint(uri: &str, timeout: Duration) -> Result<Endpoint, IdError> {
@@ -49,9 +57,16 @@ impl IdSource {
 
     /// A remote service at `uri` that is connected on first use (and reconnected after a
     /// failure): a process may start before the ID service does; calls made while it is
-    /// unreachable fail with [`IdError::Unavailable`].
-    pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Self, IdError> {
-        Ok(Self::remote(Self::endpoint(uri, timeout)?.connect_lazy()))
+    /// unreachable fail with [`IdError::Unavailable`]. Every call carries `key`.
+    pub fn connect_lazy(
+        uri: &str,
+        timeout: Duration,
+        key: Option<InternalKey>,
+    ) -> Result<Self, IdError> {
+        Ok(Self::remote_with_key(
+            Self::endpoint(uri, timeout)?.connect_lazy(),
+            key,
+        ))
     }
 
     /// The service of this process, if it is one.

@@ -28,6 +28,7 @@ no hyper, h2 or axum), like quinn-proto beside quinn.
 //! ```
 
 pub mod frame;
+pub mod internal_auth;
 pub mod op;
 
 pub use frame::{

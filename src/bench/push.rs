@@ -26,7 +26,9 @@ use roam_proto::client::v1 as pb;
 use roam_proto::internal::v1::{self as link, EdgeUp, edge_down, edge_up};
 use tokio::sync::Mutex;
 
-use super::server::{admin_connect, admin_post, api_key, listener, refuse_target, status_of};
+use super::server::{
+    admin_connect, admin_post, api_key, internal_key, listener, refuse_target, status_of,
+};
 
 const WORKERS: usize = 32;
 
@@ -55,6 +57,7 @@ async fn drive(server: &ChildServer, devices: usize, duration: Duration) -> Resu
     let mut edge = CoreLink::connect(
         &format!("http://{internal}"),
         EdgeIdentity {
+            key: Some(internal_key(&server.data_dir())?),
             edge_id: "bench-edge".into(),
             weight: 1,
             ..EdgeIdentity::default()

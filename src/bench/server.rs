@@ -83,6 +83,12 @@ pub(super) fn api_key(data_dir: &Path) -> Result<String> {
     Ok(key.trim().to_owned())
 }
 
+/// The internal-port key of a child server (its `<data>/internal-key`).
+pub(super) fn internal_key(data_dir: &Path) -> Result<roam_proto::internal_auth::InternalKey> {
+    let key = roam_core::secret_file::load_or_create(&data_dir.join("internal-key"), 32)?;
+    Ok(roam_proto::internal_auth::InternalKey::from_bytes(&key))
+}
+
 /// `GET path` on the admin listener (one request, `connection: close`); the JSON body of a
 /// 200 answer.
 pub(super) async fn admin_get(

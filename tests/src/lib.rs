@@ -132,6 +132,14 @@ pub async fn poll(
     }
 }
 
+/// The server's internal-port key (`<data>/internal-key`), which every caller of the
+/// internal gRPC port (edge link, ID service) must send.
+pub fn internal_key(server: &ChildServer) -> roam_proto::internal_auth::InternalKey {
+    let key = roam_core::secret_file::load_or_create(&server.data_dir().join("internal-key"), 32)
+        .expect("the server's internal key");
+    roam_proto::internal_auth::InternalKey::from_bytes(&key)
+}
+
 /// A client token for `user`, valid 10 minutes, signed with the server's data-dir secret.
 pub fn token(server: &ChildServer, user: &str) -> String {
     let now = std::time::SystemTime::now()

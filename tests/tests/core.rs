@@ -33,6 +33,7 @@ use roam_tests::token;
 async fn edge(server: &ChildServer, id: &str, lat: f64, lon: f64, weight: u32) -> CoreLink {
     let addr = format!("http://{}", server.addr("internal").unwrap());
     let identity = EdgeIdentity {
+        key: Some(roam_tests::internal_key(server)),
         edge_id: id.into(),
         addresses: HashMap::from([("client_tcp".into(), format!("{id}.example:8443"))]),
         region: id.into(),

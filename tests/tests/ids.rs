@@ -59,7 +59,11 @@ async fn a_core_only_process_serves_ids_from_the_id_service_of_another() {
         .expect("the ID service's internal address");
     let core = ChildServer::start_with(
         &roam_tests::roam_bin(),
-        &format!("[core]\nids = \"http://{internal}\"\n"),
+        // Another data directory: the ID service's internal key is named explicitly.
+        &format!(
+            "[core]\nids = \"http://{internal}\"\n[internal]\nkey_file = {:?}\n",
+            ids.data_dir().join("internal-key").display().to_string()
+        ),
         &["--role", "core"],
     )
     .unwrap_or_else(|e| panic!("roam serve --role core: {e}"));

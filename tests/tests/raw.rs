@@ -189,6 +189,7 @@ async fn bad_auth_and_bad_frames_get_an_error_then_the_close() {
             aud: aud.into(),
             iat: now,
             exp,
+            nbf: None,
             did: did.map(Into::into),
         };
         jsonwebtoken::encode(

@@ -1,0 +1,301 @@
+//! The internal gRPC port (edge link, ID service) against real `roam serve` processes: every
+//! caller needs the internal key, a linked edge id cannot be taken, and two edge processes
+//! with default configs link side by side.
+
+use std::time::Duration;
+
+use roam_client::child::{ChildError, ChildServer};
+use roam_client::raw::RawConnection;
+use roam_edge::link::{CoreLink, EdgeIdentity, LinkError};
+use roam_proto::client::v1 as pb;
+use roam_proto::idsvc::v1::SnowflakeRequest;
+use roam_proto::idsvc::v1::id_service_client::IdServiceClient;
+use roam_proto::internal::v1::{self as link, EdgeUp, edge_down, edge_up};
+use roam_proto::internal_auth::{AttachKey, InternalKey};
+use roam_proto::{Frame, Op};
+use roam_tests::{admin, internal_key, metric, poll, push, token};
+use serde_json::json;
+
+fn internal_uri(server: &ChildServer) -> String {
+    format!(
+        "http://{}",
+        server.addr("internal").expect("internal address")
+    )
+}
+
+/// Opens an edge link as `id` with `key` (and `region`, to tell links apart).
+async fn link(
+    server: &ChildServer,
+    id: &str,
+    region: &str,
+    key: Option<InternalKey>,
+) -> Result<CoreLink, LinkError> {
+    let identity = EdgeIdentity {
+        key,
+        edge_id: id.into(),
+        region: region.into(),
+        weight: 1,
+        ..EdgeIdentity::default()
+    };
+    CoreLink::connect(&internal_uri(server), identity).await
+}
+
+/// An ID service client sending `key` with every call.
+async fn ids(
+    server: &ChildServer,
+    key: Option<InternalKey>,
+) -> IdServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AttachKey>,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(internal_uri(server))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    IdServiceClient::with_interceptor(channel, AttachKey(key))
+}
+
+#[tokio::test]
+async fn the_internal_port_refuses_callers_without_the_right_key() {
+    let server = roam_tests::start("");
+    let wrong = InternalKey::from_bytes(&[0x42; 32]);
+    for key in [None, Some(wrong)] {
+        let what = if key.is_some() {
+            "a wrong key"
+        } else {
+            "no key"
+        };
+        match link(&server, "intruder", "x", key.clone()).await {
+            Err(LinkError::Refused {
+                code: tonic::Code::Unauthenticated,
+                message,
+            }) => assert!(message.contains("internal"), "{message}"),
+            other => panic!("Register with {what}: {other:?}"),
+        }
+        let status = ids(&server, key)
+            .await
+            .snowflake(SnowflakeRequest { count: 1 })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "{what}: {status:?}"
+        );
+    }
+    assert_eq!(
+        metric(&server, "roam_internal_unauthenticated_total").await,
+        4.0
+    );
+    assert!(
+        link(&server, "intruder", "x", None).await.is_err(),
+        "no edge got in"
+    );
+    let edges = admin(&server, "GET", "/api/v1/edges", None, None)
+        .await
+        .json();
+    assert!(
+        edges["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["id"] != "intruder"),
+        "{edges}"
+    );
+
+    // With the server's key both services answer.
+    let key = internal_key(&server);
+    let reply = ids(&server, Some(key.clone()))
+        .await
+        .snowflake(SnowflakeRequest { count: 1 })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().ids.len(), 1);
+    drop(link(&server, "keyed", "x", Some(key)).await.unwrap());
+    assert_eq!(server.stop().unwrap().code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_second_link_with_a_linked_edge_id_is_refused_and_the_first_untouched() {
+    let server = roam_tests::start("role = \"core\"\n");
+    let key = internal_key(&server);
+    let mut first = link(&server, "edge-a", "first", Some(key.clone()))
+        .await
+        .unwrap();
+    match link(&server, "edge-a", "second", Some(key.clone())).await {
+        Err(LinkError::Refused {
+            code: tonic::Code::AlreadyExists,
+            message,
+        }) => assert!(
+            message.contains("\"edge-a\"") && message.contains("edge.id"),
+            "{message}"
+        ),
+        other => panic!("a second Register of edge-a: {other:?}"),
+    }
+    assert_eq!(
+        metric(
+            &server,
+            "roam_core_edge_links_refused_total{kind=\"edge_id_taken\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // The first link still carries its edge: core answers it, and the node list is its.
+    let edges = admin(&server, "GET", "/api/v1/edges", None, None)
+        .await
+        .json();
+    let listed: Vec<_> = edges["edges"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1, "{edges}");
+    assert_eq!(
+        (listed[0]["id"].clone(), listed[0]["region"].clone()),
+        (json!("edge-a"), json!("first"))
+    );
+    let connect = link::Connect {
+        conn_id: 1,
+        token: token(&server, "alice"),
+        device_id: "phone".into(),
+        platform: "test".into(),
+        transport: "raw".into(),
+        rooms: vec![],
+    };
+    first
+        .sender()
+        .send(EdgeUp {
+            msg: Some(edge_up::Msg::Connect(connect)),
+        })
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), first.next()).await {
+        Ok(Ok(Some(edge_down::Msg::ConnectResult(r)))) => assert!(r.ok, "{r:?}"),
+        other => panic!("the first link no longer works: {other:?}"),
+    }
+    let r = push(
+        &server,
+        "users",
+        json!({"users": ["alice"], "content": "still here"}),
+    )
+    .await;
+    assert_eq!((r.status, r.json()["queued"].clone()), (202, json!(1)));
+    match tokio::time::timeout(Duration::from_secs(5), first.next()).await {
+        Ok(Ok(Some(edge_down::Msg::Deliver(_)))) => {}
+        other => panic!("no delivery on the first link: {other:?}"),
+    }
+    drop(first);
+    assert_eq!(server.stop().unwrap().code(), Some(0));
+}
+
+/// Authenticates `user` on `edge`'s raw port with a token of `core`'s secret.
+async fn login(edge: &ChildServer, core: &ChildServer, user: &str) -> RawConnection {
+    let mut c = RawConnection::connect(edge.addr("raw").unwrap(), &edge.dev_cert())
+        .await
+        .unwrap();
+    let auth = pb::Auth {
+        token: token(core, user),
+        device_id: format!("{user}-phone"),
+        platform: "test".into(),
+        rooms: vec![],
+    };
+    c.send(Op::Auth, 1, &auth).await.unwrap();
+    let f = next(&mut c).await;
+    assert_eq!(f.op_kind(), Some(Op::AuthReply), "{user}: {f:?}");
+    c
+}
+
+async fn next(c: &mut RawConnection) -> Frame {
+    tokio::time::timeout(Duration::from_secs(5), c.next())
+        .await
+        .expect("no frame within 5 s")
+        .unwrap()
+        .expect("the server closed the connection")
+}
+
+/// Pushes `content` to alice and bob and checks both receive it.
+async fn push_both(core: &ChildServer, alice: &mut RawConnection, bob: &mut RawConnection, n: u32) {
+    let content = format!("round {n}");
+    let r = push(
+        core,
+        "users",
+        json!({"users": ["alice", "bob"], "content": content}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["queued"].clone()),
+        (202, json!(2)),
+        "{n}"
+    );
+    for c in [alice, bob] {
+        let f = next(c).await;
+        assert_eq!(f.op_kind(), Some(Op::Push), "{n}: {f:?}");
+        let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
+            panic!("{n}: {f:?}")
+        };
+        assert_eq!(e.content, content.as_bytes(), "{n}");
+    }
+}
+
+/// An operator's split: `roam serve` (role all) and `roam serve --role edge` pointed at it,
+/// both with the default `edge.id`. Both edges stay linked and their clients keep working;
+/// a third process that names a live edge's id is refused at start with a clear error.
+#[tokio::test]
+async fn two_serve_processes_with_default_edge_ids_both_stay_linked() {
+    let all = roam_tests::start("");
+    let key_file = all.data_dir().join("internal-key");
+    let edge_toml = format!(
+        "[edge]\ncore = \"{}\"\n[internal]\nkey_file = {:?}\n",
+        internal_uri(&all),
+        key_file.display().to_string()
+    );
+    let edge = ChildServer::start_with(&roam_tests::roam_bin(), &edge_toml, &["--role", "edge"])
+        .unwrap_or_else(|e| panic!("roam serve --role edge: {e}"));
+    let edges = poll(&all, "/api/v1/edges", |v| {
+        v["edges"].as_array().is_some_and(|e| e.len() == 2)
+    })
+    .await;
+    let ids: Vec<String> = edges["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_ne!(ids[0], ids[1], "{edges}");
+
+    let mut alice = login(&all, &all, "alice").await;
+    let mut bob = login(&edge, &all, "bob").await;
+    for n in 0..5 {
+        push_both(&all, &mut alice, &mut bob, n).await;
+    }
+
+    // A third edge process that takes the all-in-one's edge id is refused; nobody else moves.
+    let own_id = all
+        .stdout()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("edge")?
+                .trim_start()
+                .split_once(" linked to core")
+                .map(|(id, _)| id.to_owned())
+        })
+        .expect("the banner names the edge");
+    assert!(ids.contains(&own_id), "{own_id} in {ids:?}");
+    let thief_toml = format!(
+        "[edge]\ncore = \"{}\"\nid = {own_id:?}\n[internal]\nkey_file = {:?}\n",
+        internal_uri(&all),
+        key_file.display().to_string()
+    );
+    match ChildServer::start_with(&roam_tests::roam_bin(), &thief_toml, &["--role", "edge"]) {
+        Err(ChildError::Exited { stderr, .. }) => assert!(
+            stderr.contains("already linked") && stderr.contains(&own_id),
+            "{stderr}"
+        ),
+        Ok(_) => panic!("an edge with a live edge's id started"),
+        Err(e) => panic!("{e}"),
+    }
+    for n in 5..8 {
+        push_both(&all, &mut alice, &mut bob, n).await;
+    }
+    let log = format!("{}\n{}", all.stderr_tail(), edge.stderr_tail());
+    assert!(!log.contains("link to core lost"), "{log}");
+    assert_eq!(edge.stop().unwrap().code(), Some(0));
+    assert_eq!(all.stop().unwrap().code(), Some(0));
+}
