@@ -356,7 +356,8 @@ mod tests {
         drop(three);
         assert_eq!(a.open(), 2);
         drop(one);
-        assert!(a.admit(A).unwrap().has_slot());
+        let again = a.admit(A).unwrap();
+        assert!(again.has_slot());
         assert!(a.slot().is_none(), "a virtual connection's slot counts too");
     }
 
