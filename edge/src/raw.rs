@@ -171,7 +171,9 @@ async fn serve(gateway: Arc<Gateway>, listener: Arc<Listener>, tcp: TcpStream, p
     };
     drop(handshake_permit);
     if !ticket.has_slot() {
-        return Box::pin(refuse(tls)).await;
+        // Bounded: a client that does not read its refusal cannot hold the task.
+        let _ = tokio::time::timeout(listener.handshake_timeout, Box::pin(refuse(tls))).await;
+        return;
     }
     metrics.accepted.get_or_create(&RAW).inc();
     let open = metrics.open_connections.get_or_create(&RAW).clone();
