@@ -165,6 +165,17 @@ pub struct Limits {
     pub http_header_timeout_secs: u64,
     /// Concurrent HTTP/2 streams per connection.
     pub http2_max_streams: u32,
+    // Admission (docs/edge.md, "Admission"): issue 14.
+    /// Seconds after its handshake (on 8080: after accept) within which a connection must
+    /// have sent a complete request; else it is closed.
+    pub first_request_secs: u64,
+    /// TLS handshakes in flight at once on the client and raw ports (0: no cap).
+    pub max_handshakes: usize,
+    /// Connections at once from one source address on the client and raw ports (0: no cap;
+    /// tests and benches that open many connections from loopback turn it off).
+    pub max_conns_per_ip: usize,
+    /// Connections at once on the admin port.
+    pub admin_max_connections: usize,
 }
 
 /// Shutdown behaviour.
@@ -247,8 +258,11 @@ pub struct EdgeSection {
     pub public_client_tcp: String,
     /// Public address clients should use for the raw port; empty: the bound address.
     pub public_raw: String,
-    /// Connections beyond this are refused (DISCONNECT `REASON_LIMIT` / 503).
+    /// Connections beyond this are refused (DISCONNECT `REASON_LIMIT` / 503): one slot per
+    /// TCP connection from accept, one per virtual connection once authenticated.
     pub max_connections: usize,
+    /// Rooms one connection may be in (ROOM_JOIN beyond it is refused; AUTH's list is cut).
+    pub max_rooms_per_conn: usize,
     /// Deliveries queued per connection (each a frame, a reply or a room batch) before it is
     /// closed as slow.
     pub outbox: usize,
@@ -283,6 +297,7 @@ impl Default for EdgeSection {
             public_client_tcp: String::new(),
             public_raw: String::new(),
             max_connections: 100_000,
+            max_rooms_per_conn: 64,
             outbox: 256,
             buckets: 0,
             auth_timeout_secs: 10,
@@ -297,8 +312,9 @@ impl Default for EdgeSection {
 }
 
 impl EdgeSection {
-    /// The gateway's tunables from this section and the frame limit.
-    pub fn gateway(&self, max_packet: usize) -> roam_edge::gateway::GatewayConfig {
+    /// The gateway's tunables from this section and the protocol limits.
+    pub fn gateway(&self, limits: &Limits) -> roam_edge::gateway::GatewayConfig {
+        let max_packet = limits.max_packet;
         let defaults = roam_edge::gateway::GatewayConfig::default();
         roam_edge::gateway::GatewayConfig {
             session: roam_edge::session::SessionConfig {
@@ -309,6 +325,9 @@ impl EdgeSection {
             outbox: self.outbox,
             max_packet,
             max_connections: self.max_connections,
+            max_handshakes: limits.max_handshakes,
+            max_conns_per_ip: limits.max_conns_per_ip,
+            max_rooms_per_conn: self.max_rooms_per_conn,
             buckets: if self.buckets == 0 {
                 defaults.buckets
             } else {
@@ -408,6 +427,10 @@ impl Default for Limits {
             handshake_timeout_secs: 10,
             http_header_timeout_secs: 10,
             http2_max_streams: 256,
+            first_request_secs: 10,
+            max_handshakes: 4096,
+            max_conns_per_ip: 1000,
+            admin_max_connections: 256,
         }
     }
 }
@@ -482,6 +505,14 @@ impl Config {
         }
         if self.limits.http_header_timeout_secs == 0 || self.limits.http2_max_streams == 0 {
             bail!("limits.http_header_timeout_secs and limits.http2_max_streams must be above 0");
+        }
+        if self.limits.first_request_secs == 0
+            || self.limits.admin_max_connections == 0
+            || self.edge.max_rooms_per_conn == 0
+        {
+            bail!(
+                "limits.first_request_secs, limits.admin_max_connections and edge.max_rooms_per_conn must be above 0"
+            );
         }
         let c = &self.core;
         if c.heartbeat_min_secs == 0 || c.heartbeat_min_secs > c.heartbeat_max_secs {
@@ -640,6 +671,9 @@ mod tests {
         assert_eq!(c.limits.max_packet, 64 * 1024);
         assert_eq!(c.role, Role::All);
         assert_eq!(c.store, "embedded:./data/store");
+        assert_eq!(c.limits.first_request_secs, 10);
+        assert_eq!(c.limits.max_conns_per_ip, 1000);
+        assert_eq!(c.edge.max_rooms_per_conn, 64);
     }
 
     #[test]
@@ -700,6 +734,16 @@ mod tests {
                 "heartbeat_min_secs",
             ),
             ("[core]\nedge_timeout_ms = 10\n", &[], "edge_timeout_ms"),
+            (
+                "[limits]\nfirst_request_secs = 0\n",
+                &[],
+                "first_request_secs",
+            ),
+            (
+                "",
+                &[("ROAM_EDGE_MAX_ROOMS_PER_CONN", "0")],
+                "max_rooms_per_conn",
+            ),
             (
                 "[auth]\npublic_key = \"/k.pem\"\n",
                 &[],

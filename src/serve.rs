@@ -43,6 +43,8 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
     registry.register_collector(Box::new(metrics::ProcessCollector));
+    // Admission refusals of every listener (edge and admin ports): one counter by reason.
+    let refusals = roam_edge::admission::Refusals::register(&mut registry);
     let mut tasks = JoinSet::new();
     let mut ready = Ready::default();
     // Every role speaks on the internal port (serves it or calls it): one shared key.
@@ -168,7 +170,8 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
 
     if config.role.runs_edge() {
         let (cert, generated) = certificate(&config)?;
-        let edge_metrics = roam_edge::EdgeMetrics::register(&mut registry);
+        let mut edge_metrics = roam_edge::EdgeMetrics::register(&mut registry);
+        edge_metrics.refusals = refusals.clone();
         let handshake_timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
         let drain_timeout = Duration::from_secs(config.shutdown.drain_timeout_secs);
 
@@ -179,6 +182,7 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             drain_timeout,
             header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
             max_streams: config.limits.http2_max_streams,
+            first_request: Duration::from_secs(config.limits.first_request_secs),
         };
         let server = roam_edge::ClientTcpServer::bind(addr, tls, options, edge_metrics.clone())
             .await
@@ -232,7 +236,7 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
         let gateway = roam_edge::gateway::Gateway::start(
             core_address.clone(),
             identity,
-            config.edge.gateway(config.limits.max_packet),
+            config.edge.gateway(&config.limits),
             edge_metrics,
             shutdown.clone(),
         )
@@ -250,6 +254,7 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
         let tracker = http.tracker.clone();
         tasks.spawn(server.run(
             roam_edge::http::router(gateway.clone(), http),
+            gateway.admission.clone(),
             tracker,
             shutdown.clone(),
         ));
@@ -286,15 +291,18 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
     if let Some(business) = business_api {
         router = router.merge(business);
     }
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin listener failed");
-        }
-    });
+    let options = admin::AdminOptions {
+        header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
+        max_connections: config.limits.admin_max_connections,
+        drain_timeout: Duration::from_secs(config.shutdown.drain_timeout_secs),
+    };
+    tasks.spawn(admin::serve(
+        listener,
+        router,
+        options,
+        refusals,
+        shutdown.clone(),
+    ));
     banner.push(format!(
         "admin API   http://{bound}  (/healthz, /metrics, /api/v1)"
     ));

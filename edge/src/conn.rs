@@ -14,10 +14,11 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use roam_proto::client::v1::{self as pb, disconnect::Reason};
-use roam_proto::{FrameDecoder, HEADER_LEN, Op, disconnect_frame, frame_of};
+use roam_proto::{FrameDecoder, HEADER_LEN, Op, disconnect_frame, error_frame, frame_of};
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use crate::admission::Slot;
 use crate::gateway::Gateway;
 use crate::metrics::{ReasonLabel, TransportLabel};
 use crate::outbox::{CloseReason, Outbox};
@@ -73,6 +74,27 @@ fn heartbeat_interval(batch: &[Bytes]) -> Option<u32> {
     newest
 }
 
+/// A ROOM_JOIN_REPLY or ROOM_LEAVE_REPLY body within `max_packet` (header included): `rooms`
+/// lists as many of the connection's rooms as fit, in join order.
+fn room_reply(room: String, mut rooms: Vec<String>, max_packet: usize) -> pb::RoomReply {
+    use prost::Message;
+    let budget = max_packet.saturating_sub(HEADER_LEN);
+    let mut len = pb::RoomReply {
+        room: room.clone(),
+        rooms: Vec::new(),
+    }
+    .encoded_len();
+    let fit = rooms
+        .iter()
+        .take_while(|r| {
+            len += prost::encoding::string::encoded_len(2, r);
+            len <= budget
+        })
+        .count();
+    rooms.truncate(fit);
+    pb::RoomReply { room, rooms }
+}
+
 /// What a connection runs over, for metrics and the load reports to core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transport {
@@ -83,6 +105,14 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// Whether a connection over this transport takes a slot of its own once authenticated:
+    /// virtual connections (`stream`, `poll`) outlive the requests — and the TCP connections —
+    /// that made them. Every other transport lives inside a TCP connection, whose slot was
+    /// taken when it was accepted.
+    pub fn owns_slot(self) -> bool {
+        matches!(self.name, "stream" | "poll")
+    }
+
     /// The label for an HTTP request's version.
     pub fn http_version(version: axum::http::Version) -> &'static str {
         match version {
@@ -125,6 +155,9 @@ struct Conn<T> {
     auth: Option<oneshot::Receiver<link::ConnectResult>>,
     auth_rooms: Vec<String>,
     idle: bool,
+    /// A virtual connection's own slot of `edge.max_connections`, taken once core accepted
+    /// its AUTH (see [`Transport::owns_slot`]).
+    slot: Option<Slot>,
 }
 
 /// Whether the connection goes on after a step.
@@ -180,6 +213,24 @@ impl<T: FrameIo> Conn<T> {
     ) {
         let now = Instant::now();
         let gateway = self.gateway.clone();
+        let result = match result {
+            Ok(r) if r.ok && self.transport.owns_slot() => match gateway.admit() {
+                Some(slot) => {
+                    self.slot = Some(slot);
+                    Ok(r)
+                }
+                None => {
+                    gateway.metrics.refusals.count("max_connections");
+                    Ok(link::ConnectResult {
+                        ok: false,
+                        error_code: pb::error::Code::Unavailable as i32,
+                        error_message: "the edge is at its connection limit".into(),
+                        ..r
+                    })
+                }
+            },
+            other => other,
+        };
         match (result, self.conn_id) {
             (Ok(r), Some(id)) if r.ok => {
                 gateway.comet.insert(id, self.outbox.clone());
@@ -264,6 +315,18 @@ impl<T: FrameIo> Conn<T> {
             return Step::Continue;
         };
         let gateway = self.gateway.clone();
+        let max_rooms = gateway.config.max_rooms_per_conn;
+        if join {
+            let rooms = gateway.comet.rooms_of(id);
+            if rooms.len() >= max_rooms && !rooms.contains(&room) {
+                let refusal = error_frame(
+                    seq,
+                    pb::error::Code::InvalidArgument,
+                    &format!("at most {max_rooms} rooms per connection: leave one first"),
+                );
+                return self.send(&[refusal]).await;
+            }
+        }
         let (changed, op) = if join {
             (
                 gateway.comet.join(id, &room) == Some((true, 1)),
@@ -278,10 +341,7 @@ impl<T: FrameIo> Conn<T> {
         if changed {
             gateway.room_change(room.clone(), u64::from(join)).await;
         }
-        let reply = pb::RoomReply {
-            room,
-            rooms: gateway.comet.rooms_of(id),
-        };
+        let reply = room_reply(room, gateway.comet.rooms_of(id), gateway.config.max_packet);
         match frame_of(op, seq, &reply) {
             Ok(f) => self.send(&[f]).await,
             Err(_) => Step::Continue,
@@ -298,7 +358,7 @@ impl<T: FrameIo> Conn<T> {
                         .rooms
                         .iter()
                         .filter(|r| !r.is_empty() && r.len() <= 256)
-                        .take(64)
+                        .take(self.gateway.config.max_rooms_per_conn)
                         .cloned()
                         .collect();
                     let id = self.gateway.comet.allocate(&a.device_id);
@@ -363,6 +423,7 @@ pub fn drive<T: FrameIo>(
         auth: None,
         auth_rooms: Vec::new(),
         idle: false,
+        slot: None,
     };
     // `conn` is captured once and run in place (a `mut self` argument, or a `let` rebinding
     // it, would move it into a second slot of the future).
@@ -469,6 +530,19 @@ mod tests {
     use super::*;
     use crate::gateway::GatewayConfig;
     use crate::raw::RawIo;
+
+    #[test]
+    fn a_room_reply_fits_the_frame_limit_however_many_rooms() {
+        let rooms: Vec<String> = (0..1000).map(|i| format!("{i:0>200}")).collect();
+        for max_packet in [512, 1024, 64 * 1024] {
+            let reply = room_reply("r".repeat(256), rooms.clone(), max_packet);
+            let frame = frame_of(Op::RoomJoinReply, 1, &reply).unwrap();
+            assert!(frame.len() <= max_packet, "{} > {max_packet}", frame.len());
+            assert_eq!(reply.rooms[..], rooms[..reply.rooms.len()], "a prefix");
+        }
+        let few = room_reply("a".into(), vec!["a".into(), "b".into()], 64 * 1024);
+        assert_eq!(few.rooms, ["a", "b"], "all when they fit");
+    }
 
     /// The driver's future is allocated once per connection for its whole life: keep an
     /// eye on its size (large, short-lived states are boxed so they do not widen it).

@@ -9,7 +9,7 @@
 //! task fans each batch out when its window ends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admission::{Admission, AdmissionConfig, Slot};
 use crate::batch::{Batch, BatchConfig, BatchKey, Batcher};
 use crate::comet::{Comet, Fanout};
 use crate::conn::Transport;
@@ -38,8 +39,15 @@ pub struct GatewayConfig {
     pub outbox: usize,
     /// Largest client frame.
     pub max_packet: usize,
-    /// Connections beyond this are refused (503 / DISCONNECT(limit)).
+    /// Connections beyond this are refused (503 / DISCONNECT(limit)): one slot per TCP
+    /// connection from accept, and one per virtual connection once authenticated.
     pub max_connections: usize,
+    /// TLS handshakes in flight at once on the client and raw ports (0: no cap).
+    pub max_handshakes: usize,
+    /// Connections at once from one source address (0: no cap).
+    pub max_conns_per_ip: usize,
+    /// Rooms one connection may be in (ROOM_JOIN beyond it is refused; AUTH's list is cut).
+    pub max_rooms_per_conn: usize,
     /// Comet buckets.
     pub buckets: usize,
     /// A write to a client that takes longer than this closes the connection as slow.
@@ -55,6 +63,9 @@ impl Default for GatewayConfig {
             outbox: 256,
             max_packet: roam_proto::DEFAULT_MAX_PACKET,
             max_connections: 100_000,
+            max_handshakes: 4096,
+            max_conns_per_ip: 1000,
+            max_rooms_per_conn: 64,
             buckets: std::thread::available_parallelism().map_or(4, |n| n.get() * 4),
             write_timeout: Duration::from_secs(10),
             batch: BatchConfig::default(),
@@ -81,7 +92,8 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     up: Mutex<Option<mpsc::Sender<EdgeUp>>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<link::ConnectResult>>>,
-    open: AtomicUsize,
+    /// Admission of the client and raw ports: source shares, slots, handshakes.
+    pub admission: Arc<Admission>,
     by_transport: [AtomicU64; TRANSPORTS.len()],
     batcher: Mutex<Batcher>,
     /// Wakes the batch task when a batch opens while none was pending.
@@ -95,18 +107,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Now, on tokio's clock (which tests can pause and advance).
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
-}
-
-/// A slot in the connection limit, released on drop.
-#[derive(Debug)]
-pub struct ConnPermit {
-    gateway: Arc<Gateway>,
-}
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        self.gateway.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Gateway {
@@ -132,6 +132,15 @@ impl Gateway {
         shutdown: CancellationToken,
         up: Option<mpsc::Sender<EdgeUp>>,
     ) -> Arc<Gateway> {
+        let admission = Admission::new(
+            AdmissionConfig {
+                max_connections: config.max_connections,
+                max_handshakes: config.max_handshakes,
+                max_conns_per_ip: config.max_conns_per_ip,
+                slot_reason: "max_connections",
+            },
+            metrics.refusals.clone(),
+        );
         Arc::new(Gateway {
             comet: Comet::new(config.buckets),
             batcher: Mutex::new(Batcher::new(config.batch)),
@@ -141,7 +150,7 @@ impl Gateway {
             shutdown,
             up: Mutex::new(up),
             pending: Mutex::new(HashMap::new()),
-            open: AtomicUsize::new(0),
+            admission,
             by_transport: Default::default(),
         })
     }
@@ -157,13 +166,10 @@ impl Gateway {
         )
     }
 
-    /// Takes a slot for a new connection, or `None` at the limit.
-    pub fn admit(self: &Arc<Self>) -> Option<ConnPermit> {
-        let n = self.open.fetch_add(1, Ordering::Relaxed);
-        let permit = ConnPermit {
-            gateway: self.clone(),
-        };
-        (n < self.config.max_connections).then_some(permit)
+    /// Takes a slot for a virtual connection (TCP connections take theirs at accept,
+    /// through [`Gateway::admission`]), or `None` at the limit.
+    pub fn admit(&self) -> Option<Slot> {
+        self.admission.slot()
     }
 
     /// Counts an authenticated connection over `transport` (until [`Gateway::left`]).

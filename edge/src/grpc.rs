@@ -46,9 +46,8 @@ impl GatewayRpc for GrpcGateway {
         &self,
         request: Request<Streaming<PbFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
-        let Some(permit) = self.gateway.admit() else {
-            return Err(Status::unavailable("the edge is at its connection limit"));
-        };
+        // No slot of its own: the stream lives inside its HTTP/2 connection, which holds one
+        // (streams per connection are capped by limits.http2_max_streams).
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let io = GrpcIo {
             incoming: request.into_inner(),
@@ -56,7 +55,6 @@ impl GatewayRpc for GrpcGateway {
         };
         let gateway = self.gateway.clone();
         self.tracker.spawn(async move {
-            let _permit = permit;
             drive(
                 gateway,
                 io,

@@ -46,6 +46,7 @@ use tokio_util::task::TaskTracker;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::admission::ConnTicket;
 use crate::conn::{FrameIo, Transport, drive};
 use crate::gateway::Gateway;
 use crate::vconn::{self, Conn, ConnError, Mode, Registry};
@@ -208,9 +209,10 @@ async fn websocket(State(client): State<Client>, mut req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let gateway = client.gateway;
-    let Some(permit) = gateway.admit() else {
-        return unavailable("the edge is at its connection limit").into_response();
-    };
+    // The connection's ticket (its slot): an HTTP/1.1 connection's task ends once it is
+    // upgraded, and the WebSocket then holds the slot. Over HTTP/2 the stream lives inside
+    // its connection, which holds the slot anyway.
+    let ticket = req.extensions().get::<ConnTicket>().cloned();
     let max = gateway.config.max_packet;
     let transport = Transport {
         name: "ws",
@@ -226,7 +228,7 @@ async fn websocket(State(client): State<Client>, mut req: Request) -> Response {
         .max_message_size(Some(max * SEND_FRAMES))
         .max_frame_size(Some(max * SEND_FRAMES));
     client.tracker.spawn(async move {
-        let _permit = permit;
+        let _ticket = ticket;
         let Ok(upgraded) = upgrade.await else {
             return;
         };
@@ -413,10 +415,9 @@ async fn open(
                 "the token and parameters exceed the frame limit",
             )
         })?;
+    // The connection's own slot is taken by its task once core accepted it (see
+    // `Transport::owns_slot`): an opening request that is still unauthenticated holds none.
     let gateway = client.gateway.clone();
-    let Some(permit) = gateway.admit() else {
-        return Err(unavailable("the edge is at its connection limit"));
-    };
     let (conn, io, body) = client.vconns.open(
         token.to_owned(),
         auth,
@@ -433,10 +434,7 @@ async fn open(
         http: Transport::http_version(version),
     };
     let wait = gateway.config.session.auth_timeout + Duration::from_secs(5);
-    client.tracker.spawn(async move {
-        let _permit = permit;
-        drive(gateway, io, transport).await;
-    });
+    client.tracker.spawn(drive(gateway, io, transport));
     let first = tokio::time::timeout(wait, conn.first_frames()).await;
     let refusal = match first {
         Ok(Some(mut frames)) => match FrameDecoder::new(usize::MAX).decode_bytes(&mut frames) {
@@ -486,9 +484,18 @@ fn poll_query(q: &HashMap<String, String>) -> Result<(u64, Duration), ApiError> 
     let cursor = q
         .get("cursor")
         .ok_or_else(|| bad("`cursor` is required: the roam-cursor of the last poll answer"))?;
+    // u64::MAX is no frame's cursor (the one after it could not be numbered): refused here
+    // with the other malformed values, never carried into cursor arithmetic.
     let cursor = cursor
         .parse::<u64>()
-        .map_err(|_| bad(&format!("cursor {cursor:?} is not a non-negative integer")))?;
+        .ok()
+        .filter(|c| *c < u64::MAX)
+        .ok_or_else(|| {
+            bad(&format!(
+                "cursor {cursor:?} is not an integer from 0 to {}",
+                u64::MAX - 1
+            ))
+        })?;
     let wait = match q.get("wait").map(|w| w.parse::<f64>()) {
         None => DEFAULT_POLL_WAIT,
         Some(Ok(w)) if w.is_finite() && w >= 0.0 => Duration::from_secs_f64(w).min(MAX_POLL_WAIT),
@@ -572,4 +579,29 @@ async fn send(
         &conn,
         None,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_cursor_beyond_the_last_possible_frame_is_a_bad_query() {
+        let e = poll_query(&query(&[("cursor", "18446744073709551615")])).unwrap_err();
+        assert_eq!(
+            (e.status, e.code.as_str()),
+            (StatusCode::BAD_REQUEST, "bad_query")
+        );
+        let e = poll_query(&query(&[("cursor", "18446744073709551616")])).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let (cursor, _) = poll_query(&query(&[("cursor", "18446744073709551614")])).unwrap();
+        assert_eq!(cursor, u64::MAX - 1);
+    }
 }

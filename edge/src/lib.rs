@@ -18,6 +18,7 @@
 //! the batch timer). [`EdgeMetrics`] counts connections, frames, queues, closes and failures.
 //! docs/edge.md draws how they connect.
 
+pub mod admission;
 pub mod batch;
 pub mod comet;
 pub mod conn;

@@ -3,6 +3,7 @@
 //! inside a `conn` span, then wait up to the drain timeout for those tasks to finish.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -20,7 +21,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     tracker: TaskTracker,
     mut serve: F,
 ) where
-    F: FnMut(TcpStream) -> Fut,
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -39,7 +40,7 @@ pub(crate) async fn accept_loop<F, Fut>(
         // connection holds ≈ 0.45 KB of formatted fields each (RUST_LOG=roam_edge=debug
         // turns them on).
         let span = debug_span!("conn", %peer, transport);
-        tracker.spawn(serve(tcp).instrument(span));
+        tracker.spawn(serve(tcp, peer).instrument(span));
     }
     drop(listener);
     tracker.close();

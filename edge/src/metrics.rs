@@ -78,6 +78,9 @@ pub struct EdgeMetrics {
     pub overflows: Counter,
     /// Messages for core dropped because the edge link was full or down.
     pub link_drops: Counter,
+    /// Connections refused at admission (registered by the process, shared with the admin
+    /// port: see [`crate::admission::Refusals::register`]).
+    pub refusals: crate::admission::Refusals,
 }
 
 impl Default for EdgeMetrics {
@@ -100,6 +103,7 @@ impl Default for EdgeMetrics {
             batch_pushes: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             overflows: Counter::default(),
             link_drops: Counter::default(),
+            refusals: crate::admission::Refusals::default(),
         }
     }
 }

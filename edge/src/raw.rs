@@ -124,7 +124,7 @@ impl RawServer {
             &shutdown,
             self.drain_timeout,
             tracker,
-            |tcp| serve(gateway.clone(), listener.clone(), tcp),
+            |tcp, peer| serve(gateway.clone(), listener.clone(), tcp, peer),
         )
         .await;
     }
@@ -137,7 +137,15 @@ struct Listener {
     metrics: EdgeMetrics,
 }
 
-async fn serve(gateway: Arc<Gateway>, listener: Arc<Listener>, tcp: TcpStream) {
+async fn serve(gateway: Arc<Gateway>, listener: Arc<Listener>, tcp: TcpStream, peer: SocketAddr) {
+    // Admission before any work (see [`crate::admission`]): the source's share and a slot
+    // for the connection's life, then a handshake permit while the handshake runs.
+    let Ok(ticket) = gateway.admission.admit(peer.ip()) else {
+        return;
+    };
+    let Some(handshake_permit) = gateway.admission.handshake() else {
+        return;
+    };
     let _ = tcp.set_nodelay(true);
     let handshake = Box::pin(tokio::time::timeout(
         listener.handshake_timeout,
@@ -161,9 +169,12 @@ async fn serve(gateway: Arc<Gateway>, listener: Arc<Listener>, tcp: TcpStream) {
             }
         },
     };
-    let Some(_permit) = gateway.admit() else {
-        return Box::pin(refuse(tls)).await;
-    };
+    drop(handshake_permit);
+    if !ticket.has_slot() {
+        // Bounded: a client that does not read its refusal cannot hold the task.
+        let _ = tokio::time::timeout(listener.handshake_timeout, Box::pin(refuse(tls))).await;
+        return;
+    }
     metrics.accepted.get_or_create(&RAW).inc();
     let open = metrics.open_connections.get_or_create(&RAW).clone();
     open.inc();
@@ -179,6 +190,7 @@ async fn serve(gateway: Arc<Gateway>, listener: Arc<Listener>, tcp: TcpStream) {
     ))
     .await;
     open.dec();
+    drop(ticket);
 }
 
 /// Tells a connection over the limit to come back later, and closes it.

@@ -180,14 +180,8 @@ impl Session {
             ),
             (State::Open { heartbeat }, op) => {
                 self.deadline = now + idle_limit(*heartbeat);
-                let Some(op) = op.filter(|o| o.direction() == roam_proto::Direction::Up) else {
-                    out.push(Action::Send(error_frame(
-                        frame.seq,
-                        Code::UnknownOp,
-                        &format!("op {} is not a client request", frame.op),
-                    )));
-                    return;
-                };
+                // Every frame spends a token, an unknown or downstream-only op too: each
+                // answer costs a write, so none is free.
                 if !self.take_token(now) {
                     out.push(Action::Send(error_frame(
                         frame.seq,
@@ -196,6 +190,14 @@ impl Session {
                     )));
                     return;
                 }
+                let Some(op) = op.filter(|o| o.direction() == roam_proto::Direction::Up) else {
+                    out.push(Action::Send(error_frame(
+                        frame.seq,
+                        Code::UnknownOp,
+                        &format!("op {} is not a client request", frame.op),
+                    )));
+                    return;
+                };
                 match op {
                     Op::Auth => out.push(Action::Send(error_frame(
                         frame.seq,
@@ -463,6 +465,36 @@ mod tests {
         assert!(
             matches!(out[0], Action::ToCore { .. }),
             "refilled after a second"
+        );
+    }
+
+    #[test]
+    fn unknown_and_downstream_ops_spend_tokens_like_any_frame() {
+        let now = Instant::now();
+        let mut s = open(now);
+        let mut out = Vec::new();
+        for seq in 0..50 {
+            let op = if seq % 2 == 0 { 999 } else { Op::Push.code() };
+            s.handle_frame(
+                Frame {
+                    op,
+                    seq,
+                    body: Bytes::new(),
+                },
+                now,
+                &mut out,
+            );
+        }
+        assert!(
+            sent_ops(&out).iter().all(|(op, _)| *op == Op::Error),
+            "each answered UNKNOWN_OP"
+        );
+        out.clear();
+        s.handle_frame(frame(Op::Heartbeat, 50, pb::Heartbeat {}), now, &mut out);
+        assert_eq!(
+            sent_ops(&out),
+            [(Op::Error, 50)],
+            "the burst is spent: the next request is RATE_LIMITED"
         );
     }
 

@@ -5,15 +5,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, Response, StatusCode, header};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::Layer;
 use tracing::debug;
 
+use crate::admission::{Admission, Ticket, TicketLayer};
 use crate::lean_tls::LeanTlsAcceptor;
 use crate::listener::accept_loop;
 use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
@@ -27,26 +34,34 @@ pub struct TcpOptions {
     pub handshake_timeout: Duration,
     /// On shutdown, how long open connections get to finish.
     pub drain_timeout: Duration,
-    /// An HTTP/1.1 request's headers must arrive within this time.
+    /// An HTTP/1.1 request's headers must arrive within this time (also between requests
+    /// of a keep-alive connection).
     pub header_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection (each WebSocket over HTTP/2 is one).
     pub max_streams: u32,
+    /// A connection that has sent no complete request by then (counted from the end of its
+    /// handshake) is closed, whatever its protocol.
+    pub first_request: Duration,
 }
 
 /// HTTP/1.1 and HTTP/2 with limits against slow and abusive clients: a request's headers
 /// must arrive within the header timeout (slowloris), headers and buffers are bounded, and
 /// HTTP/2 bounds concurrent streams and reset floods (a client that resets more streams
-/// than allowed gets GOAWAY). Extended CONNECT is on for WebSockets over HTTP/2.
-fn http_builder(options: &TcpOptions) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+/// than allowed gets GOAWAY). Extended CONNECT is on for WebSockets over HTTP/2. The protocol
+/// is the one ALPN chose — no sniffing of the first bytes, which would wait for them with no
+/// timer.
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+fn builders(options: &TcpOptions) -> Builders {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout)
         .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .enable_connect_protocol()
         .max_concurrent_streams(options.max_streams)
         .max_pending_accept_reset_streams(64)
@@ -54,7 +69,7 @@ fn http_builder(options: &TcpOptions) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(32 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(60)))
         .keep_alive_timeout(Duration::from_secs(20));
-    builder
+    Builders { h1, h2 }
 }
 
 /// A bound TLS client listener, ready to [`run`](ClientTcpServer::run).
@@ -88,50 +103,68 @@ impl ClientTcpServer {
         self.listener.local_addr()
     }
 
-    /// Serves `router` (see [`crate::http::router`]) on accepted connections until
-    /// `shutdown` fires, then lets open connections — and every task on `tracker`, where the
-    /// router runs WebSockets, virtual connections and gRPC streams — finish for up to the
-    /// drain timeout.
-    pub async fn run(self, router: Router, tracker: TaskTracker, shutdown: CancellationToken) {
-        let builder = http_builder(&self.options);
-        let builder = Arc::new(builder);
-        let (acceptor, metrics) = (self.acceptor, self.metrics);
-        let handshake_timeout = self.options.handshake_timeout;
-        let conn_shutdown = shutdown.clone();
+    /// Serves `router` (see [`crate::http::router`]) on connections `admission` admits
+    /// (the gateway's, shared with the raw port) until `shutdown` fires, then lets open
+    /// connections — and every task on `tracker`, where the router runs WebSockets, virtual
+    /// connections and gRPC streams — finish for up to the drain timeout.
+    pub async fn run(
+        self,
+        router: Router,
+        admission: Arc<Admission>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        let listener = Arc::new(Listener {
+            builders: builders(&self.options),
+            acceptor: self.acceptor,
+            handshake_timeout: self.options.handshake_timeout,
+            first_request: self.options.first_request,
+            metrics: self.metrics,
+            router,
+            admission,
+            shutdown: shutdown.clone(),
+        });
         accept_loop(
             self.listener,
             "tcp",
             &shutdown,
             self.options.drain_timeout,
             tracker,
-            |tcp| {
-                Connection {
-                    acceptor: acceptor.clone(),
-                    handshake_timeout,
-                    metrics: metrics.clone(),
-                    router: router.clone(),
-                    builder: builder.clone(),
-                    shutdown: conn_shutdown.clone(),
-                }
-                .serve(tcp)
-            },
+            |tcp, peer| listener.clone().serve(tcp, peer),
         )
         .await;
     }
 }
 
-/// One accepted TCP connection, before and after its handshake.
-struct Connection {
+/// What every connection of the listener shares.
+struct Listener {
+    builders: Builders,
     acceptor: LeanTlsAcceptor,
     handshake_timeout: Duration,
+    first_request: Duration,
     metrics: EdgeMetrics,
     router: Router,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    admission: Arc<Admission>,
     shutdown: CancellationToken,
 }
 
-impl Connection {
-    async fn serve(self, tcp: TcpStream) {
+/// How a connection's HTTP ended.
+enum Ended {
+    /// It ran its course (or failed: the error, for the log).
+    Done(Result<(), hyper::Error>),
+    /// It sent no complete request within the first-request deadline.
+    NoRequest,
+}
+
+impl Listener {
+    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        // Admission before any work: the source's share and a slot, then a handshake permit.
+        let Ok(ticket) = self.admission.admit(peer.ip()) else {
+            return;
+        };
+        let Some(handshake_permit) = self.admission.handshake() else {
+            return;
+        };
         let _ = tcp.set_nodelay(true);
         // Boxed so the handshake's state is freed once it completes instead of living in
         // this task for the connection's whole life.
@@ -147,26 +180,93 @@ impl Connection {
                 Err(_) => return self.handshake_failed("timeout", &"no handshake in time"),
             },
         };
+        drop(handshake_permit);
+        let h2 = tls.alpn_protocol() == Some(b"h2".as_slice());
+        let io = TokioIo::new(tls);
+        let ticket = Arc::new(ticket);
+        if !ticket.has_slot() {
+            // Told why (503 with retry-after), within the first-request deadline at most.
+            let service = TowerToHyperService::new(tower::service_fn(|_| async {
+                Ok::<_, std::convert::Infallible>(at_limit())
+            }));
+            let refusal = async {
+                if h2 {
+                    let conn = self.builders.h2.serve_connection(io, service);
+                    let _ = conn.await;
+                } else {
+                    let _ = self.builders.h1.serve_connection(io, service).await;
+                }
+            };
+            let _ = tokio::time::timeout(self.first_request, refusal).await;
+            return;
+        }
         self.metrics.accepted.get_or_create(&TCP).inc();
         let open = self.metrics.open_connections.get_or_create(&TCP).clone();
         open.inc();
-        let service = TowerToHyperService::new(self.router);
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(tls), service);
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            result = conn.as_mut() => result,
-            _ = self.shutdown.cancelled() => {
-                // Finish in-flight requests, refuse new ones (HTTP/2 GOAWAY), then close.
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+        let service =
+            TowerToHyperService::new(TicketLayer(ticket.clone()).layer(self.router.clone()));
+        // The protocol ALPN chose (HTTP/1.1 when the client offered none).
+        let ended = if h2 {
+            let conn = self.builders.h2.serve_connection(io, service);
+            Box::pin(self.run(conn, http2::Connection::graceful_shutdown, &ticket)).await
+        } else {
+            let conn = self
+                .builders
+                .h1
+                .serve_connection(io, service)
+                .with_upgrades();
+            Box::pin(self.run(
+                conn,
+                http1::UpgradeableConnection::graceful_shutdown,
+                &ticket,
+            ))
+            .await
         };
-        if let Err(e) = result {
-            debug!(error = %e, "connection ended with an error");
+        match ended {
+            Ended::Done(Err(e)) => debug!(error = %e, "connection ended with an error"),
+            Ended::Done(Ok(())) => {}
+            Ended::NoRequest => {
+                debug!("no request within the first-request deadline: closed");
+                self.metrics
+                    .closes
+                    .get_or_create(&ReasonLabel {
+                        reason: "no_request",
+                    })
+                    .inc();
+            }
         }
         open.dec();
+    }
+
+    /// Runs `conn` to its end: closed (dropped) if no complete request came within the
+    /// first-request deadline; on shutdown, in-flight requests finish and new ones are
+    /// refused (HTTP/2 GOAWAY) before it closes.
+    async fn run<C>(&self, conn: C, graceful: fn(Pin<&mut C>), ticket: &Ticket) -> Ended
+    where
+        C: Future<Output = Result<(), hyper::Error>>,
+    {
+        tokio::pin!(conn);
+        let first = Box::pin(tokio::time::sleep(self.first_request));
+        let result = tokio::select! {
+            result = conn.as_mut() => Some(result),
+            _ = first => None,
+            _ = self.shutdown.cancelled() => {
+                graceful(conn.as_mut());
+                Some(conn.as_mut().await)
+            }
+        };
+        let result = match result {
+            Some(result) => result,
+            None if !ticket.requested() => return Ended::NoRequest,
+            None => tokio::select! {
+                result = conn.as_mut() => result,
+                _ = self.shutdown.cancelled() => {
+                    graceful(conn.as_mut());
+                    conn.as_mut().await
+                }
+            },
+        };
+        Ended::Done(result)
     }
 
     fn handshake_failed(&self, reason: &'static str, error: &dyn std::fmt::Display) {
@@ -176,4 +276,22 @@ impl Connection {
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
+}
+
+/// The answer on a connection beyond `edge.max_connections`.
+fn at_limit() -> Response<Body> {
+    let body = serde_json::json!({"error": {
+        "code": "unavailable",
+        "message": "the edge is at its connection limit",
+    }});
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }

@@ -217,7 +217,8 @@ impl Conn {
             let changed = self.changed.notified();
             {
                 let mut s = lock(&self.state);
-                if cursor + 1 < s.first {
+                // `first` is at least 1; `cursor` comes from the client (up to u64::MAX).
+                if cursor < s.first - 1 {
                     return Err(ConnError::Cursor(format!(
                         "frames up to cursor {} were released by an earlier poll; poll from there",
                         s.first - 1
@@ -229,9 +230,10 @@ impl Conn {
                         s.last()
                     )));
                 }
-                let release = (cursor + 1 - s.first) as usize;
+                // cursor <= last < first + len: no overflow, and release <= len.
+                let release = (cursor - (s.first - 1)) as usize;
                 s.frames.drain(..release);
-                s.first = cursor + 1;
+                s.first += release as u64;
                 if !s.frames.is_empty() {
                     let mut body = BytesMut::with_capacity(s.frames.iter().map(Bytes::len).sum());
                     for f in &s.frames {
@@ -703,6 +705,10 @@ mod tests {
         ));
         assert!(matches!(
             conn.poll(9, Duration::ZERO).await,
+            Err(ConnError::Cursor(_))
+        ));
+        assert!(matches!(
+            conn.poll(u64::MAX, Duration::ZERO).await,
             Err(ConnError::Cursor(_))
         ));
         assert_eq!(conn.poll(3, Duration::ZERO).await.unwrap(), None);

@@ -13,8 +13,8 @@
 //!   `roam.internal.v1.EdgeLink`; the ID service `roam.idsvc.v1.IdService`.
 //!
 //! No I/O lives here: transports (edge, clients) feed bytes in and write bytes out. The
-generated services need tonic's codegen feature only (no transport, server or client stack:
-no hyper, h2 or axum), like quinn-proto beside quinn.
+//! generated services need tonic's codegen feature only (no transport, server or client stack:
+//! no hyper, h2 or axum), like quinn-proto beside quinn.
 //!
 //! ```
 //! use bytes::BytesMut;

@@ -409,3 +409,26 @@ async fn connections_beyond_the_limit_are_refused_and_the_others_keep_working() 
     a.send(Op::Heartbeat, 2, &pb::Heartbeat {}).await.unwrap();
     assert_eq!(next(&mut a).await.op_kind(), Some(Op::HeartbeatReply));
 }
+
+#[tokio::test]
+async fn rooms_per_connection_are_capped_for_auth_and_room_join() {
+    let server = roam_tests::start("[edge]\nmax_rooms_per_conn = 2\n");
+    // AUTH's list is cut to the cap.
+    let (mut c, _) = login(&server, "alice", "a", &["r1", "r2", "r3"]).await;
+    let join = |room: &str| pb::Room { room: room.into() };
+    c.send(Op::RoomJoin, 2, &join("r4")).await.unwrap();
+    let e = error_of(&next(&mut c).await);
+    assert_eq!(e.code, pb::error::Code::InvalidArgument as i32, "{e:?}");
+    assert!(e.message.contains("at most 2 rooms"), "{e:?}");
+    // Rejoining a room it is in is not a new one; leaving makes room for another.
+    c.send(Op::RoomJoin, 3, &join("r1")).await.unwrap();
+    let f = next(&mut c).await;
+    assert_eq!(f.op_kind(), Some(Op::RoomJoinReply), "{f:?}");
+    let reply: pb::RoomReply = f.decode_body().unwrap();
+    assert_eq!(reply.rooms, ["r1", "r2"]);
+    c.send(Op::RoomLeave, 4, &join("r2")).await.unwrap();
+    assert_eq!(next(&mut c).await.op_kind(), Some(Op::RoomLeaveReply));
+    c.send(Op::RoomJoin, 5, &join("r4")).await.unwrap();
+    let reply: pb::RoomReply = next(&mut c).await.decode_body().unwrap();
+    assert_eq!(reply.rooms, ["r1", "r4"]);
+}

@@ -1,0 +1,374 @@
+//! Admission: what a TCP connection must pass before any work is spent on it.
+//!
+//! One [`Admission`] is shared by the client port (8443) and the raw port (8444); the admin
+//! port (8080) has its own. At accept, in this order, cheapest first:
+//!
+//! 1. the source address's share (`limits.max_conns_per_ip`; 0: no cap) — over it the
+//!    socket is closed at once;
+//! 2. a connection slot (`edge.max_connections`, or the admin port's cap) — over it the
+//!    connection is still told why (DISCONNECT `LIMIT` / HTTP 503 with `retry-after`, after
+//!    its handshake) and closed;
+//! 3. a handshake permit (`limits.max_handshakes` in flight), held only while the TLS
+//!    handshake runs — over it the socket is closed at once.
+//!
+//! The [`Ticket`] of an admitted connection holds its source share and its slot for as long
+//! as the connection lives — a WebSocket upgraded out of an HTTP/1.1 connection keeps a
+//! clone ([`ConnTicket`]) — so one TCP connection holds one slot however many requests or
+//! HTTP/2 streams it carries. Every refusal is counted in `roam_refused_connections_total`
+//! by reason.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// The label of a refusal.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabel {
+    /// `handshakes`, `per_ip`, `max_connections` or `admin`.
+    pub reason: &'static str,
+}
+
+/// Connections refused at admission, by reason (cheap to clone: a shared handle).
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Family<RefusalLabel, Counter>);
+
+impl Refusals {
+    /// Creates the counter and registers it as `roam_refused_connections_total{reason}`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let r = Refusals::default();
+        registry.register(
+            "roam_refused_connections",
+            "Connections refused at admission, by reason (handshakes, per_ip, max_connections, admin)",
+            r.0.clone(),
+        );
+        r
+    }
+
+    /// Counts one refusal.
+    pub fn count(&self, reason: &'static str) {
+        self.0.get_or_create(&RefusalLabel { reason }).inc();
+    }
+
+    /// Refusals so far for `reason`.
+    pub fn get(&self, reason: &'static str) -> u64 {
+        self.0.get_or_create(&RefusalLabel { reason }).get()
+    }
+}
+
+/// The caps of one [`Admission`].
+#[derive(Debug, Clone)]
+pub struct AdmissionConfig {
+    /// Connections (slots) at once.
+    pub max_connections: usize,
+    /// TLS handshakes in flight at once (0: no cap).
+    pub max_handshakes: usize,
+    /// Connections at once from one source address (0: no cap).
+    pub max_conns_per_ip: usize,
+    /// The reason counted when no slot is left (`max_connections`, or `admin`).
+    pub slot_reason: &'static str,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            max_connections: 100_000,
+            max_handshakes: 4096,
+            max_conns_per_ip: 1000,
+            slot_reason: "max_connections",
+        }
+    }
+}
+
+/// Admission state shared by the listeners it guards.
+#[derive(Debug)]
+pub struct Admission {
+    config: AdmissionConfig,
+    open: AtomicUsize,
+    handshakes: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    refusals: Refusals,
+}
+
+/// Why a connection was not admitted at all (its socket is closed at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its source address holds `max_conns_per_ip` connections already.
+    PerIp,
+}
+
+impl Admission {
+    /// A new admission with `config`, counting refusals in `refusals`.
+    pub fn new(config: AdmissionConfig, refusals: Refusals) -> Arc<Self> {
+        Arc::new(Admission {
+            config,
+            open: AtomicUsize::new(0),
+            handshakes: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            refusals,
+        })
+    }
+
+    /// The caps.
+    pub fn config(&self) -> &AdmissionConfig {
+        &self.config
+    }
+
+    /// Connections holding a slot now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Admits a connection from `peer` at accept: its source share and, if one is left, a
+    /// slot ([`Ticket::has_slot`]; without one the connection is to be told so and closed).
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Ticket, Refused> {
+        let ip = if self.config.max_conns_per_ip > 0 {
+            let mut map = self.per_ip();
+            let n = map.entry(peer).or_insert(0);
+            if *n >= self.config.max_conns_per_ip {
+                drop(map);
+                self.refusals.count("per_ip");
+                return Err(Refused::PerIp);
+            }
+            *n += 1;
+            Some(peer)
+        } else {
+            None
+        };
+        let slot = self.slot();
+        if slot.is_none() {
+            self.refusals.count(self.config.slot_reason);
+        }
+        Ok(Ticket {
+            admission: self.clone(),
+            ip,
+            slot,
+            requested: AtomicBool::new(false),
+        })
+    }
+
+    /// A slot alone (a virtual connection, which outlives the requests that made it, takes
+    /// one of its own once authenticated). Not counted as a refusal when none is left: the
+    /// caller answers 503.
+    pub fn slot(self: &Arc<Self>) -> Option<Slot> {
+        let n = self.open.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot {
+            admission: self.clone(),
+        };
+        (n < self.config.max_connections).then_some(slot)
+    }
+
+    /// A permit for one TLS handshake, or `None` (counted) when `max_handshakes` are under
+    /// way: the connection is then closed at once.
+    pub fn handshake(self: &Arc<Self>) -> Option<HandshakePermit> {
+        let n = self.handshakes.fetch_add(1, Ordering::Relaxed);
+        let permit = HandshakePermit {
+            admission: self.clone(),
+        };
+        if self.config.max_handshakes > 0 && n >= self.config.max_handshakes {
+            drop(permit);
+            self.refusals.count("handshakes");
+            return None;
+        }
+        Some(permit)
+    }
+}
+
+/// One slot of the connection cap, released on drop.
+#[derive(Debug)]
+pub struct Slot {
+    admission: Arc<Admission>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.admission.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A handshake in flight, released on drop.
+#[derive(Debug)]
+pub struct HandshakePermit {
+    admission: Arc<Admission>,
+}
+
+impl Drop for HandshakePermit {
+    fn drop(&mut self) {
+        self.admission.handshakes.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An admitted connection's share of its source address and (if it got one) its slot,
+/// released on drop.
+#[derive(Debug)]
+pub struct Ticket {
+    admission: Arc<Admission>,
+    ip: Option<IpAddr>,
+    slot: Option<Slot>,
+    requested: AtomicBool,
+}
+
+impl Ticket {
+    /// Whether the connection got a slot (else it is to be refused politely and closed).
+    pub fn has_slot(&self) -> bool {
+        self.slot.is_some()
+    }
+
+    /// Whether the connection has sent a complete request (see [`TicketLayer`]).
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut map = self.admission.per_ip();
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// A request extension carrying its connection's [`Ticket`]: what outlives the connection's
+/// HTTP handling (a WebSocket upgraded out of HTTP/1.1) keeps a clone, and with it the slot.
+#[derive(Debug, Clone)]
+pub struct ConnTicket(pub Arc<Ticket>);
+
+/// The per-connection layer of the HTTP listeners: marks the connection's [`Ticket`] when
+/// a complete request arrives (hyper calls the service once the request's head is in: the
+/// first-request deadline is then met) and hands the request a [`ConnTicket`].
+#[derive(Debug, Clone)]
+pub struct TicketLayer(pub Arc<Ticket>);
+
+impl<S> tower::Layer<S> for TicketLayer {
+    type Service = TicketService<S>;
+
+    fn layer(&self, inner: S) -> TicketService<S> {
+        TicketService {
+            ticket: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// See [`TicketLayer`].
+#[derive(Debug, Clone)]
+pub struct TicketService<S> {
+    ticket: Arc<Ticket>,
+    inner: S,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for TicketService<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<B>) -> S::Future {
+        self.ticket.requested.store(true, Ordering::Relaxed);
+        request
+            .extensions_mut()
+            .insert(ConnTicket(self.ticket.clone()));
+        self.inner.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(max_connections: usize, max_handshakes: usize, per_ip: usize) -> Arc<Admission> {
+        Admission::new(
+            AdmissionConfig {
+                max_connections,
+                max_handshakes,
+                max_conns_per_ip: per_ip,
+                slot_reason: "max_connections",
+            },
+            Refusals::default(),
+        )
+    }
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+
+    #[test]
+    fn a_source_address_holds_at_most_its_share_until_its_connections_end() {
+        let a = admission(100, 0, 2);
+        let one = a.admit(A).unwrap();
+        let two = a.admit(A).unwrap();
+        assert_eq!(a.admit(A).unwrap_err(), Refused::PerIp);
+        assert!(a.admit(B).is_ok(), "another address is unaffected");
+        drop(one);
+        let three = a.admit(A).unwrap();
+        assert!(two.has_slot() && three.has_slot());
+        assert_eq!(a.refusals.get("per_ip"), 1);
+        drop((two, three));
+        assert!(
+            a.per_ip().is_empty(),
+            "no entry is kept for an idle address"
+        );
+    }
+
+    #[test]
+    fn no_per_ip_cap_when_zero() {
+        let a = admission(100, 0, 0);
+        let held: Vec<_> = (0..50).map(|_| a.admit(A).unwrap()).collect();
+        assert_eq!(held.len(), 50);
+        assert!(a.per_ip().is_empty());
+    }
+
+    #[test]
+    fn slots_are_taken_per_connection_and_released_with_it() {
+        let a = admission(2, 0, 0);
+        let one = a.admit(A).unwrap();
+        let two = a.admit(B).unwrap();
+        let three = a.admit(B).unwrap();
+        assert!(one.has_slot() && two.has_slot());
+        assert!(
+            !three.has_slot(),
+            "over the cap: admitted only to be told so"
+        );
+        assert_eq!(a.refusals.get("max_connections"), 1);
+        drop(three);
+        assert_eq!(a.open(), 2);
+        drop(one);
+        let again = a.admit(A).unwrap();
+        assert!(again.has_slot());
+        assert!(a.slot().is_none(), "a virtual connection's slot counts too");
+    }
+
+    #[test]
+    fn handshakes_in_flight_are_capped() {
+        let a = admission(100, 2, 0);
+        let one = a.handshake().unwrap();
+        let _two = a.handshake().unwrap();
+        assert!(a.handshake().is_none());
+        assert_eq!(a.refusals.get("handshakes"), 1);
+        drop(one);
+        assert!(a.handshake().is_some());
+    }
+}
