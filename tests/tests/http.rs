@@ -10,7 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use roam_client::child::ChildServer;
+use roam_bench::child::ChildServer;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, FrameDecoder, Op, encode_msg};
 use roam_tests::{metric, token};
