@@ -51,7 +51,6 @@
 //! `unexpected_frames`, `server_online`, `workers`; plus `"transport"` naming the transport.
 //! The client processes share the machine's cores with the server, which lowers
 //! `connect_per_sec` but not the server's memory.
-
 //!
 //! Files: this one is the measurement (the parent process); `protocol.rs` the JSON lines
 //! between the parent and its workers; `workers.rs` the parent's handle on its worker
