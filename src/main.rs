@@ -4,7 +4,6 @@
 //! Errors leave as one line on stderr (`error: <what>: <why>`) and a non-zero exit code.
 
 mod admin;
-mod bench;
 mod config;
 mod metrics;
 mod serve;
@@ -34,7 +33,7 @@ enum Command {
     /// Print a client token (JWT) that a server on the same data directory accepts.
     Token(TokenArgs),
     /// Run a benchmark scenario (see docs/benchmarks.md).
-    Bench(roam_client::bench::BenchArgs),
+    Bench(roam_bench::BenchArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -82,7 +81,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve_command(args),
         None => serve_command(cli.serve),
         Some(Command::Token(args)) => token_command(args),
-        Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::Bench(args)) => roam_bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,12 +2,14 @@
 //!
 //! Every test here starts the real binary (built by `cargo build --bins` before the suite,
 //! see `scripts/test`) on a private data directory with ephemeral ports
-//! ([`roam_client::child::ChildServer`]) and talks to it with real clients over loopback.
+//! ([`roam_bench::child::ChildServer`], the launcher `roam bench` uses too) and talks to it
+//! with real clients over loopback; the business API through the SDK's admin client
+//! ([`roam_client::admin`], as `roam bench` does).
 //! The tests live in `tests/tests/*.rs`; this library holds what they share.
 
 use std::path::PathBuf;
 
-use roam_client::child::ChildServer;
+use roam_bench::child::ChildServer;
 
 /// The `roam` binary of this build (`target/<profile>/roam`, next to the test's `deps/`).
 pub fn roam_bin() -> PathBuf {
@@ -27,7 +29,7 @@ pub fn roam_bin() -> PathBuf {
 
 /// Starts a private server with `extra_toml` added to its config.
 pub fn start(extra_toml: &str) -> ChildServer {
-    ChildServer::start(&roam_bin(), extra_toml).unwrap_or_else(|e| panic!("roam serve: {e}"))
+    ChildServer::start(&roam_bin(), extra_toml).unwrap_or_else(|e| panic!("roam serve: {e:#}"))
 }
 
 /// A plain-HTTP response from the admin listener.
@@ -56,8 +58,8 @@ impl HttpResponse {
     }
 }
 
-/// One HTTP/1.1 request to the server's admin listener (`Connection: close`), with the
-/// server's API key unless `key` says otherwise.
+/// One HTTP/1.1 request to the server's admin listener (a connection of its own,
+/// `content-type: application/json`), with the server's API key unless `key` says otherwise.
 pub async fn admin(
     server: &ChildServer,
     method: &str,
@@ -65,41 +67,29 @@ pub async fn admin(
     body: Option<&str>,
     key: Option<&str>,
 ) -> HttpResponse {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let key = match key {
         Some(k) => k.to_owned(),
         None => api_key(server),
     };
-    let body = body.unwrap_or("");
-    let mut tcp = tokio::net::TcpStream::connect(server.addr("admin").expect("admin address"))
+    let method = roam_client::admin::Method::from_bytes(method.as_bytes())
+        .unwrap_or_else(|e| panic!("method {method:?}: {e}"));
+    let body = bytes::Bytes::copy_from_slice(body.unwrap_or("").as_bytes());
+    let addr = server.addr("admin").expect("admin address");
+    let r = roam_client::admin::request(addr, method, path, &key, Some(body))
         .await
-        .expect("connect to admin");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(request.as_bytes())
-        .await
-        .expect("write request");
-    let mut raw = Vec::new();
-    tcp.read_to_end(&mut raw).await.expect("read response");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.get(9..12))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let headers = r
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (n.as_str().to_owned(), v)
+        })
         .collect();
-    let body = body.to_owned();
     HttpResponse {
-        status,
+        status: r.status,
         headers,
-        body,
+        body: String::from_utf8_lossy(&r.body).into_owned(),
     }
 }
 

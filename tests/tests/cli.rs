@@ -207,6 +207,11 @@ fn bench_refuses_bad_arguments_with_a_clear_message() {
             &["bench", "handshake", "--target", "127.0.0.1:1"][..],
             "--server-pid",
         ),
+        (
+            &["bench", "idle-conns", "--transport", "quic"][..],
+            "idle-conns offers raw and ws",
+        ),
+        (&["bench", "room-fanout", "--members", "0"][..], "--members"),
     ] {
         let out = roam(args, &[]);
         assert!(!out.status.success(), "{args:?}");
@@ -340,4 +345,98 @@ fn bench_ids_prints_every_figure_the_issue_names() {
         ],
     );
     assert_eq!(json["grpc_errors"], 0, "{json}");
+}
+
+/// Asserts that each of `figures` is a number in `json` (any sign: small runs can make a
+/// difference of two RSS readings negative).
+fn assert_present(json: &serde_json::Value, figures: &[&str]) {
+    for figure in figures {
+        assert!(json[figure].is_number(), "{figure} missing: {json}");
+    }
+}
+
+#[test]
+fn bench_idle_conns_holds_small_counts_over_both_transports() {
+    for transport in ["raw", "ws"] {
+        let out = roam(
+            &[
+                "bench",
+                "idle-conns",
+                "--transport",
+                transport,
+                "--connections",
+                "20",
+                "--duration",
+                "0.2",
+            ],
+            &[],
+        );
+        let json = last_json_line(&out);
+        assert_eq!(
+            (&json["scenario"], &json["transport"]),
+            (&"idle-conns".into(), &transport.into()),
+            "{json}"
+        );
+        assert_positive(
+            &json,
+            &[
+                "server_rss_bytes",
+                "server_rss_before_bytes",
+                "connect_per_sec",
+                "server_cpu_us_per_conn",
+            ],
+        );
+        assert_present(&json, &["server_rss_per_conn_bytes", "server_online"]);
+        for (figure, expected) in [
+            ("connections", 20),
+            ("established", 20),
+            ("failed", 0),
+            ("closed", 0),
+            ("unexpected_frames", 0),
+            ("workers", 1),
+        ] {
+            assert_eq!(json[figure], expected, "{figure}: {json}");
+        }
+    }
+}
+
+#[test]
+fn bench_room_fanout_delivers_to_a_small_room() {
+    let out = roam(
+        &[
+            "bench",
+            "room-fanout",
+            "--members",
+            "20",
+            "--rate",
+            "20",
+            "--duration",
+            "0.5",
+        ],
+        &[],
+    );
+    let json = last_json_line(&out);
+    assert_eq!(json["scenario"], "room-fanout", "{json}");
+    assert_positive(
+        &json,
+        &[
+            "deliveries_per_sec",
+            "delivered_ratio",
+            "server_cpu_us_per_delivery",
+            "client_cpu_us_per_delivery",
+            "delivery_p50_ms",
+            "delivery_p99_ms",
+            "delivery_max_ms",
+            "published",
+            "publish_per_sec",
+            "api_p99_ms",
+            "deliveries",
+            "publishers",
+            "server_rss_bytes",
+        ],
+    );
+    assert_present(&json, &["rejected", "late_publishes"]);
+    for (figure, expected) in [("members", 20), ("members_closed", 0), ("errors", 0)] {
+        assert_eq!(json[figure], expected, "{figure}: {json}");
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use roam_client::child::ChildServer;
+use roam_bench::child::ChildServer;
 use roam_core::auth::Secret;
 use roam_edge::link::{CoreLink, EdgeIdentity};
 use roam_proto::client::v1 as pb;

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper_util::rt::TokioIo;
 use prost::Message;
-use roam_client::child::ChildServer;
+use roam_bench::child::ChildServer;
 use roam_core::auth::Secret;
 use roam_proto::Op;
 use roam_proto::client::v1 as pb;

@@ -10,7 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use roam_client::child::ChildServer;
+use roam_bench::child::ChildServer;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, FrameDecoder, Op, encode_msg};
 use roam_tests::{metric, token};
@@ -316,14 +316,13 @@ async fn long_polls_over_http11_carry_pushes_with_cursors() {
     );
     body(r).await;
 
-    // A waiting poll is answered when a push arrives.
+    // A waiting poll is answered with a push made while it waits. The push starts once the
+    // poll is on its connection, and needs no more order than that: a push that reached the
+    // edge first would be answered at once, with the same frames and cursor. The wake-up of
+    // a parked poll is checked without sockets in edge/src/vconn.rs
+    // (`polls_release_frames_and_check_cursors`).
     let waiting = c.send_request(poll(1, "10"));
-    let pusher = async {
-        // The poll is parked on the server before the push goes out.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        push_user(&server, "bob", "polled").await;
-    };
-    let (r, ()) = tokio::join!(waiting, pusher);
+    let (r, ()) = tokio::join!(waiting, push_user(&server, "bob", "polled"));
     let r = r.unwrap();
     assert_eq!(
         (r.status(), header(&r, "roam-cursor")),

@@ -50,7 +50,7 @@ async fn ids_are_served_over_the_business_api() {
 
 #[tokio::test]
 async fn a_core_only_process_serves_ids_from_the_id_service_of_another() {
-    use roam_client::child::ChildServer;
+    use roam_bench::child::ChildServer;
 
     let ids = ChildServer::start_with(&roam_tests::roam_bin(), "", &["--role", "idsvc"])
         .unwrap_or_else(|e| panic!("roam serve --role idsvc: {e}"));

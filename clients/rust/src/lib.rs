@@ -1,20 +1,35 @@
 //! # roam-client — Roam from the client side
 //!
-//! Owns what talks to a Roam server from outside: (later issues) the Rust SDK and the
-//! terminal client, and today the `roam bench` load generator and the launcher of private
-//! servers it shares with the end-to-end tests.
+//! What talks to a Roam server from outside. No protocol state lives here: callers (the
+//! SDK's later client, the end-to-end tests, `roam bench`) decide what to send when.
 //!
-//! - [`child::ChildServer`] starts `roam serve` as a child process on a temporary data dir
-//!   with every listener on port 0, waits for its `--ready-file`, and stops it with SIGTERM.
-//! - [`raw::RawConnection`] speaks the raw frame transport (TLS 1.3, ALPN `roam/1`): the
-//!   first piece of the SDK.
+//! - [`raw::RawConnection`] speaks the raw frame transport (TLS 1.3, ALPN `roam/1`).
 //! - [`ws::WsConnection`] speaks the same frames over a WebSocket (`/v1/ws` on the client
 //!   port, HTTP/1.1 Upgrade) with small buffers.
-//! - [`bench`] is the harness of SPEC.md §6: [`bench::BenchArgs`] (the CLI), scenarios,
-//!   server-side figures from `/proc/<pid>` ([`bench::ProcStats`]), HDR latency histograms,
-//!   progress on stderr, a human summary, and one JSON object as the last line on stdout.
+//! - Both connect either by address (`connect`) or over a TCP stream the caller opened
+//!   (`connect_over`), e.g. one from a chosen local address ([`tcp_from`]), as `roam bench`
+//!   does to open tens of thousands of loopback connections without running out of
+//!   ephemeral ports.
+//! - [`admin::AdminConnection`] calls the business API on the admin listener (docs/api.md):
+//!   keep-alive HTTP/1.1, the API key as a bearer token.
 
-pub mod bench;
-pub mod child;
+pub mod admin;
 pub mod raw;
 pub mod ws;
+
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A TCP connection to `target` from `source` (any port): the socket is bound before it
+/// connects, so many source addresses spread connections over more ephemeral ports.
+pub async fn tcp_from(source: IpAddr, target: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {source}: {e}")))?;
+    socket.connect(target).await
+}

@@ -1,6 +1,7 @@
 //! The raw frame transport, client side: TLS 1.3 with ALPN `roam/1`, frames back to back.
 //!
-//! [`RawConnection::connect`] opens the TLS stream; [`RawConnection::send`] writes one frame
+//! [`RawConnection::connect`] opens the TLS stream ([`RawConnection::connect_over`] does the
+//! same over a TCP stream the caller connected); [`RawConnection::send`] writes one frame
 //! (a protobuf body for an op); [`RawConnection::next`] returns the next frame from the
 //! server, or `None` when it closed the connection cleanly. No protocol state lives here:
 //! callers (the SDK's client, tests, `roam bench`) decide what to send when.
@@ -8,6 +9,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use roam_proto::{Frame, FrameDecoder, FrameError, Op, encode_msg};
@@ -46,9 +48,18 @@ impl RawConnection {
     pub async fn connect(addr: SocketAddr, ca: &Path) -> Result<Self, RawError> {
         let config = roam_tls::client_config(roam_tls::roots_from_pem(ca)?, roam_tls::ALPN_RAW);
         let tcp = TcpStream::connect(addr).await?;
+        Self::connect_over(tcp, config).await
+    }
+
+    /// TLS (server name `localhost`) over a connected `tcp`. `tls` must offer ALPN `roam/1`
+    /// ([`roam_tls::ALPN_RAW`]).
+    pub async fn connect_over(
+        tcp: TcpStream,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, RawError> {
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
-        let tls = TlsConnector::from(config).connect(name, tcp).await?;
+        let tls = TlsConnector::from(tls).connect(name, tcp).await?;
         Ok(RawConnection {
             tls,
             decoder: FrameDecoder::new(16 * 1024 * 1024),

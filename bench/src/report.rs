@@ -1,21 +1,19 @@
-//! A scenario's result (figures → summary + JSON line) and its live progress bar.
-
-use std::time::Duration;
+//! A scenario's result: named figures → a human summary and the JSON line of SPEC.md §6;
+//! latency figures from HDR histograms.
 
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 
 /// Named figures of one scenario run, in the order they were added.
 #[derive(Debug, Clone)]
-pub struct Report {
+pub(crate) struct Report {
     scenario: String,
     figures: Vec<(String, Value)>,
 }
 
 impl Report {
     /// An empty report for `scenario`.
-    pub fn new(scenario: &str) -> Self {
+    pub(crate) fn new(scenario: &str) -> Self {
         Report {
             scenario: scenario.to_owned(),
             figures: Vec::new(),
@@ -23,18 +21,19 @@ impl Report {
     }
 
     /// Adds a figure; `name` is snake_case with its unit as suffix (`_per_sec`, `_us`, ...).
-    pub fn figure(&mut self, name: &str, value: impl Into<Value>) -> &mut Self {
+    pub(crate) fn figure(&mut self, name: &str, value: impl Into<Value>) -> &mut Self {
         self.figures.push((name.to_owned(), value.into()));
         self
     }
 
     /// A figure by name.
-    pub fn get(&self, name: &str) -> Option<&Value> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, name: &str) -> Option<&Value> {
         self.figures.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
     /// The JSON object of SPEC.md §6: scenario, figures, machine.
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let mut map = Map::new();
         map.insert("scenario".into(), Value::String(self.scenario.clone()));
         for (name, value) in &self.figures {
@@ -46,7 +45,7 @@ impl Report {
     }
 
     /// Prints the human summary, then the JSON object as the last line, on stdout.
-    pub fn print(&self) {
+    pub(crate) fn print(&self) {
         println!("scenario {}", self.scenario);
         let width = self.figures.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
         for (name, value) in &self.figures {
@@ -61,43 +60,18 @@ impl Report {
 }
 
 /// A histogram of microseconds from 1 µs to 60 s at 3 significant digits.
-pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid histogram bounds")
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    histogram(3)
+}
+
+/// A histogram of microseconds from 1 µs to 60 s at `digits` significant digits (1 to 5).
+pub(crate) fn histogram(digits: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, digits).expect("constant, valid histogram bounds")
 }
 
 /// Adds `<prefix>_p50_us`, `_p99_us` and `_max_us` from a histogram of microseconds.
-pub fn latency_figures(report: &mut Report, prefix: &str, hist: &Histogram<u64>) {
+pub(crate) fn latency_figures(report: &mut Report, prefix: &str, hist: &Histogram<u64>) {
     report.figure(&format!("{prefix}_p50_us"), hist.value_at_quantile(0.50));
     report.figure(&format!("{prefix}_p99_us"), hist.value_at_quantile(0.99));
     report.figure(&format!("{prefix}_max_us"), hist.max());
-}
-
-/// A progress bar on stderr over the scenario's duration (hidden when stderr is not a
-/// terminal).
-#[derive(Debug)]
-pub struct Progress {
-    bar: ProgressBar,
-}
-
-impl Progress {
-    /// A bar for a phase lasting `duration`.
-    pub fn new(phase: &str, duration: Duration) -> Self {
-        let bar = ProgressBar::new(duration.as_millis() as u64);
-        let style = ProgressStyle::with_template("{msg:>12} [{bar:40}] {elapsed}/{duration}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-        bar.set_style(style);
-        bar.set_message(phase.to_owned());
-        Progress { bar }
-    }
-
-    /// Moves the bar to `elapsed`.
-    pub fn set(&self, elapsed: Duration) {
-        self.bar.set_position(elapsed.as_millis() as u64);
-    }
-
-    /// Removes the bar.
-    pub fn finish(self) {
-        self.bar.finish_and_clear();
-    }
 }

@@ -9,34 +9,35 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{
-    BenchArgs, BenchError, ProcStats, Progress, Report, latency_figures, latency_histogram,
-};
-use crate::child::ChildServer;
+use crate::args::BenchArgs;
+use crate::proc::ProcStats;
+use crate::progress::Progress;
+use crate::report::{Report, latency_figures, latency_histogram};
+use crate::server;
 
-pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+pub(crate) fn run(args: &BenchArgs) -> Result<Report> {
     let duration = args.duration_or(5.0)?;
     let workers = args.connections_or(16, 1024)?;
     let child;
     let (target, pid, ca) = match (args.target, args.server_pid) {
         (Some(target), Some(pid)) => {
-            let ca = args.ca.clone().ok_or_else(|| {
-                BenchError::Usage("handshake with --target needs --ca <the server's CA PEM>".into())
-            })?;
+            let ca = args
+                .ca
+                .clone()
+                .context("handshake with --target needs --ca <the server's CA PEM>")?;
             (target, pid, ca)
         }
         _ => {
             let exe = std::env::current_exe()?;
-            child = ChildServer::start(&exe, "")?;
-            let addr = child.addr("client_tcp").ok_or_else(|| {
-                BenchError::Usage("the child server reported no client_tcp address".into())
-            })?;
+            child = server::start(&exe, "")?;
+            let addr = server::listener(&child, "client_tcp")?;
             (addr, child.pid(), child.dev_cert())
         }
     };
@@ -48,12 +49,12 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let outcome = runtime.block_on(drive(target, tls, workers, duration));
     let after = ProcStats::read(pid)?;
     if outcome.ok == 0 {
-        return Err(BenchError::NothingSucceeded {
-            scenario: "handshake",
-            first_error: outcome
+        bail!(
+            "handshake: no operation succeeded: {}",
+            outcome
                 .first_error
-                .unwrap_or_else(|| "no attempt finished".into()),
-        });
+                .unwrap_or_else(|| "no attempt finished".into())
+        );
     }
     let mut report = Report::new("handshake");
     report.figure("connections", workers as u64).figure(

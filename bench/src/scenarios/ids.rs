@@ -20,9 +20,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use roam_client::bench::{BenchArgs, Progress, Report, latency_figures, latency_histogram};
 use roam_idsvc::{IdMetrics, IdService, IdSource, IdsConfig, TagHandle, TagLabel};
 use tokio_util::sync::CancellationToken;
+
+use crate::args::BenchArgs;
+use crate::progress::Progress;
+use crate::report::{Report, latency_figures, latency_histogram};
 
 const TAG: &str = "bench";
 /// The tag's own step; the dynamic step grows it to `max_step` within the warm-up.
@@ -30,7 +33,7 @@ const STEP: u64 = 100_000;
 const BATCH: u32 = 1_000;
 const CHANNELS: usize = 4;
 
-pub fn run(args: &BenchArgs) -> Result<Report> {
+pub(crate) fn run(args: &BenchArgs) -> Result<Report> {
     let total = args.duration_or(12.0)?;
     let callers = args.connections_or(64, 4_096)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -26,12 +26,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use roam_client::bench::{
-    BenchArgs, BenchError, ProcStats, Progress, Report, latency_figures, latency_histogram,
-};
 use roam_store::{NewMessage, Store, TimelineId, Timelines};
+
+use crate::args::BenchArgs;
+use crate::proc::ProcStats;
+use crate::progress::Progress;
+use crate::report::{Report, latency_figures, latency_histogram};
 
 /// Body size of every appended message.
 const BODY_BYTES: usize = 100;
@@ -55,7 +57,7 @@ const FILL_TASKS_PER_TIMELINE: u64 = 4;
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// `roam bench store-append`.
-pub fn run_append(args: &BenchArgs) -> Result<Report> {
+pub(crate) fn run_append(args: &BenchArgs) -> Result<Report> {
     refuse_remote(args, "store-append")?;
     let phase = args.duration_or(APPEND_PHASE_SECS)?;
     let writers = args.connections_or(APPEND_WRITERS, MAX_WORKERS)?;
@@ -86,7 +88,7 @@ pub fn run_append(args: &BenchArgs) -> Result<Report> {
 }
 
 /// `roam bench store-read`.
-pub fn run_read(args: &BenchArgs) -> Result<Report> {
+pub(crate) fn run_read(args: &BenchArgs) -> Result<Report> {
     refuse_remote(args, "store-read")?;
     let duration = args.duration_or(READ_SECS)?;
     let readers = args.connections_or(READERS, MAX_WORKERS)?;
@@ -110,17 +112,17 @@ pub fn run_read(args: &BenchArgs) -> Result<Report> {
 }
 
 /// These scenarios measure the store in this process; remote-server options do not apply.
-fn refuse_remote(args: &BenchArgs, scenario: &str) -> Result<(), BenchError> {
+fn refuse_remote(args: &BenchArgs, scenario: &str) -> Result<()> {
     let unused = [
         ("--target", args.target.is_some()),
         ("--rate", args.rate.is_some()),
         ("--transport", args.transport.is_some()),
     ];
     match unused.iter().find(|(_, given)| *given) {
-        Some((flag, _)) => Err(BenchError::Usage(format!(
+        Some((flag, _)) => bail!(
             "{flag}: {scenario} runs the store in this process at full speed and takes only \
              --duration and --connections"
-        ))),
+        ),
         None => Ok(()),
     }
 }
@@ -180,13 +182,12 @@ impl Errors {
 /// Adds `errors` and `rss_bytes`; fails when nothing succeeded.
 fn finish(report: &mut Report, errors: Errors, scenario: &'static str) -> Result<()> {
     if errors.ok == 0 {
-        return Err(BenchError::NothingSucceeded {
-            scenario,
-            first_error: errors
+        bail!(
+            "{scenario}: no operation succeeded: {}",
+            errors
                 .first
-                .unwrap_or_else(|| "no operation completed".into()),
-        }
-        .into());
+                .unwrap_or_else(|| "no operation completed".into())
+        );
     }
     if let Some(first) = &errors.first {
         tracing::warn!(failed = errors.failed, first = %first, "{scenario}: some operations failed");

@@ -51,21 +51,20 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
-use roam_client::bench::{BenchArgs, ProcStats, Progress, Report};
-use roam_client::child::ChildServer;
+use roam_client::admin::AdminConnection;
 use roam_proto::Op;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::idle_conns::{
-    Conn, SERVER_TOML, SETUP_TIMEOUT, Transport, authenticate, open, raise_nofile_limit,
-    source_addr, unix_now,
-};
-use super::server::{
-    AdminConn, admin_connect, admin_get, admin_post, api_key, duration_at_most, listener,
-    refuse_target, status_of, with_server,
-};
+use crate::args::BenchArgs;
+use crate::child::ChildServer;
+use crate::conn::{Conn, SETUP_TIMEOUT, Transport, source_addr};
+use crate::proc::ProcStats;
+use crate::process::raise_nofile_limit;
+use crate::progress::Progress;
+use crate::report::{Report, histogram};
+use crate::server::{QUIET_CLIENTS_TOML, admin_get, api_key, listener, unix_now, with_server};
 
 /// The room.
 const ROOM: &str = "fanout";
@@ -88,8 +87,8 @@ const LATE: Duration = Duration::from_millis(5);
 /// Token lifetime, seconds.
 const TOKEN_TTL: u64 = 3600;
 
-pub fn run(args: &BenchArgs) -> Result<Report> {
-    refuse_target(args, "room-fanout", "tokens and the API key")?;
+pub(crate) fn run(args: &BenchArgs) -> Result<Report> {
+    args.refuse_target("room-fanout", "tokens and the API key")?;
     if args.connections.is_some() {
         bail!("room-fanout counts --members, not --connections");
     }
@@ -104,7 +103,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
     if rate == 0 || rate > MAX_RATE {
         bail!("--rate {rate}: must be between 1 and {MAX_RATE}");
     }
-    let duration = duration_at_most(args, 10.0, MAX_SECS, "room-fanout")?;
+    let duration = args.duration_at_most(10.0, MAX_SECS, "room-fanout")?;
     let nofile = raise_nofile_limit();
     if nofile < members as u64 + 500 {
         bail!(
@@ -112,7 +111,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
             members + 500
         );
     }
-    with_server(&std::env::current_exe()?, SERVER_TOML, |server| {
+    with_server(&std::env::current_exe()?, QUIET_CLIENTS_TOML, |server| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
@@ -122,7 +121,7 @@ pub fn run(args: &BenchArgs) -> Result<Report> {
 
 /// A histogram of microseconds, 1 µs – 60 s, 2 significant digits (~20 KiB each).
 fn small_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant, valid histogram bounds")
+    histogram(2)
 }
 
 /// What one member saw.
@@ -166,8 +165,9 @@ async fn drive(
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
                 let setup = async {
-                    let mut conn = open(Transport::Ws, source_addr(i), client_tcp, &tls).await?;
-                    authenticate(&mut conn, token.clone(), device.clone(), vec![ROOM.into()])
+                    let mut conn =
+                        Conn::open(Transport::Ws, source_addr(i), client_tcp, &tls).await?;
+                    conn.authenticate(token.clone(), device.clone(), vec![ROOM.into()])
                         .await?;
                     Ok::<Conn, anyhow::Error>(conn)
                 };
@@ -443,7 +443,7 @@ struct PublisherResult {
 struct Pool {
     admin: SocketAddr,
     key: Arc<str>,
-    idle: Mutex<Vec<AdminConn>>,
+    idle: Mutex<Vec<AdminConnection>>,
     opened: AtomicU64,
     /// One permit per connection that may be in use.
     slots: Arc<Semaphore>,
@@ -507,12 +507,12 @@ async fn publish_one(pool: Arc<Pool>, k: u64, due: Instant, base: Instant) -> (O
     let idle = pool.idle.lock().ok().and_then(|mut idle| idle.pop());
     let mut send = match idle {
         Some(send) => send,
-        None => match admin_connect(pool.admin).await {
+        None => match AdminConnection::connect(pool.admin).await {
             Ok(send) => {
                 pool.opened.fetch_add(1, Ordering::Relaxed);
                 send
             }
-            Err(e) => return (Outcome::Failed(e), 0, true),
+            Err(e) => return (Outcome::Failed(e.to_string()), 0, true),
         },
     };
     if let Err(e) = send.ready().await {
@@ -522,17 +522,16 @@ async fn publish_one(pool: Arc<Pool>, k: u64, due: Instant, base: Instant) -> (O
     let late = now.duration_since(due) > LATE;
     let sent_us = base.elapsed().as_micros();
     let body = format!(r#"{{"rooms":["{ROOM}"],"content":"{k:010} {sent_us:021}"}}"#);
-    let request = match admin_post("/api/v1/push/rooms", &pool.key, body) {
-        Ok(request) => request,
-        Err(e) => return (Outcome::Failed(e.to_string()), 0, late),
-    };
-    let status = status_of(&mut send, request).await;
+    let status = send
+        .post_json("/api/v1/push/rooms", &pool.key, body)
+        .await
+        .map(|response| response.status);
     let api_us = now.elapsed().as_micros() as u64;
     let outcome = match status {
         Ok(202) => Outcome::Accepted,
         Ok(429) => Outcome::Rejected,
         Ok(status) => Outcome::Failed(format!("HTTP {status}")),
-        Err(e) => return (Outcome::Failed(e), api_us, late),
+        Err(e) => return (Outcome::Failed(e.to_string()), api_us, late),
     };
     // The connection is healthy: back to the pool.
     if let Ok(mut idle) = pool.idle.lock() {

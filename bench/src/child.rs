@@ -1,7 +1,10 @@
 //! A `roam serve` child process on a private data directory and ephemeral ports.
 //!
-//! Used by `roam bench` (when no `--target` is given) and by the end-to-end tests: both need
-//! a real server that nobody else talks to, whose addresses they learn from `--ready-file`.
+//! Used by `roam bench` (when no `--target` is given) and by the end-to-end tests (`tests/`):
+//! both need a real server that nobody else talks to, whose addresses they learn from
+//! `--ready-file`. It lives in the bench crate, which the tests crate depends on, rather than
+//! in the SDK (`roam-client`): starting and signalling server processes is test and bench
+//! tooling that an application embedding the SDK should not compile.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -10,58 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use thiserror::Error;
+use anyhow::{Context, Result, anyhow, bail};
 
 /// How long a child gets to bind its listeners.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a child gets to drain and exit after a stop signal before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Why a child server could not be started or stopped.
-#[derive(Debug, Error)]
-pub enum ChildError {
-    /// Preparing the data directory or the config file failed.
-    #[error("cannot prepare {path}")]
-    Prepare {
-        /// The file or directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The binary could not be executed.
-    #[error("cannot start {binary}")]
-    Spawn {
-        /// The `roam` binary.
-        binary: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The child exited before it was ready.
-    #[error("roam serve exited with {status} before it was ready: {stderr}")]
-    Exited {
-        /// Its exit status.
-        status: ExitStatus,
-        /// The end of its stderr.
-        stderr: String,
-    },
-    /// The child did not write its ready file in time.
-    #[error("roam serve wrote no ready file within {0:?}")]
-    NotReady(Duration),
-    /// The ready file is not the JSON object of SPEC.md §1.
-    #[error("bad ready file: {0}")]
-    BadReadyFile(String),
-    /// Signalling or waiting for the child failed.
-    #[error("cannot stop roam serve (pid {pid})")]
-    Stop {
-        /// The child's pid.
-        pid: u32,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The child did not exit within the stop timeout after its stop signal and was killed.
-    #[error("roam serve (pid {0}) did not exit within {STOP_TIMEOUT:?} of its stop signal; killed")]
-    StopTimeout(u32),
-}
 
 /// A running `roam serve` child. Killed on drop if not stopped.
 #[derive(Debug)]
@@ -76,33 +33,28 @@ impl ChildServer {
     /// `extra_toml` appended to its config file (e.g. `"[limits]\nmax_packet = 1024\n"`).
     /// `ROAM_*` variables of this process are not passed on, so the child is configured by
     /// its file alone.
-    pub fn start(binary: &Path, extra_toml: &str) -> Result<Self, ChildError> {
+    pub fn start(binary: &Path, extra_toml: &str) -> Result<Self> {
         Self::start_with(binary, extra_toml, &[])
     }
 
     /// Like [`start`](Self::start), with extra command-line arguments after `serve`.
-    pub fn start_with(binary: &Path, extra_toml: &str, args: &[&str]) -> Result<Self, ChildError> {
+    pub fn start_with(binary: &Path, extra_toml: &str, args: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("roam-child-")
             .tempdir()
-            .map_err(|source| ChildError::Prepare {
-                path: std::env::temp_dir(),
-                source,
-            })?;
+            .with_context(|| format!("cannot prepare {}", std::env::temp_dir().display()))?;
         let config = dir.path().join("roam.toml");
         let data = dir.path().join("data");
         let toml = format!(
             "data = {data:?}\n{extra_toml}\n[listen]\nclient_tcp = \"127.0.0.1:0\"\nclient_quic = \"127.0.0.1:0\"\nraw = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ninternal = \"127.0.0.1:0\"\n",
             data = data.display().to_string()
         );
-        std::fs::write(&config, toml).map_err(|source| ChildError::Prepare {
-            path: config.clone(),
-            source,
-        })?;
+        std::fs::write(&config, toml)
+            .with_context(|| format!("cannot prepare {}", config.display()))?;
         let ready = dir.path().join("ready.json");
         let open = |name: &str| {
             let path = dir.path().join(name);
-            File::create(&path).map_err(|source| ChildError::Prepare { path, source })
+            File::create(&path).with_context(|| format!("cannot prepare {}", path.display()))
         };
         let mut command = Command::new(binary);
         command
@@ -120,10 +72,9 @@ impl ChildServer {
                 command.env_remove(key);
             }
         }
-        let child = command.spawn().map_err(|source| ChildError::Spawn {
-            binary: binary.to_owned(),
-            source,
-        })?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
         let mut server = ChildServer {
             child,
             addrs: BTreeMap::new(),
@@ -133,26 +84,24 @@ impl ChildServer {
         Ok(server)
     }
 
-    fn wait_ready(&mut self, ready: &Path) -> Result<BTreeMap<String, SocketAddr>, ChildError> {
+    fn wait_ready(&mut self, ready: &Path) -> Result<BTreeMap<String, SocketAddr>> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(text) = std::fs::read_to_string(ready) {
                 return serde_json::from_str(&text)
-                    .map_err(|e| ChildError::BadReadyFile(format!("{e}: {text}")));
+                    .map_err(|e| anyhow!("bad ready file: {e}: {text}"));
             }
             let pid = self.pid();
             match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    return Err(ChildError::Exited {
-                        status,
-                        stderr: self.stderr_tail(),
-                    });
-                }
+                Ok(Some(status)) => bail!(
+                    "roam serve exited with {status} before it was ready: {}",
+                    self.stderr_tail()
+                ),
                 Ok(None) => {}
-                Err(source) => return Err(ChildError::Stop { pid, source }),
+                Err(e) => return Err(e).context(stop_failed(pid)),
             }
             if Instant::now() > deadline {
-                return Err(ChildError::NotReady(READY_TIMEOUT));
+                bail!("roam serve wrote no ready file within {READY_TIMEOUT:?}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -196,14 +145,14 @@ impl ChildServer {
     }
 
     /// Sends SIGTERM and waits for the child to drain and exit; returns its exit status.
-    pub fn stop(self) -> Result<ExitStatus, ChildError> {
+    pub fn stop(self) -> Result<ExitStatus> {
         self.stop_with(rustix::process::Signal::TERM)
     }
 
     /// Sends `signal` (e.g. `INT` for Ctrl-C) and waits for the child to exit.
-    pub fn stop_with(mut self, signal: rustix::process::Signal) -> Result<ExitStatus, ChildError> {
+    pub fn stop_with(mut self, signal: rustix::process::Signal) -> Result<ExitStatus> {
         let pid = self.pid();
-        send_signal(pid, signal).map_err(|source| ChildError::Stop { pid, source })?;
+        send_signal(pid, signal).with_context(|| stop_failed(pid))?;
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             match self.child.try_wait() {
@@ -211,13 +160,19 @@ impl ChildServer {
                 Ok(None) if Instant::now() > deadline => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
-                    return Err(ChildError::StopTimeout(pid));
+                    bail!(
+                        "roam serve (pid {pid}) did not exit within {STOP_TIMEOUT:?} of its stop signal; killed"
+                    );
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(source) => return Err(ChildError::Stop { pid, source }),
+                Err(e) => return Err(e).context(stop_failed(pid)),
             }
         }
     }
+}
+
+fn stop_failed(pid: u32) -> String {
+    format!("cannot stop roam serve (pid {pid})")
 }
 
 fn send_signal(pid: u32, signal: rustix::process::Signal) -> std::io::Result<()> {

@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use roam_proto::{FrameDecoder, Op, encode};
 
-use super::{BenchArgs, BenchError, Progress, Report};
+use anyhow::{Result, bail};
+
+use crate::args::BenchArgs;
+use crate::progress::Progress;
+use crate::report::Report;
 
 const BODY: usize = 64;
 const BATCH: usize = 10_000;
 
-pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
+pub(crate) fn run(args: &BenchArgs) -> Result<Report> {
     let total = args.duration_or(3.0)?;
     let phase = total / 3;
     let body = [0xA5u8; BODY];
@@ -58,10 +62,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         n
     });
     if decoded.frames == 0 || sliced.frames == 0 {
-        return Err(BenchError::NothingSucceeded {
-            scenario: "frame-codec",
-            first_error: "the decoder returned no frame".into(),
-        });
+        bail!("frame-codec: no operation succeeded: the decoder returned no frame");
     }
 
     let mut report = Report::new("frame-codec");
@@ -106,8 +107,9 @@ fn timed(name: &str, phase: Duration, mut batch: impl FnMut() -> u64) -> Timed {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::Parser;
+
+    use super::*;
 
     #[derive(Parser)]
     struct Cli {

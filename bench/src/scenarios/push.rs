@@ -15,28 +15,30 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use roam_client::bench::{BenchArgs, ProcStats, Progress, Report, latency_histogram};
-use roam_client::child::ChildServer;
+use roam_client::admin::AdminConnection;
 use roam_edge::link::{CoreLink, EdgeIdentity};
 use roam_proto::FrameDecoder;
 use roam_proto::client::v1 as pb;
 use roam_proto::internal::v1::{self as link, EdgeUp, edge_down, edge_up};
 use tokio::sync::Mutex;
 
-use super::server::{
-    admin_connect, admin_post, api_key, internal_key, listener, refuse_target, status_of,
-};
+use crate::args::BenchArgs;
+use crate::child::ChildServer;
+use crate::proc::ProcStats;
+use crate::progress::Progress;
+use crate::report::{Report, latency_histogram};
+use crate::server::{self, api_key, internal_key, listener};
 
 const WORKERS: usize = 32;
 
-pub fn run(args: &BenchArgs) -> Result<Report> {
-    refuse_target(args, "push", "tokens and the API key")?;
+pub(crate) fn run(args: &BenchArgs) -> Result<Report> {
+    args.refuse_target("push", "tokens and the API key")?;
     let duration = args.duration_or(5.0)?;
     let devices = args.connections_or(1000, 100_000)?;
-    let server = ChildServer::start(&std::env::current_exe()?, "")?;
+    let server = server::start(&std::env::current_exe()?, "")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -65,7 +67,7 @@ async fn drive(server: &ChildServer, devices: usize, duration: Duration) -> Resu
     )
     .await?;
     let secret = roam_core::auth::Secret::load_or_create(&server.data_dir())?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let now = server::unix_now()?;
     let up = edge.sender();
     for i in 0..devices {
         let token = secret.mint(&format!("u{i}"), None, 3600, now)?;
@@ -222,11 +224,11 @@ async fn worker(
     let mut user = seed;
     while Instant::now() < deadline {
         if send.is_none() {
-            match admin_connect(admin).await {
+            match AdminConnection::connect(admin).await {
                 Ok(s) => send = Some(s),
                 Err(e) => {
                     r.errors += 1;
-                    r.first_error.get_or_insert(e);
+                    r.first_error.get_or_insert(e.to_string());
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
@@ -236,12 +238,12 @@ async fn worker(
         user = (user * 7919 + 13) % devices;
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let body = format!(r#"{{"users":["u{user}"],"content":"{n}"}}"#);
-        let Ok(request) = admin_post("/api/v1/push/users", &key, body) else {
-            continue;
-        };
         let start = Instant::now();
         sent.lock().await.insert(n, start);
-        let outcome = status_of(s, request).await;
+        let outcome = s
+            .post_json("/api/v1/push/users", &key, body)
+            .await
+            .map(|response| response.status);
         let _ = r.api.record(start.elapsed().as_micros().max(1) as u64);
         match outcome {
             Ok(202) => r.ok += 1,
@@ -257,7 +259,7 @@ async fn worker(
             Err(e) => {
                 sent.lock().await.remove(&n);
                 r.errors += 1;
-                r.first_error.get_or_insert(e);
+                r.first_error.get_or_insert(e.to_string());
                 send = None;
             }
         }
