@@ -232,6 +232,8 @@ pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
             lat: config.edge.lat,
             lon: config.edge.lon,
             weight: config.edge.weight,
+            // A new instance: core lets this process replace its own stale link.
+            ..Default::default()
         };
         let gateway = roam_edge::gateway::Gateway::start(
             core_address.clone(),

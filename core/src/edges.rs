@@ -66,6 +66,8 @@ pub struct Edge {
     pub id: String,
     /// Distinguishes registrations of the same id (a re-registration replaces the old one).
     generation: u64,
+    /// The edge process's instance id (`Register.instance`).
+    instance: u64,
     meta: EdgeMeta,
     tx: mpsc::Sender<EdgeDown>,
     /// Fires when core drops the edge: its link ends.
@@ -238,11 +240,14 @@ impl EdgeRegistry {
 
     /// Registers an edge. Returns the edge and the receiving end of its queue, or
     /// [`AlreadyLinked`] while an edge of that id is live: a second process with the same id
-    /// is refused and the live edge is left untouched. (An edge re-registers once its old
-    /// link has ended, or once core dropped it as silent.)
+    /// is refused and the live edge is left untouched. The same process (`instance`)
+    /// registering again replaces its own link, which it has lost before core noticed: the
+    /// old link is cancelled. (Another process takes the id once the old link has ended, or
+    /// once core dropped it as silent.)
     pub fn register(
         &self,
         id: String,
+        instance: u64,
         meta: EdgeMeta,
         now: Instant,
     ) -> Result<(Arc<Edge>, mpsc::Receiver<EdgeDown>), AlreadyLinked> {
@@ -250,13 +255,16 @@ impl EdgeRegistry {
             .live
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if live.contains_key(&id) {
-            return Err(AlreadyLinked);
+        match live.get(&id) {
+            Some(old) if old.instance == instance => old.cancel.cancel(),
+            Some(_) => return Err(AlreadyLinked),
+            None => {}
         }
         let (tx, rx) = mpsc::channel(self.queue_capacity);
         let edge = Arc::new(Edge {
             id: id.clone(),
             generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+            instance,
             meta,
             tx,
             cancel: CancellationToken::new(),
@@ -373,8 +381,8 @@ mod tests {
     fn silent_edges_are_reaped_and_lost_ones_expire_after_the_timeout() {
         let t0 = Instant::now();
         let reg = EdgeRegistry::new(8, Duration::from_secs(10));
-        let (a, _rx_a) = reg.register("a".into(), meta(), t0).unwrap();
-        let (b, _rx_b) = reg.register("b".into(), meta(), t0).unwrap();
+        let (a, _rx_a) = reg.register("a".into(), 1, meta(), t0).unwrap();
+        let (b, _rx_b) = reg.register("b".into(), 1, meta(), t0).unwrap();
         b.heartbeat(t0 + Duration::from_secs(8), HashMap::new(), HashMap::new());
         assert!(reg.reap(t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(
@@ -403,10 +411,10 @@ mod tests {
     fn a_re_registration_after_the_link_ended_cancels_its_expiry() {
         let t0 = Instant::now();
         let reg = EdgeRegistry::new(8, Duration::from_secs(10));
-        let (old, _rx) = reg.register("a".into(), meta(), t0).unwrap();
+        let (old, _rx) = reg.register("a".into(), 1, meta(), t0).unwrap();
         reg.link_ended(&old, t0);
         let (new, _rx2) = reg
-            .register("a".into(), meta(), t0 + Duration::from_secs(1))
+            .register("a".into(), 1, meta(), t0 + Duration::from_secs(1))
             .unwrap();
         assert!(reg.reap(t0 + Duration::from_secs(10)).is_empty());
         // The old link's late end does not remove the new registration.
@@ -418,13 +426,13 @@ mod tests {
     fn a_second_registration_of_a_live_id_is_refused_and_the_live_edge_kept() {
         let t0 = Instant::now();
         let reg = EdgeRegistry::new(8, Duration::from_secs(10));
-        let (live, _rx) = reg.register("a".into(), meta(), t0).unwrap();
+        let (live, _rx) = reg.register("a".into(), 1, meta(), t0).unwrap();
         let newcomer = EdgeMeta {
             region: "elsewhere".into(),
             ..meta()
         };
         assert_eq!(
-            reg.register("a".into(), newcomer, t0 + Duration::from_secs(1))
+            reg.register("a".into(), 2, newcomer, t0 + Duration::from_secs(1))
                 .map(|_| ()),
             Err(AlreadyLinked)
         );
@@ -437,15 +445,32 @@ mod tests {
             vec!["a".to_string()]
         );
         assert!(
-            reg.register("a".into(), meta(), t0 + Duration::from_secs(12))
+            reg.register("a".into(), 1, meta(), t0 + Duration::from_secs(12))
                 .is_ok()
         );
     }
 
     #[test]
+    fn the_same_instance_registering_again_replaces_its_stale_link() {
+        let t0 = Instant::now();
+        let reg = EdgeRegistry::new(8, Duration::from_secs(10));
+        let (stale, _rx) = reg.register("a".into(), 7, meta(), t0).unwrap();
+        let (fresh, _rx2) = reg
+            .register("a".into(), 7, meta(), t0 + Duration::from_secs(1))
+            .unwrap();
+        assert!(stale.cancel.is_cancelled(), "the stale link ends");
+        assert!(!fresh.cancel.is_cancelled());
+        assert!(Arc::ptr_eq(&reg.get("a").unwrap(), &fresh));
+        // The stale link's end, when it comes, leaves the new one alone.
+        reg.link_ended(&stale, t0 + Duration::from_secs(2));
+        assert!(Arc::ptr_eq(&reg.get("a").unwrap(), &fresh));
+        assert!(reg.reap(t0 + Duration::from_secs(10)).is_empty());
+    }
+
+    #[test]
     fn a_disconnect_during_auth_is_not_lost() {
         let reg = EdgeRegistry::new(2, Duration::from_secs(10));
-        let (e, _rx) = reg.register("a".into(), meta(), Instant::now()).unwrap();
+        let (e, _rx) = reg.register("a".into(), 1, meta(), Instant::now()).unwrap();
         let conn = || Conn {
             user: "u".into(),
             device: "d".into(),
@@ -466,7 +491,7 @@ mod tests {
     #[test]
     fn rooms_and_load_follow_reports() {
         let reg = EdgeRegistry::new(2, Duration::from_secs(10));
-        let (e, _rx) = reg.register("a".into(), meta(), Instant::now()).unwrap();
+        let (e, _rx) = reg.register("a".into(), 1, meta(), Instant::now()).unwrap();
         e.room_change("lobby".into(), 3);
         e.room_change("quiet".into(), 1);
         e.room_change("quiet".into(), 0);

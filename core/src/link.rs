@@ -78,9 +78,9 @@ impl EdgeLink for LinkService {
             weight: reg.weight,
         };
         let core = self.core.clone();
-        let Ok((edge, rx)) = core
-            .edges
-            .register(reg.edge_id.clone(), meta, Instant::now())
+        let Ok((edge, rx)) =
+            core.edges
+                .register(reg.edge_id.clone(), reg.instance, meta, Instant::now())
         else {
             warn!(
                 edge = %reg.edge_id,
@@ -98,6 +98,21 @@ impl EdgeLink for LinkService {
                 reg.edge_id
             )));
         };
+        // A new link starts with no clients (an edge closes its clients when it loses its
+        // link), so whatever sessions the store still holds for this edge id are over: a
+        // restarted edge's, or those whose disconnects were lost with the old link.
+        match core.sessions.expire_edge(&edge.id, now_ms()).await {
+            Ok(n) if n > 0 => {
+                info!(edge = %edge.id, sessions = n, "sessions of the edge's previous link ended");
+                core.metrics.sessions_expired.inc_by(n as u64);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                core.edges.link_ended(&edge, Instant::now());
+                warn!(edge = %edge.id, error = %e, "cannot end the sessions of the edge's previous link");
+                return Err(Status::unavailable(format!("store: {e}")));
+            }
+        }
         info!(edge = %edge.id, "edge registered");
         core.metrics.edges.set(core.edges.live().len() as i64);
         let registered = down(edge_down::Msg::Registered(link::Registered {

@@ -63,8 +63,9 @@ impl From<tonic::Status> for LinkError {
     }
 }
 
-/// What an edge tells core about itself.
-#[derive(Debug, Clone, Default)]
+/// What an edge tells core about itself. Its `Default` is a new process instance (a random
+/// [`instance`](EdgeIdentity::instance)) with every other field empty.
+#[derive(Debug, Clone)]
 pub struct EdgeIdentity {
     /// The internal port's key, sent with the link (see `roam_proto::internal_auth`).
     pub key: Option<roam_proto::internal_auth::InternalKey>,
@@ -80,6 +81,24 @@ pub struct EdgeIdentity {
     pub lon: f64,
     /// Relative capacity (0: draining).
     pub weight: u32,
+    /// A random id of this edge process, the same across its reconnects: core lets it
+    /// replace its own stale link.
+    pub instance: u64,
+}
+
+impl Default for EdgeIdentity {
+    fn default() -> Self {
+        EdgeIdentity {
+            key: None,
+            edge_id: String::new(),
+            addresses: HashMap::new(),
+            region: String::new(),
+            lat: 0.0,
+            lon: 0.0,
+            weight: 0,
+            instance: rand::random(),
+        }
+    }
 }
 
 /// An open, registered link to core.
@@ -113,6 +132,7 @@ impl CoreLink {
                 lat: identity.lat,
                 lon: identity.lon,
                 weight: identity.weight,
+                instance: identity.instance,
             })),
         };
         // The queue is empty and its receiver alive: this cannot fail.

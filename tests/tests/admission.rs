@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use roam_client::child::ChildServer;
+use roam_bench::child::ChildServer;
 use roam_client::raw::RawConnection;
 use roam_proto::client::v1 as pb;
 use roam_tests::metric;
@@ -108,15 +108,33 @@ async fn admin_connections_beyond_the_cap_get_503() {
     drop(_held);
     // The slot is free again once the held connection is gone.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = roam_tests::admin(&server, "GET", "/healthz", None, Some("")).await;
-        if r.status == 200 {
-            break;
+    let admin = server.addr("admin").unwrap();
+    let metrics = loop {
+        // Until the server has seen the held connection go, a new one is still refused
+        // (503, or closed before the request was read).
+        let r = roam_client::admin::request(
+            admin,
+            roam_client::admin::Method::GET,
+            "/metrics",
+            "",
+            None,
+        )
+        .await;
+        match r {
+            Ok(r) if r.status == 200 => break String::from_utf8_lossy(&r.body).into_owned(),
+            r => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                r.map(|r| r.status)
+            ),
         }
-        assert!(tokio::time::Instant::now() < deadline, "{r:?}");
         tokio::task::yield_now().await;
-    }
-    assert!(metric(&server, "roam_refused_connections_total{reason=\"admin\"}").await >= 1.0);
+    };
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("roam_refused_connections_total{reason=\"admin\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(refused.is_some_and(|n| n >= 1.0), "{metrics}");
 }
 
 #[tokio::test]

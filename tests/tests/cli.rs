@@ -139,6 +139,17 @@ fn last_json_line(out: &Output) -> serde_json::Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"))
 }
 
+/// Asserts that each of `figures` is a number in `json`, zero allowed (CPU time is counted
+/// in clock ticks of 10 ms: a short run may spend none).
+fn assert_numbers(json: &serde_json::Value, figures: &[&str]) {
+    for figure in figures {
+        assert!(
+            json[figure].as_f64().is_some_and(|v| v >= 0.0),
+            "{figure} missing or negative: {json}"
+        );
+    }
+}
+
 /// Asserts that each of `figures` is a number above zero in `json`.
 fn assert_positive(json: &serde_json::Value, figures: &[&str]) {
     for figure in figures {
@@ -383,9 +394,9 @@ fn bench_idle_conns_holds_small_counts_over_both_transports() {
                 "server_rss_bytes",
                 "server_rss_before_bytes",
                 "connect_per_sec",
-                "server_cpu_us_per_conn",
             ],
         );
+        assert_numbers(&json, &["server_cpu_us_per_conn"]);
         assert_present(&json, &["server_rss_per_conn_bytes", "server_online"]);
         for (figure, expected) in [
             ("connections", 20),
@@ -417,13 +428,15 @@ fn bench_room_fanout_delivers_to_a_small_room() {
     );
     let json = last_json_line(&out);
     assert_eq!(json["scenario"], "room-fanout", "{json}");
+    assert_numbers(
+        &json,
+        &["server_cpu_us_per_delivery", "client_cpu_us_per_delivery"],
+    );
     assert_positive(
         &json,
         &[
             "deliveries_per_sec",
             "delivered_ratio",
-            "server_cpu_us_per_delivery",
-            "client_cpu_us_per_delivery",
             "delivery_p50_ms",
             "delivery_p99_ms",
             "delivery_max_ms",

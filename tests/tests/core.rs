@@ -40,6 +40,7 @@ async fn edge(server: &ChildServer, id: &str, lat: f64, lon: f64, weight: u32) -
         lat,
         lon,
         weight,
+        ..EdgeIdentity::default()
     };
     CoreLink::connect(&addr, identity).await.unwrap()
 }
@@ -424,6 +425,48 @@ async fn a_silent_edge_leaves_the_node_list_and_its_sessions_go_offline() {
         v["edges"].as_array().is_some_and(Vec::is_empty)
     })
     .await;
+    poll(&server, "/api/v1/presence?users=alice", |v| {
+        v["users"][0]["online"] == false
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_edge_that_links_again_ends_the_sessions_of_its_lost_link() {
+    // The default edge timeout (15 s) is longer than this test: only the new link can end
+    // alice's session.
+    let server = start("");
+    let mut lost = edge(&server, "flaky", 0.0, 0.0, 1).await;
+    assert!(
+        connect(&mut lost, 1, &token(&server, "alice"), "phone")
+            .await
+            .ok
+    );
+    poll(&server, "/api/v1/presence?users=alice", |v| {
+        v["users"][0]["online"] == true
+    })
+    .await;
+    // The link drops without a Disconnect for alice (as when an edge loses its link and
+    // closes its clients); the edge links again as soon as core lets the id go.
+    drop(lost);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let _again = loop {
+        let addr = format!("http://{}", server.addr("internal").unwrap());
+        let identity = EdgeIdentity {
+            key: Some(roam_tests::internal_key(&server)),
+            edge_id: "flaky".into(),
+            weight: 1,
+            ..EdgeIdentity::default()
+        };
+        match CoreLink::connect(&addr, identity).await {
+            Ok(link) => break link,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the id never came free: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     poll(&server, "/api/v1/presence?users=alice", |v| {
         v["users"][0]["online"] == false
     })

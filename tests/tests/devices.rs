@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use roam_client::child::ChildServer;
+use roam_bench::child::ChildServer;
 use roam_client::raw::RawConnection;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, Op};

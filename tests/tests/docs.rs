@@ -1,13 +1,22 @@
 //! The documentation, run as written: every `curl` example of docs/api.md, in order, against a
 //! real server, the way a new user would paste them (`$API` and `$KEY` set as the page says).
+//! An example must succeed (2xx) unless the page shows its answer as an error on the next
+//! line (`# {"error": ...}`): then it must be refused (4xx).
 
 use std::path::Path;
 use std::process::Command;
 
+/// One example: the command, and whether the page shows it refused.
+#[derive(Debug, PartialEq)]
+struct Example {
+    command: String,
+    refused: bool,
+}
+
 /// The `curl` commands of every `sh` block in `markdown`, in order, with `\` continuations
 /// joined. Other lines (comments, variable assignments) are left out.
-fn curl_commands(markdown: &str) -> Vec<String> {
-    let mut commands = Vec::new();
+fn curl_commands(markdown: &str) -> Vec<Example> {
+    let mut commands: Vec<Example> = Vec::new();
     let mut in_sh = false;
     let mut pending = String::new();
     for line in markdown.lines() {
@@ -15,6 +24,11 @@ fn curl_commands(markdown: &str) -> Vec<String> {
         if trimmed.starts_with("```") {
             in_sh = trimmed == "```sh";
             continue;
+        }
+        if in_sh && pending.is_empty() && trimmed.starts_with("# {\"error\"") {
+            if let Some(last) = commands.last_mut() {
+                last.refused = true;
+            }
         }
         if !in_sh || (pending.is_empty() && !trimmed.starts_with("curl ")) {
             continue;
@@ -26,7 +40,10 @@ fn curl_commands(markdown: &str) -> Vec<String> {
             }
             None => {
                 pending.push_str(trimmed);
-                commands.push(std::mem::take(&mut pending));
+                commands.push(Example {
+                    command: std::mem::take(&mut pending),
+                    refused: false,
+                });
             }
         }
     }
@@ -35,8 +52,18 @@ fn curl_commands(markdown: &str) -> Vec<String> {
 
 #[test]
 fn curl_commands_are_found_with_their_continuations() {
-    let md = "text\n```sh\nKEY=x\n# a comment\ncurl -s $API/a \\\n  -d '{}'\ncurl b\n```\n```json\ncurl c\n```\n";
-    assert_eq!(curl_commands(md), ["curl -s $API/a -d '{}'", "curl b"]);
+    let md = "text\n```sh\nKEY=x\n# a comment\ncurl -s $API/a \\\n  -d '{}'\ncurl b\n# {\"error\": {}}\n```\n```json\ncurl c\n```\n";
+    let example = |command: &str, refused| Example {
+        command: command.into(),
+        refused,
+    };
+    assert_eq!(
+        curl_commands(md),
+        [
+            example("curl -s $API/a -d '{}'", false),
+            example("curl b", true)
+        ]
+    );
 }
 
 #[test]
@@ -49,7 +76,7 @@ fn every_curl_example_of_the_api_page_works_as_written() {
     let server = roam_tests::start("");
     let api = format!("http://{}", server.addr("admin").expect("admin address"));
     let key = roam_tests::api_key(&server);
-    for command in &commands {
+    for Example { command, refused } in &commands {
         // The status code last, on a line of its own, after whatever the example prints
         // (curl wrapped, so a trailing comment on the example's line stays a comment).
         let out = Command::new("bash")
@@ -63,9 +90,10 @@ fn every_curl_example_of_the_api_page_works_as_written() {
             .expect("bash runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let status = stdout.lines().last().unwrap_or("");
+        let expected = if *refused { '4' } else { '2' };
         assert!(
-            out.status.success() && status.starts_with('2'),
-            "docs/api.md: `{command}` answered {status}: {stdout}{}",
+            out.status.success() && status.starts_with(expected),
+            "docs/api.md: `{command}` answered {status} ({expected}xx expected): {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use roam_client::child::{ChildError, ChildServer};
+use roam_bench::child::ChildServer;
 use roam_client::raw::RawConnection;
 use roam_edge::link::{CoreLink, EdgeIdentity, LinkError};
 use roam_proto::client::v1 as pb;
@@ -284,12 +284,17 @@ async fn two_serve_processes_with_default_edge_ids_both_stay_linked() {
         key_file.display().to_string()
     );
     match ChildServer::start_with(&roam_tests::roam_bin(), &thief_toml, &["--role", "edge"]) {
-        Err(ChildError::Exited { stderr, .. }) => assert!(
-            stderr.contains("already linked") && stderr.contains(&own_id),
-            "{stderr}"
-        ),
+        // The child's error carries its stderr: the refusal, naming the id.
+        Err(e) => {
+            let stderr = format!("{e:#}");
+            assert!(
+                stderr.contains("before it was ready")
+                    && stderr.contains("already linked")
+                    && stderr.contains(&own_id),
+                "{stderr}"
+            );
+        }
         Ok(_) => panic!("an edge with a live edge's id started"),
-        Err(e) => panic!("{e}"),
     }
     for n in 5..8 {
         push_both(&all, &mut alice, &mut bob, n).await;
