@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::lean_tls::LeanTlsAcceptor;
 use crate::listener::accept_loop;
 use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
+use roam_tls::lean::LeanTlsAcceptor;
 
 const TCP: TransportLabel = TransportLabel { transport: "tcp" };
 

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proptest::prelude::*;
-use roam_edge::lean_tls::{LeanTlsAcceptor, LeanTlsStream};
+use roam_tls::lean::{LeanTlsAcceptor, LeanTlsStream};
 use rustls::pki_types::ServerName;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::io::{
@@ -761,14 +761,37 @@ async fn a_forged_record_fails_the_stream_without_delivering_it() {
 // ---------------------------------------------------------------------------------------
 // Hyper over the stream, and what an idle stream holds afterwards.
 
-/// One stream shared between hyper and the test, so the test can look at it while hyper owns
-/// the connection.
+/// The server stream shared between hyper's connection task and the test, which watches
+/// what the stream holds each time a read parks (the server then waits for its peer).
 #[derive(Clone)]
-struct Shared(Arc<Mutex<LeanTlsStream<TcpStream>>>);
+struct Shared {
+    stream: Arc<Mutex<LeanTlsStream<TcpStream>>>,
+    /// After every read: whether it parked, and the stream's buffered capacity then.
+    parked: Arc<tokio::sync::watch::Sender<(bool, usize)>>,
+}
 
 impl Shared {
+    fn new(stream: LeanTlsStream<TcpStream>) -> Self {
+        Shared {
+            stream: Arc::new(Mutex::new(stream)),
+            parked: Arc::new(tokio::sync::watch::channel((false, 0)).0),
+        }
+    }
+
     fn buffered(&self) -> usize {
-        self.0.lock().unwrap().buffered_capacity()
+        self.stream.lock().unwrap().buffered_capacity()
+    }
+
+    /// Waits until the server's read parks with no buffers held: an idle connection. Times
+    /// out (failing the test) if the stream keeps a buffer while it waits for its peer.
+    async fn idle_with_no_buffers(&self, what: &str) {
+        let mut parked = self.parked.subscribe();
+        within(
+            what,
+            parked.wait_for(|&(parked, buffered)| parked && buffered == 0),
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -778,7 +801,11 @@ impl AsyncRead for Shared {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.lock().unwrap()).poll_read(cx, buf)
+        let mut stream = self.stream.lock().unwrap();
+        let result = Pin::new(&mut *stream).poll_read(cx, buf);
+        self.parked
+            .send_replace((result.is_pending(), stream.buffered_capacity()));
+        result
     }
 }
 
@@ -788,23 +815,23 @@ impl AsyncWrite for Shared {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.lock().unwrap()).poll_write(cx, buf)
+        Pin::new(&mut *self.stream.lock().unwrap()).poll_write(cx, buf)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.lock().unwrap()).poll_write_vectored(cx, bufs)
+        Pin::new(&mut *self.stream.lock().unwrap()).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.0.lock().unwrap().is_write_vectored()
+        self.stream.lock().unwrap().is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.lock().unwrap()).poll_flush(cx)
+        Pin::new(&mut *self.stream.lock().unwrap()).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.lock().unwrap()).poll_shutdown(cx)
+        Pin::new(&mut *self.stream.lock().unwrap()).poll_shutdown(cx)
     }
 }
 
@@ -825,7 +852,7 @@ async fn hello(
 async fn hyper_http11_serves_a_tokio_rustls_client_and_the_idle_stream_holds_nothing() {
     let (server, client) = tcp_pair_with(&[b"http/1.1"]).await;
     assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let shared = Shared(Arc::new(Mutex::new(server)));
+    let shared = Shared::new(server);
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(
         TokioIo::new(shared.clone()),
         hyper::service::service_fn(hello),
@@ -846,7 +873,9 @@ async fn hyper_http11_serves_a_tokio_rustls_client_and_the_idle_stream_holds_not
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, format!("hello {size}"));
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    shared
+        .idle_with_no_buffers("an idle HTTP/1.1 connection holds buffers")
+        .await;
     assert_eq!(
         shared.buffered(),
         0,
@@ -860,7 +889,7 @@ async fn hyper_http11_serves_a_tokio_rustls_client_and_the_idle_stream_holds_not
 #[tokio::test]
 async fn hyper_auto_builder_serves_http2_and_the_idle_stream_holds_nothing() {
     let (server, client) = tcp_pair_with(&[b"h2"]).await;
-    let shared = Shared(Arc::new(Mutex::new(server)));
+    let shared = Shared::new(server);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let served = tokio::spawn(async move {
         builder
@@ -902,7 +931,7 @@ async fn hyper_auto_builder_serves_http2_and_the_idle_stream_holds_nothing() {
 #[tokio::test]
 async fn an_idle_http2_connection_holds_no_buffers_while_open() {
     let (server, client) = tcp_pair_with(&[b"h2"]).await;
-    let shared = Shared(Arc::new(Mutex::new(server)));
+    let shared = Shared::new(server);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let io = TokioIo::new(shared.clone());
     tokio::spawn(async move {
@@ -920,7 +949,9 @@ async fn an_idle_http2_connection_holds_no_buffers_while_open() {
         .unwrap();
     let resp = within("request", send.send_request(req)).await.unwrap();
     resp.into_body().collect().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    shared
+        .idle_with_no_buffers("an idle HTTP/2 connection holds buffers")
+        .await;
     assert_eq!(
         shared.buffered(),
         0,
@@ -1119,7 +1150,7 @@ proptest! {
 
 // ---------------------------------------------------------------------------------------
 // Measurement (ignored by default):
-// cargo test -p roam-edge --test lean_tls -- --ignored --nocapture
+// cargo test -p roam-tls --test lean -- --ignored --nocapture
 
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture"]

@@ -35,14 +35,14 @@
 //! is 0); its cost is its size plus rustls's key-update state (≈ 0.2 KB on the heap).
 //! Measured on x86-64 (rustls 0.23 with ring, after a handshake with two session tickets and
 //! a 100-byte request and response; the ignored test
-//! `idle_heap_per_connection_compared_with_tokio_rustls` in `edge/tests/lean_tls.rs`, with a
+//! `idle_heap_per_connection_compared_with_tokio_rustls` in `tls/tests/lean.rs`, with a
 //! counting allocator): see the table in docs/edge.md.
 //!
 //! ## How it connects
 //!
-//! `tcp.rs` (the client port) accepts a `TcpStream`, boxes and times
-//! [`LeanTlsAcceptor::accept`] (so the handshake's state is freed once it completes) and
-//! hands the stream to hyper-util's auto builder. `accept` resolves when rustls is done with
+//! The edge's `tcp.rs` (the client port; `raw.rs`, the raw frame port, likewise) accepts a
+//! `TcpStream`, boxes and times [`LeanTlsAcceptor::accept`] (so the handshake's state is
+//! freed once it completes) and hands the stream to hyper-util's auto builder. `accept` resolves when rustls is done with
 //! the handshake (the client's Finished is in), so [`LeanTlsStream::alpn_protocol`] is final
 //! by then. The session tickets rustls then sends are written as far as the socket takes
 //! them; any rest goes out with the first write or flush (or from a read), so a client that

@@ -422,10 +422,9 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let (cert_key, roots) = roam_tls::self_signed(&["localhost"]).expect("certificate");
-            let server_config =
-                roam_tls::server_config(&cert_key, roam_tls::ALPN_RAW).expect("config");
-            let mut client_config = (*roam_tls::client_config(roots, roam_tls::ALPN_RAW)).clone();
+            let (cert_key, roots) = crate::self_signed(&["localhost"]).expect("certificate");
+            let server_config = crate::server_config(&cert_key, crate::ALPN_RAW).expect("config");
+            let mut client_config = (*crate::client_config(roots, crate::ALPN_RAW)).clone();
             client_config.enable_secret_extraction = true;
             let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
             let (c, s) = tokio::io::duplex(64 * 1024);
