@@ -105,6 +105,8 @@ const SLACK: usize = OVERHEAD + KEY_UPDATE_RECORD;
 const SMALL_CIPHER: usize = SMALL_WRITE + SLACK;
 const MID_CIPHER: usize = MID_WRITE + SLACK;
 const BIG_CIPHER: usize = MAX_WRITE + SLACK;
+/// A plaintext fatal `handshake_failure` alert record.
+const HANDSHAKE_FAILURE_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 40];
 /// Bound on state transitions per call: rustls always progresses, this only turns a bug into
 /// an error instead of a spin.
 const MAX_STEPS: usize = 4096;
@@ -154,6 +156,7 @@ impl LeanTlsAcceptor {
                 io,
                 conn,
                 b: Buffers::default(),
+                framed: 0,
             };
             std::future::poll_fn(|cx| handshake.poll_handshake(cx)).await?;
             handshake.into_stream()
@@ -242,6 +245,10 @@ struct Handshake<IO> {
     io: IO,
     conn: UnbufferedServerConnection,
     b: Buffers,
+    /// How far into `b.incoming` rustls has been offered whole records. Kept across reads:
+    /// rustls joins the fragments of a handshake message that spans records in place, so
+    /// the records it has seen cannot be told apart from the bytes any more.
+    framed: usize,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
@@ -287,8 +294,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
                     "peer closed the connection during the TLS handshake",
                 )));
             }
-            let conn = &mut self.conn;
-            if let Err(e) = receive(&mut self.b, data, |b, data| process(conn, b, data)) {
+            let (conn, framed) = (&mut self.conn, &mut self.framed);
+            if let Err(e) = receive(&mut self.b, data, |b, data| process(conn, b, data, framed)) {
                 self.b.failed = true;
                 self.b.error = Some(e);
             }
@@ -309,21 +316,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
     }
 }
 
-/// Where the first whole TLS record at `from` ends, or the end of `data` if none is whole
-/// yet (rustls then sees the partial record and checks its header early).
-fn next_record_end(data: &[u8], from: usize) -> usize {
-    let rest = &data[from.min(data.len())..];
-    match rest.get(..5) {
-        Some(h) => {
-            let end = from + 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
-            if end <= data.len() { end } else { data.len() }
-        }
-        None => data.len(),
-    }
+/// Where the TLS record at `from` ends, if all of it is in `data`.
+fn whole_record_end(data: &[u8], from: usize) -> Option<usize> {
+    let h = data.get(from..)?.get(..5)?;
+    let end = from + 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
+    (end <= data.len()).then_some(end)
 }
 
 /// Runs rustls over `data` until it needs more input, the handshake is done, or the peer
-/// closed. Returns how many bytes from the front of `data` rustls is done with.
+/// closed. Returns how many bytes from the front of `data` rustls is done with. `framed`
+/// (kept across calls) is how far rustls has been offered whole records, from the front of
+/// `data`.
 ///
 /// rustls is offered one record more at a time and nothing once the handshake is complete:
 /// the records after the client's Finished belong to [`Records`]. (Given them, rustls would
@@ -333,18 +336,34 @@ fn process(
     conn: &mut UnbufferedServerConnection,
     b: &mut Buffers,
     data: &mut [u8],
+    framed: &mut usize,
+) -> io::Result<usize> {
+    let consumed = process_records(conn, b, data, framed)?;
+    *framed = framed.saturating_sub(consumed);
+    Ok(consumed)
+}
+
+fn process_records(
+    conn: &mut UnbufferedServerConnection,
+    b: &mut Buffers,
+    data: &mut [u8],
+    framed: &mut usize,
 ) -> io::Result<usize> {
     let mut consumed = 0;
     let len = data.len();
-    // The end of what rustls has been offered so far.
-    let mut offered = 0;
     for _ in 0..MAX_STEPS {
         let mut offer_more = false;
-        if !conn.is_handshaking() {
-            offered = consumed;
-        } else if offered <= consumed {
-            offered = next_record_end(data, consumed);
-        }
+        // What rustls is offered: the whole records up to `framed`; with none new, the
+        // incomplete record that follows (rustls then checks its header early).
+        let offered = if !conn.is_handshaking() {
+            *framed = consumed;
+            consumed
+        } else {
+            if *framed <= consumed {
+                *framed = whole_record_end(data, consumed).unwrap_or(consumed);
+            }
+            if *framed == consumed { len } else { *framed }
+        };
         let UnbufferedStatus { mut discard, state } =
             conn.process_tls_records(&mut data[consumed..offered]);
         let mut error = None;
@@ -409,7 +428,11 @@ fn process(
             return Ok(consumed);
         }
         if offer_more {
-            offered = next_record_end(data, offered);
+            match whole_record_end(data, (*framed).max(consumed)) {
+                Some(end) => *framed = end,
+                // The rest is an incomplete record: wait for it.
+                None => return Ok(consumed),
+            }
         }
     }
     b.failed = true;
@@ -427,6 +450,18 @@ fn fail_handshake(
     b: &mut Buffers,
     error: rustls::Error,
 ) -> io::Error {
+    if error
+        == rustls::Error::PeerIncompatible(rustls::PeerIncompatible::NoSignatureSchemesInCommon)
+    {
+        // rustls finds that it cannot sign with any scheme the client offers only when it
+        // writes CertificateVerify, after queuing its ServerHello. RFC 8446 §4.2.3 wants the
+        // handshake aborted with `handshake_failure`: the client gets that alert in the
+        // clear, as for any other ClientHello we refuse, and no ServerHello.
+        b.outgoing.extend_from_slice(&HANDSHAKE_FAILURE_ALERT);
+        b.failed = true;
+        b.incoming = Vec::new();
+        return invalid_data(error);
+    }
     for _ in 0..MAX_STEPS {
         if !conn.wants_write() {
             break;

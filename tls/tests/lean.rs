@@ -342,6 +342,79 @@ async fn an_unknown_alpn_is_refused_with_an_alert() {
     assert!(err.to_string().to_lowercase().contains("protocol"), "{err}");
 }
 
+/// A ClientHello too big for one record (here a 51 KB ALPN list: four records) arrives over
+/// several reads: rustls joins a handshake message's fragments in place, so the stream must
+/// remember which records it has offered across reads. Stock rustls completes this too.
+#[tokio::test]
+async fn a_client_hello_spanning_records_and_reads_completes_the_handshake() {
+    let long: Vec<Vec<u8>> = (0..200u8).map(|i| vec![b'a' + i % 26; 255]).collect();
+    let mut alpn: Vec<&[u8]> = long.iter().map(Vec::as_slice).collect();
+    alpn.push(b"h2");
+    for capacity in [1000, 17 * 1024, 64 * 1024] {
+        let (server, client) = duplex_pair_with(capacity, connector(&alpn)).await;
+        assert_eq!(
+            server.alpn_protocol(),
+            Some(&b"h2"[..]),
+            "pipe of {capacity} B"
+        );
+        echo(server, client, pattern(1000, 1)).await;
+    }
+}
+
+/// A TLS 1.3 ClientHello record (AES-128-GCM, X25519) offering `schemes` as its
+/// signature algorithms: our own record builder, for what rustls's client will not send.
+fn client_hello(schemes: &[u16]) -> Vec<u8> {
+    fn ext(out: &mut Vec<u8>, typ: u16, body: &[u8]) {
+        out.extend_from_slice(&typ.to_be_bytes());
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    let mut exts = Vec::new();
+    ext(&mut exts, 43, &[2, 3, 4]); // supported_versions: TLS 1.3
+    ext(&mut exts, 10, &[0, 2, 0, 0x1d]); // supported_groups: x25519
+    let mut share = vec![0, 36, 0, 0x1d, 0, 32];
+    share.extend_from_slice(&[9u8; 32]);
+    ext(&mut exts, 51, &share); // key_share
+    let mut sigs = ((schemes.len() * 2) as u16).to_be_bytes().to_vec();
+    sigs.extend(schemes.iter().flat_map(|s| s.to_be_bytes()));
+    ext(&mut exts, 13, &sigs); // signature_algorithms
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]); // session id, suites, compression
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&body);
+    let mut record = vec![22, 3, 1];
+    record.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    record.extend_from_slice(&hs);
+    record
+}
+
+/// A ClientHello whose signature algorithms are all legacy or undefined for TLS 1.3 gets a
+/// plaintext `handshake_failure` alert and nothing else (RFC 8446 §4.2.3), not a ServerHello
+/// followed by an alert under handshake keys.
+#[tokio::test]
+async fn no_common_signature_scheme_is_a_handshake_failure_before_any_server_hello() {
+    // rsa_pkcs1_sha1, rsa_pkcs1_sha512, ecdsa_sha1; then undefined code points.
+    for schemes in [
+        &[0x0201u16, 0x0601, 0x0203][..],
+        &[0x0418, 0x1801, 0x0a0a, 0xffff],
+    ] {
+        let (mut c, s) = duplex(64 * 1024);
+        let server = tokio::spawn(acceptor().accept(s));
+        c.write_all(&client_hello(schemes)).await.unwrap();
+        let mut answer = Vec::new();
+        within("the server's answer", c.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        assert_eq!(answer, [21, 3, 3, 0, 2, 2, 40], "schemes {schemes:04x?}");
+        let err = within("server", server).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}
+
 #[tokio::test]
 async fn garbage_before_tls_fails_the_handshake_cleanly() {
     let (mut c, s) = duplex(1024);
