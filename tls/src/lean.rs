@@ -87,6 +87,9 @@ use rustls::unbuffered::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod records;
 
 use records::{Content, KEY_UPDATE_RECORD, OVERHEAD, RecordError, Records};

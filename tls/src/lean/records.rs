@@ -46,9 +46,9 @@ pub(super) const MAX_PLAINTEXT: usize = 16 * 1024;
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 
 const CONTENT_ALERT: u8 = 21;
-const CONTENT_HANDSHAKE: u8 = 22;
-const CONTENT_APPLICATION_DATA: u8 = 23;
-const HANDSHAKE_KEY_UPDATE: u8 = 24;
+pub(super) const CONTENT_HANDSHAKE: u8 = 22;
+pub(super) const CONTENT_APPLICATION_DATA: u8 = 23;
+pub(super) const HANDSHAKE_KEY_UPDATE: u8 = 24;
 /// Handshake message header: type, 24-bit length.
 const HANDSHAKE_HEADER_LEN: usize = 4;
 const ALERT_CLOSE_NOTIFY: u8 = 0;
@@ -130,7 +130,7 @@ pub(super) enum Content<'a> {
 const MAX_KEY_LEN: usize = 32;
 
 /// One direction's traffic key. Its key and IV are zeroized when it is dropped.
-struct Keys {
+pub(super) struct Keys {
     aead: &'static aead::Algorithm,
     key: [u8; MAX_KEY_LEN],
     iv: [u8; NONCE_LEN],
@@ -202,7 +202,12 @@ impl Keys {
 
     /// Seals `plain` with inner content type `typ` into the front of `out` (at least
     /// `plain.len() + OVERHEAD` bytes); returns the record's length.
-    fn seal(&mut self, typ: u8, plain: &[u8], out: &mut [u8]) -> Result<usize, RecordError> {
+    pub(super) fn seal(
+        &mut self,
+        typ: u8,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, RecordError> {
         let inner = plain.len() + 1;
         let total = HEADER_LEN + inner + TAG_LEN;
         let Some(out) = out.get_mut(..total) else {
@@ -468,9 +473,21 @@ impl Records {
     }
 
     /// Lowers the confidentiality limit (for tests of the refresh).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn set_tx_limit(&mut self, limit: u64) {
         self.tx_limit = limit;
+    }
+
+    /// A copy of the peer's current transmit key (= our receive key, at its sequence
+    /// number): for the fuzz harness, to seal records as the peer would.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn peer_keys(&self) -> Keys {
+        Keys {
+            aead: self.rx.aead,
+            key: self.rx.key,
+            iv: self.rx.iv,
+            seq: self.rx.seq,
+        }
     }
 }
 
