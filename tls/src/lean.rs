@@ -58,13 +58,20 @@
 //!   for it to be written (the caller's timeout bounds that), afterwards it gets one attempt.
 //! - The handshake reads while its own flight is still being written: a peer may write
 //!   before it reads (a TLS 1.3 client sends its compatibility change_cipher_spec as soon as
-//!   it has our ServerHello).
+//!   it has our ServerHello). A handshake message may span records and reads (a ClientHello
+//!   of tens of KB): rustls is offered whole records, and the stream remembers across reads
+//!   how far (rustls joins the fragments in place, so the bytes cannot be re-framed).
+//! - A ClientHello whose signature algorithms the certificate's key cannot sign with gets a
+//!   plaintext `handshake_failure` alert and no ServerHello (RFC 8446 §4.2.3; rustls alone
+//!   finds this out only after queuing its ServerHello).
 //! - `poll_write` accepts at most 16 KiB (one record) per call and returns `Pending` only
 //!   while earlier ciphertext is still waiting for the socket; the caller's flush or next
 //!   write pushes it out. `poll_shutdown` sends `close_notify`, then shuts the socket down.
-//! - Key updates: a peer's `KeyUpdate` is processed on read; the answering `KeyUpdate` goes
-//!   out ahead of our next record (as RFC 8446 §4.6.3 allows). Our own key is refreshed
-//!   before the suite's confidentiality limit.
+//! - Key updates: a peer's `KeyUpdate` is processed on read, also when split over records
+//!   (nothing else may come between the pieces, and it must end its record); an unknown
+//!   `request_update` is `illegal_parameter`. The answering `KeyUpdate` goes out ahead of our
+//!   next record (as RFC 8446 §4.6.3 allows). Our own key is refreshed before the suite's
+//!   confidentiality limit. Replaced and dropped traffic keys and IVs are zeroized.
 //! - 0-RTT data is refused (the configuration never enables it).
 //! - A reader and a writer may be split into two tasks (`tokio::io::split`): the read path
 //!   writes to the socket only when no writer is parked on it, so it never steals a
@@ -199,6 +206,9 @@ struct Buffers {
     failed: bool,
     /// A write, flush or shutdown is waiting for the socket to take `outgoing`.
     write_parked: bool,
+    /// Our answering `KeyUpdate` is in `outgoing`, not (wholly) written yet: it reaches the
+    /// peer after any request that arrives meanwhile, so it answers that one too.
+    answer_unsent: bool,
 }
 
 impl<IO> fmt::Debug for LeanTlsStream<IO> {
@@ -518,7 +528,10 @@ fn poll_drain<IO: AsyncWrite + Unpin>(
     while !b.outgoing.is_empty() {
         match ready!(Pin::new(&mut *io).poll_write(cx, &b.outgoing)) {
             Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Ok(n) if n >= b.outgoing.len() => b.outgoing = Vec::new(),
+            Ok(n) if n >= b.outgoing.len() => {
+                b.outgoing = Vec::new();
+                b.answer_unsent = false;
+            }
             Ok(n) => {
                 b.outgoing.drain(..n);
             }
@@ -556,14 +569,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTlsStream<IO> {
                 }
                 consumed += len;
                 // A requested KeyUpdate is answered now if nothing waits for the socket;
-                // otherwise it goes out ahead of our next data (one answer for any number
-                // of requests, so a peer that does not read cannot pile them up).
-                if records.answer_owed()
-                    && b.outgoing.is_empty()
-                    && !b.write_closed
-                    && let Err(e) = records.answer(&mut b.outgoing)
-                {
-                    return Err(fail(records, b, e));
+                // otherwise it goes out ahead of our next data. One answer for any number
+                // of requests (so a peer that does not read cannot pile them up): an answer
+                // still unsent answers the requests that come before it goes out.
+                if records.answer_owed() && !b.write_closed {
+                    if b.answer_unsent {
+                        records.answered();
+                    } else if b.outgoing.is_empty() {
+                        if let Err(e) = records.answer(&mut b.outgoing) {
+                            return Err(fail(records, b, e));
+                        }
+                        b.answer_unsent = true;
+                    }
                 }
             }
             Ok(consumed)
@@ -590,6 +607,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTlsStream<IO> {
     /// Writes freshly encrypted `bytes` behind anything still queued; what the socket does not
     /// take now is kept in `outgoing` for the next write or flush.
     fn send(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> io::Result<()> {
+        // Data now follows any queued answer: a request from here on needs an answer of its
+        // own before our next data.
+        self.b.answer_unsent = false;
         if !self.b.outgoing.is_empty() {
             self.b.outgoing.extend_from_slice(bytes);
             return match poll_drain(&mut self.io, &mut self.b, cx) {

@@ -635,6 +635,69 @@ async fn a_flood_of_key_updates_without_data_is_refused() {
     assert!(err.to_string().contains("key updates"), "{err}");
 }
 
+/// Ten KeyUpdates asking for ours, then data, in one flight: the server answers them all with
+/// one KeyUpdate (RFC 8446 §4.6.3: a receiver of several while silent responds with a single
+/// update; tlsfuzzer's `multiple KeyUpdate messages --coalescing`, which rustls passes).
+#[tokio::test]
+async fn many_key_update_requests_in_one_flight_get_one_answer() {
+    let (mut pipe, s) = duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        let mut server = acceptor().accept(s).await?;
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).await?;
+        server.write_all(b"pong").await?;
+        server.flush().await?;
+        io::Result::Ok(server)
+    });
+    let config = roam_tls::client_config(pki().roots.clone(), &[b"h2"]);
+    let mut client = rustls::ClientConnection::new(config, localhost()).unwrap();
+    let mut wire = Vec::new();
+    client.write_tls(&mut wire).unwrap();
+    pipe.write_all(&wire).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    while client.is_handshaking() {
+        let n = within("server flight", pipe.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "the server closed during the handshake");
+        client.read_tls(&mut &buf[..n]).unwrap();
+        client.process_new_packets().unwrap();
+    }
+    for _ in 0..10 {
+        client.refresh_traffic_keys().unwrap();
+    }
+    io::Write::write_all(&mut client.writer(), b"ping").unwrap();
+    let mut flight = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut flight).unwrap();
+    }
+    pipe.write_all(&flight).await.unwrap();
+    // Everything the server sends after its handshake flight: tickets, answers, "pong".
+    let mut after = Vec::new();
+    let mut pong = Vec::new();
+    while pong.len() < 4 {
+        let n = within("reply", pipe.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "the server closed instead of answering");
+        after.extend_from_slice(&buf[..n]);
+        client.read_tls(&mut &buf[..n]).unwrap();
+        client.process_new_packets().expect("the reply decrypts");
+        let mut chunk = [0u8; 16];
+        match io::Read::read(&mut client.reader(), &mut chunk) {
+            Ok(n) => pong.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // A sealed KeyUpdate is the only 22-byte record (a 5-byte message, its type, a tag).
+    let mut updates = 0;
+    let mut rest = &after[..];
+    while let [_, _, _, hi, lo, ..] = *rest {
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        updates += usize::from(len == 22);
+        rest = &rest[(5 + len).min(rest.len())..];
+    }
+    assert_eq!(updates, 1, "KeyUpdates the server sent for ten requests");
+    drop(within("server", server).await.unwrap().unwrap());
+}
+
 #[tokio::test]
 async fn a_key_update_in_the_same_flight_as_the_clients_finished_is_followed() {
     // The client is driven by hand so that its Finished, a KeyUpdate asking for ours and

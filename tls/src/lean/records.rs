@@ -404,6 +404,12 @@ impl Records {
         Ok(())
     }
 
+    /// The peer's requests are answered by a `KeyUpdate` of ours that is queued but not yet
+    /// sent: it reaches the peer after them.
+    pub(super) fn answered(&mut self) {
+        self.answer_owed = false;
+    }
+
     /// Whether the peer is owed our `KeyUpdate`.
     pub(super) fn answer_owed(&self) -> bool {
         self.answer_owed
