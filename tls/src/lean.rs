@@ -70,7 +70,8 @@
 //! - Key updates: a peer's `KeyUpdate` is processed on read, also when split over records
 //!   (nothing else may come between the pieces, and it must end its record); an unknown
 //!   `request_update` is `illegal_parameter`. The answering `KeyUpdate` goes out ahead of our
-//!   next record (as RFC 8446 §4.6.3 allows). Our own key is refreshed before the suite's
+//!   next record (RFC 8446 §4.6.3), one for all the requests that came before it, as rustls
+//!   does: a peer that rekeys while we are silent gets one answer, whatever it asked. Our own key is refreshed before the suite's
 //!   confidentiality limit. Replaced and dropped traffic keys and IVs are zeroized.
 //! - 0-RTT data is refused (the configuration never enables it).
 //! - A reader and a writer may be split into two tasks (`tokio::io::split`): the read path
@@ -206,9 +207,6 @@ struct Buffers {
     failed: bool,
     /// A write, flush or shutdown is waiting for the socket to take `outgoing`.
     write_parked: bool,
-    /// Our answering `KeyUpdate` is in `outgoing`, not (wholly) written yet: it reaches the
-    /// peer after any request that arrives meanwhile, so it answers that one too.
-    answer_unsent: bool,
 }
 
 impl<IO> fmt::Debug for LeanTlsStream<IO> {
@@ -528,10 +526,7 @@ fn poll_drain<IO: AsyncWrite + Unpin>(
     while !b.outgoing.is_empty() {
         match ready!(Pin::new(&mut *io).poll_write(cx, &b.outgoing)) {
             Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Ok(n) if n >= b.outgoing.len() => {
-                b.outgoing = Vec::new();
-                b.answer_unsent = false;
-            }
+            Ok(n) if n >= b.outgoing.len() => b.outgoing = Vec::new(),
             Ok(n) => {
                 b.outgoing.drain(..n);
             }
@@ -568,20 +563,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTlsStream<IO> {
                     Err(e) => return Err(fail(records, b, e)),
                 }
                 consumed += len;
-                // A requested KeyUpdate is answered now if nothing waits for the socket;
-                // otherwise it goes out ahead of our next data. One answer for any number
-                // of requests (so a peer that does not read cannot pile them up): an answer
-                // still unsent answers the requests that come before it goes out.
-                if records.answer_owed() && !b.write_closed {
-                    if b.answer_unsent {
-                        records.answered();
-                    } else if b.outgoing.is_empty() {
-                        if let Err(e) = records.answer(&mut b.outgoing) {
-                            return Err(fail(records, b, e));
-                        }
-                        b.answer_unsent = true;
-                    }
-                }
             }
             Ok(consumed)
         })
@@ -607,9 +588,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTlsStream<IO> {
     /// Writes freshly encrypted `bytes` behind anything still queued; what the socket does not
     /// take now is kept in `outgoing` for the next write or flush.
     fn send(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> io::Result<()> {
-        // Data now follows any queued answer: a request from here on needs an answer of its
-        // own before our next data.
-        self.b.answer_unsent = false;
         if !self.b.outgoing.is_empty() {
             self.b.outgoing.extend_from_slice(bytes);
             return match poll_drain(&mut self.io, &mut self.b, cx) {

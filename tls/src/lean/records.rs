@@ -404,25 +404,10 @@ impl Records {
         Ok(())
     }
 
-    /// The peer's requests are answered by a `KeyUpdate` of ours that is queued but not yet
-    /// sent: it reaches the peer after them.
-    pub(super) fn answered(&mut self) {
-        self.answer_owed = false;
-    }
-
     /// Whether the peer is owed our `KeyUpdate`.
+    #[cfg(test)]
     pub(super) fn answer_owed(&self) -> bool {
         self.answer_owed
-    }
-
-    /// Appends the owed `KeyUpdate(update_not_requested)`, sealed under the current key, to
-    /// `outgoing` and switches to the next key (the reader sends it while nothing else waits
-    /// for the socket, so a peer that never reads cannot make answers pile up).
-    pub(super) fn answer(&mut self, outgoing: &mut Vec<u8>) -> Result<(), RecordError> {
-        if !self.answer_owed {
-            return Ok(());
-        }
-        append(outgoing, KEY_UPDATE_RECORD, |out| self.seal_key_update(out))
     }
 
     /// Seals `KeyUpdate(update_not_requested)` into `out` and moves to the next key; the
