@@ -5,12 +5,12 @@
 //! later), the buckets and rooms that hold connections, deadlines, limits and the
 //! slow-consumer policy.
 //!
-//! The pieces, each in its own module: [`lean_tls`] (a TLS 1.3 server stream over rustls's
-//! unbuffered API that holds no buffers while idle), [`ClientTcpServer`] (port 8443:
-//! HTTP/1.1 and HTTP/2 through hyper-util, serving [`http::router`]: WebSocket on `/v1/ws`
-//! over Upgrade or extended CONNECT, virtual connections made of HTTP requests in
-//! [`vconn`] — `/v1/stream`, `/v1/poll`, `/v1/send` — and the gRPC `Gateway` in [`grpc`]),
-//! [`raw`] (port 8444: frames back to back), [`session`] (the sans-IO protocol state of one
+//! TLS is terminated by `roam_tls::lean` (a TLS 1.3 server stream that holds no buffers
+//! while idle; the tls crate owns every TLS decision). The pieces, each in its own module:
+//! [`ClientTcpServer`] (port 8443: HTTP/1.1 and HTTP/2 through hyper-util, serving
+//! [`http::router`]: WebSocket on `/v1/ws` over Upgrade or extended CONNECT, virtual
+//! connections made of HTTP requests in [`vconn`] — `/v1/stream`, `/v1/poll`, `/v1/send` —
+//! and the gRPC `Gateway` in [`grpc`]), [`raw`] (port 8444: frames back to back), [`session`] (the sans-IO protocol state of one
 //! connection), [`outbox`] (its bounded, coalescing queue), [`comet`] (buckets and rooms),
 //! [`batch`] (goim's room batch: room and broadcast pushes collected for a short window, then
 //! fanned out as one buffer), [`conn`] (the per-connection driver every transport shares,
@@ -25,7 +25,6 @@ pub mod conn;
 pub mod gateway;
 pub mod grpc;
 pub mod http;
-pub mod lean_tls;
 pub mod link;
 mod listener;
 mod metrics;

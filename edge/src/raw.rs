@@ -19,9 +19,9 @@ use tracing::debug;
 
 use crate::conn::{FrameIo, Transport, drive};
 use crate::gateway::Gateway;
-use crate::lean_tls::LeanTlsAcceptor;
 use crate::listener::accept_loop;
 use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
+use roam_tls::lean::LeanTlsAcceptor;
 
 const RAW: TransportLabel = TransportLabel { transport: "raw" };
 /// Bytes read at a time, through a stack array (one maximal TLS record's plaintext).

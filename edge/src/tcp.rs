@@ -21,9 +21,9 @@ use tower::Layer;
 use tracing::debug;
 
 use crate::admission::{Admission, Ticket, TicketLayer};
-use crate::lean_tls::LeanTlsAcceptor;
 use crate::listener::accept_loop;
 use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
+use roam_tls::lean::LeanTlsAcceptor;
 
 const TCP: TransportLabel = TransportLabel { transport: "tcp" };
 

@@ -10,7 +10,18 @@
 //! Flow: [`install_crypto_provider`] once → [`load_pem`] or [`dev_cert`] gives a
 //! [`CertKey`] → [`server_config`] with an ALPN set gives an `Arc<ServerConfig>` for
 //! tokio-rustls or quinn. Clients (the SDK, tests, `roam bench`) use [`client_config`] with
-//! the roots from [`roots_from_pem`]. This crate does no I/O beyond reading and writing PEM.
+//! the roots from [`roots_from_pem`].
+//!
+//! The edge's TCP listeners terminate TLS with [`lean`]: [`lean::LeanTlsAcceptor`] runs the
+//! handshake with rustls over the configuration from [`server_config`] and yields a
+//! [`lean::LeanTlsStream`] (tokio `AsyncRead` + `AsyncWrite`) whose TLS 1.3 record layer —
+//! framing, padding, alerts, `KeyUpdate`, the alert owed for every fault — is ours
+//! (`lean/records.rs`), so that an idle connection holds no buffers. It lives here, not in
+//! the edge, because which alert a malformed record earns or when a key is refreshed is a TLS
+//! decision like the protocol versions; a crate of its own would have split that policy
+//! again for no gain (it needs the same rustls, and the edge is its only user). Apart from
+//! that stream, which is generic over its transport, this crate does no I/O beyond reading
+//! and writing PEM.
 
 use std::fs;
 use std::io;
@@ -260,6 +271,8 @@ pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> 
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
+
+pub mod lean;
 
 #[cfg(test)]
 mod tests;

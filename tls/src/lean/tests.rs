@@ -1,5 +1,5 @@
 //! Unit tests of the buffer helpers; the stream itself is tested against real clients in
-//! `edge/tests/lean_tls.rs`.
+//! `tls/tests/lean.rs`.
 
 use super::*;
 
@@ -59,10 +59,9 @@ fn a_client_follows_our_key_refresh_at_the_confidentiality_limit() {
     use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let (cert_key, roots) = roam_tls::self_signed(&["localhost"]).expect("certificate");
-    let server_config = roam_tls::server_config(&cert_key, roam_tls::ALPN_RAW).expect("config");
-    let connector =
-        tokio_rustls::TlsConnector::from(roam_tls::client_config(roots, roam_tls::ALPN_RAW));
+    let (cert_key, roots) = crate::self_signed(&["localhost"]).expect("certificate");
+    let server_config = crate::server_config(&cert_key, crate::ALPN_RAW).expect("config");
+    let connector = tokio_rustls::TlsConnector::from(crate::client_config(roots, crate::ALPN_RAW));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

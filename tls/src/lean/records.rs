@@ -15,17 +15,22 @@
 //! built on the stack for each record (≈ 0.1–0.2 µs with AES-NI; a write already costs
 //! microseconds in the kernel).
 //!
-//! The cryptography is ring's (`LessSafeKey`); the nonce and AAD are rustls's helpers
-//! ([`Nonce::new`], [`make_tls13_aad`]). Everything a peer sends is checked and every fault is
+//! The cryptography is ring's (`LessSafeKey`); the AAD is rustls's helper
+//! ([`make_tls13_aad`]). A direction's key and IV are wiped when it is dropped (a key update
+//! or the connection's end): [`Keys`] zeroizes them, and rustls's `AeadKey` it copies the key
+//! from zeroizes itself. Not wiped: ring's key schedule, built on the stack for one record
+//! (ring has no zeroizing API), and the 12-byte `Iv` rustls hands over (it has no mutable
+//! access; the copy is dropped at once). Everything a peer sends is checked and every fault is
 //! a [`RecordError`] naming the alert owed to the peer; nothing here panics on input.
 
 use std::fmt;
 
-use ring::aead::{self, Aad, LessSafeKey, UnboundKey};
+use ring::aead::{self, Aad, LessSafeKey, NONCE_LEN, UnboundKey};
 use rustls::ConnectionTrafficSecrets;
-use rustls::crypto::cipher::{AeadKey, Iv, Nonce, make_tls13_aad};
+use rustls::crypto::cipher::make_tls13_aad;
 use rustls::kernel::KernelConnection;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Record header: content type, legacy version, length.
 pub(super) const HEADER_LEN: usize = 5;
@@ -41,13 +46,16 @@ pub(super) const MAX_PLAINTEXT: usize = 16 * 1024;
 const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
 
 const CONTENT_ALERT: u8 = 21;
-const CONTENT_HANDSHAKE: u8 = 22;
-const CONTENT_APPLICATION_DATA: u8 = 23;
-const HANDSHAKE_KEY_UPDATE: u8 = 24;
+pub(super) const CONTENT_HANDSHAKE: u8 = 22;
+pub(super) const CONTENT_APPLICATION_DATA: u8 = 23;
+pub(super) const HANDSHAKE_KEY_UPDATE: u8 = 24;
+/// Handshake message header: type, 24-bit length.
+const HANDSHAKE_HEADER_LEN: usize = 4;
 const ALERT_CLOSE_NOTIFY: u8 = 0;
 const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
 const ALERT_BAD_RECORD_MAC: u8 = 20;
 const ALERT_RECORD_OVERFLOW: u8 = 22;
+const ALERT_ILLEGAL_PARAMETER: u8 = 47;
 const ALERT_DECODE_ERROR: u8 = 50;
 const ALERT_INTERNAL_ERROR: u8 = 80;
 const ALERT_USER_CANCELED: u8 = 90;
@@ -66,6 +74,8 @@ pub(super) enum RecordError {
     Unexpected(&'static str),
     /// A malformed message.
     Decode(&'static str),
+    /// A well-formed message with a value it may not carry.
+    IllegalParameter(&'static str),
     /// The peer sent a fatal alert (its description code).
     PeerAlert(u8),
     /// Something on our side (key schedule, suite) failed.
@@ -80,6 +90,7 @@ impl RecordError {
             RecordError::RecordOverflow => Some(ALERT_RECORD_OVERFLOW),
             RecordError::Unexpected(_) => Some(ALERT_UNEXPECTED_MESSAGE),
             RecordError::Decode(_) => Some(ALERT_DECODE_ERROR),
+            RecordError::IllegalParameter(_) => Some(ALERT_ILLEGAL_PARAMETER),
             RecordError::PeerAlert(_) => None,
             RecordError::Internal(_) => Some(ALERT_INTERNAL_ERROR),
         }
@@ -95,6 +106,7 @@ impl fmt::Display for RecordError {
             RecordError::RecordOverflow => f.write_str("TLS record too large (record_overflow)"),
             RecordError::Unexpected(what) => write!(f, "unexpected TLS message: {what}"),
             RecordError::Decode(what) => write!(f, "malformed TLS message: {what}"),
+            RecordError::IllegalParameter(what) => write!(f, "illegal TLS parameter: {what}"),
             RecordError::PeerAlert(code) => write!(f, "peer sent fatal TLS alert {code}"),
             RecordError::Internal(what) => write!(f, "TLS record layer: {what}"),
         }
@@ -114,17 +126,35 @@ pub(super) enum Content<'a> {
     CloseNotify,
 }
 
-/// One direction's traffic key.
-struct Keys {
+/// Longest AEAD key of the TLS 1.3 suites (AES-256-GCM, ChaCha20-Poly1305).
+const MAX_KEY_LEN: usize = 32;
+
+/// One direction's traffic key. Its key and IV are zeroized when it is dropped.
+pub(super) struct Keys {
     aead: &'static aead::Algorithm,
-    key: AeadKey,
-    iv: Iv,
+    key: [u8; MAX_KEY_LEN],
+    iv: [u8; NONCE_LEN],
     seq: u64,
 }
 
+impl Zeroize for Keys {
+    fn zeroize(&mut self) {
+        self.key.zeroize();
+        self.iv.zeroize();
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Keys {}
+
 impl Keys {
     fn new((seq, secrets): (u64, ConnectionTrafficSecrets)) -> Result<Keys, RecordError> {
-        let (aead, key, iv) = match secrets {
+        let (aead, key, iv) = match &secrets {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
             ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
             ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
@@ -132,12 +162,27 @@ impl Keys {
             }
             _ => return Err(RecordError::Internal("cipher suite not supported".into())),
         };
-        Ok(Keys { aead, key, iv, seq })
+        let mut keys = Keys {
+            aead,
+            key: [0; MAX_KEY_LEN],
+            iv: [0; NONCE_LEN],
+            seq,
+        };
+        let (key, iv) = (key.as_ref(), iv.as_ref());
+        if key.len() != aead.key_len() || key.len() > MAX_KEY_LEN || iv.len() != NONCE_LEN {
+            return Err(RecordError::Internal(
+                "traffic key of the wrong size".into(),
+            ));
+        }
+        keys.key[..key.len()].copy_from_slice(key);
+        keys.iv.copy_from_slice(iv);
+        // `secrets` is dropped here: rustls's `AeadKey` zeroizes itself.
+        Ok(keys)
     }
 
     /// ring's key schedule, for this record only.
     fn ring_key(&self) -> Result<LessSafeKey, RecordError> {
-        UnboundKey::new(self.aead, self.key.as_ref())
+        UnboundKey::new(self.aead, &self.key[..self.aead.key_len()])
             .map(LessSafeKey::new)
             .map_err(|_| RecordError::Internal("bad traffic key".into()))
     }
@@ -147,14 +192,22 @@ impl Keys {
         self.seq = seq.checked_add(1).ok_or(RecordError::Internal(
             "record sequence number exhausted".into(),
         ))?;
-        Ok(aead::Nonce::assume_unique_for_key(
-            Nonce::new(&self.iv, seq).0,
-        ))
+        // RFC 8446 §5.3: the sequence number, big-endian and left-padded, XORed with the IV.
+        let mut nonce = self.iv;
+        for (n, s) in nonce[NONCE_LEN - 8..].iter_mut().zip(seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        Ok(aead::Nonce::assume_unique_for_key(nonce))
     }
 
     /// Seals `plain` with inner content type `typ` into the front of `out` (at least
     /// `plain.len() + OVERHEAD` bytes); returns the record's length.
-    fn seal(&mut self, typ: u8, plain: &[u8], out: &mut [u8]) -> Result<usize, RecordError> {
+    pub(super) fn seal(
+        &mut self,
+        typ: u8,
+        plain: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, RecordError> {
         let inner = plain.len() + 1;
         let total = HEADER_LEN + inner + TAG_LEN;
         let Some(out) = out.get_mut(..total) else {
@@ -206,6 +259,12 @@ pub(super) struct Records {
     /// The peer asked for our key to be updated: one `KeyUpdate` is owed before our next
     /// application data (RFC 8446 §4.6.3; however many requests came, one answer).
     answer_owed: bool,
+    /// The start of a handshake message whose record ended before it did (RFC 8446 §5.1
+    /// lets a handshake message span records, as long as no other record comes between):
+    /// at most its 4-byte header, since the only message accepted, `KeyUpdate`, has a
+    /// one-byte body.
+    fragment: [u8; HANDSHAKE_HEADER_LEN],
+    fragment_len: u8,
 }
 
 impl Records {
@@ -226,6 +285,8 @@ impl Records {
             tx_limit,
             updates_in_a_row: 0,
             answer_owed: false,
+            fragment: [0; HANDSHAKE_HEADER_LEN],
+            fragment_len: 0,
         })
     }
 
@@ -259,6 +320,11 @@ impl Records {
     /// `KeyUpdate` that asks for ours leaves one owed ([`Records::answer_owed`]).
     pub(super) fn open<'a>(&mut self, record: &'a mut [u8]) -> Result<Content<'a>, RecordError> {
         let (typ, plain) = self.rx.open(record)?;
+        if self.fragment_len > 0 && typ != CONTENT_HANDSHAKE {
+            return Err(RecordError::Unexpected(
+                "record interleaved with a fragmented handshake message",
+            ));
+        }
         match typ {
             CONTENT_APPLICATION_DATA => {
                 // Only real data ends a run of key updates (an empty record costs nothing).
@@ -274,24 +340,54 @@ impl Records {
                 _ => Err(RecordError::Decode("alert of the wrong length")),
             },
             CONTENT_HANDSHAKE => {
-                self.key_update(plain)?;
+                self.handshake(plain)?;
                 Ok(Content::Nothing)
             }
             _ => Err(RecordError::Unexpected("record of an unknown content type")),
         }
     }
 
-    /// Follows a `KeyUpdate` (the only handshake message a server accepts after the
-    /// handshake; it must end its record, as every key change must).
-    fn key_update(&mut self, plain: &[u8]) -> Result<(), RecordError> {
-        let [HANDSHAKE_KEY_UPDATE, 0, 0, 1, request] = *plain else {
-            return Err(match plain.first() {
-                Some(&HANDSHAKE_KEY_UPDATE) => RecordError::Decode("KeyUpdate of the wrong length"),
-                _ => RecordError::Unexpected("handshake message after the handshake"),
-            });
-        };
+    /// Takes a handshake record's content: after the handshake the only message a server
+    /// accepts is `KeyUpdate`, possibly split over records (none other between them), and
+    /// since it changes the key it must end its record (§5.1).
+    fn handshake(&mut self, mut plain: &[u8]) -> Result<(), RecordError> {
+        if plain.is_empty() {
+            return Err(RecordError::Unexpected("empty handshake record"));
+        }
+        let have = usize::from(self.fragment_len);
+        let take = (HANDSHAKE_HEADER_LEN - have).min(plain.len());
+        self.fragment[have..have + take].copy_from_slice(&plain[..take]);
+        plain = &plain[take..];
+        // At most HANDSHAKE_HEADER_LEN: fits.
+        self.fragment_len = (have + take) as u8;
+        if self.fragment[0] != HANDSHAKE_KEY_UPDATE {
+            return Err(RecordError::Unexpected(
+                "handshake message after the handshake",
+            ));
+        }
+        if usize::from(self.fragment_len) < HANDSHAKE_HEADER_LEN {
+            return Ok(());
+        }
+        let [_, l0, l1, l2] = self.fragment;
+        if [l0, l1, l2] != [0, 0, 1] {
+            return Err(RecordError::Decode("KeyUpdate of the wrong length"));
+        }
+        match *plain {
+            [] => Ok(()),
+            [request] => {
+                self.fragment_len = 0;
+                self.key_update(request)
+            }
+            [_, ..] => Err(RecordError::Unexpected(
+                "a KeyUpdate that does not end its record",
+            )),
+        }
+    }
+
+    /// Follows a whole `KeyUpdate` whose `request_update` is `request`.
+    fn key_update(&mut self, request: u8) -> Result<(), RecordError> {
         if request > 1 {
-            return Err(RecordError::Decode(
+            return Err(RecordError::IllegalParameter(
                 "KeyUpdate with an unknown request value",
             ));
         }
@@ -309,18 +405,9 @@ impl Records {
     }
 
     /// Whether the peer is owed our `KeyUpdate`.
+    #[cfg(test)]
     pub(super) fn answer_owed(&self) -> bool {
         self.answer_owed
-    }
-
-    /// Appends the owed `KeyUpdate(update_not_requested)`, sealed under the current key, to
-    /// `outgoing` and switches to the next key (the reader sends it while nothing else waits
-    /// for the socket, so a peer that never reads cannot make answers pile up).
-    pub(super) fn answer(&mut self, outgoing: &mut Vec<u8>) -> Result<(), RecordError> {
-        if !self.answer_owed {
-            return Ok(());
-        }
-        append(outgoing, KEY_UPDATE_RECORD, |out| self.seal_key_update(out))
     }
 
     /// Seals `KeyUpdate(update_not_requested)` into `out` and moves to the next key; the
@@ -377,9 +464,21 @@ impl Records {
     }
 
     /// Lowers the confidentiality limit (for tests of the refresh).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn set_tx_limit(&mut self, limit: u64) {
         self.tx_limit = limit;
+    }
+
+    /// A copy of the peer's current transmit key (= our receive key, at its sequence
+    /// number): for the fuzz harness, to seal records as the peer would.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(super) fn peer_keys(&self) -> Keys {
+        Keys {
+            aead: self.rx.aead,
+            key: self.rx.key,
+            iv: self.rx.iv,
+            seq: self.rx.seq,
+        }
     }
 }
 
@@ -422,10 +521,9 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let (cert_key, roots) = roam_tls::self_signed(&["localhost"]).expect("certificate");
-            let server_config =
-                roam_tls::server_config(&cert_key, roam_tls::ALPN_RAW).expect("config");
-            let mut client_config = (*roam_tls::client_config(roots, roam_tls::ALPN_RAW)).clone();
+            let (cert_key, roots) = crate::self_signed(&["localhost"]).expect("certificate");
+            let server_config = crate::server_config(&cert_key, crate::ALPN_RAW).expect("config");
+            let mut client_config = (*crate::client_config(roots, crate::ALPN_RAW)).clone();
             client_config.enable_secret_extraction = true;
             let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
             let (c, s) = tokio::io::duplex(64 * 1024);
@@ -506,7 +604,33 @@ mod tests {
             (
                 CONTENT_HANDSHAKE,
                 &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 7],
-                RecordError::Decode("KeyUpdate with an unknown request value"),
+                RecordError::IllegalParameter("KeyUpdate with an unknown request value"),
+            ),
+            (
+                CONTENT_HANDSHAKE,
+                &[HANDSHAKE_KEY_UPDATE, 0, 0, 0],
+                RecordError::Decode("KeyUpdate of the wrong length"),
+            ),
+            (
+                CONTENT_HANDSHAKE,
+                &[
+                    HANDSHAKE_KEY_UPDATE,
+                    0,
+                    0,
+                    1,
+                    0,
+                    HANDSHAKE_KEY_UPDATE,
+                    0,
+                    0,
+                    1,
+                    0,
+                ],
+                RecordError::Unexpected("a KeyUpdate that does not end its record"),
+            ),
+            (
+                CONTENT_HANDSHAKE,
+                &[],
+                RecordError::Unexpected("empty handshake record"),
             ),
             (
                 CONTENT_ALERT,
@@ -518,6 +642,8 @@ mod tests {
         for (typ, inner, want) in cases {
             let mut r = sealed(&mut client, *typ, inner);
             assert_eq!(open(&mut server, &mut r).unwrap_err(), *want);
+            // Every fault is fatal; only this test goes on, so it forgets a partial message.
+            server.fragment_len = 0;
         }
         assert_eq!(
             RecordError::PeerAlert(40).alert(),
@@ -525,6 +651,11 @@ mod tests {
             "no alert answers an alert"
         );
         assert_eq!(RecordError::Decode("x").alert(), Some(ALERT_DECODE_ERROR));
+        assert_eq!(
+            RecordError::IllegalParameter("x").alert(),
+            Some(ALERT_ILLEGAL_PARAMETER),
+            "RFC 8446 §4.6.3: an unknown request_update is illegal_parameter"
+        );
 
         // A flipped bit, and a record under a key the server does not have.
         let mut r = sealed(&mut client, CONTENT_APPLICATION_DATA, b"genuine");
@@ -579,13 +710,77 @@ mod tests {
         );
     }
 
+    /// A direction's key and IV are wiped when it is dropped (a key update replaces it, or
+    /// the connection ends): `Drop` runs `zeroize`, checked here on a live key.
+    #[test]
+    fn traffic_keys_are_zeroized_when_dropped() {
+        fn zeroized_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+        let (server, mut client) = established();
+        zeroized_on_drop(&client);
+        assert!(client.key.iter().any(|&b| b != 0) && client.iv.iter().any(|&b| b != 0));
+        client.zeroize();
+        assert_eq!(client.key, [0; MAX_KEY_LEN]);
+        assert_eq!(client.iv, [0; NONCE_LEN]);
+        zeroized_on_drop(&server.rx);
+        zeroized_on_drop(&server.tx);
+    }
+
+    /// A `KeyUpdate` split over records at every possible point is followed (RFC 8446 §5.1:
+    /// handshake messages may span records; rustls accepts that too).
+    #[test]
+    fn a_fragmented_key_update_is_followed() {
+        let update = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, 1];
+        for cut in 1..update.len() {
+            let (mut server, mut client) = established();
+            let mut first = sealed(&mut client, CONTENT_HANDSHAKE, &update[..cut]);
+            assert_eq!(
+                open(&mut server, &mut first).unwrap(),
+                b"<nothing>",
+                "cut {cut}"
+            );
+            let mut rest = sealed(&mut client, CONTENT_HANDSHAKE, &update[cut..]);
+            let len = Records::record_len(&rest).unwrap().unwrap();
+            assert_eq!(
+                server.open(&mut rest[..len]),
+                Ok(Content::Nothing),
+                "cut {cut}"
+            );
+            assert!(
+                server.answer_owed(),
+                "the requested update is owed (cut {cut})"
+            );
+            // The server follows the new key: the old one no longer opens records.
+            let mut stale = sealed(&mut client, CONTENT_APPLICATION_DATA, b"old key");
+            assert_eq!(
+                open(&mut server, &mut stale).unwrap_err(),
+                RecordError::BadRecordMac,
+                "cut {cut}"
+            );
+        }
+    }
+
+    /// In three pieces too; but nothing may come between the pieces (§5.1).
+    #[test]
+    fn a_fragmented_key_update_admits_no_other_record_between() {
+        let (mut server, mut client) = established();
+        for piece in [&[HANDSHAKE_KEY_UPDATE][..], &[0, 0]] {
+            let mut r = sealed(&mut client, CONTENT_HANDSHAKE, piece);
+            assert_eq!(open(&mut server, &mut r).unwrap(), b"<nothing>");
+        }
+        let mut r = sealed(&mut client, CONTENT_APPLICATION_DATA, b"");
+        assert_eq!(
+            open(&mut server, &mut r).unwrap_err(),
+            RecordError::Unexpected("record interleaved with a fragmented handshake message")
+        );
+    }
+
     #[test]
     fn key_updates_in_a_row_are_bounded() {
         let (mut server, _client) = established();
         // Not sealed by the client: only the counter is under test here.
         server.updates_in_a_row = MAX_UPDATES_IN_A_ROW;
         assert_eq!(
-            server.key_update(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]),
+            server.key_update(0),
             Err(RecordError::Unexpected("key updates without data"))
         );
     }

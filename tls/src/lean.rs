@@ -35,14 +35,14 @@
 //! is 0); its cost is its size plus rustls's key-update state (≈ 0.2 KB on the heap).
 //! Measured on x86-64 (rustls 0.23 with ring, after a handshake with two session tickets and
 //! a 100-byte request and response; the ignored test
-//! `idle_heap_per_connection_compared_with_tokio_rustls` in `edge/tests/lean_tls.rs`, with a
+//! `idle_heap_per_connection_compared_with_tokio_rustls` in `tls/tests/lean.rs`, with a
 //! counting allocator): see the table in docs/edge.md.
 //!
 //! ## How it connects
 //!
-//! `tcp.rs` (the client port) accepts a `TcpStream`, boxes and times
-//! [`LeanTlsAcceptor::accept`] (so the handshake's state is freed once it completes) and
-//! hands the stream to hyper-util's auto builder. `accept` resolves when rustls is done with
+//! The edge's `tcp.rs` (the client port; `raw.rs`, the raw frame port, likewise) accepts a
+//! `TcpStream`, boxes and times [`LeanTlsAcceptor::accept`] (so the handshake's state is
+//! freed once it completes) and hands the stream to hyper-util's auto builder. `accept` resolves when rustls is done with
 //! the handshake (the client's Finished is in), so [`LeanTlsStream::alpn_protocol`] is final
 //! by then. The session tickets rustls then sends are written as far as the socket takes
 //! them; any rest goes out with the first write or flush (or from a read), so a client that
@@ -58,13 +58,21 @@
 //!   for it to be written (the caller's timeout bounds that), afterwards it gets one attempt.
 //! - The handshake reads while its own flight is still being written: a peer may write
 //!   before it reads (a TLS 1.3 client sends its compatibility change_cipher_spec as soon as
-//!   it has our ServerHello).
+//!   it has our ServerHello). A handshake message may span records and reads (a ClientHello
+//!   of tens of KB): rustls is offered whole records, and the stream remembers across reads
+//!   how far (rustls joins the fragments in place, so the bytes cannot be re-framed).
+//! - A ClientHello whose signature algorithms the certificate's key cannot sign with gets a
+//!   plaintext `handshake_failure` alert and no ServerHello (RFC 8446 §4.2.3; rustls alone
+//!   finds this out only after queuing its ServerHello).
 //! - `poll_write` accepts at most 16 KiB (one record) per call and returns `Pending` only
 //!   while earlier ciphertext is still waiting for the socket; the caller's flush or next
 //!   write pushes it out. `poll_shutdown` sends `close_notify`, then shuts the socket down.
-//! - Key updates: a peer's `KeyUpdate` is processed on read; the answering `KeyUpdate` goes
-//!   out ahead of our next record (as RFC 8446 §4.6.3 allows). Our own key is refreshed
-//!   before the suite's confidentiality limit.
+//! - Key updates: a peer's `KeyUpdate` is processed on read, also when split over records
+//!   (nothing else may come between the pieces, and it must end its record); an unknown
+//!   `request_update` is `illegal_parameter`. The answering `KeyUpdate` goes out ahead of our
+//!   next record (RFC 8446 §4.6.3), one for all the requests that came before it, as rustls
+//!   does: a peer that rekeys while we are silent gets one answer, whatever it asked. Our own key is refreshed before the suite's
+//!   confidentiality limit. Replaced and dropped traffic keys and IVs are zeroized.
 //! - 0-RTT data is refused (the configuration never enables it).
 //! - A reader and a writer may be split into two tasks (`tokio::io::split`): the read path
 //!   writes to the socket only when no writer is parked on it, so it never steals a
@@ -87,6 +95,9 @@ use rustls::unbuffered::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod records;
 
 use records::{Content, KEY_UPDATE_RECORD, OVERHEAD, RecordError, Records};
@@ -105,6 +116,8 @@ const SLACK: usize = OVERHEAD + KEY_UPDATE_RECORD;
 const SMALL_CIPHER: usize = SMALL_WRITE + SLACK;
 const MID_CIPHER: usize = MID_WRITE + SLACK;
 const BIG_CIPHER: usize = MAX_WRITE + SLACK;
+/// A plaintext fatal `handshake_failure` alert record.
+const HANDSHAKE_FAILURE_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 40];
 /// Bound on state transitions per call: rustls always progresses, this only turns a bug into
 /// an error instead of a spin.
 const MAX_STEPS: usize = 4096;
@@ -154,6 +167,7 @@ impl LeanTlsAcceptor {
                 io,
                 conn,
                 b: Buffers::default(),
+                framed: 0,
             };
             std::future::poll_fn(|cx| handshake.poll_handshake(cx)).await?;
             handshake.into_stream()
@@ -242,6 +256,10 @@ struct Handshake<IO> {
     io: IO,
     conn: UnbufferedServerConnection,
     b: Buffers,
+    /// How far into `b.incoming` rustls has been offered whole records. Kept across reads:
+    /// rustls joins the fragments of a handshake message that spans records in place, so
+    /// the records it has seen cannot be told apart from the bytes any more.
+    framed: usize,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
@@ -287,8 +305,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
                     "peer closed the connection during the TLS handshake",
                 )));
             }
-            let conn = &mut self.conn;
-            if let Err(e) = receive(&mut self.b, data, |b, data| process(conn, b, data)) {
+            let (conn, framed) = (&mut self.conn, &mut self.framed);
+            if let Err(e) = receive(&mut self.b, data, |b, data| process(conn, b, data, framed)) {
                 self.b.failed = true;
                 self.b.error = Some(e);
             }
@@ -309,21 +327,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Handshake<IO> {
     }
 }
 
-/// Where the first whole TLS record at `from` ends, or the end of `data` if none is whole
-/// yet (rustls then sees the partial record and checks its header early).
-fn next_record_end(data: &[u8], from: usize) -> usize {
-    let rest = &data[from.min(data.len())..];
-    match rest.get(..5) {
-        Some(h) => {
-            let end = from + 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
-            if end <= data.len() { end } else { data.len() }
-        }
-        None => data.len(),
-    }
+/// Where the TLS record at `from` ends, if all of it is in `data`.
+fn whole_record_end(data: &[u8], from: usize) -> Option<usize> {
+    let h = data.get(from..)?.get(..5)?;
+    let end = from + 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
+    (end <= data.len()).then_some(end)
 }
 
 /// Runs rustls over `data` until it needs more input, the handshake is done, or the peer
-/// closed. Returns how many bytes from the front of `data` rustls is done with.
+/// closed. Returns how many bytes from the front of `data` rustls is done with. `framed`
+/// (kept across calls) is how far rustls has been offered whole records, from the front of
+/// `data`.
 ///
 /// rustls is offered one record more at a time and nothing once the handshake is complete:
 /// the records after the client's Finished belong to [`Records`]. (Given them, rustls would
@@ -333,18 +347,34 @@ fn process(
     conn: &mut UnbufferedServerConnection,
     b: &mut Buffers,
     data: &mut [u8],
+    framed: &mut usize,
+) -> io::Result<usize> {
+    let consumed = process_records(conn, b, data, framed)?;
+    *framed = framed.saturating_sub(consumed);
+    Ok(consumed)
+}
+
+fn process_records(
+    conn: &mut UnbufferedServerConnection,
+    b: &mut Buffers,
+    data: &mut [u8],
+    framed: &mut usize,
 ) -> io::Result<usize> {
     let mut consumed = 0;
     let len = data.len();
-    // The end of what rustls has been offered so far.
-    let mut offered = 0;
     for _ in 0..MAX_STEPS {
         let mut offer_more = false;
-        if !conn.is_handshaking() {
-            offered = consumed;
-        } else if offered <= consumed {
-            offered = next_record_end(data, consumed);
-        }
+        // What rustls is offered: the whole records up to `framed`; with none new, the
+        // incomplete record that follows (rustls then checks its header early).
+        let offered = if !conn.is_handshaking() {
+            *framed = consumed;
+            consumed
+        } else {
+            if *framed <= consumed {
+                *framed = whole_record_end(data, consumed).unwrap_or(consumed);
+            }
+            if *framed == consumed { len } else { *framed }
+        };
         let UnbufferedStatus { mut discard, state } =
             conn.process_tls_records(&mut data[consumed..offered]);
         let mut error = None;
@@ -409,7 +439,11 @@ fn process(
             return Ok(consumed);
         }
         if offer_more {
-            offered = next_record_end(data, offered);
+            match whole_record_end(data, (*framed).max(consumed)) {
+                Some(end) => *framed = end,
+                // The rest is an incomplete record: wait for it.
+                None => return Ok(consumed),
+            }
         }
     }
     b.failed = true;
@@ -427,6 +461,18 @@ fn fail_handshake(
     b: &mut Buffers,
     error: rustls::Error,
 ) -> io::Error {
+    if error
+        == rustls::Error::PeerIncompatible(rustls::PeerIncompatible::NoSignatureSchemesInCommon)
+    {
+        // rustls finds that it cannot sign with any scheme the client offers only when it
+        // writes CertificateVerify, after queuing its ServerHello. RFC 8446 §4.2.3 wants the
+        // handshake aborted with `handshake_failure`: the client gets that alert in the
+        // clear, as for any other ClientHello we refuse, and no ServerHello.
+        b.outgoing.extend_from_slice(&HANDSHAKE_FAILURE_ALERT);
+        b.failed = true;
+        b.incoming = Vec::new();
+        return invalid_data(error);
+    }
     for _ in 0..MAX_STEPS {
         if !conn.wants_write() {
             break;
@@ -517,16 +563,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> LeanTlsStream<IO> {
                     Err(e) => return Err(fail(records, b, e)),
                 }
                 consumed += len;
-                // A requested KeyUpdate is answered now if nothing waits for the socket;
-                // otherwise it goes out ahead of our next data (one answer for any number
-                // of requests, so a peer that does not read cannot pile them up).
-                if records.answer_owed()
-                    && b.outgoing.is_empty()
-                    && !b.write_closed
-                    && let Err(e) = records.answer(&mut b.outgoing)
-                {
-                    return Err(fail(records, b, e));
-                }
             }
             Ok(consumed)
         })
