@@ -25,10 +25,12 @@ fn curl_commands(markdown: &str) -> Vec<Example> {
             in_sh = trimmed == "```sh";
             continue;
         }
-        if in_sh && pending.is_empty() && trimmed.starts_with("# {\"error\"") {
-            if let Some(last) = commands.last_mut() {
-                last.refused = true;
-            }
+        if in_sh
+            && pending.is_empty()
+            && trimmed.starts_with("# {\"error\"")
+            && let Some(last) = commands.last_mut()
+        {
+            last.refused = true;
         }
         if !in_sh || (pending.is_empty() && !trimmed.starts_with("curl ")) {
             continue;
