@@ -706,6 +706,10 @@ async fn embedded_concurrent_commits_share_fsyncs() {
 
 #[cfg(feature = "fdb")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(fdb_cluster),
+    ignore = "needs a FoundationDB cluster: build and run with FDB_CLUSTER_FILE set"
+)]
 async fn fdb_retry_bound() {
     retry_bound(Backend::Fdb).await;
 }
