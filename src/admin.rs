@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 /// Limits of the admin listener.
 #[derive(Debug, Clone)]
-pub struct AdminOptions {
+pub(crate) struct AdminOptions {
     /// A request's head must arrive within this time (the first one: from accept).
     pub header_timeout: Duration,
     /// Connections at once; one beyond gets 503 and is closed.
@@ -43,7 +43,7 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: applicat
 
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish for up to
 /// the drain timeout.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     options: AdminOptions,
@@ -105,7 +105,7 @@ pub async fn serve(
 }
 
 /// The admin routes over the process-wide metrics registry.
-pub fn router(registry: Arc<Registry>) -> Router {
+pub(crate) fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

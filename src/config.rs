@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 /// Which parts of Roam this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     /// Edge, core and idsvc in one process (the default).
     All,
     /// The connection gateway only.
@@ -30,17 +30,17 @@ pub enum Role {
 
 impl Role {
     /// Whether this process terminates client connections.
-    pub fn runs_edge(self) -> bool {
+    pub(crate) fn runs_edge(self) -> bool {
         matches!(self, Role::All | Role::Edge)
     }
 
     /// Whether this process runs core (auth, sessions, messaging, business API).
-    pub fn runs_core(self) -> bool {
+    pub(crate) fn runs_core(self) -> bool {
         matches!(self, Role::All | Role::Core)
     }
 
     /// Whether this process runs the ID service.
-    pub fn runs_idsvc(self) -> bool {
+    pub(crate) fn runs_idsvc(self) -> bool {
         matches!(self, Role::All | Role::Idsvc)
     }
 }
@@ -59,7 +59,7 @@ impl fmt::Display for Role {
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub(crate) struct Config {
     /// Data directory: the embedded store, the development certificate, secrets.
     pub data: PathBuf,
     /// `embedded:<dir>` or `fdb:<cluster file>`; empty means `embedded:<data>/store`.
@@ -90,7 +90,7 @@ pub struct Config {
 /// every process of a deployment holds, sent by callers and checked by the port.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct InternalSection {
+pub(crate) struct InternalSection {
     /// File with the shared key (hex, mode 0600); empty: `<data>/internal-key`, generated
     /// on first start. Processes on other data directories point this at the same key.
     pub key_file: PathBuf,
@@ -98,7 +98,7 @@ pub struct InternalSection {
 
 impl Config {
     /// The internal port's key: read from its file, generated there if absent.
-    pub fn internal_key(&self) -> Result<roam_proto::internal_auth::InternalKey> {
+    pub(crate) fn internal_key(&self) -> Result<roam_proto::internal_auth::InternalKey> {
         let path = if self.internal.key_file.as_os_str().is_empty() {
             self.data.join("internal-key")
         } else {
@@ -113,7 +113,7 @@ impl Config {
 impl EdgeSection {
     /// This edge's id: `edge.id`, or when empty one unique per process on this host,
     /// `<hostname>@<bound client address>` (two processes cannot bind the same address).
-    pub fn id_or_derived(&self, client_tcp: SocketAddr) -> String {
+    pub(crate) fn id_or_derived(&self, client_tcp: SocketAddr) -> String {
         if !self.id.is_empty() {
             return self.id.clone();
         }
@@ -129,7 +129,7 @@ impl EdgeSection {
 /// Listening addresses (SPEC.md §2). Port 0 lets the OS pick (see `--ready-file`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Listen {
+pub(crate) struct Listen {
     /// TLS 1.3 over TCP: HTTP/1.1 and HTTP/2 client API.
     pub client_tcp: SocketAddr,
     /// QUIC (HTTP/3) client API.
@@ -146,7 +146,7 @@ pub struct Listen {
 /// certificate is generated into `<data>/tls/`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Tls {
+pub(crate) struct Tls {
     /// PEM certificate chain, leaf first.
     pub cert: Option<PathBuf>,
     /// PEM private key of the leaf.
@@ -156,7 +156,7 @@ pub struct Tls {
 /// Protocol limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest frame (header + body) accepted from a client, in bytes.
     pub max_packet: usize,
     /// Seconds a client may take to complete the TLS handshake.
@@ -181,7 +181,7 @@ pub struct Limits {
 /// Shutdown behaviour.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     /// Seconds to wait for connections to finish after SIGTERM or Ctrl-C.
     pub drain_timeout_secs: u64,
 }
@@ -189,7 +189,7 @@ pub struct Shutdown {
 /// Core's tunables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CoreSection {
+pub(crate) struct CoreSection {
     /// How often edges heartbeat on their link, milliseconds.
     pub edge_heartbeat_ms: u64,
     /// An edge silent (or disconnected) for longer is dropped and its sessions expire.
@@ -212,7 +212,7 @@ pub struct CoreSection {
 /// business backend instead (HS256 too only with `accept_hs256 = true`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Auth {
+pub(crate) struct Auth {
     /// PEM public key (SPKI) of the backend's signing key.
     pub public_key: Option<PathBuf>,
     /// `EdDSA` or `ES256`; required with `public_key`.
@@ -225,7 +225,7 @@ pub struct Auth {
 
 impl Auth {
     /// The token verifier this section describes, over the data dir's HS256 secret.
-    pub fn verifier(&self, data: &Path) -> Result<roam_core::auth::Verifier> {
+    pub(crate) fn verifier(&self, data: &Path) -> Result<roam_core::auth::Verifier> {
         let secret = roam_core::auth::Secret::load_or_create(data)?;
         let mut verifier = roam_core::auth::Verifier::new(&secret)
             .accept_hs256(self.accept_hs256)
@@ -240,7 +240,7 @@ impl Auth {
 /// The edge role's settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct EdgeSection {
+pub(crate) struct EdgeSection {
     /// Unique id of this edge in the node list; empty: `<hostname>@<client_tcp address>`.
     pub id: String,
     /// Core's internal gRPC address (`http://host:port`); empty: this process's own core
@@ -313,7 +313,7 @@ impl Default for EdgeSection {
 
 impl EdgeSection {
     /// The gateway's tunables from this section and the protocol limits.
-    pub fn gateway(&self, limits: &Limits) -> roam_edge::gateway::GatewayConfig {
+    pub(crate) fn gateway(&self, limits: &Limits) -> roam_edge::gateway::GatewayConfig {
         let max_packet = limits.max_packet;
         let defaults = roam_edge::gateway::GatewayConfig::default();
         roam_edge::gateway::GatewayConfig {
@@ -360,7 +360,7 @@ impl Default for CoreSection {
 impl CoreSection {
     /// Core's options from this section and the frame limit.
     /// Where a core-only process finds the ID service.
-    pub fn ids_address(&self) -> String {
+    pub(crate) fn ids_address(&self) -> String {
         if self.ids.is_empty() {
             "http://127.0.0.1:9090".to_owned()
         } else {
@@ -369,7 +369,7 @@ impl CoreSection {
     }
 
     /// Core's options from this section and the frame limit.
-    pub fn options(&self, max_packet: usize) -> roam_core::CoreOptions {
+    pub(crate) fn options(&self, max_packet: usize) -> roam_core::CoreOptions {
         roam_core::CoreOptions {
             edge_heartbeat: Duration::from_millis(self.edge_heartbeat_ms),
             edge_timeout: Duration::from_millis(self.edge_timeout_ms),
@@ -445,7 +445,7 @@ impl Default for Shutdown {
 
 /// Flags that override the file and the environment.
 #[derive(Debug, Default, Clone)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// `--data`.
     pub data: Option<PathBuf>,
     /// `--role`.
@@ -459,7 +459,7 @@ const MAX_PACKET_CEILING: usize = 16 * 1024 * 1024;
 impl Config {
     /// Loads the effective configuration: defaults, then `file` (if any), then the `ROAM_*`
     /// variables of `env`, then `flags`; validates and resolves it.
-    pub fn load(
+    pub(crate) fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         flags: &Overrides,
@@ -577,12 +577,12 @@ impl Config {
     }
 
     /// The effective configuration as TOML.
-    pub fn to_toml(&self) -> Result<String> {
+    pub(crate) fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
     }
 
     /// Directory of the development certificate.
-    pub fn dev_tls_dir(&self) -> PathBuf {
+    pub(crate) fn dev_tls_dir(&self) -> PathBuf {
         self.data.join("tls")
     }
 }

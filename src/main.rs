@@ -3,6 +3,8 @@
 //!
 //! Errors leave as one line on stderr (`error: <what>: <why>`) and a non-zero exit code.
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod config;
 mod metrics;

@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 /// Resident memory, CPU time, open and maximum file descriptors of this process.
 #[derive(Debug)]
-pub struct ProcessCollector;
+pub(crate) struct ProcessCollector;
 
 fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
     let metric = ConstGauge::new(v);

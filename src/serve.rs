@@ -36,7 +36,7 @@ const API_KEY_FILE: &str = "api-key";
 const IDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the configured roles until a shutdown signal.
-pub async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
+pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
     roam_tls::install_crypto_provider();
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create data directory {}", config.data.display()))?;

@@ -26,6 +26,8 @@
 //! Errors are `anyhow` throughout: this is the binary's side, and each error ends as one
 //! line on stderr.
 
+#![forbid(unsafe_code)]
+
 pub mod child;
 
 mod args;

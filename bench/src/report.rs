@@ -65,6 +65,10 @@ pub(crate) fn latency_histogram() -> Histogram<u64> {
 }
 
 /// A histogram of microseconds from 1 µs to 60 s at `digits` significant digits (1 to 5).
+#[allow(
+    clippy::expect_used,
+    reason = "the bounds are constants and every caller passes 1 to 5 digits"
+)]
 pub(crate) fn histogram(digits: u8) -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, digits).expect("constant, valid histogram bounds")
 }

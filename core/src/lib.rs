@@ -5,6 +5,8 @@
 //! ([`auth::Secret`]), minting ([`auth::Secret::mint`], used by `roam token`) and verification
 //! ([`auth::Secret::verify`]) with expiry and audience checked.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod balancer;

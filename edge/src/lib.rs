@@ -18,6 +18,8 @@
 //! the batch timer). [`EdgeMetrics`] counts connections, frames, queues, closes and failures.
 //! docs/edge.md draws how they connect.
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod batch;
 pub mod comet;

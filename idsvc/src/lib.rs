@@ -48,6 +48,8 @@
 //! TLS of the internal port, and configuration loading (the `roam` binary deserialises
 //! [`IdsConfig`]).
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod clock;
 mod config;

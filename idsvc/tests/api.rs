@@ -1,6 +1,12 @@
 //! The front ends: HTTP routes (through the router, no socket), gRPC over loopback TCP
 //! (directly and through `IdSource`), and the Prometheus metrics.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 mod common;
 
 use axum::{

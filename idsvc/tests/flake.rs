@@ -1,6 +1,12 @@
 //! Snowflake and Sonyflake through the service, on a manual clock and a real store: clock
 //! rollback, worker leases between "processes" (services on one store), restarts.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 mod common;
 
 use common::{T0, config, open, service};

@@ -1,6 +1,12 @@
 //! The segment allocator against a real (embedded) store: uniqueness across allocators and
 //! restarts, the dynamic step on an injected clock, store failures, bad input.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 mod common;
 
 use common::{T0, config, open, raw_get, raw_set, tag_key};

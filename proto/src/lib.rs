@@ -27,6 +27,8 @@
 //! assert_eq!((frame.op, frame.seq), (Op::Heartbeat.code(), 7));
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod frame;
 pub mod internal_auth;
 pub mod op;

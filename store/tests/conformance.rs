@@ -1,6 +1,12 @@
 //! The conformance suite: FoundationDB's transaction semantics, checked the same way on every
 //! backend (embedded always; FoundationDB with `--features fdb` and `FDB_CLUSTER_FILE`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 mod common;
 
 use bytes::Bytes;

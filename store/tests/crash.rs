@@ -4,6 +4,12 @@
 //! multi-timeline append is torn, and that every timeline is gap-free. Several rounds on one
 //! directory, so recovery also runs on recovered data.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 mod common;
 
 use roam_store::{IdempotencyKey, MultiAppend, NewMessage, Store, StoreSpec, TimelineId};

@@ -1,6 +1,12 @@
 //! The data-model layers (timelines, multi-timeline appends, idempotency, cursors,
 //! retention) and their concurrency guarantees, on every backend.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 mod common;
 
 use common::{Harness, msg};

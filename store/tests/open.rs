@@ -1,5 +1,11 @@
 //! Opening stores: spec strings, refusal of foreign or corrupt directories, reopening.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 mod common;
 
 use common::msg;

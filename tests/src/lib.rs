@@ -7,6 +7,13 @@
 //! ([`roam_client::admin`], as `roam bench` does).
 //! The tests live in `tests/tests/*.rs`; this library holds what they share.
 
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::path::PathBuf;
 
 use roam_bench::child::ChildServer;

@@ -3,6 +3,12 @@
 //! and a slot of `edge.max_connections` is one per TCP connection, however many streams an
 //! HTTP/2 connection opens.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::time::Duration;
 
 use bytes::Bytes;

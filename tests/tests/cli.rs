@@ -1,5 +1,11 @@
 //! The `roam` command line: configuration faults, `--print-config`, `roam bench`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::net::TcpListener;
 use std::process::{Command, Output};
 

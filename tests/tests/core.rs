@@ -1,6 +1,12 @@
 //! Core through its real interfaces: the edge link (gRPC, driven by the edge's own link
 //! client) and the business API (HTTP), against a real `roam serve`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,6 +1,12 @@
 //! Device ids are per user, end to end: two users' clients on the raw port with the same
 //! `device_id`, pushes to devices through the business API, all against a real `roam serve`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::time::Duration;
 
 use roam_bench::child::ChildServer;

@@ -3,6 +3,12 @@
 //! An example must succeed (2xx) unless the page shows its answer as an error on the next
 //! line (`# {"error": ...}`): then it must be refused (4xx).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::path::Path;
 use std::process::Command;
 

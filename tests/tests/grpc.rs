@@ -1,6 +1,12 @@
 //! The gRPC client transport, `roam.client.v1.Gateway/Connect`, over TLS 1.3 + HTTP/2 on the
 //! client port, with tonic as the client.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hyper_util::rt::TokioIo;

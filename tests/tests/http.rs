@@ -2,6 +2,12 @@
 //! `POST /v1/send` over HTTP/2, `GET /v1/poll` long-polls over HTTP/1.1, `curl --http2` as a
 //! client from another stack, and the JSON errors of each endpoint.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::process::Stdio;
 use std::time::Duration;
 

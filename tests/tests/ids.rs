@@ -1,5 +1,11 @@
 //! The ID service through the real binary: the business HTTP routes behind the API key.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use roam_tests::admin;
 use serde_json::json;
 

@@ -2,6 +2,12 @@
 //! caller needs the internal key, a linked edge id cannot be taken, and two edge processes
 //! with default configs link side by side.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::time::Duration;
 
 use roam_bench::child::ChildServer;

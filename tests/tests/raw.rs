@@ -1,6 +1,12 @@
 //! The raw frame port end to end: real TLS clients, the real edge, core and store in one
 //! `roam serve`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::time::Duration;
 
 use roam_bench::child::ChildServer;

@@ -1,5 +1,11 @@
 //! `roam serve`: listeners, TLS policy, HTTP versions, metrics, shutdown.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

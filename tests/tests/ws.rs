@@ -1,6 +1,12 @@
 //! WebSockets on the client port: over HTTP/1.1 Upgrade, over HTTP/2 extended CONNECT (two
 //! on one TCP connection), and from another stack (Python's `websockets`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed step fails the test, helpers included"
+)]
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};

@@ -23,6 +23,8 @@
 //! that stream, which is generic over its transport, this crate does no I/O beyond reading
 //! and writing PEM.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};

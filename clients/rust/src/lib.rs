@@ -13,6 +13,8 @@
 //! - [`admin::AdminConnection`] calls the business API on the admin listener (docs/api.md):
 //!   keep-alive HTTP/1.1, the API key as a bearer token.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod raw;
 pub mod ws;

@@ -8,7 +8,7 @@
 //!   returns IDs; the service's heartbeat calls [`FlakeGenerator::heartbeat`].
 
 pub(crate) mod core;
-pub mod layout;
+pub(crate) mod layout;
 pub(crate) mod lease;
 
 use self::core::{Fault, FlakeCore, Poll};

@@ -6,42 +6,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A store for one test, plus a key prefix and a name tag unique to that test, so tests can
 /// share one FoundationDB cluster.
-pub struct Harness {
-    pub store: Store,
+pub(crate) struct Harness {
+    pub(crate) store: Store,
     tag: String,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Harness {
     /// `key` inside this test's private prefix.
-    pub fn k(&self, key: &str) -> Vec<u8> {
+    pub(crate) fn k(&self, key: &str) -> Vec<u8> {
         format!("test/{}/{key}", self.tag).into_bytes()
     }
 
     /// A user/group name unique to this test.
-    pub fn name(&self, name: &str) -> String {
+    pub(crate) fn name(&self, name: &str) -> String {
         format!("{}-{name}", self.tag)
     }
 
-    pub fn inbox(&self, user: &str) -> TimelineId {
+    pub(crate) fn inbox(&self, user: &str) -> TimelineId {
         TimelineId::inbox(self.name(user))
     }
 
-    pub fn outbox(&self, user: &str) -> TimelineId {
+    pub(crate) fn outbox(&self, user: &str) -> TimelineId {
         TimelineId::outbox(self.name(user))
     }
 }
 
 /// Which backend a test instance runs on.
 #[derive(Clone, Copy, Debug)]
-pub enum Backend {
+pub(crate) enum Backend {
     Embedded,
     Fdb,
 }
 
 /// Opens a store for one test, or `None` (with a note on stderr) when the backend is not
 /// available here.
-pub async fn open(backend: Backend, options: StoreOptions) -> Option<Harness> {
+pub(crate) async fn open(backend: Backend, options: StoreOptions) -> Option<Harness> {
     let tag = unique_tag();
     match backend {
         Backend::Embedded => {
@@ -91,7 +91,7 @@ fn unique_tag() -> String {
 
 /// Commits `f` from another thread with its own runtime, and waits for it: how a test makes
 /// "another client" commit while a transaction closure is in the middle of an attempt.
-pub fn commit_elsewhere<T, F>(store: &Store, f: F) -> T
+pub(crate) fn commit_elsewhere<T, F>(store: &Store, f: F) -> T
 where
     F: FnMut(&mut Tx<'_>) -> Result<T, TxError> + Send + 'static,
     T: Send + 'static,
@@ -110,7 +110,7 @@ where
 }
 
 /// A small message with a recognisable body.
-pub fn msg(id: u64, created_at_ms: u64) -> NewMessage {
+pub(crate) fn msg(id: u64, created_at_ms: u64) -> NewMessage {
     NewMessage {
         id,
         created_at_ms,
@@ -119,7 +119,7 @@ pub fn msg(id: u64, created_at_ms: u64) -> NewMessage {
 }
 
 /// A pseudo-random u64 (splitmix64 over the clock): enough to vary kill points.
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
