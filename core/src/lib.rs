@@ -1,9 +1,24 @@
-//! # roam-core — auth, sessions, presence, messaging (the logic and job roles)
+//! # roam-core — auth, sessions, presence, the edge link and the business API
 //!
-//! Will own authentication, sessions and presence, stored timelines, the edge link and the
-//! business API. Today it holds [`auth`]: client tokens (JWT, HS256) — the data dir's secret
-//! ([`auth::Secret`]), minting ([`auth::Secret::mint`], used by `roam token`) and verification
-//! ([`auth::Secret::verify`]) with expiry and audience checked.
+//! Core is what edges report to and business backends call. Its main type is
+//! [`service::Core`]: the shared state (the store's [`sessions::Sessions`] layer, the
+//! [`edges::EdgeRegistry`] of linked edges with their delivery queues, the token
+//! [`auth::Verifier`], options and [`metrics::CoreMetrics`]). Around it:
+//!
+//! - [`link`]: the internal gRPC service `EdgeLink`. An edge registers, then streams client
+//!   connects, disconnects, room changes and heartbeats up; core answers AUTH (verifying the
+//!   token with [`auth`]), records the session in [`sessions`] and sends deliveries down the
+//!   edge's queue.
+//! - [`push`]: pushes to devices, users, rooms and everyone, fanned out to the edges that
+//!   hold the recipients, all-or-nothing with 429 back-pressure when a queue is full.
+//! - [`api`]: the business HTTP API (pushes, presence, online counts, the edge list ordered by
+//!   [`balancer`]).
+//! - [`heartbeat`]: the adaptive client heartbeat policy (sans-IO).
+//! - [`secret_file`]: the secrets kept in the data directory (token secret, API key,
+//!   internal key), written atomically and owner-only.
+//!
+//! Stored messaging (timelines, sync, receipts) comes with its issue; today SEND, SYNC and
+//! READ are answered `UNAVAILABLE`.
 
 #![forbid(unsafe_code)]
 

@@ -17,7 +17,7 @@
 //! 1.1 KB inline. So this stream uses rustls for the handshake only: it runs it over the
 //! *unbuffered* API ([`UnbufferedServerConnection`]), then hands the connection to rustls's
 //! kernel-connection API (meant for kTLS: rustls keeps only what a key update needs) and
-//! protects records itself ([`records`]: TLS 1.3 framing, padding, alerts, `KeyUpdate`, with
+//! protects records itself (`records`: TLS 1.3 framing, padding, alerts, `KeyUpdate`, with
 //! ring's AEAD and a key schedule built per record). Its buffers exist only while bytes are
 //! in flight:
 //!
@@ -54,7 +54,7 @@
 //!   RFC 8446 says). EOF without `close_notify`: reads fail with `UnexpectedEof`.
 //! - Any malformed, undecryptable or unexpected record is an `io::Error` (`InvalidData`) —
 //!   never a panic — after which the stream is failed. The alert owed (rustls's during the
-//!   handshake, [`records`]'s after it) goes to the peer: during the handshake `accept` waits
+//!   handshake, `records`'s after it) goes to the peer: during the handshake `accept` waits
 //!   for it to be written (the caller's timeout bounds that), afterwards it gets one attempt.
 //! - The handshake reads while its own flight is still being written: a peer may write
 //!   before it reads (a TLS 1.3 client sends its compatibility change_cipher_spec as soon as
@@ -137,7 +137,7 @@ impl fmt::Debug for LeanTlsAcceptor {
 impl LeanTlsAcceptor {
     /// An acceptor for `config` (`roam_tls::server_config`: TLS 1.3 only, with its ALPN set).
     /// Its copy of the configuration lets rustls hand the traffic keys over after the
-    /// handshake (`enable_secret_extraction`), which [`records`] needs.
+    /// handshake (`enable_secret_extraction`), which `records` needs.
     pub fn new(config: Arc<ServerConfig>) -> Self {
         let mut config = (*config).clone();
         config.enable_secret_extraction = true;

@@ -1,6 +1,6 @@
 //! Sessions and presence, kept in the store so they outlive any one process: which device of
 //! which user is connected through which edge (and connection), when each user was last
-//! online, and each device's adaptive heartbeat interval. Key layout: [`keys`].
+//! online, and each device's adaptive heartbeat interval. Key layout: `sessions/keys.rs`.
 //!
 //! A device is always named with its user ([`UserDevice`]): device ids are the clients' own
 //! labels, unique only among one user's devices, so no user can displace, read or receive
@@ -133,7 +133,7 @@ impl Sessions {
         Sessions { store }
     }
 
-    /// Brings the stored key layout to this build's ([`keys`]): from layout 1 (no marker),
+    /// Brings the stored key layout to this build's (`sessions/keys.rs`): from layout 1 (no marker),
     /// clears the old device index, which named a device without its user. Idempotent; a
     /// store written by a newer layout is refused rather than misread.
     pub async fn upgrade(&self) -> Result<(), StoreError> {
