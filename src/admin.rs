@@ -38,8 +38,17 @@ pub(crate) struct AdminOptions {
     pub drain_timeout: Duration,
 }
 
-/// The answer to a connection beyond the cap: written without reading the request.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 78\r\n\r\n{\"error\":{\"code\":\"unavailable\",\"message\":\"too many admin connections; retry\"}}";
+/// The answer to a connection beyond the cap, written without reading the request.
+fn busy_answer() -> Arc<[u8]> {
+    let body =
+        roam_proto::http_error::error_body("unavailable", "too many admin connections; retry");
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into()
+}
 
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish for up to
 /// the drain timeout.
@@ -65,6 +74,7 @@ pub(crate) async fn serve(
         .header_read_timeout(options.header_timeout)
         .max_buf_size(64 * 1024);
     let graceful = GracefulShutdown::new();
+    let busy = busy_answer();
     loop {
         let (mut tcp, peer): (_, SocketAddr) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -81,8 +91,9 @@ pub(crate) async fn serve(
             continue;
         };
         if !ticket.has_slot() {
+            let busy = busy.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(BUSY)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&busy)).await;
             });
             continue;
         }
@@ -127,12 +138,12 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
             body,
         )
             .into_response(),
-        Err(_) => (
+        Err(_) => roam_proto::http_error::error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(serde_json::json!({
-                "error": {"code": "internal", "message": "metrics encoding failed"}
-            })),
+            "internal",
+            "metrics encoding failed",
+            None,
         )
-            .into_response(),
+        .into_response(),
     }
 }

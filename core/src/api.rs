@@ -25,11 +25,12 @@ use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{MatchedPath, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use roam_proto::http_error::error_response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use thiserror::Error;
@@ -44,7 +45,7 @@ use crate::sessions::UserDevice;
 /// Most entries one request may list (users, devices, rooms).
 pub const MAX_LIST: usize = 1000;
 /// Seconds a client should wait after a 429.
-const RETRY_AFTER_SECS: &str = "1";
+const RETRY_AFTER_SECS: u32 = 1;
 
 /// An API failure, answered as JSON with its status.
 #[derive(Debug, Error)]
@@ -90,16 +91,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
         let retry = matches!(self, ApiError::Busy(_) | ApiError::Unavailable(_));
-        let mut response = (self.status(), Json(body)).into_response();
-        if retry {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
-        }
-        response
+        error_response(
+            self.status(),
+            self.code(),
+            &self.to_string(),
+            retry.then_some(RETRY_AFTER_SECS),
+        )
+        .into_response()
     }
 }
 

@@ -141,13 +141,9 @@ struct ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut r = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("5"));
-        }
-        r
+        let retry = (self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(5);
+        roam_proto::http_error::error_response(self.status, &self.code, &self.message, retry)
+            .into_response()
     }
 }
 

@@ -280,18 +280,14 @@ impl Listener {
 
 /// The answer on a connection beyond `edge.max_connections`.
 fn at_limit() -> Response<Body> {
-    let body = serde_json::json!({"error": {
-        "code": "unavailable",
-        "message": "the edge is at its connection limit",
-    }});
-    let mut r = Response::new(Body::from(body.to_string()));
-    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let mut r = roam_proto::http_error::error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the edge is at its connection limit",
+        Some(5),
+    )
+    .map(Body::from);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }

@@ -24,7 +24,7 @@ use axum::{
         Path, Query, State,
         rejection::{JsonRejection, QueryRejection},
     },
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -53,14 +53,10 @@ pub fn router(source: IdSource) -> Router {
 
 impl IntoResponse for IdError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        let mut response = (self.http_status(), Json(body)).into_response();
-        if self.http_status() == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        let status = self.http_status();
+        let retry = (status == StatusCode::SERVICE_UNAVAILABLE).then_some(1);
+        roam_proto::http_error::error_response(status, self.code(), &self.to_string(), retry)
+            .into_response()
     }
 }
 

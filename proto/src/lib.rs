@@ -6,6 +6,7 @@
 //!   `header_len`, `version`, `op`, `seq`) and a protobuf body. [`FrameDecoder`] is sans-IO:
 //!   bytes go in (any split, many frames per buffer), [`Frame`]s come out with zero-copy
 //!   [`bytes::Bytes`] bodies, or one precise [`FrameError`]. [`encode`] and friends write frames.
+//! - [`http_error`]: the JSON error envelope of every HTTP endpoint.
 //! - [`Op`]: the operation table — which op number carries which message, in which direction.
 //! - [`client`], [`internal`], [`idsvc`]: prost types and tonic services generated from
 //!   `proto/roam/**/*.proto` at build time (with protox, so no system `protoc` is needed):
@@ -30,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod frame;
+pub mod http_error;
 pub mod internal_auth;
 pub mod op;
 
