@@ -558,6 +558,11 @@ impl Config {
         if self.auth.public_key.is_some() != self.auth.public_key_algorithm.is_some() {
             bail!("auth.public_key and auth.public_key_algorithm go together: set both or neither");
         }
+        if self.auth.accept_hs256 == Some(false) && self.auth.public_key.is_none() {
+            bail!(
+                "auth.accept_hs256 = false needs auth.public_key: without either, no token could be verified"
+            );
+        }
         if !self.store.is_empty()
             && !self.store.starts_with("embedded:")
             && !self.store.starts_with("fdb:")
@@ -748,6 +753,11 @@ mod tests {
                 "[auth]\npublic_key = \"/k.pem\"\n",
                 &[],
                 "public_key_algorithm",
+            ),
+            (
+                "[auth]\naccept_hs256 = false\n",
+                &[],
+                "accept_hs256 = false needs auth.public_key",
             ),
         ];
         for (text, vars, needle) in cases {

@@ -18,7 +18,7 @@ use roam_proto::client::v1 as pb;
 use roam_proto::internal::v1::{self as link, EdgeUp, deliver, edge_down, edge_up};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admission::{Admission, AdmissionConfig, Slot};
 use crate::batch::{Batch, BatchConfig, BatchKey, Batcher};
@@ -405,6 +405,12 @@ impl Gateway {
                 }
                 match CoreLink::connect(&core, identity.clone()).await {
                     Ok(l) => break l,
+                    // Core answered and said no (a wrong internal key, or this edge's id
+                    // taken by another process meanwhile): no retry changes that by itself.
+                    Err(e @ LinkError::Refused { .. }) => {
+                        error!(error = %e, "core refused the edge link; retrying");
+                        backoff = Duration::from_secs(5);
+                    }
                     Err(e) => {
                         warn!(error = %e, "cannot reach core yet");
                         backoff = (backoff * 2).min(Duration::from_secs(5));
