@@ -64,6 +64,7 @@ pub(crate) async fn serve(
             max_connections: options.max_connections,
             max_handshakes: 0,
             max_conns_per_ip: 0,
+            max_handshakes_per_ip: 0,
             slot_reason: "admin",
         },
         refusals,

@@ -174,6 +174,9 @@ pub(crate) struct Limits {
     /// Connections at once from one source address on the client and raw ports (0: no cap;
     /// tests and benches that open many connections from loopback turn it off).
     pub max_conns_per_ip: usize,
+    /// TLS handshakes in flight at once from one source address on the client and raw
+    /// ports (0: no cap), so that a few hosts cannot hold every handshake permit.
+    pub max_handshakes_per_ip: usize,
     /// Connections at once on the admin port.
     pub admin_max_connections: usize,
 }
@@ -327,6 +330,7 @@ impl EdgeSection {
             max_connections: self.max_connections,
             max_handshakes: limits.max_handshakes,
             max_conns_per_ip: limits.max_conns_per_ip,
+            max_handshakes_per_ip: limits.max_handshakes_per_ip,
             max_rooms_per_conn: self.max_rooms_per_conn,
             buckets: if self.buckets == 0 {
                 defaults.buckets
@@ -430,6 +434,7 @@ impl Default for Limits {
             first_request_secs: 10,
             max_handshakes: 4096,
             max_conns_per_ip: 1000,
+            max_handshakes_per_ip: 64,
             admin_max_connections: 256,
         }
     }

@@ -16,7 +16,8 @@ use crate::report::Report;
 /// scenario's own keys ([`start`]): the limits a load generator on loopback must not hit
 /// are switched off here: up to ~10k connections come from one loopback address, thousands
 /// handshaking at once, so the per-address and handshake caps are off.
-const BENCH_TOML: &str = "[limits]\nmax_conns_per_ip = 0\nmax_handshakes = 0\n";
+const BENCH_TOML: &str =
+    "[limits]\nmax_conns_per_ip = 0\nmax_handshakes = 0\nmax_handshakes_per_ip = 0\n";
 
 /// The configuration of the scenarios that hold idle clients (idle-conns, room-fanout):
 /// heartbeats far apart, so the server never closes them as idle during a run.

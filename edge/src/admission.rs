@@ -8,8 +8,14 @@
 //! 2. a connection slot (`edge.max_connections`, or the admin port's cap) — over it the
 //!    connection is still told why (DISCONNECT `LIMIT` / HTTP 503 with `retry-after`, after
 //!    its handshake) and closed;
-//! 3. a handshake permit (`limits.max_handshakes` in flight), held only while the TLS
-//!    handshake runs — over it the socket is closed at once.
+//! 3. a handshake permit (`limits.max_handshakes` in flight, and at most
+//!    `limits.max_handshakes_per_ip` of them from one source), held only while the TLS
+//!    handshake runs — over either the socket is closed at once. The per-source share keeps
+//!    a few hosts holding sockets that never finish a handshake from taking every permit.
+//!
+//! A source is an IPv4 address, or an IPv6 /64 (one subscriber's prefix; an IPv4-mapped
+//! IPv6 address counts as its IPv4 address), so a host cannot multiply its shares by
+//! picking addresses from its own prefix.
 //!
 //! The [`Ticket`] of an admitted connection holds its source share and its slot for as long
 //! as the connection lives — a WebSocket upgraded out of an HTTP/1.1 connection keeps a
@@ -31,7 +37,7 @@ use prometheus_client::registry::Registry;
 /// The label of a refusal.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabel {
-    /// `handshakes`, `per_ip`, `max_connections` or `admin`.
+    /// `handshakes`, `handshakes_per_ip`, `per_ip`, `max_connections` or `admin`.
     pub reason: &'static str,
 }
 
@@ -45,7 +51,7 @@ impl Refusals {
         let r = Refusals::default();
         registry.register(
             "roam_refused_connections",
-            "Connections refused at admission, by reason (handshakes, per_ip, max_connections, admin)",
+            "Connections refused at admission, by reason (handshakes, handshakes_per_ip, per_ip, max_connections, admin)",
             r.0.clone(),
         );
         r
@@ -71,6 +77,8 @@ pub struct AdmissionConfig {
     pub max_handshakes: usize,
     /// Connections at once from one source address (0: no cap).
     pub max_conns_per_ip: usize,
+    /// TLS handshakes in flight at once from one source address (0: no cap).
+    pub max_handshakes_per_ip: usize,
     /// The reason counted when no slot is left (`max_connections`, or `admin`).
     pub slot_reason: &'static str,
 }
@@ -81,8 +89,30 @@ impl Default for AdmissionConfig {
             max_connections: 100_000,
             max_handshakes: 4096,
             max_conns_per_ip: 1000,
+            max_handshakes_per_ip: 64,
             slot_reason: "max_connections",
         }
+    }
+}
+
+/// What one source holds now.
+#[derive(Debug, Default)]
+struct Share {
+    conns: usize,
+    handshakes: usize,
+}
+
+/// The source a peer address counts as: an IPv4 address, or an IPv6 /64 (an IPv4-mapped
+/// address counts as its IPv4 address).
+fn source(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -92,7 +122,7 @@ pub struct Admission {
     config: AdmissionConfig,
     open: AtomicUsize,
     handshakes: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: Mutex<HashMap<IpAddr, Share>>,
     refusals: Refusals,
 }
 
@@ -125,25 +155,38 @@ impl Admission {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+    fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Share>> {
         self.per_ip
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Gives back what `change` takes from `source`'s share; forgets the source once it
+    /// holds nothing.
+    fn release(&self, source: IpAddr, change: impl FnOnce(&mut Share)) {
+        let mut map = self.per_ip();
+        if let Some(share) = map.get_mut(&source) {
+            change(share);
+            if share.conns == 0 && share.handshakes == 0 {
+                map.remove(&source);
+            }
+        }
     }
 
     /// Admits a connection from `peer` at accept: its source share and, if one is left, a
     /// slot ([`Ticket::has_slot`]; without one the connection is to be told so and closed).
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Ticket, Refused> {
         let ip = if self.config.max_conns_per_ip > 0 {
+            let source = source(peer);
             let mut map = self.per_ip();
-            let n = map.entry(peer).or_insert(0);
-            if *n >= self.config.max_conns_per_ip {
+            let share = map.entry(source).or_default();
+            if share.conns >= self.config.max_conns_per_ip {
                 drop(map);
                 self.refusals.count("per_ip");
                 return Err(Refused::PerIp);
             }
-            *n += 1;
-            Some(peer)
+            share.conns += 1;
+            Some(source)
         } else {
             None
         };
@@ -170,17 +213,32 @@ impl Admission {
         (n < self.config.max_connections).then_some(slot)
     }
 
-    /// A permit for one TLS handshake, or `None` (counted) when `max_handshakes` are under
-    /// way: the connection is then closed at once.
-    pub fn handshake(self: &Arc<Self>) -> Option<HandshakePermit> {
+    /// A permit for one TLS handshake from `peer`, or `None` (counted) when
+    /// `max_handshakes` are under way, or `max_handshakes_per_ip` from its source: the
+    /// connection is then closed at once.
+    pub fn handshake(self: &Arc<Self>, peer: IpAddr) -> Option<HandshakePermit> {
         let n = self.handshakes.fetch_add(1, Ordering::Relaxed);
-        let permit = HandshakePermit {
+        let mut permit = HandshakePermit {
             admission: self.clone(),
+            source: None,
         };
         if self.config.max_handshakes > 0 && n >= self.config.max_handshakes {
             drop(permit);
             self.refusals.count("handshakes");
             return None;
+        }
+        if self.config.max_handshakes_per_ip > 0 {
+            let source = source(peer);
+            let mut map = self.per_ip();
+            let share = map.entry(source).or_default();
+            if share.handshakes >= self.config.max_handshakes_per_ip {
+                drop(map);
+                drop(permit);
+                self.refusals.count("handshakes_per_ip");
+                return None;
+            }
+            share.handshakes += 1;
+            permit.source = Some(source);
         }
         Some(permit)
     }
@@ -202,11 +260,16 @@ impl Drop for Slot {
 #[derive(Debug)]
 pub struct HandshakePermit {
     admission: Arc<Admission>,
+    /// The source whose handshake share it holds (when that share is capped).
+    source: Option<IpAddr>,
 }
 
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
         self.admission.handshakes.fetch_sub(1, Ordering::Relaxed);
+        if let Some(source) = self.source {
+            self.admission.release(source, |s| s.handshakes -= 1);
+        }
     }
 }
 
@@ -234,14 +297,8 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if let Some(ip) = self.ip {
-            let mut map = self.admission.per_ip();
-            if let Some(n) = map.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&ip);
-                }
-            }
+        if let Some(source) = self.ip {
+            self.admission.release(source, |s| s.conns -= 1);
         }
     }
 }
@@ -306,6 +363,7 @@ mod tests {
                 max_connections,
                 max_handshakes,
                 max_conns_per_ip: per_ip,
+                max_handshakes_per_ip: 0,
                 slot_reason: "max_connections",
             },
             Refusals::default(),
@@ -331,6 +389,53 @@ mod tests {
             a.per_ip().is_empty(),
             "no entry is kept for an idle address"
         );
+    }
+
+    #[test]
+    fn a_source_holds_at_most_its_share_of_handshakes() {
+        let a = Admission::new(
+            AdmissionConfig {
+                max_handshakes: 100,
+                max_handshakes_per_ip: 2,
+                ..AdmissionConfig::default()
+            },
+            Refusals::default(),
+        );
+        let one = a.handshake(A).unwrap();
+        let _two = a.handshake(A).unwrap();
+        assert!(a.handshake(A).is_none(), "A's share is taken");
+        assert!(a.handshake(B).is_some(), "another source is unaffected");
+        assert_eq!(a.refusals.get("handshakes_per_ip"), 1);
+        drop(one);
+        assert!(
+            a.handshake(A).is_some(),
+            "a finished handshake frees its share"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_prefix_is_one_source_and_a_mapped_ipv4_address_its_ipv4_one() {
+        let a = Admission::new(
+            AdmissionConfig {
+                max_conns_per_ip: 1,
+                ..AdmissionConfig::default()
+            },
+            Refusals::default(),
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _one = a.admit(ip("2001:db8:1:2::1")).unwrap();
+        assert!(
+            a.admit(ip("2001:db8:1:2:ffff::7")).is_err(),
+            "the same /64 shares one source"
+        );
+        assert!(a.admit(ip("2001:db8:1:3::1")).is_ok(), "another /64");
+        let _v4 = a.admit(ip("192.0.2.9")).unwrap();
+        assert!(
+            a.admit(ip("::ffff:192.0.2.9")).is_err(),
+            "mapped: the same source"
+        );
+        drop(_one);
+        assert!(a.admit(ip("2001:db8:1:2::2")).is_ok());
     }
 
     #[test]
@@ -364,11 +469,11 @@ mod tests {
     #[test]
     fn handshakes_in_flight_are_capped() {
         let a = admission(100, 2, 0);
-        let one = a.handshake().unwrap();
-        let _two = a.handshake().unwrap();
-        assert!(a.handshake().is_none());
+        let one = a.handshake(A).unwrap();
+        let _two = a.handshake(A).unwrap();
+        assert!(a.handshake(A).is_none());
         assert_eq!(a.refusals.get("handshakes"), 1);
         drop(one);
-        assert!(a.handshake().is_some());
+        assert!(a.handshake(A).is_some());
     }
 }

@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub max_handshakes: usize,
     /// Connections at once from one source address (0: no cap).
     pub max_conns_per_ip: usize,
+    /// TLS handshakes in flight at once from one source address (0: no cap).
+    pub max_handshakes_per_ip: usize,
     /// Rooms one connection may be in (ROOM_JOIN beyond it is refused; AUTH's list is cut).
     pub max_rooms_per_conn: usize,
     /// Comet buckets.
@@ -65,6 +67,7 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             max_handshakes: 4096,
             max_conns_per_ip: 1000,
+            max_handshakes_per_ip: 64,
             max_rooms_per_conn: 64,
             buckets: std::thread::available_parallelism().map_or(4, |n| n.get() * 4),
             write_timeout: Duration::from_secs(10),
@@ -137,6 +140,7 @@ impl Gateway {
                 max_connections: config.max_connections,
                 max_handshakes: config.max_handshakes,
                 max_conns_per_ip: config.max_conns_per_ip,
+                max_handshakes_per_ip: config.max_handshakes_per_ip,
                 slot_reason: "max_connections",
             },
             metrics.refusals.clone(),

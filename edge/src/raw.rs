@@ -143,7 +143,7 @@ async fn serve(gateway: Arc<Gateway>, listener: Arc<Listener>, tcp: TcpStream, p
     let Ok(ticket) = gateway.admission.admit(peer.ip()) else {
         return;
     };
-    let Some(handshake_permit) = gateway.admission.handshake() else {
+    let Some(handshake_permit) = gateway.admission.handshake(peer.ip()) else {
         return;
     };
     let _ = tcp.set_nodelay(true);

@@ -162,7 +162,7 @@ impl Listener {
         let Ok(ticket) = self.admission.admit(peer.ip()) else {
             return;
         };
-        let Some(handshake_permit) = self.admission.handshake() else {
+        let Some(handshake_permit) = self.admission.handshake(peer.ip()) else {
             return;
         };
         let _ = tcp.set_nodelay(true);

@@ -242,3 +242,53 @@ async fn connections_per_source_address_are_capped() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn handshakes_in_flight_per_source_address_are_capped() {
+    let server = roam_tests::start("[limits]\nmax_conns_per_ip = 0\nmax_handshakes_per_ip = 2\n");
+    let addr = server.addr("client_tcp").unwrap();
+    let handshake_from = |source: [u8; 4]| {
+        let dev_cert = server.dev_cert();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(std::net::SocketAddr::from((source, 0)))
+                .unwrap();
+            let tcp = socket.connect(addr).await.unwrap();
+            let roots = roam_tls::roots_from_pem(&dev_cert).unwrap();
+            TlsConnector::from(roam_tls::client_config(roots, &[b"h2"]))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+        }
+    };
+    // Two sockets from 127.0.0.1 that never send a ClientHello hold its share...
+    let silent = [
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while handshake_from([127, 0, 0, 1]).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a third handshake from 127.0.0.1 was never refused"
+        );
+    }
+    // ...not anyone else's.
+    handshake_from([127, 0, 0, 2])
+        .await
+        .expect("another source completes its handshake");
+    assert!(
+        metric(
+            &server,
+            "roam_refused_connections_total{reason=\"handshakes_per_ip\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // Once they go, the share is free again.
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = handshake_from([127, 0, 0, 1]).await {
+        assert!(tokio::time::Instant::now() < deadline, "{e}");
+    }
+}
