@@ -1,5 +1,5 @@
 //! The admin listener (plain HTTP/1.1, meant for a private network): `/healthz` and
-//! `/metrics` in every role, the business API (SPEC.md §5) where core runs.
+//! `/metrics` in every role, the business API (docs/contract.md §5) where core runs.
 //!
 //! Bounded like the client ports: at most `limits.admin_max_connections` connections (one
 //! beyond gets a canned 503 and is closed, counted as `roam_refused_connections_total

@@ -126,7 +126,7 @@ impl EdgeSection {
     }
 }
 
-/// Listening addresses (SPEC.md §2). Port 0 lets the OS pick (see `--ready-file`).
+/// Listening addresses (docs/contract.md §2). Port 0 lets the OS pick (see `--ready-file`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Listen {

@@ -1,4 +1,4 @@
-//! # roam-bench — `roam bench`, the load generator of SPEC.md §6
+//! # roam-bench — `roam bench`, the load generator of docs/contract.md §6
 //!
 //! The `roam` binary parses [`BenchArgs`] and calls [`run`]; everything else is here.
 //!

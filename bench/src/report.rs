@@ -1,4 +1,4 @@
-//! A scenario's result: named figures → a human summary and the JSON line of SPEC.md §6;
+//! A scenario's result: named figures → a human summary and the JSON line of docs/contract.md §6;
 //! latency figures from HDR histograms.
 
 use hdrhistogram::Histogram;
@@ -32,7 +32,7 @@ impl Report {
         self.figures.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
-    /// The JSON object of SPEC.md §6: scenario, figures, machine.
+    /// The JSON object of docs/contract.md §6: scenario, figures, machine.
     pub(crate) fn to_json(&self) -> Value {
         let mut map = Map::new();
         map.insert("scenario".into(), Value::String(self.scenario.clone()));

@@ -1,4 +1,4 @@
-//! The business API of core (SPEC.md §5) as an axum [`Router`]: pushes, presence, online
+//! The business API of core (docs/contract.md §5) as an axum [`Router`]: pushes, presence, online
 //! counts and the edge node list. Mount it on the admin listener behind [`require_api_key`].
 //!
 //! | route | answer |

@@ -12,7 +12,7 @@ pub const DEFAULT_EPOCH_MS: u64 = 1_735_689_600_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdsConfig {
-    /// Most IDs one request may ask for (`count`); at least 10,000 (SPEC.md §5).
+    /// Most IDs one request may ask for (`count`); at least 10,000 (docs/contract.md §5).
     pub max_count: u32,
     /// Start loading a tag's next segment once this percentage of the current one is used
     /// (Leaf: 10). 1..=100.
@@ -78,7 +78,7 @@ impl IdsConfig {
         let bad = |m: String| Err(IdError::Config(m));
         if self.max_count < 10_000 {
             return bad(format!(
-                "ids.max_count = {}: must be at least 10000 (SPEC.md §5)",
+                "ids.max_count = {}: must be at least 10000 (docs/contract.md §5)",
                 self.max_count
             ));
         }

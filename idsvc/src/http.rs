@@ -1,4 +1,4 @@
-//! The business HTTP routes of the ID service (SPEC.md §5), as an axum [`Router`] to mount on
+//! The business HTTP routes of the ID service (docs/contract.md §5), as an axum [`Router`] to mount on
 //! the admin listener (authentication is the listener's layer, not this module's).
 //!
 //! | route | answer |

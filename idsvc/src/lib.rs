@@ -20,7 +20,7 @@
 //!
 //! [`IdService`] owns one [`SegmentAllocator`] and both time-based generators, their lease
 //! heartbeat, and [`IdMetrics`]. Front ends wrap an `Arc<IdService>`:
-//! [`http::router`] (the business routes of SPEC.md §5 and a monitoring page),
+//! [`http::router`] (the business routes of docs/contract.md §5 and a monitoring page),
 //! [`grpc::grpc_service`] (`roam.idsvc.v1.IdService`), and [`IdSource`], which core calls —
 //! a plain method call in one process, gRPC across processes. Time is an input
 //! ([`Clock`]), and the policies are sans-IO (`segment::policy`, `flake::core`), so they are

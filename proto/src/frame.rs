@@ -1,4 +1,4 @@
-//! The 16-byte frame of SPEC.md §3, as a sans-IO codec.
+//! The 16-byte frame of docs/contract.md §3, as a sans-IO codec.
 //!
 //! ```text
 //!  0               4       6       8               12              16

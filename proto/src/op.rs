@@ -1,6 +1,6 @@
 //! The operation table: which op number a frame carries, its direction and its body.
 //!
-//! Op numbers are part of the wire contract (SPEC.md §3, docs/protocol.md) and never change
+//! Op numbers are part of the wire contract (docs/contract.md §3, docs/protocol.md) and never change
 //! meaning once shipped; new ops take new numbers. The body of each op is the protobuf message
 //! named by [`Op::body`] in `roam.client.v1` (`proto/roam/client/v1/client.proto`).
 
