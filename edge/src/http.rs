@@ -524,10 +524,13 @@ async fn poll(State(client): State<Client>, request: Opening) -> Result<Response
             (conn, cursor, wait)
         }
     };
-    Ok(match conn.poll(cursor, wait).await.map_err(conn_error)? {
-        Some((body, last)) => frames_response(StatusCode::OK, body, &conn, Some(last)),
-        None => frames_response(StatusCode::NO_CONTENT, Bytes::new(), &conn, Some(cursor)),
-    })
+    let waiting = &client.gateway.metrics.polls_waiting;
+    Ok(
+        match conn.poll(cursor, wait, waiting).await.map_err(conn_error)? {
+            Some((body, last)) => frames_response(StatusCode::OK, body, &conn, Some(last)),
+            None => frames_response(StatusCode::NO_CONTENT, Bytes::new(), &conn, Some(cursor)),
+        },
+    )
 }
 
 /// `POST /v1/send`: frames up to the connection named in `roam-session`; the response body

@@ -78,6 +78,8 @@ pub struct EdgeMetrics {
     pub overflows: Counter,
     /// Messages for core dropped because the edge link was full or down.
     pub link_drops: Counter,
+    /// Long-polls parked now, waiting for frames (`GET /v1/poll` with `wait`).
+    pub polls_waiting: Gauge,
     /// Connections refused at admission (registered by the process, shared with the admin
     /// port: see [`crate::admission::Refusals::register`]).
     pub refusals: crate::admission::Refusals,
@@ -103,6 +105,7 @@ impl Default for EdgeMetrics {
             batch_pushes: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             overflows: Counter::default(),
             link_drops: Counter::default(),
+            polls_waiting: Gauge::default(),
             refusals: crate::admission::Refusals::default(),
         }
     }
@@ -187,6 +190,11 @@ impl EdgeMetrics {
             "queue_overflows",
             "Client connections whose queue overflowed (closed as slow, frames dropped)",
             m.overflows.clone(),
+        );
+        r.register(
+            "polls_waiting",
+            "Long-polls parked now, waiting for frames",
+            m.polls_waiting.clone(),
         );
         r.register(
             "link_drops",

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use prometheus_client::metrics::gauge::Gauge;
 use roam_proto::client::v1 as pb;
 use roam_proto::{FrameDecoder, FrameError, Op, disconnect_frame, frame_of};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -206,11 +207,13 @@ impl Conn {
     }
 
     /// Poll mode: the frames after `cursor` (releasing those up to it) and the cursor of the
-    /// last one, waiting up to `wait` for some. `Ok(None)`: none came in time.
+    /// last one, waiting up to `wait` for some. `Ok(None)`: none came in time. `waiting`
+    /// counts the poll while it is parked.
     pub async fn poll(
         &self,
         cursor: u64,
         wait: Duration,
+        waiting: &Gauge,
     ) -> Result<Option<(Bytes, u64)>, ConnError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -245,7 +248,12 @@ impl Conn {
                     return Err(ConnError::Unknown);
                 }
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            // Counted while parked, and uncounted however the wait ends (the request may be
+            // dropped mid-wait when its client goes away).
+            let parked = Parked::new(waiting);
+            let woken = tokio::time::timeout_at(deadline, changed).await;
+            drop(parked);
+            if woken.is_err() {
                 return Ok(None);
             }
         }
@@ -266,6 +274,22 @@ impl Conn {
             }
             changed.await;
         }
+    }
+}
+
+/// One parked poll, counted in a gauge for as long as it lives.
+struct Parked<'a>(&'a Gauge);
+
+impl<'a> Parked<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -687,7 +711,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(send.await.unwrap().unwrap(), vec![reply]);
-        let (body, last) = conn.poll(0, Duration::ZERO).await.unwrap().unwrap();
+        let (body, last) = conn
+            .poll(0, Duration::ZERO, &Gauge::default())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((body, last), (push, 1));
     }
 
@@ -697,29 +725,53 @@ mod tests {
         for seq in 1..=3 {
             io.write_batch(&[frame(Op::Push, seq)]).await.unwrap();
         }
-        let (body, last) = conn.poll(1, Duration::ZERO).await.unwrap().unwrap();
+        let (body, last) = conn
+            .poll(1, Duration::ZERO, &Gauge::default())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((body.len(), last), (2 * roam_proto::HEADER_LEN, 3));
         assert!(matches!(
-            conn.poll(0, Duration::ZERO).await,
+            conn.poll(0, Duration::ZERO, &Gauge::default()).await,
             Err(ConnError::Cursor(_))
         ));
         assert!(matches!(
-            conn.poll(9, Duration::ZERO).await,
+            conn.poll(9, Duration::ZERO, &Gauge::default()).await,
             Err(ConnError::Cursor(_))
         ));
         assert!(matches!(
-            conn.poll(u64::MAX, Duration::ZERO).await,
+            conn.poll(u64::MAX, Duration::ZERO, &Gauge::default()).await,
             Err(ConnError::Cursor(_))
         ));
-        assert_eq!(conn.poll(3, Duration::ZERO).await.unwrap(), None);
-        // A poll waits for the next frame.
+        assert_eq!(
+            conn.poll(3, Duration::ZERO, &Gauge::default())
+                .await
+                .unwrap(),
+            None
+        );
+        // A poll waits for the next frame, counted as parked while it does.
+        let parked = Gauge::default();
         let waiting = tokio::spawn({
-            let conn = conn.clone();
-            async move { conn.poll(3, Duration::from_secs(5)).await }
+            let (conn, parked) = (conn.clone(), parked.clone());
+            async move { conn.poll(3, Duration::from_secs(5), &parked).await }
         });
-        tokio::task::yield_now().await;
+        while parked.get() == 0 {
+            tokio::task::yield_now().await;
+        }
         io.write_batch(&[frame(Op::Push, 4)]).await.unwrap();
         assert_eq!(waiting.await.unwrap().unwrap().map(|(_, c)| c), Some(4));
+        assert_eq!(parked.get(), 0);
+        // A parked poll whose request goes away is uncounted too.
+        let abandoned = tokio::spawn({
+            let (conn, parked) = (conn.clone(), parked.clone());
+            async move { conn.poll(4, Duration::from_secs(5), &parked).await }
+        });
+        while parked.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+        abandoned.abort();
+        let _ = abandoned.await;
+        assert_eq!(parked.get(), 0);
     }
 
     #[tokio::test]
@@ -731,7 +783,11 @@ mod tests {
         let e = io.write_batch(&[frame(Op::Push, 4)]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         io.close().await;
-        let (body, last) = conn.poll(0, Duration::ZERO).await.unwrap().unwrap();
+        let (body, last) = conn
+            .poll(0, Duration::ZERO, &Gauge::default())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(last, 4);
         let mut b = body;
         let decoder = FrameDecoder::new(1024);
@@ -742,7 +798,10 @@ mod tests {
         assert_eq!(ops.last(), Some(&Some(Op::Disconnect)));
         // Read to the end: the connection is gone for the next poll, and stays listed
         // until its linger passes.
-        assert_eq!(conn.poll(4, Duration::ZERO).await, Err(ConnError::Unknown));
+        assert_eq!(
+            conn.poll(4, Duration::ZERO, &Gauge::default()).await,
+            Err(ConnError::Unknown)
+        );
         assert!(registry.get(&conn.id).is_ok());
         assert_eq!(conn.check("tok"), Ok(()));
         assert_eq!(conn.check("tak"), Err(ConnError::WrongToken));

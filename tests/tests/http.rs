@@ -322,13 +322,20 @@ async fn long_polls_over_http11_carry_pushes_with_cursors() {
     );
     body(r).await;
 
-    // A waiting poll is answered with a push made while it waits. The push starts once the
-    // poll is on its connection, and needs no more order than that: a push that reached the
-    // edge first would be answered at once, with the same frames and cursor. The wake-up of
-    // a parked poll is checked without sockets in edge/src/vconn.rs
-    // (`polls_release_frames_and_check_cursors`).
+    // A parked poll is answered with a push made while it waits: the push goes once the
+    // edge counts the poll as parked (`roam_edge_polls_waiting`).
     let waiting = c.send_request(poll(1, "10"));
-    let (r, ()) = tokio::join!(waiting, push_user(&server, "bob", "polled"));
+    let push_when_parked = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while metric(&server, "roam_edge_polls_waiting").await < 1.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the poll never parked"
+            );
+        }
+        push_user(&server, "bob", "polled").await;
+    };
+    let (r, ()) = tokio::join!(waiting, push_when_parked);
     let r = r.unwrap();
     assert_eq!(
         (r.status(), header(&r, "roam-cursor")),
