@@ -34,6 +34,24 @@ pub fn roam_bin() -> PathBuf {
     bin
 }
 
+/// A TLS connection to the server's client port offering `alpn`, trusting its development
+/// certificate.
+pub async fn tls(
+    server: &ChildServer,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let roots = roam_tls::roots_from_pem(&server.dev_cert()).expect("the dev certificate");
+    let config = roam_tls::client_config(roots, &[alpn]);
+    let tcp = tokio::net::TcpStream::connect(server.addr("client_tcp").expect("client address"))
+        .await
+        .expect("connect to the client port");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
 /// Starts a private server with `extra_toml` added to its config.
 pub fn start(extra_toml: &str) -> ChildServer {
     ChildServer::start(&roam_bin(), extra_toml).unwrap_or_else(|e| panic!("roam serve: {e:#}"))

@@ -14,26 +14,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use roam_bench::child::ChildServer;
 use roam_client::raw::RawConnection;
 use roam_proto::client::v1 as pb;
 use roam_tests::metric;
+use roam_tests::tls;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-
-async fn tls(server: &ChildServer, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let roots = roam_tls::roots_from_pem(&server.dev_cert()).unwrap();
-    let config = roam_tls::client_config(roots, &[alpn]);
-    let tcp = TcpStream::connect(server.addr("client_tcp").unwrap())
-        .await
-        .unwrap();
-    TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
-}
 
 /// Reads until the server closes (end of stream or an error such as a reset); panics if it
 /// is still open after `within`.

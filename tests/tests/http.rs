@@ -20,27 +20,16 @@ use roam_bench::child::ChildServer;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, FrameDecoder, Op, encode_msg};
 use roam_tests::{metric, token};
-use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 type Tls = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
 type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 async fn tls(server: &ChildServer, alpn: &[u8]) -> Tls {
-    let roots = roam_tls::roots_from_pem(&server.dev_cert()).unwrap();
-    let config = roam_tls::client_config(roots, &[alpn]);
-    let tcp = TcpStream::connect(server.addr("client_tcp").unwrap())
-        .await
-        .unwrap();
-    let tls = TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    TokioIo::new(tls)
+    TokioIo::new(roam_tests::tls(server, alpn).await)
 }
 
 /// An HTTP/2 connection (many requests at once).

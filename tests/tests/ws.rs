@@ -17,28 +17,15 @@ use roam_bench::child::ChildServer;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, FrameDecoder, Op, encode_msg};
 use roam_tests::admin;
-use rustls::pki_types::ServerName;
+use roam_tests::tls;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use roam_tests::token;
-
-async fn tls(server: &ChildServer, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let roots = roam_tls::roots_from_pem(&server.dev_cert()).unwrap();
-    let config = roam_tls::client_config(roots, &[alpn]);
-    let tcp = TcpStream::connect(server.addr("client_tcp").unwrap())
-        .await
-        .unwrap();
-    TlsConnector::from(config)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
-}
 
 fn frame<M: prost::Message>(op: Op, seq: u32, msg: &M) -> Message {
     let mut b = BytesMut::new();
