@@ -52,6 +52,19 @@ pub async fn tls(
         .expect("TLS handshake")
 }
 
+/// A WebSocket opening over HTTP/2: extended CONNECT (RFC 8441) to `/v1/ws`.
+pub fn websocket_over_h2() -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("https://localhost/v1/ws")
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .expect("a valid request");
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    req
+}
+
 /// Starts a private server with `extra_toml` added to its config.
 pub fn start(extra_toml: &str) -> ChildServer {
     ChildServer::start(&roam_bin(), extra_toml).unwrap_or_else(|e| panic!("roam serve: {e:#}"))

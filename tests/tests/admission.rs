@@ -144,15 +144,10 @@ async fn one_http2_connection_holds_one_slot_however_many_streams() {
     // Unauthenticated WebSockets over one HTTP/2 connection: none takes a slot of its own.
     let mut sockets = Vec::new();
     for _ in 0..5 {
-        let mut req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri("https://localhost/v1/ws")
-            .header("sec-websocket-version", "13")
-            .body(Empty::<Bytes>::new())
+        let resp = send
+            .send_request(roam_tests::websocket_over_h2())
+            .await
             .unwrap();
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200, "stream {} was refused", sockets.len());
         sockets.push(resp);
     }

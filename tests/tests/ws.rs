@@ -139,15 +139,10 @@ async fn two_websockets_share_one_http2_connection() {
     tokio::spawn(conn);
     let mut sockets = Vec::new();
     for _ in 0..2 {
-        let mut req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri("https://localhost/v1/ws")
-            .header("sec-websocket-version", "13")
-            .body(Empty::<Bytes>::new())
+        let resp = send
+            .send_request(roam_tests::websocket_over_h2())
+            .await
             .unwrap();
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200, "extended CONNECT accepted");
         let upgraded = hyper::upgrade::on(resp).await.unwrap();
         sockets.push(
