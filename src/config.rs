@@ -277,6 +277,10 @@ pub(crate) struct EdgeSection {
     pub rate_burst: u32,
     /// Requests per second a client may sustain.
     pub rate_per_sec: u32,
+    /// Frames a client may send after AUTH before AUTH_REPLY (held, then handled in order).
+    pub max_held_frames: usize,
+    /// Bytes of those held frames (headers included).
+    pub max_held_bytes: usize,
     /// A write to a client that takes longer than this (it stopped reading) closes it as slow.
     pub write_timeout_secs: u64,
     /// Milliseconds a room or broadcast batch collects pushes before it is fanned out
@@ -306,6 +310,8 @@ impl Default for EdgeSection {
             auth_timeout_secs: 10,
             rate_burst: 50,
             rate_per_sec: 20,
+            max_held_frames: 32,
+            max_held_bytes: 64 * 1024,
             write_timeout_secs: 10,
             batch_ms: 50,
             batch_max: 64,
@@ -324,6 +330,8 @@ impl EdgeSection {
                 auth_timeout: Duration::from_secs(self.auth_timeout_secs),
                 rate_burst: self.rate_burst,
                 rate_per_sec: self.rate_per_sec,
+                max_held_frames: self.max_held_frames,
+                max_held_bytes: self.max_held_bytes,
             },
             outbox: self.outbox,
             max_packet,
