@@ -466,7 +466,7 @@ async fn frames_sent_with_auth_in_one_flight_are_handled_after_auth_reply() {
     let first = next(&mut c).await;
     assert_eq!((first.op_kind(), first.seq), (Some(Op::AuthReply), 1));
     // HEARTBEAT goes to core and ROOM_JOIN is answered at the edge: either may come first.
-    let mut answers = vec![next(&mut c).await, next(&mut c).await];
+    let mut answers = [next(&mut c).await, next(&mut c).await];
     answers.sort_by_key(|f| f.seq);
     assert_eq!(
         answers
