@@ -83,11 +83,23 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
         if config.role.runs_core() {
             let verifier = config.auth.verifier(&config.data)?;
             let metrics = roam_core::metrics::CoreMetrics::register(&mut registry);
+            let webhook = match config.webhook()? {
+                Some(w) => {
+                    banner.push(format!("webhook     {}", w.url));
+                    let m = roam_core::webhook::WebhookMetrics::register(&mut registry);
+                    let (webhook, worker) =
+                        roam_core::webhook::Webhook::start(w, m, shutdown.clone());
+                    tasks.spawn(worker);
+                    webhook
+                }
+                None => roam_core::webhook::Webhook::disabled(),
+            };
             let core = roam_core::Core::new(
                 store.clone(),
                 verifier,
                 config.core.options(config.limits.max_packet),
                 metrics,
+                webhook,
             );
             core.sessions
                 .upgrade()

@@ -14,6 +14,8 @@
 //! - [`api`]: the business HTTP API (pushes, presence, online counts, the edge list ordered by
 //!   [`balancer`]).
 //! - [`heartbeat`]: the adaptive client heartbeat policy (sans-IO).
+//! - [`webhook`]: offline notifications, a signed POST per stored message whose recipient
+//!   has no online device, queued, retried with backoff, shed when full.
 //! - [`secret_file`]: the secrets kept in the data directory (token secret, API key,
 //!   internal key), written atomically and owner-only.
 //!
@@ -33,5 +35,6 @@ pub mod push;
 pub mod secret_file;
 pub mod service;
 pub mod sessions;
+pub mod webhook;
 
 pub use service::{Core, CoreOptions};

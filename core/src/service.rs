@@ -54,6 +54,8 @@ pub struct Core {
     pub options: CoreOptions,
     /// Metrics.
     pub metrics: CoreMetrics,
+    /// Offline notifications (disabled without `webhook.url`).
+    pub webhook: crate::webhook::Webhook,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -70,6 +72,7 @@ impl Core {
         verifier: Verifier,
         options: CoreOptions,
         metrics: CoreMetrics,
+        webhook: crate::webhook::Webhook,
     ) -> Arc<Self> {
         Arc::new(Core {
             sessions: Sessions::new(store),
@@ -77,6 +80,7 @@ impl Core {
             verifier,
             options,
             metrics,
+            webhook,
         })
     }
 
