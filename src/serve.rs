@@ -80,30 +80,9 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
             grpc_services.push("ID service");
             ids_handle = Some(ids);
         }
-        if config.role.runs_core() {
-            let verifier = config.auth.verifier(&config.data)?;
-            let metrics = roam_core::metrics::CoreMetrics::register(&mut registry);
-            let core = roam_core::Core::new(
-                store.clone(),
-                verifier,
-                config.core.options(config.limits.max_packet),
-                metrics,
-            );
-            core.sessions
-                .upgrade()
-                .await
-                .context("cannot upgrade the sessions' key layout")?;
-            tasks.spawn(core.clone().run_reaper(shutdown.clone()));
-            business = business.merge(roam_core::api::router(core.clone()));
-            grpc_services.push("edge link");
-            banner.push(format!(
-                "token       roam token --user alice --data {}",
-                config.data.display()
-            ));
-            core_handle = Some(core);
-        }
-        // The ID routes of the business API: this process's ID service, or (role `core`)
-        // another process's over gRPC, connected on first use.
+        // Where IDs come from (message ids, and the ID routes of the business API): this
+        // process's ID service, or (role `core`) another process's over gRPC, connected on
+        // first use.
         let ids_source = match &ids_handle {
             Some(ids) => Some(roam_idsvc::IdSource::local(ids.clone())),
             None if config.role.runs_core() => {
@@ -120,6 +99,27 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
             }
             None => None,
         };
+        if config.role.runs_core()
+            && let Some(ids) = &ids_source
+        {
+            let verifier = config.auth.verifier(&config.data)?;
+            let metrics = roam_core::metrics::CoreMetrics::register(&mut registry);
+            let mut options = config.core.options(config.limits.max_packet);
+            options.messaging = config.messaging.options(config.limits.max_packet);
+            let core = roam_core::Core::new(store.clone(), ids.clone(), verifier, options, metrics);
+            core.sessions
+                .upgrade()
+                .await
+                .context("cannot upgrade the sessions' key layout")?;
+            tasks.spawn(core.clone().run_reaper(shutdown.clone()));
+            business = business.merge(roam_core::api::router(core.clone()));
+            grpc_services.push("edge link");
+            banner.push(format!(
+                "token       roam token --user alice --data {}",
+                config.data.display()
+            ));
+            core_handle = Some(core);
+        }
         if let Some(source) = ids_source {
             business = business.merge(roam_idsvc::http::router(source));
         }
