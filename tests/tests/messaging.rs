@@ -277,6 +277,26 @@ async fn two_users_three_devices_see_every_message_once_and_in_order() {
 }
 
 #[tokio::test]
+async fn pushes_from_many_concurrent_senders_arrive_in_inbox_seq_order() {
+    let server = roam_tests::start(UNLIMITED);
+    let mut alice = login(&server, "alice", "phone").await;
+    let mut senders = Vec::new();
+    for i in 0..6 {
+        senders.push(login(&server, &format!("friend{i}"), "phone").await);
+    }
+    const N: usize = 40;
+    let sends = senders.iter_mut().enumerate().map(|(i, c)| async move {
+        send_windowed(c, "alice", &format!("f{i}-"), N).await;
+    });
+    let (_, got) = tokio::join!(
+        futures_util::future::join_all(sends),
+        collect(&mut alice, 6 * N)
+    );
+    let seqs: Vec<u64> = got.pushed.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (1..=6 * N as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
 async fn a_device_offline_during_500_messages_syncs_them_all_in_order_once() {
     let server = roam_tests::start(UNLIMITED);
     // The tablet was online once, then went away.
