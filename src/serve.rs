@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use roam_core::Core;
 use roam_edge::admission::Refusals;
 use roam_edge::gateway::Gateway;
-use roam_idsvc::IdService;
+use roam_idsvc::{IdService, IdSource};
 use roam_proto::internal_auth::InternalKey;
 use roam_store::Store;
 use serde::Serialize;
@@ -105,10 +105,14 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
         if p.config.role.runs_idsvc() {
             ids = Some(start_idsvc(&mut p, store).await?);
         }
-        if p.config.role.runs_core() {
-            core = Some(start_core(&mut p, store).await?);
+        // Where IDs come from: message ids, and the ID routes of the business API.
+        let ids_source = id_source(&mut p, ids.as_ref())?;
+        if p.config.role.runs_core()
+            && let Some(source) = &ids_source
+        {
+            core = Some(start_core(&mut p, store, source.clone()).await?);
         }
-        business = Some(business_routes(&mut p, core.as_ref(), ids.as_ref())?);
+        business = Some(business_routes(&mut p, core.as_ref(), ids_source)?);
         start_internal(&mut p, core.as_ref(), ids.as_ref()).await?;
     }
     if p.config.role.runs_edge() {
@@ -185,7 +189,7 @@ async fn start_idsvc(p: &mut Process, store: &Store) -> Result<Arc<IdService>> {
 }
 
 /// Starts core: upgrades the sessions' key layout and spawns the session reaper.
-async fn start_core(p: &mut Process, store: &Store) -> Result<Arc<Core>> {
+async fn start_core(p: &mut Process, store: &Store, ids: IdSource) -> Result<Arc<Core>> {
     let config = &p.config;
     let verifier = config.auth.verifier(&config.data)?;
     let metrics = roam_core::metrics::CoreMetrics::register(&mut p.registry);
@@ -199,13 +203,9 @@ async fn start_core(p: &mut Process, store: &Store) -> Result<Arc<Core>> {
         }
         None => roam_core::webhook::Webhook::disabled(),
     };
-    let core = Core::new(
-        store.clone(),
-        verifier,
-        config.core.options(config.limits.max_packet),
-        metrics,
-        webhook,
-    );
+    let mut options = config.core.options(config.limits.max_packet);
+    options.messaging = config.messaging.options(config.limits.max_packet);
+    let core = Core::new(store.clone(), ids, verifier, options, metrics, webhook);
     core.sessions
         .upgrade()
         .await
@@ -218,20 +218,11 @@ async fn start_core(p: &mut Process, store: &Store) -> Result<Arc<Core>> {
     Ok(core)
 }
 
-/// The business API (`/api/v1`, served on the admin port): core's routes where core runs,
-/// and the ID routes — this process's ID service, or (role `core`) another process's over
-/// gRPC, connected on first use. Loads (or creates) the API key that guards it.
-fn business_routes(
-    p: &mut Process,
-    core: Option<&Arc<Core>>,
-    ids: Option<&Arc<IdService>>,
-) -> Result<BusinessApi> {
+/// Where IDs come from: this process's ID service, or (role `core`) another process's over
+/// gRPC, connected on first use; none for a process without either.
+fn id_source(p: &mut Process, ids: Option<&Arc<IdService>>) -> Result<Option<IdSource>> {
     let config = &p.config;
-    let mut routes = Router::new();
-    if let Some(core) = core {
-        routes = routes.merge(roam_core::api::router(core.clone()));
-    }
-    let ids_source = match ids {
+    Ok(match ids {
         Some(ids) => Some(roam_idsvc::IdSource::local(ids.clone())),
         None if config.role.runs_core() => {
             let address = config.core.ids_address();
@@ -247,7 +238,21 @@ fn business_routes(
             )
         }
         None => None,
-    };
+    })
+}
+
+/// The business API (`/api/v1`, served on the admin port): core's routes where core runs,
+/// and the ID routes of `ids_source`. Loads (or creates) the API key that guards it.
+fn business_routes(
+    p: &mut Process,
+    core: Option<&Arc<Core>>,
+    ids_source: Option<IdSource>,
+) -> Result<BusinessApi> {
+    let config = &p.config;
+    let mut routes = Router::new();
+    if let Some(core) = core {
+        routes = routes.merge(roam_core::api::router(core.clone()));
+    }
     if let Some(source) = ids_source {
         routes = routes.merge(roam_idsvc::http::router(source));
     }
