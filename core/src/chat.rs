@@ -20,6 +20,8 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
+use crate::webhook::OfflineNotice;
+
 use crate::edges::Conn;
 use crate::inbox_order::InboxOrder;
 use crate::metrics::KindLabel;
@@ -51,8 +53,8 @@ pub(crate) struct OfflineRecipient {
     pub(crate) seq: u64,
 }
 
-/// Recipients of `sent` (never its sender) without an online device among `online` users.
-/// The lead wires the result into the offline webhook (`core/src/webhook.rs`).
+/// Recipients of `sent` (never its sender) without an online device among `online` users:
+/// each is told to the offline webhook (`core/src/webhook.rs`).
 pub(crate) fn offline_recipients(sent: &Sent, online: &HashSet<&str>) -> Vec<OfflineRecipient> {
     let from = sent.message.from.as_str();
     let offline = |user: &str| user != from && !online.contains(user);
@@ -168,7 +170,16 @@ impl Core {
             .messages_stored
             .get_or_create(&KindLabel { kind })
             .inc();
-        let _offline = self.deliver(&sent, &inboxes, origin).await;
+        for r in self.deliver(&sent, &inboxes, origin).await {
+            self.webhook.offline(OfflineNotice {
+                conversation: sent.conversation.name_for(&r.user),
+                user: r.user,
+                from: sent.message.from.clone(),
+                message_id: sent.id,
+                seq: r.seq,
+                created_at_ms: sent.message.created_at,
+            });
+        }
         Ok(sent)
     }
 

@@ -37,10 +37,6 @@ pub const SIGNATURE_HEADER: &str = "x-roam-signature";
 
 /// A stored message whose recipient has no online device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(
-    dead_code,
-    reason = "made by stored messaging (issue 11), which lands separately"
-)]
 pub(crate) struct OfflineNotice {
     pub user: String,
     pub from: String,
@@ -212,10 +208,6 @@ impl Webhook {
     }
 
     /// Queues a notice for `notice.user`, without waiting; sheds it when the queue is full.
-    #[allow(
-        dead_code,
-        reason = "called by stored messaging (issue 11), which lands separately"
-    )]
     pub(crate) fn offline(&self, notice: OfflineNotice) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(notice) {
@@ -481,7 +473,7 @@ mod tests {
         OfflineNotice {
             user: "bob".into(),
             from: "alice".into(),
-            conversation: "alice:bob".into(),
+            conversation: "alice".into(),
             message_id,
             seq: 7,
             created_at_ms: 1_790_000_000_000,
@@ -547,7 +539,7 @@ mod tests {
                 assert_eq!(body["type"], "message.offline");
                 assert_eq!(body["user"], "bob");
                 assert_eq!(body["from"], "alice");
-                assert_eq!(body["conversation"], "alice:bob");
+                assert_eq!(body["conversation"], "alice");
                 assert_eq!(body["seq"], 7);
                 assert_eq!(body["created_at_ms"], 1_790_000_000_000u64);
             }
