@@ -172,10 +172,8 @@ impl Core {
         Ok(sent)
     }
 
-    fn order(&self) -> std::sync::MutexGuard<'_, InboxOrder<Release>> {
-        self.inbox_order
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn order(&self) -> parking_lot::MutexGuard<'_, InboxOrder<Release>> {
+        self.inbox_order.lock()
     }
 
     fn finish_none(&self, inboxes: &[String]) {
