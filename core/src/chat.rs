@@ -7,7 +7,7 @@
 //! fan-out, a NOTICE `{KIND_SYNC, group:<id>, seq}` to its online members, who pull with
 //! SYNC. Deliveries go through the edges' queues without waiting: a full queue drops the
 //! delivery (`roam_core_deliveries_dropped_total`), and the device finds the gap in its
-//! inbox seqs and SYNCs. Who had no online device is [`offline_recipients`].
+//! inbox seqs and SYNCs. Who had no online device is `offline_recipients`.
 
 use bytes::Bytes;
 use prost::Message as _;
