@@ -105,7 +105,6 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
         if p.config.role.runs_idsvc() {
             ids = Some(start_idsvc(&mut p, store).await?);
         }
-        // Where IDs come from: message ids, and the ID routes of the business API.
         let ids_source = id_source(&mut p, ids.as_ref())?;
         if p.config.role.runs_core()
             && let Some(source) = &ids_source
@@ -218,23 +217,20 @@ async fn start_core(p: &mut Process, store: &Store, ids: IdSource) -> Result<Arc
     Ok(core)
 }
 
-/// Where IDs come from: this process's ID service, or (role `core`) another process's over
-/// gRPC, connected on first use; none for a process without either.
+/// Where IDs come from (message ids, and the ID routes of the business API): this
+/// process's ID service, or (role `core`) another process's over gRPC, connected on first
+/// use.
 fn id_source(p: &mut Process, ids: Option<&Arc<IdService>>) -> Result<Option<IdSource>> {
     let config = &p.config;
     Ok(match ids {
-        Some(ids) => Some(roam_idsvc::IdSource::local(ids.clone())),
+        Some(ids) => Some(IdSource::local(ids.clone())),
         None if config.role.runs_core() => {
             let address = config.core.ids_address();
             p.banner
                 .push(format!("ids         the ID service at {address}"));
             Some(
-                roam_idsvc::IdSource::connect_lazy(
-                    &address,
-                    IDS_TIMEOUT,
-                    Some(p.internal_key.clone()),
-                )
-                .with_context(|| format!("core.ids {address:?}"))?,
+                IdSource::connect_lazy(&address, IDS_TIMEOUT, Some(p.internal_key.clone()))
+                    .with_context(|| format!("core.ids {address:?}"))?,
             )
         }
         None => None,
@@ -242,7 +238,7 @@ fn id_source(p: &mut Process, ids: Option<&Arc<IdService>>) -> Result<Option<IdS
 }
 
 /// The business API (`/api/v1`, served on the admin port): core's routes where core runs,
-/// and the ID routes of `ids_source`. Loads (or creates) the API key that guards it.
+/// and the ID routes over `ids_source`. Loads (or creates) the API key that guards it.
 fn business_routes(
     p: &mut Process,
     core: Option<&Arc<Core>>,

@@ -7,7 +7,7 @@
 //! fan-out, a NOTICE `{KIND_SYNC, group:<id>, seq}` to its online members, who pull with
 //! SYNC. Deliveries go through the edges' queues without waiting: a full queue drops the
 //! delivery (`roam_core_deliveries_dropped_total`), and the device finds the gap in its
-//! inbox seqs and SYNCs. Who had no online device is [`offline_recipients`].
+//! inbox seqs and SYNCs. Who had no online device is `offline_recipients`.
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -183,10 +183,8 @@ impl Core {
         Ok(sent)
     }
 
-    fn order(&self) -> std::sync::MutexGuard<'_, InboxOrder<Release>> {
-        self.inbox_order
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn order(&self) -> parking_lot::MutexGuard<'_, InboxOrder<Release>> {
+        self.inbox_order.lock()
     }
 
     fn finish_none(&self, inboxes: &[String]) {

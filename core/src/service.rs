@@ -1,9 +1,10 @@
 //! [`Core`]: the state every core component shares — sessions, the edge registry, the token
 //! verifier, the heartbeat policy, metrics — and the reaper that expires lost edges.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use roam_idsvc::IdSource;
 use roam_messaging::{Messaging, MessagingOptions};
 use roam_store::{Cursors, Store};

@@ -34,9 +34,9 @@ mod rate;
 mod read;
 mod send;
 
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use roam_idsvc::{IdError, IdSource};
 use roam_store::{Store, StoreError};
 
@@ -172,10 +172,7 @@ impl Messaging {
 
     /// Whether `user` may send now (the per-user token bucket); `now` from a monotonic clock.
     fn admit(&self, user: &str, now: Duration) -> Result<(), MessagingError> {
-        let mut rate = self
-            .rate
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rate = self.rate.lock();
         if rate.allow(user, now) {
             Ok(())
         } else {
