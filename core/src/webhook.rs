@@ -2,7 +2,7 @@
 //! core POSTs a JSON notice to a URL the business runs, which turns it into an APNs or FCM
 //! push (docs/core.md, "Offline notifications").
 //!
-//! [`Webhook::offline`] never waits: it puts the notice on a bounded queue, or sheds it (and
+//! `Webhook::offline` never waits: it puts the notice on a bounded queue, or sheds it (and
 //! counts it) when the queue is full. A worker task takes notices off the queue, at most
 //! `concurrency` deliveries at once; each delivery is a POST with the body signed by
 //! HMAC-SHA256 (header `x-roam-signature: sha256=<hex>`), retried after a connection error, a
