@@ -198,6 +198,9 @@ impl Core {
             .messages_stored
             .get_or_create(&KindLabel { kind })
             .inc();
+        // The offline webhook's input: for each, `OfflineNotice { user, from:
+        // sent.message.from, conversation: sent.conversation.name_for(user), message_id:
+        // sent.id, seq, created_at_ms: sent.message.created_at }`.
         let _offline = self.deliver(&sent, &inboxes, origin).await;
         Ok(sent)
     }
@@ -537,6 +540,45 @@ mod tests {
             next_after: n,
             has_more: false,
         }
+    }
+
+    #[test]
+    fn offline_recipients_are_those_without_a_device_but_never_the_sender() {
+        let sent = |delivery| Sent {
+            id: 7,
+            seq: 1,
+            duplicate: false,
+            conversation: Conversation::Group("g".into()),
+            message: pb::Message {
+                from: "alice".into(),
+                ..Default::default()
+            },
+            delivery,
+        };
+        let online: HashSet<&str> = ["bob"].into();
+        let push = sent(Delivery::Push(vec![
+            ("alice".into(), 3),
+            ("bob".into(), 4),
+            ("carol".into(), 5),
+        ]));
+        assert_eq!(
+            offline_recipients(&push, &online),
+            [OfflineRecipient {
+                user: "carol".into(),
+                seq: 5
+            }]
+        );
+        let pull = sent(Delivery::Notify {
+            members: vec!["alice".into(), "bob".into(), "dave".into()],
+            seq: 9,
+        });
+        assert_eq!(
+            offline_recipients(&pull, &online),
+            [OfflineRecipient {
+                user: "dave".into(),
+                seq: 9
+            }]
+        );
     }
 
     #[test]
