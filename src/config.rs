@@ -1012,6 +1012,35 @@ mod tests {
     }
 
     #[test]
+    fn messaging_keys_load_from_file_and_env_and_are_checked() {
+        let d = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        let o = d.messaging.options(d.limits.max_packet);
+        assert_eq!((o.fanout_threshold, o.send_rate), (100, 200));
+        assert_eq!(
+            o.max_content_bytes,
+            64 * 1024 - MESSAGE_FRAME_OVERHEAD,
+            "64 KiB, held below what fits a frame"
+        );
+        let f = file("[messaging]\nfanout_threshold = 5\nmax_content_bytes = 1000\n");
+        let vars = env(&[("ROAM_MESSAGING_SEND_RATE", "0")]);
+        let c = Config::load(Some(f.path()), vars, &Overrides::default()).unwrap();
+        let o = c.messaging.options(c.limits.max_packet);
+        assert_eq!(
+            (o.fanout_threshold, o.max_content_bytes, o.send_rate),
+            (5, 1000, 0)
+        );
+        for bad in [
+            "max_content_bytes = 0",
+            "max_group_members = 0",
+            "send_burst = 0",
+        ] {
+            let f = file(&format!("[messaging]\n{bad}\n"));
+            let e = Config::load(Some(f.path()), env(&[]), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("messaging."), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn the_default_edge_id_differs_per_client_address() {
         let e = EdgeSection::default();
         let a = e.id_or_derived(local(8443));
