@@ -146,7 +146,7 @@ async fn run_until_shutdown(
     p.shutdown.cancel();
     // Edge links are long-lived streams: end them so the gRPC server can stop.
     if let Some(core) = &core {
-        core.edges.close_all();
+        core.close_edge_links();
     }
     let drain = Duration::from_secs(p.config.shutdown.drain_timeout_secs + 1);
     if tokio::time::timeout(drain, async {
@@ -195,8 +195,7 @@ async fn start_core(p: &mut Process, store: &Store) -> Result<Arc<Core>> {
         config.core.options(config.limits.max_packet),
         metrics,
     );
-    core.sessions
-        .upgrade()
+    core.upgrade_sessions()
         .await
         .context("cannot upgrade the sessions' key layout")?;
     p.tasks.spawn(core.clone().run_reaper(p.shutdown.clone()));

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use roam_store::Store;
+use roam_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -45,19 +45,19 @@ impl Default for CoreOptions {
 #[derive(Debug)]
 pub struct Core {
     /// Sessions and presence.
-    pub sessions: Sessions,
+    pub(crate) sessions: Sessions,
     /// Edges connected to this core.
-    pub edges: EdgeRegistry,
+    pub(crate) edges: EdgeRegistry,
     /// Client token verifier.
-    pub verifier: Verifier,
+    pub(crate) verifier: Verifier,
     /// Tunables.
-    pub options: CoreOptions,
+    pub(crate) options: CoreOptions,
     /// Metrics.
-    pub metrics: CoreMetrics,
+    pub(crate) metrics: CoreMetrics,
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -78,6 +78,17 @@ impl Core {
             options,
             metrics,
         })
+    }
+
+    /// Brings the stored sessions to the current key layout (idempotent); run once before
+    /// serving.
+    pub async fn upgrade_sessions(&self) -> Result<(), StoreError> {
+        self.sessions.upgrade().await
+    }
+
+    /// Ends every edge link, so that the internal gRPC server can stop (shutdown).
+    pub fn close_edge_links(&self) {
+        self.edges.close_all();
     }
 
     /// Expires the sessions of edges that stopped heartbeating, until `shutdown`.
