@@ -20,6 +20,8 @@
 //! - Stored messaging: the client ops SEND, SYNC, READ and PUSH_ACK over `roam_messaging`, and
 //!   delivery of stored messages to online devices in inbox order, answered through the
 //!   edge link.
+//! - [`webhook`]: offline notifications, a signed POST per stored message whose recipient
+//!   has no online device, queued, retried with backoff, shed when full.
 //! - [`secret_file`]: the secrets kept in the data directory (token secret, API key,
 //!   internal key), written atomically and owner-only; [`auth::Secret`] mints tokens.
 //!
@@ -44,5 +46,6 @@ mod push;
 pub mod secret_file;
 mod service;
 mod sessions;
+pub mod webhook;
 
 pub use service::{Core, CoreOptions};
