@@ -39,17 +39,17 @@ use tracing::{debug, warn};
 use crate::metrics::KindLabel;
 
 /// The header carrying the body's signature: `sha256=<hex of HMAC-SHA256(secret, body)>`.
-pub const SIGNATURE_HEADER: &str = "x-roam-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "x-roam-signature";
 
 /// A stored message whose recipient has no online device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OfflineNotice {
-    pub user: String,
-    pub from: String,
-    pub conversation: String,
-    pub message_id: u64,
-    pub seq: u64,
-    pub created_at_ms: u64,
+    pub(crate) user: String,
+    pub(crate) from: String,
+    pub(crate) conversation: String,
+    pub(crate) message_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) created_at_ms: u64,
 }
 
 /// The JSON body of one POST.
@@ -115,17 +115,17 @@ impl WebhookConfig {
 #[derive(Debug, Clone)]
 pub struct WebhookMetrics {
     /// Notices delivered (a 2xx answer).
-    pub sent: Counter,
+    pub(crate) sent: Counter,
     /// Notices given up: a status that is not retried, or the last attempt failed.
-    pub failed: Counter,
+    pub(crate) failed: Counter,
     /// Attempts after the first.
-    pub retried: Counter,
+    pub(crate) retried: Counter,
     /// Notices dropped without delivery, by reason (`queue_full`, `shutdown`).
-    pub shed: Family<KindLabel, Counter>,
+    pub(crate) shed: Family<KindLabel, Counter>,
     /// Notices waiting in the queue.
-    pub queue_depth: Gauge,
+    pub(crate) queue_depth: Gauge,
     /// One attempt's duration, in seconds (whatever its outcome).
-    pub latency: Histogram,
+    pub(crate) latency: Histogram,
 }
 
 impl Default for WebhookMetrics {
@@ -234,11 +234,6 @@ impl Webhook {
             Err(mpsc::error::TrySendError::Closed(_)) => count_shed(&self.metrics, "shutdown"),
         }
     }
-
-    /// Whether notices are sent anywhere.
-    pub fn is_enabled(&self) -> bool {
-        self.tx.is_some()
-    }
 }
 
 fn count_shed(metrics: &WebhookMetrics, reason: &'static str) {
@@ -249,7 +244,7 @@ fn count_shed(metrics: &WebhookMetrics, reason: &'static str) {
 }
 
 /// `sha256=<hex>` of `body` under `secret`.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
+pub(crate) fn signature(secret: &[u8], body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     format!(
         "sha256={}",
