@@ -1,0 +1,109 @@
+// WebTransport on `CONNECT /v1/wt` (HTTP/3): frames on one bidirectional stream, AUTH first,
+// as on WebSocket. The QUIC edge is being built (branch h-quic); until it serves /v1/wt this
+// attempt fails and the client falls back to WebSocket. With the development certificate the
+// browser is told its hash, read from `GET /v1/wt-cert-hash` (hex SHA-256), when there is one.
+import { create, toBinary } from "@bufbuild/protobuf";
+import { AuthSchema } from "../gen/roam/client/v1/client_pb.js";
+import { encodeFrame, FrameDecoder, Op } from "../frame.js";
+import type { Connector, Transport } from "../transport.js";
+import { edgeUrl, withTimeout } from "../transport.js";
+
+interface WtStream {
+  readable: ReadableStream<Uint8Array>;
+  writable: WritableStream<Uint8Array>;
+}
+interface Wt {
+  ready: Promise<void>;
+  closed: Promise<unknown>;
+  createBidirectionalStream(): Promise<WtStream>;
+  close(): void;
+}
+type WtCtor = new (url: string, opts?: unknown) => Wt;
+
+async function certHashes(baseUrl: string): Promise<unknown[] | undefined> {
+  try {
+    const res = await fetch(edgeUrl(baseUrl, "/v1/wt-cert-hash"), { cache: "no-store" });
+    if (!res.ok) return undefined;
+    const hex = (await res.text()).trim();
+    if (!/^[0-9a-fA-F]{64}$/.test(hex)) return undefined;
+    const value = new Uint8Array(32);
+    for (let i = 0; i < 32; i++) value[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+    return [{ algorithm: "sha-256", value }];
+  } catch {
+    return undefined;
+  }
+}
+
+export const connectWebTransport: Connector = async (params, handlers) => {
+  const Ctor = (globalThis as { WebTransport?: WtCtor }).WebTransport;
+  if (!Ctor) throw new Error("webtransport: not available here");
+  const hashes = await certHashes(params.baseUrl);
+  const wt = new Ctor(edgeUrl(params.baseUrl, "/v1/wt").toString(), hashes ? { serverCertificateHashes: hashes } : {});
+  wt.closed.catch(() => undefined);
+  let stream: WtStream;
+  try {
+    await withTimeout(wt.ready, params.openTimeoutMs, "webtransport");
+    stream = await wt.createBidirectionalStream();
+  } catch (e) {
+    try {
+      wt.close();
+    } catch {
+      /* never opened */
+    }
+    throw new Error(`webtransport: ${(e as Error).message}`);
+  }
+  const writer = stream.writable.getWriter();
+  const reader = stream.readable.getReader();
+  const decoder = new FrameDecoder();
+  let closed = false;
+  const transport: Transport = {
+    name: "webtransport",
+    send(frames) {
+      writer.write(frames).catch(() => fail("webtransport: write failed"));
+    },
+    close() {
+      closed = true;
+      try {
+        wt.close();
+      } catch {
+        /* closed */
+      }
+    },
+  };
+  const fail = (reason: string) => {
+    if (closed) return;
+    transport.close();
+    handlers.onClose(reason);
+  };
+  const auth = create(AuthSchema, { token: params.token, deviceId: params.deviceId, platform: params.platform });
+  transport.send(encodeFrame(Op.Auth, 1, toBinary(AuthSchema, auth)));
+  let opened = false;
+  const readSome = async () => {
+    const { done, value } = await reader.read();
+    if (done) throw new Error("webtransport: the stream ended");
+    for (const f of decoder.push(value)) {
+      handlers.onFrame(f);
+      opened = true;
+    }
+  };
+  try {
+    await withTimeout(
+      (async () => {
+        while (!opened) await readSome();
+      })(),
+      params.openTimeoutMs,
+      "webtransport",
+    );
+  } catch (e) {
+    transport.close();
+    throw e instanceof Error ? e : new Error(String(e));
+  }
+  void (async () => {
+    try {
+      while (!closed) await readSome();
+    } catch (e) {
+      fail((e as Error).message);
+    }
+  })();
+  return transport;
+};
