@@ -469,6 +469,9 @@ pub(crate) struct EdgeSection {
     pub batch_max: usize,
     /// clients/web's build, served at `GET /` when it holds an index.html.
     pub web_dir: PathBuf,
+    /// `POST /v1/dev-login` mints a client token for any name (the web app's development
+    /// login). Unset: on without a config file (the local development default), off with one.
+    pub dev_login: Option<bool>,
 }
 
 impl Default for EdgeSection {
@@ -495,6 +498,7 @@ impl Default for EdgeSection {
             batch_ms: 50,
             batch_max: 64,
             web_dir: PathBuf::from("clients/web/dist"),
+            dev_login: None,
         }
     }
 }
@@ -683,6 +687,9 @@ impl Config {
         }
         config.validate()?;
         config.resolve();
+        // The development login is for `cargo run` on a laptop: any configured deployment
+        // (a config file) has it off unless it says otherwise.
+        config.edge.dev_login.get_or_insert(file.is_none());
         Ok(config)
     }
 
@@ -904,6 +911,33 @@ mod tests {
         assert_eq!(
             c.store, "embedded:/from/flag/store",
             "store follows the data dir"
+        );
+    }
+
+    #[test]
+    fn dev_login_is_on_only_for_the_local_default() {
+        let none = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            none.edge.dev_login,
+            Some(true),
+            "no config file: local development"
+        );
+        let f = file("[edge]\nrate_burst = 60\n");
+        let configured = Config::load(Some(f.path()), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            configured.edge.dev_login,
+            Some(false),
+            "a configured deployment"
+        );
+        let on = file("[edge]\ndev_login = true\n");
+        let c = Config::load(Some(on.path()), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.edge.dev_login, Some(true), "switched on explicitly");
+        let vars = env(&[("ROAM_EDGE_DEV_LOGIN", "false")]);
+        let c = Config::load(None, vars, &Overrides::default()).unwrap();
+        assert_eq!(
+            c.edge.dev_login,
+            Some(false),
+            "switched off by the environment"
         );
     }
 

@@ -419,7 +419,7 @@ async fn start_edge(p: &mut Process) -> Result<()> {
     .await
     .with_context(|| format!("edge {edge_id}: cannot link to core at {core_address}"))?;
 
-    start_client_tcp(p, client_tcp, &gateway);
+    start_client_tcp(p, client_tcp, &gateway)?;
     start_raw(p, raw, gateway);
     p.banner.push(format!(
         "certificate {}{}",
@@ -440,12 +440,61 @@ async fn start_edge(p: &mut Process) -> Result<()> {
     Ok(())
 }
 
+/// Lifetime of a development-login token.
+const DEV_LOGIN_TTL_SECS: u64 = 24 * 3600;
+
+/// The web app's development login (`edge.dev_login`), when on and this process holds the
+/// token secret (it runs core); says on the banner what the web app and the login are.
+fn dev_login(p: &mut Process) -> anyhow::Result<Option<roam_edge::http::DevLogin>> {
+    let web = &p.config.edge.web_dir;
+    if web.join("index.html").is_file() {
+        p.banner.push(format!(
+            "web app     / on the client port  (from {})",
+            web.display()
+        ));
+    } else {
+        p.banner.push(format!(
+            "web app     not built: {} has no index.html (npm ci && npm run build in clients/web)",
+            web.display()
+        ));
+    }
+    if p.config.edge.dev_login != Some(true) {
+        return Ok(None);
+    }
+    if !p.config.role.runs_core() {
+        p.banner
+            .push("dev login   off: it needs the core role in this process".into());
+        return Ok(None);
+    }
+    let secret = roam_core::auth::Secret::load_or_create(&p.config.data)?;
+    p.banner.push(
+        "dev login   on: POST /v1/dev-login mints a token for any name (edge.dev_login = false to turn off)"
+            .into(),
+    );
+    Ok(Some(roam_edge::http::DevLogin(Arc::new(
+        move |user: &str| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| e.to_string())?
+                .as_secs();
+            secret
+                .mint(user, None, DEV_LOGIN_TTL_SECS, now)
+                .map_err(|e| e.to_string())
+        },
+    ))))
+}
+
 /// Serves the client TCP port (`listen.client_tcp`, bound by [`start_edge`]): HTTP/2 and
 /// HTTP/1.1 over TLS 1.3.
-fn start_client_tcp(p: &mut Process, server: roam_edge::ClientTcpServer, gateway: &Arc<Gateway>) {
+fn start_client_tcp(
+    p: &mut Process,
+    server: roam_edge::ClientTcpServer,
+    gateway: &Arc<Gateway>,
+) -> anyhow::Result<()> {
     let bound = p.ready.client_tcp;
     let http = roam_edge::http::HttpOptions {
         web_dir: Some(p.config.edge.web_dir.clone()),
+        dev_login: dev_login(p)?,
         tracker: tokio_util::task::TaskTracker::new(),
     };
     let tracker = http.tracker.clone();
@@ -464,6 +513,7 @@ fn start_client_tcp(p: &mut Process, server: roam_edge::ClientTcpServer, gateway
             "client API  https://{bound}  (TLS 1.3, HTTP/2 + HTTP/1.1)"
         ));
     }
+    Ok(())
 }
 
 /// The client TCP port's per-request stack, outermost first. The listener adds one

@@ -8,6 +8,8 @@
 //!   bodies up.
 //! - `POST /roam.client.v1.Gateway/Connect` — the gRPC `Gateway` service (`crate::grpc`).
 //! - `GET /` — the web app (clients/web's build) when its directory exists.
+//! - `POST /v1/dev-login` — the web app's development login (a token for a name), only when
+//!   the process was given a minter ([`DevLogin`]); 404 otherwise.
 //!
 //! Every connection runs through the same driver (`crate::conn::drive`). Errors before a
 //! connection exists (no token, a refused token, an unknown `roam-session`, a bad body) are
@@ -69,9 +71,22 @@ const SEND_FRAMES: usize = 16;
 /// tungstenite's read buffer per WebSocket (kept while idle).
 const WS_READ_BUFFER: usize = 512;
 
+/// Mints a client token for a user name: the development login. Given only where the
+/// configuration allows it (`edge.dev_login`), in a process that holds the token secret.
+#[derive(Clone)]
+pub struct DevLogin(pub Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>);
+
+impl std::fmt::Debug for DevLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevLogin")
+    }
+}
+
 /// What the routes serve besides the client API.
 #[derive(Debug, Clone, Default)]
 pub struct HttpOptions {
+    /// `POST /v1/dev-login` answers with a token when set; 404 when not.
+    pub dev_login: Option<DevLogin>,
     /// clients/web's build; `GET /` serves it when the directory exists.
     pub web_dir: Option<PathBuf>,
     /// Where connections outliving their request run (WebSockets, virtual connections,
@@ -102,6 +117,11 @@ pub fn router(gateway: Arc<Gateway>, options: HttpOptions) -> Router {
         .route("/v1/send", post(send))
         .route_service("/roam.client.v1.Gateway/Connect", grpc)
         .with_state(client);
+    // Registered either way, so that with the login off the app's fallback does not answer.
+    let router = match options.dev_login {
+        Some(login) => router.route("/v1/dev-login", post(move |body| dev_login(login, body))),
+        None => router.route("/v1/dev-login", any(not_found)),
+    };
     match options.web_dir.filter(|d| d.join("index.html").is_file()) {
         Some(dir) => {
             let index = ServeFile::new(dir.join("index.html"));
@@ -109,6 +129,40 @@ pub fn router(gateway: Arc<Gateway>, options: HttpOptions) -> Router {
         }
         None => router.fallback(not_found),
     }
+}
+
+/// `POST /v1/dev-login` with `{"user": "<name>"}`: `{"user", "token"}`.
+async fn dev_login(
+    login: DevLogin,
+    body: Bytes,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "invalid_argument", m);
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| bad("the body must be JSON: {\"user\": \"<name>\"}"))?;
+    let user = value
+        .get("user")
+        .and_then(|u| u.as_str())
+        .map(str::trim)
+        .unwrap_or_default();
+    if user.is_empty()
+        || user.len() > 64
+        || user.starts_with("group:")
+        || user.chars().any(char::is_control)
+    {
+        return Err(bad(
+            "user must be 1-64 bytes without control characters and not start with group:",
+        ));
+    }
+    let token = (login.0)(user).map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &format!("cannot mint a token: {e}"),
+        )
+    })?;
+    Ok(axum::Json(
+        serde_json::json!({ "user": user, "token": token }),
+    ))
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {

@@ -566,3 +566,59 @@ async fn shutdown_ends_a_stream_with_disconnect_drain() {
     assert_eq!(d.reason, pb::disconnect::Reason::Drain as i32);
     assert_eq!(stopping.await.unwrap().unwrap().code(), Some(0));
 }
+
+#[tokio::test]
+async fn dev_login_mints_tokens_only_when_switched_on() {
+    // The app is built in both servers: with the login off, its path must not fall back to it.
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(web.path().join("index.html"), "<title>Roam</title>").unwrap();
+    let web_dir = format!("{:?}", web.path().display().to_string());
+
+    // A configured deployment (a config file) has it off unless it says otherwise: 404.
+    let off = roam_tests::start(&format!("[edge]\nweb_dir = {web_dir}\n"));
+    let mut c = h1(&off).await;
+    let login = Bytes::from_static(br#"{"user": "carol"}"#);
+    assert_eq!(
+        json_error(
+            c.call(Method::POST, "/v1/dev-login", None, None, login.clone())
+                .await
+        )
+        .await,
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+
+    let on = roam_tests::start(&format!("[edge]\nweb_dir = {web_dir}\ndev_login = true\n"));
+    let mut c = h1(&on).await;
+    let r = c
+        .call(Method::POST, "/v1/dev-login", None, None, login)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body(r).await).unwrap();
+    assert_eq!(v["user"], "carol");
+    let minted = v["token"].as_str().unwrap().to_owned();
+    // The token opens a connection as carol.
+    let r = c.open("/v1/poll?device=web", &minted).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let reply = frames_of(body(r).await).remove(0);
+    assert_eq!(reply.op_kind(), Some(Op::AuthReply));
+    let reply: pb::AuthReply = prost::Message::decode(reply.body.clone()).unwrap();
+    assert_eq!(reply.user_id, "carol");
+    // Bad names are a 400 with the JSON error.
+    let mut c = h1(&on).await;
+    for bad in [&br#"{"user": ""}"#[..], br#"{"user": "group:x"}"#, b"carol"] {
+        assert_eq!(
+            json_error(
+                c.call(
+                    Method::POST,
+                    "/v1/dev-login",
+                    None,
+                    None,
+                    Bytes::from_static(bad)
+                )
+                .await
+            )
+            .await,
+            (StatusCode::BAD_REQUEST, "invalid_argument".into())
+        );
+    }
+}
