@@ -74,7 +74,10 @@ const WS_READ_BUFFER: usize = 512;
 /// Mints a client token for a user name: the development login. Given only where the
 /// configuration allows it (`edge.dev_login`), in a process that holds the token secret.
 #[derive(Clone)]
-pub struct DevLogin(pub Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>);
+pub struct DevLogin(pub Arc<MintFn>);
+
+/// Mints a token for a user name, or says why it cannot.
+pub type MintFn = dyn Fn(&str) -> Result<String, String> + Send + Sync;
 
 impl std::fmt::Debug for DevLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
