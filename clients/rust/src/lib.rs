@@ -10,6 +10,9 @@
 //!   (`connect_over`), e.g. one from a chosen local address ([`tcp_from`]), as `roam bench`
 //!   does to open tens of thousands of loopback connections without running out of
 //!   ephemeral ports.
+//! - [`session::Session`] is the client's protocol state, sans-IO: auth, heartbeat, SEND
+//!   until acknowledged, the inbox cursor, dedupe, resume by SYNC, rooms, reads, and the
+//!   reconnect schedule ([`schedule`]).
 //! - [`admin::AdminConnection`] calls the business API on the admin listener (docs/api.md):
 //!   keep-alive HTTP/1.1, the API key as a bearer token.
 
@@ -17,6 +20,8 @@
 
 pub mod admin;
 pub mod raw;
+pub mod schedule;
+pub mod session;
 pub mod ws;
 
 use std::net::{IpAddr, SocketAddr};
