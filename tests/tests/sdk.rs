@@ -104,3 +104,85 @@ async fn messages_survive_a_server_restart_once_each_in_order() {
     alice.close();
     bob.close();
 }
+
+/// The README's three-command tour, as written: the server is a private one (line 1 runs as
+/// `ChildServer`, on ephemeral ports), `cargo run -q --release --` is this build's binary,
+/// and `--server <its raw port>` follows `tail`/`send` (the suite never binds fixed ports).
+/// The commands run in the server's directory, as a user's would beside `./data`.
+#[test]
+fn the_readme_tour_works_as_written() {
+    use std::io::BufRead;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme
+        .split("### A three-command tour")
+        .nth(1)
+        .expect("the README has the tour");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let lines: Vec<&str> = block.lines().collect();
+    assert_eq!(lines.len(), 3, "{block}");
+    assert_eq!(lines[0], "cargo run --release");
+
+    let server = roam_tests::start("");
+    let bin = roam_tests::roam_bin();
+    let raw = format!("raw://{}", server.addr("raw").unwrap());
+    let as_run = |line: &str| {
+        line.replace("cargo run -q --release --", &bin.display().to_string())
+            .replacen(" tail ", &format!(" tail --server {raw} "), 1)
+            .replacen(" send ", &format!(" send --server {raw} "), 1)
+    };
+    let dir = server.data_dir().parent().unwrap().to_owned();
+    let mut tail = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {}", as_run(lines[1])))
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let send = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(as_run(lines[2]))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&send.stdout);
+    assert!(
+        send.status.success() && out.starts_with("id=") && out.contains(" seq=1"),
+        "send: {out} {}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    tail.kill().unwrap();
+    let _ = tail.wait();
+    assert_eq!(line.unwrap().unwrap(), "1 bob hello alice");
+}
+
+#[tokio::test]
+async fn a_refused_token_is_one_clear_error() {
+    let server = roam_tests::start("");
+    let target = roam_client::cli::Target {
+        server: format!("raw://{}", server.addr("raw").unwrap()),
+        token: "not-a-token".into(),
+        trust: Trust::CaFile(server.dev_cert()),
+    };
+    let e = roam_client::cli::send(&target, "bob", "hi", Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("refused the token"), "{e}");
+}

@@ -14,12 +14,14 @@
 //!   until acknowledged, the inbox cursor, dedupe, resume by SYNC, rooms, reads, and the
 //!   reconnect schedule ([`schedule`]).
 //! - [`client::Client`] drives a session over raw or WebSocket connections and reconnects.
+//! - [`cli`] is what `roam send` and `roam tail` do.
 //! - [`admin::AdminConnection`] calls the business API on the admin listener (docs/api.md):
 //!   keep-alive HTTP/1.1, the API key as a bearer token.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cli;
 pub mod client;
 pub mod raw;
 pub mod schedule;
