@@ -294,6 +294,17 @@ impl EdgeRegistry {
         }
     }
 
+    /// Whether `edge` is the live link of its id (not ended, not replaced).
+    pub fn is_current(&self, edge: &Edge) -> bool {
+        !edge.cancel.is_cancelled()
+            && self
+                .live
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&edge.id)
+                .is_some_and(|e| e.generation == edge.generation)
+    }
+
     /// A live edge by id.
     pub fn get(&self, id: &str) -> Option<Arc<Edge>> {
         self.live
