@@ -179,6 +179,16 @@ pub(crate) struct Limits {
     pub max_handshakes_per_ip: usize,
     /// Connections at once on the admin port.
     pub admin_max_connections: usize,
+    // Hardening, second round (issue 14; docs/edge.md "Admission").
+    /// Seconds an HTTP/2 client connection may have no open stream before it gets GOAWAY
+    /// and is closed.
+    pub http2_idle_secs: u64,
+    /// Connections at once from one source address on the admin port (0: no cap).
+    pub admin_max_conns_per_ip: usize,
+    /// Connections at once on the internal port.
+    pub internal_max_connections: usize,
+    /// Connections at once from one source address on the internal port (0: no cap).
+    pub internal_max_conns_per_ip: usize,
 }
 
 /// Shutdown behaviour.
@@ -266,6 +276,12 @@ pub(crate) struct EdgeSection {
     pub max_connections: usize,
     /// Rooms one connection may be in (ROOM_JOIN beyond it is refused; AUTH's list is cut).
     pub max_rooms_per_conn: usize,
+    // Hardening, second round (issue 14).
+    /// Sessions one client connection may carry at once (WebSockets and gRPC streams over
+    /// HTTP/2, virtual connections while on it; 0: no cap).
+    pub max_sessions_per_conn: u32,
+    /// Of those, sessions that have not authenticated yet (0: no cap).
+    pub max_unauthenticated_per_conn: u32,
     /// Deliveries queued per connection (each a frame, a reply or a room batch) before it is
     /// closed as slow.
     pub outbox: usize,
@@ -301,6 +317,8 @@ impl Default for EdgeSection {
             public_raw: String::new(),
             max_connections: 100_000,
             max_rooms_per_conn: 64,
+            max_sessions_per_conn: 100,
+            max_unauthenticated_per_conn: 8,
             outbox: 256,
             buckets: 0,
             auth_timeout_secs: 10,
@@ -332,6 +350,8 @@ impl EdgeSection {
             max_conns_per_ip: limits.max_conns_per_ip,
             max_handshakes_per_ip: limits.max_handshakes_per_ip,
             max_rooms_per_conn: self.max_rooms_per_conn,
+            max_sessions_per_conn: self.max_sessions_per_conn,
+            max_unauthenticated_per_conn: self.max_unauthenticated_per_conn,
             buckets: if self.buckets == 0 {
                 defaults.buckets
             } else {
@@ -436,6 +456,10 @@ impl Default for Limits {
             max_conns_per_ip: 1000,
             max_handshakes_per_ip: 64,
             admin_max_connections: 256,
+            http2_idle_secs: 120,
+            admin_max_conns_per_ip: 32,
+            internal_max_connections: 1024,
+            internal_max_conns_per_ip: 256,
         }
     }
 }
@@ -518,6 +542,9 @@ impl Config {
             bail!(
                 "limits.first_request_secs, limits.admin_max_connections and edge.max_rooms_per_conn must be above 0"
             );
+        }
+        if self.limits.http2_idle_secs == 0 || self.limits.internal_max_connections == 0 {
+            bail!("limits.http2_idle_secs and limits.internal_max_connections must be above 0");
         }
         let c = &self.core;
         if c.heartbeat_min_secs == 0 || c.heartbeat_min_secs > c.heartbeat_max_secs {

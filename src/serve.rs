@@ -142,6 +142,11 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
             .with_context(|| format!("cannot bind listen.internal on {addr}"))?;
         let bound = listener.local_addr()?;
         ready.internal = Some(bound);
+        let internal = crate::internal::InternalOptions {
+            max_connections: config.limits.internal_max_connections,
+            max_conns_per_ip: config.limits.internal_max_conns_per_ip,
+            first_request: Duration::from_secs(config.limits.first_request_secs),
+        };
         let grpc = tonic::transport::Server::builder()
             .layer(tonic::service::InterceptorLayer::new(require_internal_key(
                 internal_key.clone(),
@@ -154,7 +159,7 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
                     .map(|ids| roam_idsvc::grpc::grpc_service(ids.clone())),
             )
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                crate::internal::incoming(listener, &internal, refusals.clone()),
                 shutdown.clone().cancelled_owned(),
             );
         tasks.spawn(async move {
@@ -183,6 +188,7 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
             header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
             max_streams: config.limits.http2_max_streams,
             first_request: Duration::from_secs(config.limits.first_request_secs),
+            http2_idle: Duration::from_secs(config.limits.http2_idle_secs),
         };
         let server = roam_edge::ClientTcpServer::bind(addr, tls, options, edge_metrics.clone())
             .await
@@ -296,6 +302,7 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
     let options = admin::AdminOptions {
         header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
         max_connections: config.limits.admin_max_connections,
+        max_conns_per_ip: config.limits.admin_max_conns_per_ip,
         drain_timeout: Duration::from_secs(config.shutdown.drain_timeout_secs),
     };
     tasks.spawn(admin::serve(
@@ -353,7 +360,8 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
 }
 
 /// The internal port's one interceptor: every call must carry the shared key (else
-/// `UNAUTHENTICATED`, counted in `roam_internal_unauthenticated_total`).
+/// `UNAUTHENTICATED`, counted in `roam_internal_unauthenticated_total`). A call with the key
+/// meets its connection's first-request deadline ([`crate::internal`]).
 fn require_internal_key(
     key: roam_proto::internal_auth::InternalKey,
     registry: &mut Registry,
@@ -364,12 +372,27 @@ fn require_internal_key(
         "Calls to the internal gRPC port refused for a missing or wrong key",
         refused.clone(),
     );
-    move |request: tonic::Request<()>| match key.check(request.metadata()) {
-        Ok(()) => Ok(request),
-        Err(status) => {
-            refused.inc();
-            tracing::debug!(peer = ?request.remote_addr(), "internal call without the right key");
-            Err(status)
+    move |mut request: tonic::Request<()>| {
+        let conn = request
+            .extensions()
+            .get::<crate::internal::InternalConn>()
+            .cloned();
+        if let Some(conn) = &conn {
+            // For `remote_addr()` in the services' logs.
+            request.extensions_mut().insert(conn.tcp.clone());
+        }
+        match key.check(request.metadata()) {
+            Ok(()) => {
+                if let Some(conn) = conn {
+                    conn.called();
+                }
+                Ok(request)
+            }
+            Err(status) => {
+                refused.inc();
+                tracing::debug!(peer = ?request.remote_addr(), "internal call without the right key");
+                Err(status)
+            }
         }
     }
 }
