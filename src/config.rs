@@ -94,9 +94,47 @@ pub(crate) struct InternalSection {
     /// File with the shared key (hex, mode 0600); empty: `<data>/internal-key`, generated
     /// on first start. Processes on other data directories point this at the same key.
     pub key_file: PathBuf,
+    // Mutual TLS (issue 14, second round).
+    /// Mutual TLS on the internal port: the port requires a client certificate from the
+    /// internal CA, and this process's callers present theirs.
+    pub tls: bool,
+    /// PEM: the internal CA; empty (with `tls_cert` and `tls_key`): `<data>/internal-tls/`,
+    /// a development CA and certificate generated on first start.
+    pub tls_ca: PathBuf,
+    /// PEM: this process's certificate chain for the internal port.
+    pub tls_cert: PathBuf,
+    /// PEM: its private key.
+    pub tls_key: PathBuf,
 }
 
 impl Config {
+    /// Where the internal port's mutual TLS files are, with `internal.tls`: the configured
+    /// three, or the development PKI in `<data>/internal-tls/` (generated if absent).
+    pub(crate) fn internal_pki(&self) -> Result<Option<roam_tls::internal::Pki>> {
+        let i = &self.internal;
+        let set = [&i.tls_ca, &i.tls_cert, &i.tls_key].map(|p| !p.as_os_str().is_empty());
+        if !i.tls {
+            if set.iter().any(|s| *s) {
+                bail!("internal.tls_ca, tls_cert and tls_key are set but internal.tls is not");
+            }
+            return Ok(None);
+        }
+        match set {
+            [true, true, true] => Ok(Some(roam_tls::internal::Pki {
+                ca: i.tls_ca.clone(),
+                cert: i.tls_cert.clone(),
+                key: i.tls_key.clone(),
+            })),
+            [false, false, false] => {
+                let dir = self.data.join("internal-tls");
+                let (pki, _) = roam_tls::internal::dev_pki(&dir)
+                    .with_context(|| format!("internal.tls: {}", dir.display()))?;
+                Ok(Some(pki))
+            }
+            _ => bail!("internal.tls_ca, tls_cert and tls_key: set all three or none"),
+        }
+    }
+
     /// The internal port's key: read from its file, generated there if absent.
     pub(crate) fn internal_key(&self) -> Result<roam_proto::internal_auth::InternalKey> {
         let path = if self.internal.key_file.as_os_str().is_empty() {

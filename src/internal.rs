@@ -3,7 +3,9 @@
 //! from one source (each beyond closed at accept, counted as `internal` / `internal_per_ip`
 //! in `roam_refused_connections_total`), and a connection that has made no call with the
 //! internal key within `limits.first_request_secs` is closed — so a caller without the key
-//! cannot hold connections open.
+//! cannot hold connections open. With `internal.tls = true` a connection is mutual TLS
+//! first (`roam_tls::internal`): a caller without a certificate from the internal CA fails
+//! its handshake (counted as `internal_tls`).
 
 use std::io;
 use std::pin::Pin;
@@ -14,8 +16,10 @@ use std::time::Duration;
 use roam_edge::admission::{Admission, AdmissionConfig, Refusals, Ticket};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::Sleep;
-use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, warn};
 
@@ -30,14 +34,17 @@ pub(crate) struct InternalOptions {
     pub first_request: Duration,
 }
 
-/// The connections `listener` accepts that admission lets in, for tonic's
-/// `serve_with_incoming_shutdown`. Accept errors (EMFILE) are logged and waited out, never
-/// passed on.
+/// The connections `listener` accepts that admission lets in (after their TLS handshake
+/// when `tls` is set: mutual TLS, `internal.tls`), for tonic's `serve_with_incoming_shutdown`.
+/// Accept errors (EMFILE) are logged and waited out, never passed on; accepting stops at
+/// `shutdown`.
 pub(crate) fn incoming(
     listener: TcpListener,
     options: &InternalOptions,
     refusals: Refusals,
-) -> Incoming {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> ReceiverStream<io::Result<Admitted>> {
     let admission = Admission::new(
         AdmissionConfig {
             max_connections: options.max_connections,
@@ -48,42 +55,24 @@ pub(crate) fn incoming(
             per_ip_reason: "internal_per_ip",
             ..AdmissionConfig::default()
         },
-        refusals,
+        refusals.clone(),
     );
-    Incoming {
-        listener,
-        admission,
-        first_request: options.first_request,
-        backoff: None,
-    }
-}
-
-/// See [`incoming`].
-pub(crate) struct Incoming {
-    listener: TcpListener,
-    admission: Arc<Admission>,
-    first_request: Duration,
-    backoff: Option<Pin<Box<Sleep>>>,
-}
-
-impl Stream for Incoming {
-    type Item = io::Result<Admitted>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    let first_request = options.first_request;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
         loop {
-            if let Some(backoff) = &mut self.backoff {
-                std::task::ready!(backoff.as_mut().poll(cx));
-                self.backoff = None;
-            }
-            let (tcp, peer) = match std::task::ready!(self.listener.poll_accept(cx)) {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(error = %e, "internal accept failed");
-                    self.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(50))));
-                    continue;
-                }
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        warn!(error = %e, "internal accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
             };
-            let Ok(ticket) = self.admission.admit(peer.ip()) else {
+            let Ok(ticket) = admission.admit(peer.ip()) else {
                 debug!(%peer, "internal connection refused: its source's share is taken");
                 continue;
             };
@@ -98,14 +87,36 @@ impl Stream for Incoming {
                 },
                 ticket: Arc::new(ticket),
             };
-            let deadline = Some(Box::pin(tokio::time::sleep(self.first_request)));
-            return Poll::Ready(Some(Ok(Admitted {
-                tcp,
-                info,
-                deadline,
-            })));
+            let Some(config) = &tls else {
+                let admitted = Admitted::new(Io::Plain(tcp), info, first_request);
+                if tx.send(Ok(admitted)).await.is_err() {
+                    break;
+                }
+                continue;
+            };
+            // The handshake in a task of its own, bounded by the first-request deadline
+            // (the connection holds its slot meanwhile).
+            let (config, tx, refusals) = (config.clone(), tx.clone(), refusals.clone());
+            tokio::spawn(async move {
+                let handshake = roam_tls::internal::accept(config, tcp);
+                match tokio::time::timeout(first_request, handshake).await {
+                    Ok(Ok(tls)) => {
+                        let admitted = Admitted::new(Io::Tls(Box::new(tls)), info, first_request);
+                        let _ = tx.send(Ok(admitted)).await;
+                    }
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "internal TLS handshake failed");
+                        refusals.count("internal_tls");
+                    }
+                    Err(_) => {
+                        debug!(%peer, "internal TLS handshake not finished in time");
+                        refusals.count("internal_tls");
+                    }
+                }
+            });
         }
-    }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// What a request on the internal port knows of its connection (a request extension):
@@ -126,10 +137,37 @@ impl InternalConn {
 /// An admitted internal connection: holds its ticket, and fails its reads once the
 /// first-request deadline passes without a call with the key (which closes it).
 pub(crate) struct Admitted {
-    tcp: TcpStream,
+    io: Io,
     info: InternalConn,
     deadline: Option<Pin<Box<Sleep>>>,
 }
+
+/// The transport of an internal connection.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Admitted {
+    fn new(io: Io, info: InternalConn, first_request: Duration) -> Self {
+        Admitted {
+            io,
+            info,
+            deadline: Some(Box::pin(tokio::time::sleep(first_request))),
+        }
+    }
+
+    fn io(&mut self) -> Pin<&mut (dyn AsyncReadWrite + Unpin + Send)> {
+        match &mut self.io {
+            Io::Plain(tcp) => Pin::new(tcp),
+            Io::Tls(tls) => Pin::new(tls.as_mut()),
+        }
+    }
+}
+
+/// What [`Io`]'s transports are.
+trait AsyncReadWrite: AsyncRead + AsyncWrite {}
+impl<T: AsyncRead + AsyncWrite> AsyncReadWrite for T {}
 
 impl Connected for Admitted {
     type ConnectInfo = InternalConn;
@@ -157,7 +195,7 @@ impl AsyncRead for Admitted {
                 )));
             }
         }
-        Pin::new(&mut this.tcp).poll_read(cx, buf)
+        this.io().poll_read(cx, buf)
     }
 }
 
@@ -167,15 +205,15 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        self.io().poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        self.io().poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        self.io().poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -183,10 +221,13 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        self.io().poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        match &self.io {
+            Io::Plain(tcp) => tcp.is_write_vectored(),
+            Io::Tls(tls) => tls.is_write_vectored(),
+        }
     }
 }

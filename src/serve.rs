@@ -49,6 +49,8 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
     let mut ready = Ready::default();
     // Every role speaks on the internal port (serves it or calls it): one shared key.
     let internal_key = config.internal_key()?;
+    // With internal.tls, mutual TLS on the internal port too (its server and its callers).
+    let internal_pki = config.internal_pki()?;
     let mut business_api: Option<axum::Router> = None;
     let mut banner = vec![format!(
         "roam {} (role {})",
@@ -108,6 +110,11 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
             Some(ids) => Some(roam_idsvc::IdSource::local(ids.clone())),
             None if config.role.runs_core() => {
                 let address = config.core.ids_address();
+                if internal_pki.is_some() {
+                    anyhow::bail!(
+                        "internal.tls with a remote ID service (core.ids {address}) is not supported yet: run core and the ID service in one process"
+                    );
+                }
                 banner.push(format!("ids         the ID service at {address}"));
                 Some(
                     roam_idsvc::IdSource::connect_lazy(
@@ -159,7 +166,16 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
                     .map(|ids| roam_idsvc::grpc::grpc_service(ids.clone())),
             )
             .serve_with_incoming_shutdown(
-                crate::internal::incoming(listener, &internal, refusals.clone()),
+                crate::internal::incoming(
+                    listener,
+                    &internal,
+                    refusals.clone(),
+                    internal_pki
+                        .as_ref()
+                        .map(roam_tls::internal::server_config)
+                        .transpose()?,
+                    shutdown.clone(),
+                ),
                 shutdown.clone().cancelled_owned(),
             );
         tasks.spawn(async move {
@@ -168,8 +184,12 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
             }
         });
         banner.push(format!(
-            "internal    http://{bound}  (gRPC: {})",
-            grpc_services.join(", ")
+            "internal    http://{bound}  (gRPC: {}{})",
+            grpc_services.join(", "),
+            match &internal_pki {
+                Some(pki) => format!("; mutual TLS, CA {}", pki.ca.display()),
+                None => String::new(),
+            }
         ));
     }
 
@@ -238,6 +258,10 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
             lat: config.edge.lat,
             lon: config.edge.lon,
             weight: config.edge.weight,
+            tls: internal_pki
+                .as_ref()
+                .map(roam_tls::internal::client_config)
+                .transpose()?,
             // A new instance: core lets this process replace its own stale link.
             ..Default::default()
         };
