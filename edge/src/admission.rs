@@ -47,7 +47,8 @@ use prometheus_client::registry::Registry;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabel {
     /// `handshakes`, `handshakes_per_ip`, `per_ip`, `max_connections`, `sessions_per_conn`,
-    /// `unauthenticated_per_conn`, `admin`, `admin_per_ip`, `internal` or `internal_per_ip`.
+    /// `unauthenticated_per_conn`, `admin`, `admin_per_ip`, `internal`, `internal_per_ip` or
+    /// `internal_tls`.
     pub reason: &'static str,
 }
 
@@ -61,7 +62,7 @@ impl Refusals {
         let r = Refusals::default();
         registry.register(
             "roam_refused_connections",
-            "Connections refused at admission, by reason (handshakes, handshakes_per_ip, per_ip, max_connections, sessions_per_conn, unauthenticated_per_conn, admin, admin_per_ip, internal, internal_per_ip)",
+            "Connections refused at admission, by reason (handshakes, handshakes_per_ip, per_ip, max_connections, sessions_per_conn, unauthenticated_per_conn, admin, admin_per_ip, internal, internal_per_ip, internal_tls)",
             r.0.clone(),
         );
         r
