@@ -92,6 +92,7 @@ async fn multi_append_lands_everywhere_with_one_body(h: &Harness) {
             fanout: vec![bob.clone(), carol.clone()],
             message: msg(77, 5),
             idempotency: None,
+            extra: Vec::new(),
         })
         .await
         .unwrap();
@@ -117,6 +118,7 @@ fn send(h: &Harness, from: &str, to: &str, id: u64, client_msg_id: &str) -> Mult
         fanout: vec![h.inbox(to)],
         message: msg(id, id),
         idempotency: Some(IdempotencyKey::new(h.name(from), client_msg_id)),
+        extra: Vec::new(),
     }
 }
 
@@ -172,6 +174,7 @@ async fn invalid_appends_are_rejected_up_front(h: &Harness) {
         fanout: vec![h.inbox("b"), h.inbox("b")],
         message: msg(1, 0),
         idempotency: None,
+        extra: Vec::new(),
     };
     let err = tl.append_multi(twice).await.unwrap_err();
     assert!(
@@ -183,6 +186,7 @@ async fn invalid_appends_are_rejected_up_front(h: &Harness) {
         fanout: vec![h.outbox("a")],
         message: msg(1, 0),
         idempotency: None,
+        extra: Vec::new(),
     };
     assert!(tl.append_multi(home_in_fanout).await.is_err());
     let big = NewMessage {
@@ -310,6 +314,7 @@ async fn references_to_trimmed_bodies_read_as_expired(h: &Harness) {
         fanout: vec![inbox.clone()],
         message: msg(9, 0),
         idempotency: None,
+        extra: Vec::new(),
     })
     .await
     .unwrap();
@@ -410,6 +415,7 @@ async fn hot_inbox_from_many_senders(h: &Harness) {
                         fanout: vec![inbox.clone()],
                         message: msg(sender * 1000 + i, 0),
                         idempotency: None,
+                        extra: Vec::new(),
                     })
                     .await
                     .unwrap();
