@@ -520,7 +520,14 @@ mod tests {
             None,
         )
         .unwrap();
-        let core = Core::new(store, ids, verifier, CoreOptions::default(), metrics);
+        let core = Core::new(
+            store,
+            ids,
+            verifier,
+            CoreOptions::default(),
+            metrics,
+            crate::webhook::Webhook::disabled(),
+        );
         (dir, core)
     }
 

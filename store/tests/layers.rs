@@ -18,6 +18,7 @@ cases!(
     reads_page_through_a_timeline,
     multi_append_lands_everywhere_with_one_body,
     idempotent_send_returns_the_first_result,
+    extra_writes_commit_with_the_message_and_not_for_a_duplicate,
     concurrent_duplicates_write_once,
     invalid_appends_are_rejected_up_front,
     cursors_move_forward_and_derive_unread,
@@ -144,6 +145,33 @@ async fn idempotent_send_returns_the_first_result(h: &Harness) {
     assert_eq!(tl.find_sent(&key).await.unwrap().map(|a| a.id), Some(1));
     let unknown = IdempotencyKey::new(h.name("a"), "nope");
     assert_eq!(tl.find_sent(&unknown).await.unwrap(), None);
+}
+
+async fn extra_writes_commit_with_the_message_and_not_for_a_duplicate(h: &Harness) {
+    let tl = h.store.timelines();
+    let key = format!("x-extra-{}", h.name("k")).into_bytes();
+    let mut first = send(h, "a", "b", 1, "e-1");
+    first.extra = vec![(key.clone(), b"first".to_vec())];
+    tl.append_multi(first).await.unwrap();
+    let k = key.clone();
+    let got = h.store.transact(move |tx| tx.get(&k)).await.unwrap();
+    assert_eq!(got.as_deref(), Some(&b"first"[..]));
+    let mut retry = send(h, "a", "b", 2, "e-1");
+    retry.extra = vec![(key.clone(), b"retry".to_vec())];
+    assert!(tl.append_multi(retry).await.unwrap().duplicate);
+    let k = key.clone();
+    let got = h.store.transact(move |tx| tx.get(&k)).await.unwrap();
+    assert_eq!(
+        got.as_deref(),
+        Some(&b"first"[..]),
+        "a duplicate writes nothing"
+    );
+    let mut huge = send(h, "a", "b", 3, "e-2");
+    huge.extra = vec![(vec![b'x'; roam_store::MAX_KEY_SIZE + 1], Vec::new())];
+    assert!(matches!(
+        tl.append_multi(huge).await,
+        Err(StoreError::InvalidRequest(_))
+    ));
 }
 
 async fn concurrent_duplicates_write_once(h: &Harness) {

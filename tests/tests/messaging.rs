@@ -834,3 +834,55 @@ async fn bad_sends_get_clear_errors_and_store_nothing() {
         (409, Some("exists"))
     );
 }
+
+async fn next_ws(c: &mut roam_client::ws::WsConnection) -> Frame {
+    tokio::time::timeout(Duration::from_secs(10), c.next())
+        .await
+        .expect("no frame within 10 s")
+        .unwrap()
+        .expect("the server closed the connection")
+}
+
+#[tokio::test]
+async fn websocket_and_raw_clients_chat_through_the_same_store() {
+    let server = roam_tests::start(UNLIMITED);
+    let mut bob = login(&server, "bob", "phone").await;
+    let addr = server.addr("client_tcp").unwrap();
+    let mut alice = roam_client::ws::WsConnection::connect(addr, &server.dev_cert())
+        .await
+        .unwrap();
+    let auth = pb::Auth {
+        token: token(&server, "alice"),
+        device_id: "browser".into(),
+        platform: "web".into(),
+        rooms: vec![],
+    };
+    alice.send(Op::Auth, 1, &auth).await.unwrap();
+    assert_eq!(next_ws(&mut alice).await.op_kind(), Some(Op::AuthReply));
+    alice
+        .send(Op::Send, 2, &send_frame("bob", "w1", "over ws"))
+        .await
+        .unwrap();
+    let ack = next_ws(&mut alice).await;
+    assert_eq!((ack.op_kind(), ack.seq), (Some(Op::SendAck), 2), "{ack:?}");
+    let got = collect(&mut bob, 1).await;
+    assert_eq!(
+        (text(&got.pushed[0]), got.pushed[0].from.as_str()),
+        ("over ws".into(), "alice")
+    );
+    bob.send(Op::Send, 3, &send_frame("alice", "r1", "over raw"))
+        .await
+        .unwrap();
+    collect(&mut bob, 1).await;
+    let f = next_ws(&mut alice).await;
+    let Some(pb::push::Kind::Message(m)) = f.decode_body::<pb::Push>().unwrap().kind else {
+        panic!("{f:?}")
+    };
+    assert_eq!((text(&m).as_str(), m.seq), ("over raw", 2));
+    alice.send(Op::Sync, 4, &pb::Sync::default()).await.unwrap();
+    let reply: pb::SyncReply = next_ws(&mut alice).await.decode_body().unwrap();
+    assert_eq!(
+        reply.messages.iter().map(text).collect::<Vec<_>>(),
+        ["over ws", "over raw"]
+    );
+}
