@@ -235,6 +235,26 @@ impl Admission {
         })
     }
 
+    /// A connection whose source address is unknown: a slot (if one is left), no source
+    /// share.
+    pub fn admit_without_source(self: &Arc<Self>) -> Ticket {
+        let slot = self.slot();
+        if slot.is_none() {
+            self.refusals.count(self.config.slot_reason);
+        }
+        Ticket {
+            idle_since_ms: AtomicU64::new(self.now_ms()),
+            admission: self.clone(),
+            ip: None,
+            peer: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            slot,
+            requested: AtomicBool::new(false),
+            streams: AtomicU32::new(0),
+            sessions: AtomicU32::new(0),
+            unauthenticated: AtomicU32::new(0),
+        }
+    }
+
     /// A slot alone.
     fn slot(self: &Arc<Self>) -> Option<Slot> {
         let n = self.open.fetch_add(1, Ordering::Relaxed);
@@ -697,6 +717,16 @@ mod tests {
         assert_eq!(conn.idle_for(), None, "a WebSocket's stream is still open");
         drop(upgraded);
         assert!(conn.idle_for().is_some_and(|d| d < Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_connection_of_unknown_source_takes_a_slot_and_no_share() {
+        let a = admission(1, 0, 1);
+        let unknown = a.admit_without_source();
+        assert!(unknown.has_slot());
+        assert!(a.per_ip().is_empty(), "no source share taken");
+        assert!(!a.admit_without_source().has_slot(), "the slot counts");
+        assert_eq!(a.refusals.get("max_connections"), 1);
     }
 
     #[test]

@@ -441,13 +441,13 @@ async fn open(
     let gateway = client.gateway.clone();
     let mut hold = session(request.ticket.as_ref())?;
     hold.release_on_auth = mode == Mode::Poll;
-    let peer = request
-        .ticket
-        .as_ref()
-        .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |t| {
-            t.ticket().peer()
-        });
-    match gateway.admission.admit(peer) {
+    // Without its connection's ticket (a transport that does not hand one out) the source
+    // is unknown: a slot alone, not one shared source for every such client.
+    let admitted = match &request.ticket {
+        Some(t) => gateway.admission.admit(t.ticket().peer()),
+        None => Ok(gateway.admission.admit_without_source()),
+    };
+    match admitted {
         Err(_) => {
             return Err(error(
                 StatusCode::TOO_MANY_REQUESTS,
