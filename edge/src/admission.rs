@@ -724,7 +724,7 @@ mod tests {
         let a = admission(1, 0, 1);
         let unknown = a.admit_without_source();
         assert!(unknown.has_slot());
-        assert!(a.per_ip().is_empty(), "no source share taken");
+        assert!(a.per_ip.lock().is_empty(), "no source share taken");
         assert!(!a.admit_without_source().has_slot(), "the slot counts");
         assert_eq!(a.refusals.get("max_connections"), 1);
     }
