@@ -19,7 +19,7 @@
 //!
 //! The [`Ticket`] of an admitted connection holds its source share and its slot for as long
 //! as the connection lives — a WebSocket upgraded out of an HTTP/1.1 connection keeps a
-//! clone ([`ConnTicket`]) — so one TCP connection holds one slot however many requests or
+//! clone (`ConnTicket`) — so one TCP connection holds one slot however many requests or
 //! HTTP/2 streams it carries. A virtual connection, which outlives the requests and TCP
 //! connections that made it, is admitted as a connection of its own (source share and slot)
 //! before its AUTH goes to core.
@@ -45,11 +45,11 @@ use prometheus_client::registry::Registry;
 
 /// The label of a refusal.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefusalLabel {
+pub(crate) struct RefusalLabel {
     /// `handshakes`, `handshakes_per_ip`, `per_ip`, `max_connections`, `sessions_per_conn`,
     /// `unauthenticated_per_conn`, `admin`, `admin_per_ip`, `internal`, `internal_per_ip` or
     /// `internal_tls`.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// Connections refused at admission, by reason (cheap to clone: a shared handle).
@@ -74,7 +74,8 @@ impl Refusals {
     }
 
     /// Refusals so far for `reason`.
-    pub fn get(&self, reason: &'static str) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn get(&self, reason: &'static str) -> u64 {
         self.0.get_or_create(&RefusalLabel { reason }).get()
     }
 }
@@ -169,23 +170,14 @@ impl Admission {
         })
     }
 
-    /// The caps.
-    pub fn config(&self) -> &AdmissionConfig {
-        &self.config
-    }
-
-    /// The refusal counter.
-    pub fn refusals(&self) -> &Refusals {
-        &self.refusals
-    }
-
     /// Milliseconds since this admission began (the tickets' idle clock).
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
     /// Connections holding a slot now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
@@ -237,7 +229,7 @@ impl Admission {
 
     /// A connection whose source address is unknown: a slot (if one is left), no source
     /// share.
-    pub fn admit_without_source(self: &Arc<Self>) -> Ticket {
+    pub(crate) fn admit_without_source(self: &Arc<Self>) -> Ticket {
         let slot = self.slot();
         if slot.is_none() {
             self.refusals.count(self.config.slot_reason);
@@ -267,7 +259,7 @@ impl Admission {
     /// A permit for one TLS handshake from `peer`, or `None` (counted) when
     /// `max_handshakes` are under way, or `max_handshakes_per_ip` from its source: the
     /// connection is then closed at once.
-    pub fn handshake(self: &Arc<Self>, peer: IpAddr) -> Option<HandshakePermit> {
+    pub(crate) fn handshake(self: &Arc<Self>, peer: IpAddr) -> Option<HandshakePermit> {
         let n = self.handshakes.fetch_add(1, Ordering::Relaxed);
         let mut permit = HandshakePermit {
             admission: self.clone(),
@@ -297,7 +289,7 @@ impl Admission {
 
 /// One slot of the connection cap, released on drop.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     admission: Arc<Admission>,
 }
 
@@ -309,7 +301,7 @@ impl Drop for Slot {
 
 /// A handshake in flight, released on drop.
 #[derive(Debug)]
-pub struct HandshakePermit {
+pub(crate) struct HandshakePermit {
     admission: Arc<Admission>,
     /// The source whose handshake share it holds (when that share is capped).
     source: Option<IpAddr>,
@@ -345,7 +337,7 @@ pub struct Ticket {
 
 /// Why a session was refused on its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionRefused {
+pub(crate) enum SessionRefused {
     /// The connection carries `edge.max_sessions_per_conn` sessions already.
     PerConn,
     /// It carries `edge.max_unauthenticated_per_conn` unauthenticated ones already.
@@ -354,12 +346,12 @@ pub enum SessionRefused {
 
 impl Ticket {
     /// The peer's address.
-    pub fn peer(&self) -> IpAddr {
+    pub(crate) fn peer(&self) -> IpAddr {
         self.peer
     }
 
     /// How long the connection has had no open request, or `None` while one is open.
-    pub fn idle_for(&self) -> Option<Duration> {
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
         if self.streams.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -371,7 +363,7 @@ impl Ticket {
 
     /// A session on this connection, not yet authenticated ([`SessionPermit::authenticated`]
     /// moves it out of the unauthenticated budget); refused (and counted) over either cap.
-    pub fn session(self: &Arc<Self>) -> Result<SessionPermit, SessionRefused> {
+    pub(crate) fn session(self: &Arc<Self>) -> Result<SessionPermit, SessionRefused> {
         let config = &self.admission.config;
         let take = |counter: &AtomicU32, max: u32| {
             counter
@@ -421,14 +413,14 @@ impl Drop for Ticket {
 
 /// One session on a connection ([`Ticket::session`]), released on drop.
 #[derive(Debug)]
-pub struct SessionPermit {
+pub(crate) struct SessionPermit {
     ticket: Arc<Ticket>,
     authenticated: bool,
 }
 
 impl SessionPermit {
     /// The session authenticated: it leaves the connection's unauthenticated budget.
-    pub fn authenticated(&mut self) {
+    pub(crate) fn authenticated(&mut self) {
         if !std::mem::replace(&mut self.authenticated, true) {
             self.ticket.unauthenticated.fetch_sub(1, Ordering::AcqRel);
         }
@@ -445,19 +437,19 @@ impl Drop for SessionPermit {
 /// What a connection's driver holds for it besides its transport: a virtual connection's own
 /// admission (source share and slot), and the session on the connection that carries it.
 #[derive(Debug, Default)]
-pub struct Hold {
+pub(crate) struct Hold {
     /// A virtual connection's own ticket.
-    pub own: Option<Box<Ticket>>,
+    pub(crate) own: Option<Box<Ticket>>,
     /// Its session on the carrying connection.
-    pub session: Option<SessionPermit>,
+    pub(crate) session: Option<SessionPermit>,
     /// Release the session once authenticated (a long-polled virtual connection leaves the
     /// connection that opened it when its opening request ends).
-    pub release_on_auth: bool,
+    pub(crate) release_on_auth: bool,
 }
 
 impl Hold {
     /// The session authenticated.
-    pub fn authenticated(&mut self) {
+    pub(crate) fn authenticated(&mut self) {
         if self.release_on_auth {
             self.session = None;
         } else if let Some(s) = &mut self.session {
@@ -469,7 +461,7 @@ impl Hold {
 /// One open request (HTTP/2 stream) of a connection, counted in its [`Ticket`] while it
 /// lives: the request's response body holds it, a WebSocket's task too.
 #[derive(Debug)]
-pub struct StreamGuard {
+pub(crate) struct StreamGuard {
     ticket: Arc<Ticket>,
 }
 
@@ -492,11 +484,11 @@ impl Drop for StreamGuard {
 /// A request extension carrying its connection's [`Ticket`] and the request's stream: what
 /// outlives the request (a WebSocket) keeps a clone, and with it the slot and the stream.
 #[derive(Debug, Clone)]
-pub struct ConnTicket(pub Arc<StreamGuard>);
+pub(crate) struct ConnTicket(pub Arc<StreamGuard>);
 
 impl ConnTicket {
     /// The connection's ticket.
-    pub fn ticket(&self) -> &Arc<Ticket> {
+    pub(crate) fn ticket(&self) -> &Arc<Ticket> {
         &self.0.ticket
     }
 }
@@ -506,7 +498,7 @@ impl ConnTicket {
 /// first-request deadline is then met), counts the request as an open stream until its
 /// response body is done, and hands the request a [`ConnTicket`].
 #[derive(Debug, Clone)]
-pub struct TicketLayer(pub Arc<Ticket>);
+pub(crate) struct TicketLayer(pub Arc<Ticket>);
 
 impl<S> tower::Layer<S> for TicketLayer {
     type Service = TicketService<S>;
@@ -521,7 +513,7 @@ impl<S> tower::Layer<S> for TicketLayer {
 
 /// See [`TicketLayer`].
 #[derive(Debug, Clone)]
-pub struct TicketService<S> {
+pub(crate) struct TicketService<S> {
     ticket: Arc<Ticket>,
     inner: S,
 }
