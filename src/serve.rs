@@ -25,6 +25,10 @@ struct Ready {
     client_tcp: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_quic: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_quic: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     internal: Option<SocketAddr>,
@@ -203,6 +207,11 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
         .with_context(|| format!("cannot bind listen.raw on {addr}"))?;
         let raw_addr = raw.local_addr()?;
         ready.raw = Some(raw_addr);
+        let quic = bind_quic(&config, &cert, &edge_metrics)?;
+        if let Some(q) = &quic {
+            ready.client_quic = Some(q.client_quic);
+            ready.raw_quic = Some(q.raw_quic);
+        }
 
         let core_address = match (&config.edge.core, ready.internal) {
             (configured, _) if !configured.is_empty() => configured.clone(),
@@ -227,7 +236,14 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
                 ),
                 ("raw".to_owned(), public(&config.edge.public_raw, raw_addr)),
             ]
-            .into(),
+            .into_iter()
+            .chain(quic.iter().flat_map(|q| {
+                [
+                    ("client_quic".to_owned(), q.client_quic.to_string()),
+                    ("raw_quic".to_owned(), q.raw_quic.to_string()),
+                ]
+            }))
+            .collect(),
             region: config.edge.region.clone(),
             lat: config.edge.lat,
             lon: config.edge.lon,
@@ -245,21 +261,27 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
         .await
         .with_context(|| format!("edge {edge_id}: cannot link to core at {core_address}"))?;
         let http = roam_edge::http::HttpOptions {
-            alt_svc: HeaderValue::from_str(&format!(
-                "h3=\":{}\"; ma=86400",
-                config.listen.client_quic.port()
-            ))
-            .ok(),
+            // Only when HTTP/3 is served, with the port it is bound to.
+            alt_svc: quic.as_ref().and_then(|q| {
+                HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", q.client_quic.port())).ok()
+            }),
             web_dir: Some(config.edge.web_dir.clone()),
             tracker: tokio_util::task::TaskTracker::new(),
         };
         let tracker = http.tracker.clone();
-        tasks.spawn(server.run(
-            roam_edge::http::router(gateway.clone(), http),
-            gateway.admission.clone(),
-            tracker,
-            shutdown.clone(),
-        ));
+        let router = roam_edge::http::router(gateway.clone(), http);
+        if let Some(q) = quic {
+            banner.push(format!(
+                "HTTP/3      https://{}  (QUIC, UDP)",
+                q.client_quic
+            ));
+            banner.push(format!(
+                "raw QUIC    {}  (QUIC, UDP, ALPN roam/1)",
+                q.raw_quic
+            ));
+            q.spawn(&mut tasks, &gateway, &router, &tracker);
+        }
+        tasks.spawn(server.run(router, gateway.admission.clone(), tracker, shutdown.clone()));
         tasks.spawn(raw.run(gateway));
         banner.push(format!(
             "client API  https://{client_tcp}  (TLS 1.3, HTTP/2 + HTTP/1.1)"
@@ -371,6 +393,73 @@ fn require_internal_key(
             tracing::debug!(peer = ?request.remote_addr(), "internal call without the right key");
             Err(status)
         }
+    }
+}
+
+/// The QUIC listeners (issue 12), bound before the router so `alt-svc` names their port.
+struct QuicListeners {
+    h3: roam_edge::quic::QuicServer,
+    raw: roam_edge::quic::QuicServer,
+    client_quic: SocketAddr,
+    raw_quic: SocketAddr,
+}
+
+/// Binds HTTP/3 on `listen.client_quic` and raw frames over QUIC on `listen.raw_quic` (same
+/// certificate as TCP), unless `quic.enabled` is off.
+fn bind_quic(
+    config: &Config,
+    cert: &roam_tls::CertKey,
+    metrics: &roam_edge::EdgeMetrics,
+) -> Result<Option<QuicListeners>> {
+    use roam_edge::quic::{QuicServer, QuicService};
+    if !config.quic.enabled {
+        return Ok(None);
+    }
+    let options = config.quic.options(&config.limits, &config.shutdown);
+    let bind = |addr: SocketAddr, alpn: &[&[u8]], service, key: &str| -> Result<QuicServer> {
+        let tls = roam_tls::quic_server_config(cert, alpn)?;
+        QuicServer::bind(addr, tls, service, options.clone(), metrics.clone())
+            .with_context(|| format!("cannot bind listen.{key} on {addr}/udp"))
+    };
+    let h3 = bind(
+        config.listen.client_quic,
+        roam_tls::ALPN_QUIC,
+        QuicService::H3,
+        "client_quic",
+    )?;
+    let raw = bind(
+        config.listen.raw_quic,
+        roam_tls::ALPN_RAW,
+        QuicService::Raw,
+        "raw_quic",
+    )?;
+    Ok(Some(QuicListeners {
+        client_quic: h3.local_addr()?,
+        raw_quic: raw.local_addr()?,
+        h3,
+        raw,
+    }))
+}
+
+impl QuicListeners {
+    /// Runs both listeners: HTTP/3 serves the client port's router (one registry of
+    /// virtual connections for TCP and QUIC), on its tracker.
+    fn spawn(
+        self,
+        tasks: &mut JoinSet<()>,
+        gateway: &Arc<roam_edge::gateway::Gateway>,
+        router: &axum::Router,
+        tracker: &tokio_util::task::TaskTracker,
+    ) {
+        tasks.spawn(
+            self.h3
+                .run(gateway.clone(), router.clone(), tracker.clone()),
+        );
+        tasks.spawn(self.raw.run(
+            gateway.clone(),
+            router.clone(),
+            tokio_util::task::TaskTracker::new(),
+        ));
     }
 }
 

@@ -31,6 +31,7 @@ pub mod link;
 mod listener;
 mod metrics;
 pub mod outbox;
+pub mod quic;
 pub mod raw;
 pub mod session;
 mod tcp;

@@ -254,6 +254,13 @@ pub fn server_config(cert: &CertKey, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>
     Ok(Arc::new(config))
 }
 
+/// A server configuration for QUIC (quinn's `QuicServerConfig` wraps it): the same
+/// certificate and policy as [`server_config`] — TLS 1.3 only, which QUIC requires anyway —
+/// with the ALPN set of the QUIC listener ([`ALPN_QUIC`] or [`ALPN_RAW`]).
+pub fn quic_server_config(cert: &CertKey, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config(cert, alpn)
+}
+
 /// Root certificates from a PEM file: e.g. the development certificate, for clients of a
 /// development server.
 pub fn roots_from_pem(path: &Path) -> Result<RootCertStore, TlsError> {
