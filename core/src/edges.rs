@@ -7,9 +7,10 @@
 //! is dropped: it leaves the node list at once, and its sessions expire ([`EdgeRegistry::reap`]
 //! hands the caller what to expire).
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use roam_proto::internal::v1::EdgeDown;
@@ -53,12 +54,6 @@ enum ConnState {
     Open(Conn),
 }
 
-/// Lock helper: a poisoned lock still holds consistent data here (every critical section
-/// is a plain map update), so recover the guard rather than propagate a panic.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// One registered edge.
 #[derive(Debug)]
 pub struct Edge {
@@ -96,16 +91,16 @@ impl Edge {
         connections: HashMap<String, u64>,
         rooms: HashMap<String, u64>,
     ) {
-        *lock(&self.last_heartbeat) = now;
-        *lock(&self.connections) = connections;
-        let mut r = lock(&self.rooms);
+        *self.last_heartbeat.lock() = now;
+        *self.connections.lock() = connections;
+        let mut r = self.rooms.lock();
         *r = rooms;
         r.retain(|_, n| *n > 0);
     }
 
     /// Records a room's membership on this edge.
     pub fn room_change(&self, room: String, members: u64) {
-        let mut rooms = lock(&self.rooms);
+        let mut rooms = self.rooms.lock();
         if members == 0 {
             rooms.remove(&room);
         } else {
@@ -115,22 +110,22 @@ impl Edge {
 
     /// Members of `room` on this edge (0 if none).
     pub fn room_members(&self, room: &str) -> u64 {
-        lock(&self.rooms).get(room).copied().unwrap_or(0)
+        self.rooms.lock().get(room).copied().unwrap_or(0)
     }
 
     /// Open connections on this edge, summed over transports.
     pub fn connections(&self) -> u64 {
-        lock(&self.connections).values().sum()
+        self.connections.lock().values().sum()
     }
 
     /// Open connections by transport.
     pub fn connections_by_transport(&self) -> HashMap<String, u64> {
-        lock(&self.connections).clone()
+        self.connections.lock().clone()
     }
 
     /// Rooms with members on this edge.
     pub fn rooms(&self) -> HashMap<String, u64> {
-        lock(&self.rooms).clone()
+        self.rooms.lock().clone()
     }
 
     /// What the edge registered with.
@@ -141,12 +136,14 @@ impl Edge {
     /// A connection's AUTH is being verified: a disconnect reported meanwhile is remembered
     /// (see [`finish_connect`](Self::finish_connect)).
     pub fn begin_connect(&self, id: u64) {
-        lock(&self.conns).insert(id, ConnState::Pending { closed: false });
+        self.conns
+            .lock()
+            .insert(id, ConnState::Pending { closed: false });
     }
 
     /// The AUTH of connection `id` failed: forget it.
     pub fn abandon_connect(&self, id: u64) {
-        let mut conns = lock(&self.conns);
+        let mut conns = self.conns.lock();
         if matches!(conns.get(&id), Some(ConnState::Pending { .. })) {
             conns.remove(&id);
         }
@@ -155,7 +152,7 @@ impl Edge {
     /// The connection authenticated. Returns `false` if the edge reported it closed while
     /// it was being verified: the caller must end the session it just recorded.
     pub fn finish_connect(&self, id: u64, conn: Conn) -> bool {
-        let mut conns = lock(&self.conns);
+        let mut conns = self.conns.lock();
         if let Some(ConnState::Pending { closed: true }) = conns.get(&id) {
             conns.remove(&id);
             return false;
@@ -167,7 +164,7 @@ impl Edge {
     /// Removes a connection, returning what core knew of it if it was authenticated (a
     /// connection still being verified is marked closed instead).
     pub fn remove_conn(&self, id: u64) -> Option<Conn> {
-        let mut conns = lock(&self.conns);
+        let mut conns = self.conns.lock();
         match conns.get_mut(&id) {
             Some(ConnState::Pending { closed }) => {
                 *closed = true;
@@ -183,7 +180,7 @@ impl Edge {
 
     /// An authenticated connection.
     pub fn conn(&self, id: u64) -> Option<Conn> {
-        match lock(&self.conns).get(&id) {
+        match self.conns.lock().get(&id) {
             Some(ConnState::Open(c)) => Some(c.clone()),
             _ => None,
         }
@@ -191,7 +188,7 @@ impl Edge {
 
     /// Updates a connection's heartbeat interval.
     pub fn set_conn_heartbeat(&self, id: u64, secs: u32) {
-        if let Some(ConnState::Open(c)) = lock(&self.conns).get_mut(&id) {
+        if let Some(ConnState::Open(c)) = self.conns.lock().get_mut(&id) {
             c.heartbeat_secs = secs;
         }
     }
@@ -251,10 +248,7 @@ impl EdgeRegistry {
         meta: EdgeMeta,
         now: Instant,
     ) -> Result<(Arc<Edge>, mpsc::Receiver<EdgeDown>), AlreadyLinked> {
-        let mut live = self
-            .live
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut live = self.live.write();
         match live.get(&id) {
             Some(old) if old.instance == instance => old.cancel.cancel(),
             Some(_) => return Err(AlreadyLinked),
@@ -273,7 +267,7 @@ impl EdgeRegistry {
             rooms: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
         });
-        lock(&self.lost).remove(&id);
+        self.lost.lock().remove(&id);
         live.insert(id, edge.clone());
         Ok((edge, rx))
     }
@@ -281,36 +275,24 @@ impl EdgeRegistry {
     /// The link of `edge` ended: it leaves the live set now; its sessions expire after the
     /// timeout unless it registers again.
     pub fn link_ended(&self, edge: &Edge, now: Instant) {
-        let mut live = self
-            .live
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut live = self.live.write();
         if live
             .get(&edge.id)
             .is_some_and(|e| e.generation == edge.generation)
         {
             live.remove(&edge.id);
-            lock(&self.lost).insert(edge.id.clone(), now + self.timeout);
+            self.lost.lock().insert(edge.id.clone(), now + self.timeout);
         }
     }
 
     /// A live edge by id.
     pub fn get(&self, id: &str) -> Option<Arc<Edge>> {
-        self.live
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-            .cloned()
+        self.live.read().get(id).cloned()
     }
 
     /// Every live edge.
     pub fn live(&self) -> Vec<Arc<Edge>> {
-        self.live
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.live.read().values().cloned().collect()
     }
 
     /// Drops edges silent for longer than the timeout and returns the ids whose sessions
@@ -318,12 +300,9 @@ impl EdgeRegistry {
     pub fn reap(&self, now: Instant) -> Vec<String> {
         let mut expired = Vec::new();
         {
-            let mut live = self
-                .live
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut live = self.live.write();
             live.retain(|id, edge| {
-                let silent = now.saturating_duration_since(*lock(&edge.last_heartbeat));
+                let silent = now.saturating_duration_since(*edge.last_heartbeat.lock());
                 if silent > self.timeout {
                     edge.cancel.cancel();
                     expired.push(id.clone());
@@ -333,7 +312,7 @@ impl EdgeRegistry {
                 }
             });
         }
-        let mut lost = lock(&self.lost);
+        let mut lost = self.lost.lock();
         lost.retain(|id, deadline| {
             if now >= *deadline {
                 expired.push(id.clone());
@@ -349,7 +328,7 @@ impl EdgeRegistry {
     /// registered again meanwhile.
     pub fn expire_again(&self, id: String, now: Instant) {
         if self.get(&id).is_none() {
-            lock(&self.lost).insert(id, now);
+            self.lost.lock().insert(id, now);
         }
     }
 

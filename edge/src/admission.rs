@@ -23,10 +23,11 @@
 //! HTTP/2 streams it carries. Every refusal is counted in `roam_refused_connections_total`
 //! by reason.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -155,16 +156,10 @@ impl Admission {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Share>> {
-        self.per_ip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Gives back what `change` takes from `source`'s share; forgets the source once it
     /// holds nothing.
     fn release(&self, source: IpAddr, change: impl FnOnce(&mut Share)) {
-        let mut map = self.per_ip();
+        let mut map = self.per_ip.lock();
         if let Some(share) = map.get_mut(&source) {
             change(share);
             if share.conns == 0 && share.handshakes == 0 {
@@ -178,7 +173,7 @@ impl Admission {
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Ticket, Refused> {
         let ip = if self.config.max_conns_per_ip > 0 {
             let source = source(peer);
-            let mut map = self.per_ip();
+            let mut map = self.per_ip.lock();
             let share = map.entry(source).or_default();
             if share.conns >= self.config.max_conns_per_ip {
                 drop(map);
@@ -229,7 +224,7 @@ impl Admission {
         }
         if self.config.max_handshakes_per_ip > 0 {
             let source = source(peer);
-            let mut map = self.per_ip();
+            let mut map = self.per_ip.lock();
             let share = map.entry(source).or_default();
             if share.handshakes >= self.config.max_handshakes_per_ip {
                 drop(map);
@@ -386,7 +381,7 @@ mod tests {
         assert_eq!(a.refusals.get("per_ip"), 1);
         drop((two, three));
         assert!(
-            a.per_ip().is_empty(),
+            a.per_ip.lock().is_empty(),
             "no entry is kept for an idle address"
         );
     }
@@ -443,7 +438,7 @@ mod tests {
         let a = admission(100, 0, 0);
         let held: Vec<_> = (0..50).map(|_| a.admit(A).unwrap()).collect();
         assert_eq!(held.len(), 50);
-        assert!(a.per_ip().is_empty());
+        assert!(a.per_ip.lock().is_empty());
     }
 
     #[test]

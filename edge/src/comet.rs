@@ -11,10 +11,11 @@
 //! pre-encoded `Bytes`. Edge-wide room totals decide when core is told a room appeared on or
 //! left this edge.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
@@ -67,14 +68,6 @@ pub struct Comet {
     hasher: std::collections::hash_map::RandomState,
 }
 
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Comet {
     /// A comet with `buckets` buckets (rounded to a power of two, 1 to 1024).
     pub fn new(buckets: usize) -> Self {
@@ -102,7 +95,7 @@ impl Comet {
 
     /// Adds an authenticated connection.
     pub fn insert(&self, id: u64, outbox: Arc<Outbox>) {
-        write(self.bucket(id)).conns.insert(
+        self.bucket(id).write().conns.insert(
             id,
             Channel {
                 outbox,
@@ -114,7 +107,7 @@ impl Comet {
     /// Removes a connection; returns the rooms whose edge-wide membership dropped to zero.
     pub fn remove(&self, id: u64) -> Vec<String> {
         let rooms = {
-            let mut b = write(self.bucket(id));
+            let mut b = self.bucket(id).write();
             let Some(ch) = b.conns.remove(&id) else {
                 return Vec::new();
             };
@@ -138,7 +131,7 @@ impl Comet {
     /// room's members on this edge now.
     pub fn join(&self, id: u64, room: &str) -> Option<(bool, u64)> {
         {
-            let mut b = write(self.bucket(id));
+            let mut b = self.bucket(id).write();
             let ch = b.conns.get_mut(&id)?;
             if ch.rooms.iter().any(|r| r == room) {
                 drop(b);
@@ -153,7 +146,7 @@ impl Comet {
     /// Removes `id` from `room`. Returns `(left, edge_total)`.
     pub fn leave(&self, id: u64, room: &str) -> Option<(bool, u64)> {
         {
-            let mut b = write(self.bucket(id));
+            let mut b = self.bucket(id).write();
             let ch = b.conns.get_mut(&id)?;
             let Some(pos) = ch.rooms.iter().position(|r| r == room) else {
                 drop(b);
@@ -172,7 +165,8 @@ impl Comet {
 
     /// The rooms of a connection.
     pub fn rooms_of(&self, id: u64) -> Vec<String> {
-        read(self.bucket(id))
+        self.bucket(id)
+            .read()
             .conns
             .get(&id)
             .map(|c| c.rooms.clone())
@@ -180,10 +174,7 @@ impl Comet {
     }
 
     fn count_room(&self, room: &str, delta: i64) -> u64 {
-        let mut rooms = self
-            .rooms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rooms = self.rooms.lock();
         let n = rooms.entry(room.to_owned()).or_default();
         *n = n.saturating_add_signed(delta);
         let total = *n;
@@ -194,25 +185,17 @@ impl Comet {
     }
 
     fn room_total(&self, room: &str) -> u64 {
-        self.rooms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(room)
-            .copied()
-            .unwrap_or(0)
+        self.rooms.lock().get(room).copied().unwrap_or(0)
     }
 
     /// Every room with members on this edge, with their counts.
     pub fn room_totals(&self) -> HashMap<String, u64> {
-        self.rooms
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.rooms.lock().clone()
     }
 
     /// Connections held.
     pub fn len(&self) -> usize {
-        self.buckets.iter().map(|b| read(b).conns.len()).sum()
+        self.buckets.iter().map(|b| b.read().conns.len()).sum()
     }
 
     /// Whether no connection is held.
@@ -223,7 +206,7 @@ impl Comet {
     /// Queues `frames` for connection `id`.
     pub fn send(&self, id: u64, frames: Bytes) -> Fanout {
         let mut f = Fanout::default();
-        if let Some(ch) = read(self.bucket(id)).conns.get(&id) {
+        if let Some(ch) = self.bucket(id).read().conns.get(&id) {
             f.add(ch.outbox.push(frames));
         }
         f
@@ -233,7 +216,7 @@ impl Comet {
     pub fn send_many(&self, ids: &[u64], frames: &Bytes) -> Fanout {
         let mut f = Fanout::default();
         for &id in ids {
-            if let Some(ch) = read(self.bucket(id)).conns.get(&id) {
+            if let Some(ch) = self.bucket(id).read().conns.get(&id) {
                 f.add(ch.outbox.push(frames.clone()));
             }
         }
@@ -244,7 +227,7 @@ impl Comet {
     pub fn send_room(&self, room: &str, frames: &Bytes) -> Fanout {
         let mut f = Fanout::default();
         for bucket in self.buckets.iter() {
-            let b = read(bucket);
+            let b = bucket.read();
             let Some(members) = b.rooms.get(room) else {
                 continue;
             };
@@ -261,7 +244,7 @@ impl Comet {
     pub fn send_all(&self, frames: &Bytes) -> Fanout {
         let mut f = Fanout::default();
         for bucket in self.buckets.iter() {
-            for ch in read(bucket).conns.values() {
+            for ch in bucket.read().conns.values() {
                 f.add(ch.outbox.push(frames.clone()));
             }
         }
@@ -270,7 +253,7 @@ impl Comet {
 
     /// Asks connection `id` to close.
     pub fn close(&self, id: u64, reason: CloseReason) -> bool {
-        match read(self.bucket(id)).conns.get(&id) {
+        match self.bucket(id).read().conns.get(&id) {
             Some(ch) => {
                 ch.outbox.close(reason);
                 true
@@ -282,7 +265,7 @@ impl Comet {
     /// Asks every connection to close.
     pub fn close_all(&self, reason: CloseReason) {
         for bucket in self.buckets.iter() {
-            for ch in read(bucket).conns.values() {
+            for ch in bucket.read().conns.values() {
                 ch.outbox.close(reason);
             }
         }

@@ -8,9 +8,10 @@
 //! Room and broadcast deliveries pass through the [`Batcher`] (goim's room batch): a third
 //! task fans each batch out when its window ends.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -103,10 +104,6 @@ pub struct Gateway {
     batch_opened: Notify,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Now, on tokio's clock (which tests can pause and advance).
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -195,7 +192,7 @@ impl Gateway {
     /// Offers a periodic report to the link; dropped if the link is full (the next one
     /// repeats it).
     fn offer_up(&self, msg: edge_up::Msg) {
-        let up = lock(&self.up).clone();
+        let up = self.up.lock().clone();
         if let Some(up) = up
             && up.try_send(EdgeUp { msg: Some(msg) }).is_err()
         {
@@ -208,7 +205,7 @@ impl Gateway {
     /// their requests. After [`UP_WAIT`] — core is not reading — the message is dropped and
     /// counted (`roam_edge_link_drops_total`); AUTH then times out, a request goes unanswered.
     async fn send_up(&self, msg: edge_up::Msg) {
-        let up = lock(&self.up).clone();
+        let up = self.up.lock().clone();
         let Some(up) = up else {
             self.metrics.link_drops.inc();
             return;
@@ -233,7 +230,7 @@ impl Gateway {
         transport: &str,
     ) -> oneshot::Receiver<link::ConnectResult> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(conn_id, tx);
+        self.pending.lock().insert(conn_id, tx);
         self.send_up(edge_up::Msg::Connect(link::Connect {
             conn_id,
             token: auth.token,
@@ -265,7 +262,7 @@ impl Gateway {
 
     /// A connection ended (`idle`: lost to a heartbeat timeout).
     pub async fn disconnect(&self, conn_id: u64, idle: bool) {
-        lock(&self.pending).remove(&conn_id);
+        self.pending.lock().remove(&conn_id);
         for room in self.comet.remove(conn_id) {
             self.room_change(room, 0).await;
         }
@@ -300,7 +297,7 @@ impl Gateway {
     fn apply(&self, msg: edge_down::Msg) {
         match msg {
             edge_down::Msg::ConnectResult(r) => {
-                if let Some(tx) = lock(&self.pending).remove(&r.conn_id) {
+                if let Some(tx) = self.pending.lock().remove(&r.conn_id) {
                     let _ = tx.send(r);
                 }
             }
@@ -332,7 +329,7 @@ impl Gateway {
     /// Batches are fanned out with the batcher's lock held, here and in the batch task, so
     /// two batches of one room can never overtake each other.
     fn batch(&self, key: BatchKey, frames: Bytes) {
-        let mut b = lock(&self.batcher);
+        let mut b = self.batcher.lock();
         let idle = b.next_due().is_none();
         for batch in b.push(key, frames, now()) {
             self.fan_out(batch);
@@ -355,7 +352,7 @@ impl Gateway {
     /// once (ahead of the connections' DISCONNECT(drain)).
     async fn run_batches(self: Arc<Self>) {
         loop {
-            let next = lock(&self.batcher).next_due();
+            let next = self.batcher.lock().next_due();
             let wait = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -366,12 +363,12 @@ impl Gateway {
                 _ = self.shutdown.cancelled() => break,
                 _ = wait => {}
             }
-            let mut b = lock(&self.batcher);
+            let mut b = self.batcher.lock();
             for batch in b.take_due(now()) {
                 self.fan_out(batch);
             }
         }
-        let mut b = lock(&self.batcher);
+        let mut b = self.batcher.lock();
         for batch in b.take_all() {
             self.fan_out(batch);
         }
@@ -393,14 +390,14 @@ impl Gateway {
                 }
             };
             warn!(reason = %ended, "link to core lost: closing client connections, reconnecting");
-            *lock(&self.up) = None;
+            *self.up.lock() = None;
             // Pending batches were for the connections about to be closed; the clients that
             // reconnect must not get them on top of what they SYNC.
-            drop(lock(&self.batcher).take_all());
+            drop(self.batcher.lock().take_all());
             self.comet.close_all(CloseReason::Kicked(
                 pb::disconnect::Reason::Unspecified as i32,
             ));
-            lock(&self.pending).clear();
+            self.pending.lock().clear();
             let mut backoff = Duration::from_millis(100);
             link = loop {
                 tokio::select! {
@@ -422,7 +419,7 @@ impl Gateway {
                 }
             };
             info!("link to core restored");
-            *lock(&self.up) = Some(link.sender());
+            *self.up.lock() = Some(link.sender());
         }
     }
 }

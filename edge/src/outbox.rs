@@ -7,8 +7,8 @@
 //! DISCONNECT(slow) and closes it; the client resumes with SYNC after reconnecting. An idle
 //! outbox holds no allocation (the deque's storage is released whenever it drains).
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -49,10 +49,6 @@ pub struct Outbox {
     capacity: usize,
 }
 
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Outbox {
     /// An empty queue of at most `capacity` deliveries (each one or more frames: a push, a
     /// reply, a room batch).
@@ -66,7 +62,7 @@ impl Outbox {
 
     /// Queues a frame.
     pub fn push(&self, frame: Bytes) -> Pushed {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         if s.close.is_some() {
             return Pushed::Closed;
         }
@@ -90,7 +86,7 @@ impl Outbox {
 
     /// Asks the connection's task to close (the first reason wins).
     pub fn close(&self, reason: CloseReason) {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         if s.close.is_none() {
             s.close = Some(reason);
             s.queue = VecDeque::new();
@@ -102,7 +98,7 @@ impl Outbox {
     /// Moves everything queued into `batch`; returns the close reason if the connection must
     /// close (queued frames are then dropped). Releases the queue's storage.
     pub fn take(&self, batch: &mut Vec<Bytes>) -> Option<CloseReason> {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         if let Some(reason) = s.close {
             return Some(reason);
         }
@@ -115,7 +111,7 @@ impl Outbox {
         loop {
             let notified = self.ready.notified();
             {
-                let s = lock(&self.state);
+                let s = self.state.lock();
                 if !s.queue.is_empty() || s.close.is_some() {
                     return;
                 }
@@ -126,7 +122,7 @@ impl Outbox {
 
     /// Frames waiting.
     pub fn len(&self) -> usize {
-        lock(&self.state).queue.len()
+        self.state.lock().queue.len()
     }
 
     /// Whether nothing waits.
@@ -150,7 +146,7 @@ mod tests {
         assert_eq!(batch.len(), 3);
         assert!(o.is_empty());
         assert_eq!(
-            lock(&o.state).queue.capacity(),
+            o.state.lock().queue.capacity(),
             0,
             "an idle outbox holds no storage"
         );

@@ -25,9 +25,10 @@
 //! as slow: its buffer ends with DISCONNECT(slow), kept (like every closed poll connection's
 //! last frames) for [`LINGER`] so the client can read why.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -118,10 +119,6 @@ pub struct Conn {
     changed: Notify,
 }
 
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Why a request to a virtual connection failed (each maps to an HTTP status).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnError {
@@ -164,7 +161,7 @@ impl Conn {
     ) -> Result<Vec<Bytes>, ConnError> {
         let (tx, rx) = oneshot::channel();
         let id = {
-            let mut s = lock(&self.state);
+            let mut s = self.state.lock();
             if s.closed {
                 return Err(ConnError::Closed);
             }
@@ -199,7 +196,7 @@ impl Conn {
 
     /// Drops waiter `id`, returning what it gathered.
     fn forget(&self, id: u64) -> Vec<Bytes> {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         match s.waiters.iter().position(|w| w.id == id) {
             Some(i) => s.waiters.swap_remove(i).take(),
             None => Vec::new(),
@@ -219,7 +216,7 @@ impl Conn {
         loop {
             let changed = self.changed.notified();
             {
-                let mut s = lock(&self.state);
+                let mut s = self.state.lock();
                 // `first` is at least 1; `cursor` comes from the client (up to u64::MAX).
                 if cursor < s.first - 1 {
                     return Err(ConnError::Cursor(format!(
@@ -264,7 +261,7 @@ impl Conn {
         loop {
             let changed = self.changed.notified();
             {
-                let s = lock(&self.state);
+                let s = self.state.lock();
                 if let Some(f) = &s.opened {
                     return Some(f.clone());
                 }
@@ -302,20 +299,12 @@ pub struct Registry {
 impl Registry {
     /// The connection `id`.
     pub fn get(&self, id: &str) -> Result<Arc<Conn>, ConnError> {
-        self.conns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(id)
-            .cloned()
-            .ok_or(ConnError::Unknown)
+        self.conns.lock().get(id).cloned().ok_or(ConnError::Unknown)
     }
 
     /// Forgets connection `id` (its task, if still running, is unaffected).
     pub fn remove(&self, id: &str) {
-        self.conns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id);
+        self.conns.lock().remove(id);
     }
 
     /// Registers a new connection opened with `token`, whose task reads AUTH (`auth`) first.
@@ -342,10 +331,7 @@ impl Registry {
             }),
             changed: Notify::new(),
         });
-        self.conns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id, conn.clone());
+        self.conns.lock().insert(id, conn.clone());
         let (down, body) = match mode {
             Mode::Stream => {
                 let (tx, rx) = mpsc::channel(DOWN_QUEUE);
@@ -427,7 +413,7 @@ impl FrameIo for VirtualIo {
     async fn write_batch(&mut self, frames: &[Bytes]) -> io::Result<()> {
         let mut down: Vec<Bytes> = Vec::with_capacity(frames.len());
         {
-            let mut s = lock(&self.conn.state);
+            let mut s = self.conn.state.lock();
             if s.opened.is_none() {
                 s.opened = Some(frames.concat().into());
             }
@@ -505,7 +491,7 @@ impl FrameIo for VirtualIo {
 
     async fn close(&mut self) {
         {
-            let mut s = lock(&self.conn.state);
+            let mut s = self.conn.state.lock();
             s.closed = true;
             for mut w in s.waiters.drain(..) {
                 w.finish();

@@ -6,6 +6,7 @@
 //! shared metric.
 
 use crate::segment::TagCell;
+use parking_lot::RwLock;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -13,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Weak};
 
 /// The `tag` label of segment metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,11 +99,7 @@ impl IdMetrics {
 
     /// Includes a tag's buffers in the scrape-time figures.
     pub(crate) fn track(&self, cell: &Arc<TagCell>) {
-        self.live
-            .0
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::downgrade(cell));
+        self.live.0.write().push(Arc::downgrade(cell));
     }
 }
 
@@ -116,7 +113,7 @@ impl Collector for LiveTags {
         // one registry.
         let mut by_tag: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         {
-            let mut live = self.0.write().unwrap_or_else(PoisonError::into_inner);
+            let mut live = self.0.write();
             live.retain(|w| w.strong_count() > 0);
             for cell in live.iter().filter_map(Weak::upgrade) {
                 let s = cell.state();

@@ -10,12 +10,10 @@ use crate::{
     },
     segment::{SegmentAllocator, TagHandle, TagState},
 };
+use parking_lot::Mutex;
 use roam_store::Store;
 use serde::Serialize;
-use std::{
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
@@ -184,11 +182,7 @@ impl IdService {
     /// requests fail from then on; buffered segment IDs are still served. Idempotent.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
-        let heartbeat = self
-            .heartbeat
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let heartbeat = self.heartbeat.lock().take();
         if let Some(task) = heartbeat
             && let Err(e) = task.await
             && e.is_panic()

@@ -402,14 +402,14 @@ async fn plain_read_conflicts_and_the_retry_sees_new_data(h: &Harness) {
     set(h, &[("k", "v1")]).await;
     let k = h.k("k");
     let store = h.store.clone();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let log = seen.clone();
     let k2 = k.clone();
     h.store
         .transact(move |tx| {
             let v = tx.get(&k)?;
             let first = {
-                let mut log = log.lock().unwrap();
+                let mut log = log.lock();
                 log.push(v);
                 log.len() == 1
             };
@@ -421,7 +421,7 @@ async fn plain_read_conflicts_and_the_retry_sees_new_data(h: &Harness) {
         })
         .await
         .unwrap();
-    assert_eq!(*seen.lock().unwrap(), [Some(b("v1")), Some(b("v2"))]);
+    assert_eq!(*seen.lock(), [Some(b("v1")), Some(b("v2"))]);
     assert_eq!(get(h, "k").await, Some(b("v3")));
 }
 

@@ -5,13 +5,14 @@
 // idle-heap measurement) is the one unsafe code here.
 #![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)]
 
+use parking_lot::Mutex;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -919,7 +920,7 @@ impl Shared {
     }
 
     fn buffered(&self) -> usize {
-        self.stream.lock().unwrap().buffered_capacity()
+        self.stream.lock().buffered_capacity()
     }
 
     /// Waits until the server's read parks with no buffers held: an idle connection. Times
@@ -941,7 +942,7 @@ impl AsyncRead for Shared {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut stream = self.stream.lock().unwrap();
+        let mut stream = self.stream.lock();
         let result = Pin::new(&mut *stream).poll_read(cx, buf);
         self.parked
             .send_replace((result.is_pending(), stream.buffered_capacity()));
@@ -955,23 +956,23 @@ impl AsyncWrite for Shared {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.stream.lock().unwrap()).poll_write(cx, buf)
+        Pin::new(&mut *self.stream.lock()).poll_write(cx, buf)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.stream.lock().unwrap()).poll_write_vectored(cx, bufs)
+        Pin::new(&mut *self.stream.lock()).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.stream.lock().unwrap().is_write_vectored()
+        self.stream.lock().is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.stream.lock().unwrap()).poll_flush(cx)
+        Pin::new(&mut *self.stream.lock()).poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.stream.lock().unwrap()).poll_shutdown(cx)
+        Pin::new(&mut *self.stream.lock()).poll_shutdown(cx)
     }
 }
 

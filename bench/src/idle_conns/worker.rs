@@ -2,9 +2,10 @@
 //! stdin, sets up its connections, reports on stdout, answers `probe` lines, holds its
 //! connections until stdin closes, and exits then.
 
+use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -41,9 +42,7 @@ struct Counters {
 impl Counters {
     fn fail(&self, error: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut first) = self.first_error.lock() {
-            first.get_or_insert(error);
-        }
+        self.first_error.lock().get_or_insert(error);
     }
 }
 
@@ -148,7 +147,7 @@ async fn work(job: Job, mut commands: tokio::sync::mpsc::UnboundedReceiver<Strin
             failed: counters.failed.load(Ordering::Relaxed),
         };
         if set_up.established + set_up.failed >= count {
-            let first_error = counters.first_error.lock().ok().and_then(|e| e.clone());
+            let first_error = counters.first_error.lock().clone();
             say(&WorkerMsg::Ready {
                 set_up,
                 first_error,

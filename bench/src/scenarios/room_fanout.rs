@@ -44,9 +44,10 @@
 //! `published`, `rejected`, `errors`, `late_publishes`, `publish_per_sec` (achieved),
 //! `api_p99_ms`, `deliveries`, `members`, `members_closed`, `publishers`, `server_rss_bytes`.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -504,7 +505,7 @@ async fn publish_one(pool: Arc<Pool>, k: u64, due: Instant, base: Instant) -> (O
     let Ok(_slot) = pool.slots.clone().acquire_owned().await else {
         return (Outcome::Failed("pool closed".into()), 0, true);
     };
-    let idle = pool.idle.lock().ok().and_then(|mut idle| idle.pop());
+    let idle = pool.idle.lock().pop();
     let mut send = match idle {
         Some(send) => send,
         None => match AdminConnection::connect(pool.admin).await {
@@ -534,9 +535,7 @@ async fn publish_one(pool: Arc<Pool>, k: u64, due: Instant, base: Instant) -> (O
         Err(e) => return (Outcome::Failed(e.to_string()), api_us, late),
     };
     // The connection is healthy: back to the pool.
-    if let Ok(mut idle) = pool.idle.lock() {
-        idle.push(send);
-    }
+    pool.idle.lock().push(send);
     (outcome, api_us, late)
 }
 

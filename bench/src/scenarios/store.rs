@@ -20,10 +20,11 @@
 //! `/proc/<own pid>`): they include the load generator, which is one async task per writer or
 //! reader looping around the call.
 
+use parking_lot::Mutex;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -235,9 +236,7 @@ async fn append_phase(
                     let sent = Instant::now();
                     match timelines.append(&timeline, message).await {
                         Ok(_) => {
-                            hist.lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .saturating_record(micros(sent.elapsed()));
+                            hist.lock().saturating_record(micros(sent.elapsed()));
                             errors.ok += 1;
                         }
                         Err(e) => {
@@ -259,7 +258,7 @@ async fn append_phase(
             .map_err(|e| anyhow!("a writer task failed: {e}"))?;
         errors = errors.merge(e);
     }
-    let hist = hist.lock().unwrap_or_else(PoisonError::into_inner);
+    let hist = hist.lock();
     let elapsed = start.elapsed();
     let cpu_us = ProcStats::read(std::process::id())?
         .cpu_us
@@ -347,9 +346,7 @@ async fn read_phase(
                     let sent = Instant::now();
                     match reader.read(timeline, after, READ_LIMIT).await {
                         Ok(entries) if entries.len() == READ_LIMIT => {
-                            hist.lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .saturating_record(micros(sent.elapsed()));
+                            hist.lock().saturating_record(micros(sent.elapsed()));
                             errors.ok += 1;
                         }
                         Ok(entries) => errors.fail(format!(
@@ -374,7 +371,7 @@ async fn read_phase(
             .map_err(|e| anyhow!("a reader task failed: {e}"))?;
         errors = errors.merge(e);
     }
-    let hist = hist.lock().unwrap_or_else(PoisonError::into_inner);
+    let hist = hist.lock();
     let elapsed = start.elapsed();
     let cpu_us = ProcStats::read(std::process::id())?
         .cpu_us

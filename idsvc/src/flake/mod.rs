@@ -15,11 +15,12 @@ use self::core::{Fault, FlakeCore, Poll};
 use crate::{Clock, IdError, IdMetrics, IdsConfig, metrics::GeneratorLabel};
 use layout::{Generator, Layout};
 use lease::{LeaseSpec, RenewError};
+use parking_lot::Mutex;
 use roam_store::Store;
 use serde::Serialize;
 use std::{
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -121,11 +122,6 @@ impl FlakeGenerator {
         })
     }
 
-    fn core(&self) -> MutexGuard<'_, FlakeCore> {
-        // No critical section can panic; recover the state if one ever did.
-        self.core.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     pub(crate) fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -157,7 +153,7 @@ impl FlakeGenerator {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let poll = {
-                let mut core = self.core();
+                let mut core = self.core.lock();
                 let poll = core.poll(self.clock.now_ms(), left);
                 if let Poll::Issued { tick, seq, count } = poll {
                     let worker = core.worker();
@@ -240,7 +236,7 @@ impl FlakeGenerator {
     async fn reserve(&self) -> Result<(), IdError> {
         let _lease = self.lease_lock.lock().await;
         let covered = {
-            let core = self.core();
+            let core = self.core.lock();
             core.reserved_until_ms() >= self.clock.now_ms() && !core.is_stopped()
         };
         if covered {
@@ -251,7 +247,7 @@ impl FlakeGenerator {
 
     /// Renews the lease and reservation; the caller holds `lease_lock`.
     async fn renew(&self) -> Result<(), IdError> {
-        let worker = self.core().worker();
+        let worker = self.core.lock().worker();
         let now = self.clock.now_ms();
         let renewal = lease::renew(&self.store, &self.spec, worker, now);
         let result = match tokio::time::timeout(self.timeout, renewal).await {
@@ -263,13 +259,13 @@ impl FlakeGenerator {
         };
         match result {
             Ok(record) => {
-                self.core().handle_reserved(record.reserved_until_ms);
+                self.core.lock().handle_reserved(record.reserved_until_ms);
                 self.expires_at_ms
                     .store(record.expires_at_ms, Ordering::Relaxed);
                 Ok(())
             }
             Err(RenewError::Lost) => {
-                self.core().stop("worker lease lost");
+                self.core.lock().stop("worker lease lost");
                 tracing::error!(
                     generator = self.label.generator,
                     worker,
@@ -300,17 +296,18 @@ impl FlakeGenerator {
         if self.released.load(Ordering::Relaxed) {
             return;
         }
-        let lost = self.core().is_stopped();
+        let lost = self.core.lock().is_stopped();
         if !lost && self.renew().await.is_ok() {
             return;
         }
-        if !self.core().is_stopped() {
+        if !self.core.lock().is_stopped() {
             return; // a store failure: keep issuing inside the reservation, retry next beat
         }
         let claim = lease::claim(&self.store, &self.spec, self.clock.now_ms());
         match tokio::time::timeout(self.timeout, claim).await {
             Ok(Ok(c)) => {
-                self.core()
+                self.core
+                    .lock()
                     .reset(c.worker, c.floor_ms, c.record.reserved_until_ms);
                 self.expires_at_ms
                     .store(c.record.expires_at_ms, Ordering::Relaxed);
@@ -335,7 +332,7 @@ impl FlakeGenerator {
             return;
         }
         let (worker, last, was_lost) = {
-            let mut core = self.core();
+            let mut core = self.core.lock();
             let was_lost = core.is_stopped();
             core.stop("the ID service is shutting down");
             (core.worker(), core.last_issued_ms(), was_lost)
@@ -365,7 +362,7 @@ impl FlakeGenerator {
     }
 
     pub(crate) fn state(&self) -> FlakeState {
-        let core = self.core();
+        let core = self.core.lock();
         let status = if self.released.load(Ordering::Relaxed) {
             "shutting down"
         } else if core.is_stopped() {

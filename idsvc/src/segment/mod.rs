@@ -27,14 +27,11 @@ pub use policy::Segment;
 
 use crate::{Clock, IdError, IdMetrics, IdsConfig, metrics::TagLabel};
 use cell::Hot;
+use parking_lot::{Mutex, RwLock};
 use policy::{StepPolicy, TagBuffers};
 use roam_store::Store;
 use serde::Serialize;
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
@@ -106,11 +103,6 @@ pub(crate) struct TagCell {
 }
 
 impl TagCell {
-    fn buffers(&self) -> MutexGuard<'_, TagBuffers> {
-        // No critical section can panic; recover the state if one ever did.
-        self.buffers.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     pub(crate) fn label(&self) -> TagLabel {
         TagLabel {
             tag: self.name.to_string(),
@@ -134,7 +126,7 @@ impl TagCell {
 
     /// The monitoring view of this tag.
     pub(crate) fn state(&self) -> TagState {
-        let b = self.buffers();
+        let b = self.buffers.lock();
         let (used, remaining) = self.hot.used_and_remaining();
         TagState {
             tag: self.name.to_string(),
@@ -258,7 +250,7 @@ impl SegmentAllocator {
         // Two requests may load a tag's first segment at once: the one inserted first wins
         // and the other segment is dropped (a gap, never a duplicate).
         let cell = {
-            let mut tags = self.tags.write().unwrap_or_else(PoisonError::into_inner);
+            let mut tags = self.tags.write();
             tags.entry(name.clone())
                 .or_insert_with(|| {
                     let cell = Arc::new(self.new_cell(name, first, now));
@@ -278,13 +270,7 @@ impl SegmentAllocator {
 
     /// The buffer state of every tag this process has loaded, by tag name.
     pub fn state(&self) -> Vec<TagState> {
-        let cells: Vec<Arc<TagCell>> = self
-            .tags
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let cells: Vec<Arc<TagCell>> = self.tags.read().values().cloned().collect();
         let mut states: Vec<TagState> = cells.iter().map(|c| c.state()).collect();
         states.sort_by(|a, b| a.tag.cmp(&b.tag));
         states
@@ -299,11 +285,7 @@ impl SegmentAllocator {
     }
 
     fn cached(&self, tag: &str) -> Option<Arc<TagCell>> {
-        self.tags
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(tag)
-            .cloned()
+        self.tags.read().get(tag).cloned()
     }
 
     fn handle(&self, cell: Arc<TagCell>) -> TagHandle {
@@ -430,7 +412,7 @@ impl TagHandle {
 
     /// The prefetch point was taken: load the next segment in the background.
     fn prefetch(&self) {
-        let step = self.cell.buffers().poll_load(self.ctx.clock.now_ms());
+        let step = self.cell.buffers.lock().poll_load(self.ctx.clock.now_ms());
         if let Some(step) = step {
             self.spawn_load(step);
         }
@@ -456,7 +438,7 @@ impl TagHandle {
             // Registered before looking at the state, so a load finishing in between wakes us.
             loaded.as_mut().enable();
             let load = {
-                let mut b = self.cell.buffers();
+                let mut b = self.cell.buffers.lock();
                 if !self.cell.hot.exhausted() || self.cell.switch_if_exhausted(&mut b, percent) {
                     continue;
                 }
@@ -508,7 +490,7 @@ impl TagHandle {
             };
             let percent = ctx.config.prefetch_percent;
             {
-                let mut b = cell.buffers();
+                let mut b = cell.buffers.lock();
                 match result {
                     Ok(taken) => {
                         ctx.metrics.segment_loads.get_or_create(&cell.label()).inc();

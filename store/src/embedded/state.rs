@@ -10,10 +10,11 @@
 //!   crash could still take back).
 
 use crate::StoreError;
+use parking_lot::Mutex;
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -53,14 +54,9 @@ impl Shared {
         }
     }
 
-    fn active(&self) -> MutexGuard<'_, BTreeMap<u64, usize>> {
-        // The critical sections cannot panic; recover the map if one ever did.
-        self.active.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Registers a new transaction's read version (the latest applied commit).
     pub(super) fn register_read(self: &Arc<Self>) -> ActiveRead {
-        let mut active = self.active();
+        let mut active = self.active.lock();
         // Read under the lock, so the committer's history floor can never pass it.
         let version = self.applied.load(Ordering::Acquire);
         *active.entry(version).or_insert(0) += 1;
@@ -72,7 +68,7 @@ impl Shared {
 
     /// The oldest read version still in use, or `latest` when none is.
     pub(super) fn oldest_read(&self, latest: u64) -> u64 {
-        self.active().keys().next().copied().unwrap_or(latest)
+        self.active.lock().keys().next().copied().unwrap_or(latest)
     }
 
     pub(super) fn assigned(&self) -> u64 {
@@ -127,7 +123,7 @@ impl ActiveRead {
 
 impl Drop for ActiveRead {
     fn drop(&mut self) {
-        let mut active = self.shared.active();
+        let mut active = self.shared.active.lock();
         if let Some(n) = active.get_mut(&self.version) {
             *n -= 1;
             if *n == 0 {

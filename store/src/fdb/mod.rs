@@ -17,10 +17,8 @@ mod tx;
 use crate::stats::Counters;
 use crate::{RetryPolicy, RetryReason, StoreError, Tx, TxError, retry::Backoff};
 use foundationdb::{FdbError, api::NetworkAutoStop};
-use std::{
-    path::Path,
-    sync::{Mutex, OnceLock, PoisonError},
-};
+use parking_lot::Mutex;
+use std::{path::Path, sync::OnceLock};
 use tx::FdbTx;
 
 /// FoundationDB's `not_committed`: the transaction conflicted.
@@ -146,7 +144,7 @@ fn start_network() -> Result<(), StoreError> {
             // registered below, before the process exits normally; `boot` requires exactly
             // that (an aborted process needs nothing).
             let guard = unsafe { builder.boot() }.map_err(fatal)?;
-            *NETWORK.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
+            *NETWORK.lock() = Some(guard);
             // SAFETY: registering a plain `extern "C" fn` with no captured state.
             if unsafe { libc::atexit(stop_network_at_exit) } != 0 {
                 tracing::warn!("could not register the FoundationDB network stop at exit");
@@ -157,9 +155,6 @@ fn start_network() -> Result<(), StoreError> {
 }
 
 extern "C" fn stop_network_at_exit() {
-    let guard = NETWORK
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
+    let guard = NETWORK.lock().take();
     drop(guard);
 }

@@ -22,10 +22,10 @@
 
 use super::{Appended, MultiAppend, TimelineId, append};
 use crate::{SequencerOptions, Store, StoreError, idempotency::IdempotencyKey};
+use parking_lot::Mutex;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     mem,
-    sync::{Mutex, MutexGuard, PoisonError},
 };
 use tokio::sync::oneshot;
 
@@ -74,11 +74,6 @@ impl Sequencer {
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        // No critical section can panic; recover the state if one ever did.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Queues `append` and waits for its result.
     pub(crate) async fn submit(
         &self,
@@ -86,7 +81,10 @@ impl Sequencer {
         append: MultiAppend,
     ) -> Result<Appended, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let now = self.state().admit(Pending { append, reply }, &self.options);
+        let now = self
+            .state
+            .lock()
+            .admit(Pending { append, reply }, &self.options);
         if let Some(round) = now {
             spawn_round(store.clone(), round);
         }
@@ -136,7 +134,10 @@ async fn run_round(store: Store, mut round: Vec<Pending>) {
             }
         }
         let sequencer = store.sequencer();
-        let mut next = sequencer.state().finish(&timelines, &sequencer.options);
+        let mut next = sequencer
+            .state
+            .lock()
+            .finish(&timelines, &sequencer.options);
         let Some(first) = next.pop() else { return };
         for other in next {
             spawn_round(store.clone(), other);
