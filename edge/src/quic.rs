@@ -504,14 +504,14 @@ async fn respond<S>(
 /// it and logs it.
 struct PathWatch {
     conn: Connection,
-    last: std::sync::Mutex<SocketAddr>,
+    last: parking_lot::Mutex<SocketAddr>,
     label: TransportLabel,
     metrics: EdgeMetrics,
 }
 
 impl PathWatch {
     fn new(conn: Connection, label: TransportLabel, metrics: EdgeMetrics) -> Self {
-        let last = std::sync::Mutex::new(conn.remote_address());
+        let last = parking_lot::Mutex::new(conn.remote_address());
         PathWatch {
             conn,
             last,
@@ -523,10 +523,7 @@ impl PathWatch {
     /// Checks the connection's current client address against the last seen.
     fn check(&self) {
         let now = self.conn.remote_address();
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self.last.lock();
         if *last != now {
             info!(from = %*last, to = %now, transport = self.label.transport, "QUIC path changed (connection migrated)");
             *last = now;
