@@ -816,6 +816,12 @@ mod tests {
                 "invalid socket address",
             ),
             ("[listen]\nnope = \"x\"\n", &[], "nope"),
+            (
+                "[quic]\nkeep_alive_secs = 90\n",
+                &[],
+                "quic.keep_alive_secs",
+            ),
+            ("", &[("ROAM_QUIC_MAX_STREAMS", "0")], "quic.max_streams"),
             ("role = \"everything\"\n", &[], "everything"),
             ("", &[("ROAM_LISTEN_NOPE", "1")], "ROAM_LISTEN_NOPE"),
             ("", &[("ROAM_BOGUS", "1")], "ROAM_BOGUS"),

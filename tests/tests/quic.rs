@@ -376,3 +376,50 @@ asyncio.run(main(*sys.argv[1:]))
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn quic_connections_beyond_the_cap_are_refused_and_others_unaffected() {
+    let server = roam_tests::start("[quic]\nmax_connections = 1\n");
+    let mut first = raw_quic(&server, "alice", "alice-quic").await;
+    let refused =
+        QuicRawConnection::connect(server.addr("raw_quic").unwrap(), LOCAL, &server.dev_cert())
+            .await
+            .unwrap_err();
+    assert!(
+        refused.to_string().contains("refused"),
+        "a clear refusal: {refused}"
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "roam_refused_connections_total{reason=\"quic_connections\"}"
+        )
+        .await,
+        1.0
+    );
+    // The admitted connection carries on.
+    first
+        .send(Op::Heartbeat, 2, &pb::Heartbeat {})
+        .await
+        .unwrap();
+    let f = first.next().await.unwrap().unwrap();
+    assert_eq!((f.op_kind(), f.seq), (Some(Op::HeartbeatReply), 2));
+}
+
+#[tokio::test]
+async fn under_a_handshake_flood_clients_prove_their_address_with_a_retry_first() {
+    // Threshold 0: every new client is in the "flood" and must come back with the token.
+    let server = roam_tests::start("[quic]\nretry_above_handshakes = 0\n");
+    let mut h3 = h3_stream(&server, "alice", "alice-h3").await;
+    let mut raw = raw_quic(&server, "bob", "bob-quic").await;
+    assert_eq!(metric(&server, "roam_edge_quic_retries_total").await, 2.0);
+    push_users(&server, &["alice", "bob"], "after a retry").await;
+    assert_eq!(
+        push_content(&h3.next().await.unwrap().unwrap()),
+        "after a retry"
+    );
+    assert_eq!(
+        push_content(&raw.next().await.unwrap().unwrap()),
+        "after a retry"
+    );
+}
