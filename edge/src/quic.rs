@@ -30,8 +30,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, Response, Version};
+use axum::http::{Method, Request, Response, Version};
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use futures_util::future::Shared;
 use http_body_util::BodyExt;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, Incoming, TransportConfig, VarInt};
@@ -236,6 +238,22 @@ struct Listener {
     tracker: TaskTracker,
 }
 
+/// Counts one open connection in a gauge for as long as it lives.
+struct OpenGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenGauge {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        OpenGauge(gauge)
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Counts one unit in `counter` for as long as it lives.
 struct Held<'a>(&'a AtomicUsize);
 
@@ -290,15 +308,26 @@ impl Listener {
             Ok(c) => c,
             Err(e) => return self.handshake_failed("tls", &e),
         };
-        let conn = tokio::select! {
-            _ = self.gateway.shutdown.cancelled() => return,
-            r = tokio::time::timeout(self.options.handshake_timeout, connecting) => match r {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return self.handshake_failed("tls", &e),
-                Err(_) => return self.handshake_failed("timeout", &"no handshake in time"),
-            },
+        // 0.5-RTT on the server side always succeeds: requests (0-RTT ones from a resuming
+        // client included) are read at once, and `established` resolves when the handshake
+        // has completed. What may not be replayed waits for it (see `respond`, `serve_raw`).
+        let (conn, established) = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                // On a server, quinn's future yields whether 0-RTT was accepted (false also
+                // when the handshake failed): whether the connection is up says which.
+                let up = conn.clone();
+                let established: Established = async move {
+                    accepted.await;
+                    up.close_reason().is_none()
+                }
+                .boxed()
+                .shared();
+                (conn, established)
+            }
+            // quinn: "for incoming connections, conversion to 0.5-RTT will always fully
+            // succeed"; a refusal here would be a quinn change, handled as a failed handshake.
+            Err(_) => return self.handshake_failed("tls", &"no 0.5-RTT connection"),
         };
-        drop((permit, handshaking));
         if !ticket.has_slot() {
             conn.close(
                 VarInt::from_u32(CLOSE_LIMIT),
@@ -310,15 +339,49 @@ impl Listener {
             QuicService::H3 => H3,
             QuicService::Raw => RAW_QUIC,
         };
-        self.metrics.accepted.get_or_create(&label).inc();
-        let open = self.metrics.open_connections.get_or_create(&label).clone();
-        open.inc();
-        let path = PathWatch::new(conn.clone(), label, self.metrics.clone());
-        match self.service {
-            QuicService::H3 => Box::pin(self.clone().serve_h3(conn.clone(), ticket, path)).await,
-            QuicService::Raw => Box::pin(self.serve_raw(conn.clone(), ticket, path)).await,
+        let path = PathWatch::new(conn.clone(), label.clone(), self.metrics.clone());
+        let serving = async {
+            match self.service {
+                QuicService::H3 => {
+                    Box::pin(
+                        self.clone()
+                            .serve_h3(conn.clone(), ticket, path, established.clone()),
+                    )
+                    .await
+                }
+                QuicService::Raw => {
+                    Box::pin(self.serve_raw(conn.clone(), ticket, path, established.clone())).await
+                }
+            }
+        };
+        // The handshake runs alongside; its permit is held until it completes.
+        let handshake = async {
+            let done =
+                tokio::time::timeout(self.options.handshake_timeout, established.clone()).await;
+            drop((permit, handshaking));
+            match done {
+                Ok(true) => {
+                    self.metrics.accepted.get_or_create(&label).inc();
+                    let open = self.metrics.open_connections.get_or_create(&label).clone();
+                    // Counted while the connection is served (this future lives as long).
+                    let _open = OpenGauge::new(open);
+                    std::future::pending::<()>().await;
+                }
+                Ok(false) => {
+                    let reason = conn.close_reason().map(|e| e.to_string());
+                    self.handshake_failed("tls", &reason.unwrap_or_default());
+                }
+                Err(_) => {
+                    self.handshake_failed("timeout", &"no handshake in time");
+                    conn.close(VarInt::from_u32(CLOSE_LIMIT), b"no handshake in time");
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = serving => {}
+            _ = handshake => {}
         }
-        open.dec();
     }
 
     fn handshake_failed(&self, reason: &'static str, error: &dyn std::fmt::Display) {
@@ -330,7 +393,13 @@ impl Listener {
     }
 
     /// Raw frames: the client's first bidirectional stream carries them both ways.
-    async fn serve_raw(&self, conn: Connection, ticket: Ticket, path: PathWatch) {
+    async fn serve_raw(
+        &self,
+        conn: Connection,
+        ticket: Ticket,
+        path: PathWatch,
+        established: Established,
+    ) {
         let first = tokio::time::timeout(self.options.first_request, conn.accept_bi());
         let (send, recv) = tokio::select! {
             _ = self.gateway.shutdown.cancelled() => return,
@@ -346,9 +415,28 @@ impl Listener {
                 }
             },
         };
+        let (mut recv, send) = (recv, send);
+        // A stream opened in 0-RTT: only its first frame (AUTH with a token, idempotent) is
+        // served from early data; the rest is read once the handshake has completed.
+        let (prefix, gate) = if recv.is_0rtt() {
+            let max = self.gateway.config.max_packet;
+            match tokio::time::timeout(self.options.first_request, first_frame(&mut recv, max))
+                .await
+            {
+                Ok(Ok(frame)) => (Some(frame), Some(established)),
+                _ => {
+                    self.no_request(&conn);
+                    return;
+                }
+            }
+        } else {
+            (None, None)
+        };
         let io = QuicRawIo {
             inner: RawIo::new(tokio::io::join(recv, send)),
             path,
+            prefix,
+            gate,
         };
         Box::pin(drive(
             self.gateway.clone(),
@@ -381,7 +469,13 @@ impl Listener {
     }
 
     /// HTTP/3: every request goes to the router, as from HTTP/1.1 or HTTP/2.
-    async fn serve_h3(self: Arc<Self>, conn: Connection, ticket: Ticket, path: PathWatch) {
+    async fn serve_h3(
+        self: Arc<Self>,
+        conn: Connection,
+        ticket: Ticket,
+        path: PathWatch,
+        established: Established,
+    ) {
         let mut builder = h3::server::builder();
         builder.max_field_section_size(32 * 1024);
         let built = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()));
@@ -419,9 +513,21 @@ impl Listener {
                 }
             };
             let (service, path, conn) = (service.clone(), path.clone(), conn.clone());
+            let established = established.clone();
             let request = async move {
                 match resolver.resolve_request().await {
-                    Ok((request, stream)) => respond(service, request, stream, conn, path).await,
+                    Ok((request, stream)) => {
+                        // Replay-safe: only the idempotent openings and reads (GET: /v1/stream,
+                        // /v1/poll, /healthz) may be served from 0-RTT data; anything else
+                        // (POST /v1/send) waits for the handshake to complete.
+                        if request.method() != Method::GET
+                            && request.method() != Method::HEAD
+                            && !established.await
+                        {
+                            return;
+                        }
+                        respond(service, request, stream, conn, path).await
+                    }
                     Err(e) => debug!(error = %e, "bad HTTP/3 request"),
                 }
             };
@@ -535,14 +641,52 @@ impl PathWatch {
     }
 }
 
-/// Raw frames over a QUIC stream pair, watching the connection's path.
+/// Resolves (true) once the connection's handshake has completed; false if it failed.
+type Established = Shared<futures_util::future::BoxFuture<'static, bool>>;
+
+/// Reads one whole frame (its length is the header's first 4 bytes, big-endian) from a
+/// stream, refusing one longer than `max`.
+async fn first_frame(recv: &mut quinn::RecvStream, max: usize) -> io::Result<Bytes> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(io::Error::other)?;
+    let total = u32::from_be_bytes(len) as usize;
+    if !(roam_proto::HEADER_LEN..=max).contains(&total) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad first frame length",
+        ));
+    }
+    let mut frame = BytesMut::zeroed(total);
+    frame[..4].copy_from_slice(&len);
+    recv.read_exact(&mut frame[4..])
+        .await
+        .map_err(io::Error::other)?;
+    Ok(frame.freeze())
+}
+
+/// Raw frames over a QUIC stream pair, watching the connection's path. A stream opened in
+/// 0-RTT hands its first frame (`prefix`) to the driver at once and reads on only after the
+/// handshake has completed (`gate`).
 struct QuicRawIo {
     inner: RawIo<Join<quinn::RecvStream, quinn::SendStream>>,
     path: PathWatch,
+    prefix: Option<Bytes>,
+    gate: Option<Established>,
 }
 
 impl FrameIo for QuicRawIo {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if let Some(first) = self.prefix.take() {
+            buf.extend_from_slice(&first);
+            return Ok(first.len());
+        }
+        if let Some(gate) = &self.gate {
+            // Cancel-safe: the gate is dropped only once it has resolved.
+            if !gate.clone().await {
+                return Ok(0);
+            }
+            self.gate = None;
+        }
         let n = self.inner.read(buf).await?;
         self.path.check();
         Ok(n)

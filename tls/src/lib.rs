@@ -254,11 +254,40 @@ pub fn server_config(cert: &CertKey, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>
     Ok(Arc::new(config))
 }
 
+/// Resumption sessions a QUIC listener remembers (each a few hundred bytes): a returning
+/// client within the last this-many handshakes resumes, with 0-RTT.
+pub const QUIC_SESSION_CACHE: usize = 16 * 1024;
+
 /// A server configuration for QUIC (quinn's `QuicServerConfig` wraps it): the same
 /// certificate and policy as [`server_config`] — TLS 1.3 only, which QUIC requires anyway —
-/// with the ALPN set of the QUIC listener ([`ALPN_QUIC`] or [`ALPN_RAW`]).
+/// with the ALPN set of the QUIC listener ([`ALPN_QUIC`] or [`ALPN_RAW`]), and 0-RTT:
+/// resumption is stateful (a server-side cache of [`QUIC_SESSION_CACHE`] sessions; rustls
+/// allows early data only so) and each ticket is taken from the cache when used, so a
+/// replayed ClientHello finds none and gets a full handshake. What early data may *do* is the
+/// edge's decision (only idempotent openings; see roam_edge::quic).
 pub fn quic_server_config(cert: &CertKey, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config(cert, alpn)
+    install_crypto_provider();
+    let mut config = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_no_client_auth()
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // quinn wants 0 or u32::MAX: QUIC's own flow control bounds early data.
+    config.max_early_data_size = u32::MAX;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(QUIC_SESSION_CACHE);
+    Ok(Arc::new(config))
+}
+
+/// A client configuration for QUIC: as [`client_config`], with early data (0-RTT) on when
+/// resuming. Reuse one configuration across connections: its session store is what lets a
+/// returning client resume.
+pub fn quic_client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    install_crypto_provider();
+    let mut config = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.enable_early_data = true;
+    Arc::new(config)
 }
 
 /// Root certificates from a PEM file: e.g. the development certificate, for clients of a

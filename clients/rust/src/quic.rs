@@ -58,9 +58,11 @@ pub enum QuicError {
 }
 
 /// A client endpoint on a UDP socket bound to `local` (any port), trusting the PEM CA in
-/// `ca`, offering `alpn`.
-fn endpoint(local: IpAddr, ca: &Path, alpn: &[&[u8]]) -> Result<Endpoint, QuicError> {
-    let tls = roam_tls::client_config(roam_tls::roots_from_pem(ca)?, alpn);
+/// `ca`, offering `alpn` ([`roam_tls::ALPN_QUIC`] for HTTP/3, [`roam_tls::ALPN_RAW`] for raw
+/// frames). Connections made on one endpoint share its TLS session store: a later one
+/// resumes, with 0-RTT ([`H3Stream::open_on`], [`QuicRawConnection::connect_on`]).
+pub fn client_endpoint(local: IpAddr, ca: &Path, alpn: &[&[u8]]) -> Result<Endpoint, QuicError> {
+    let tls = roam_tls::quic_client_config(roam_tls::roots_from_pem(ca)?, alpn);
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
     let mut endpoint = Endpoint::client(SocketAddr::new(local, 0))?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
@@ -75,20 +77,41 @@ fn rebind(endpoint: &Endpoint, local: IpAddr) -> Result<SocketAddr, QuicError> {
     Ok(addr)
 }
 
+/// Connects to `addr` on `endpoint`: with 0-RTT when it holds a session for the server
+/// (then the returned future tells whether the server accepted the early data).
+async fn connect(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+) -> Result<(Connection, Option<quinn::ZeroRttAccepted>), QuicError> {
+    let connecting = endpoint.connect(addr, "localhost")?;
+    Ok(match connecting.into_0rtt() {
+        Ok((conn, accepted)) => (conn, Some(accepted)),
+        Err(connecting) => (connecting.await?, None),
+    })
+}
+
 /// Splits frames out of `buf`.
 fn next_frame(decoder: &FrameDecoder, buf: &mut BytesMut) -> Result<Option<Frame>, QuicError> {
     Ok(decoder.decode(buf)?)
 }
 
 /// Raw frames over QUIC: one bidirectional stream, frames back to back both ways.
-#[derive(Debug)]
 pub struct QuicRawConnection {
     endpoint: Endpoint,
     conn: Connection,
+    early: Option<quinn::ZeroRttAccepted>,
     send: SendStream,
     recv: RecvStream,
     decoder: FrameDecoder,
     buf: BytesMut,
+}
+
+impl std::fmt::Debug for QuicRawConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicRawConnection")
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
+    }
 }
 
 impl QuicRawConnection {
@@ -96,17 +119,32 @@ impl QuicRawConnection {
     /// `ca`, for the server name `localhost` (the development certificate's), and opens the
     /// frame stream.
     pub async fn connect(addr: SocketAddr, local: IpAddr, ca: &Path) -> Result<Self, QuicError> {
-        let endpoint = endpoint(local, ca, roam_tls::ALPN_RAW)?;
-        let conn = endpoint.connect(addr, "localhost")?.await?;
+        Self::connect_on(client_endpoint(local, ca, roam_tls::ALPN_RAW)?, addr).await
+    }
+
+    /// Connects on `endpoint` (see [`client_endpoint`]); a returning client resumes and sends
+    /// its first frames as 0-RTT data (see [`QuicRawConnection::early_data_accepted`]).
+    pub async fn connect_on(endpoint: Endpoint, addr: SocketAddr) -> Result<Self, QuicError> {
+        let (conn, early) = connect(&endpoint, addr).await?;
         let (send, recv) = conn.open_bi().await?;
         Ok(QuicRawConnection {
             endpoint,
             conn,
+            early,
             send,
             recv,
             decoder: FrameDecoder::new(16 * 1024 * 1024),
             buf: BytesMut::new(),
         })
+    }
+
+    /// Whether this connection resumed with 0-RTT and the server accepted its early data
+    /// (waits for the handshake to complete).
+    pub async fn early_data_accepted(&mut self) -> bool {
+        match self.early.take() {
+            Some(accepted) => accepted.await,
+            None => false,
+        }
     }
 
     /// Sends one frame whose body is `msg`.
@@ -168,6 +206,7 @@ type H3Recv = h3::client::RequestStream<h3_quinn::RecvStream, Bytes>;
 pub struct H3Stream {
     endpoint: Endpoint,
     conn: Connection,
+    early: Option<quinn::ZeroRttAccepted>,
     /// The `roam-session` id the server named the connection with.
     pub session: String,
     recv: H3Recv,
@@ -199,8 +238,20 @@ impl H3Stream {
         device: &str,
         extra: &str,
     ) -> Result<Self, QuicError> {
-        let endpoint = endpoint(local, ca, roam_tls::ALPN_QUIC)?;
-        let conn = endpoint.connect(addr, "localhost")?.await?;
+        let endpoint = client_endpoint(local, ca, roam_tls::ALPN_QUIC)?;
+        Self::open_on(endpoint, addr, token, device, extra).await
+    }
+
+    /// As [`H3Stream::open`], on `endpoint` (see [`client_endpoint`]): a returning client
+    /// resumes and sends the opening request as 0-RTT data.
+    pub async fn open_on(
+        endpoint: Endpoint,
+        addr: SocketAddr,
+        token: &str,
+        device: &str,
+        extra: &str,
+    ) -> Result<Self, QuicError> {
+        let (conn, early) = connect(&endpoint, addr).await?;
         let h3e = |e: &dyn std::fmt::Display| QuicError::H3(e.to_string());
         let (mut driver, mut requests) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
             .await
@@ -237,6 +288,7 @@ impl H3Stream {
         Ok(H3Stream {
             endpoint,
             conn,
+            early,
             session,
             recv,
             _send: send,
@@ -245,6 +297,15 @@ impl H3Stream {
             decoder: FrameDecoder::new(16 * 1024 * 1024),
             buf: BytesMut::new(),
         })
+    }
+
+    /// Whether this connection resumed with 0-RTT and the server accepted its early data
+    /// (waits for the handshake to complete).
+    pub async fn early_data_accepted(&mut self) -> bool {
+        match self.early.take() {
+            Some(accepted) => accepted.await,
+            None => false,
+        }
     }
 
     /// The next frame of the stream, or `None` when the server ended it.
