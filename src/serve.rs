@@ -1,5 +1,13 @@
 //! `roam serve`: binds every listener of the configured roles, reports them, runs until
 //! SIGINT/SIGTERM, then drains and exits 0.
+//!
+//! One function per role (`start_store`, `start_idsvc`, `start_core`, `start_edge`) and one
+//! per listener (`start_internal`, `start_client_tcp`, `start_raw`, `start_admin`), called in
+//! that order by [`serve`]. Each listener's per-request tower stack is built in one place
+//! (in `start_internal`, `client_tcp_stack`, `admin_stack`), its layers listed outermost first.
+//! Per-connection concerns — admission (connection caps), TLS handshake and header timeouts,
+//! the drain — belong to the listeners themselves (`roam_edge::ClientTcpServer`,
+//! `roam_edge::raw::RawServer`, `admin::serve`), not to these stacks.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,12 +15,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use axum::Router;
 use axum::http::HeaderValue;
+use axum::http::header::ALT_SVC;
 use prometheus_client::registry::Registry;
+use roam_core::Core;
+use roam_edge::admission::Refusals;
+use roam_edge::gateway::Gateway;
+use roam_idsvc::IdService;
+use roam_proto::internal_auth::InternalKey;
+use roam_store::Store;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::info;
 
 use crate::config::Config;
@@ -37,347 +55,265 @@ struct Ready {
 /// File name of the business API key inside the data directory.
 const API_KEY_FILE: &str = "api-key";
 /// Deadline of a call to a remote ID service (and of connecting to it).
-const IDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const IDS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every role and listener of this process shares while starting: the configuration,
+/// the shutdown signal, the metrics registry, the listener tasks and what is reported once
+/// everything is bound (ready file and banner).
+struct Process {
+    config: Config,
+    shutdown: CancellationToken,
+    registry: Registry,
+    /// Admission refusals of every listener (edge and admin ports): one counter by reason.
+    refusals: Refusals,
+    /// Every role speaks on the internal port (serves it or calls it): one shared key.
+    internal_key: InternalKey,
+    /// Listener and background tasks; one ending on its own shuts the process down.
+    tasks: JoinSet<()>,
+    ready: Ready,
+    banner: Vec<String>,
+}
 
 /// Runs the configured roles until a shutdown signal.
 pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result<()> {
     roam_tls::install_crypto_provider();
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("cannot create data directory {}", config.data.display()))?;
-    let shutdown = CancellationToken::new();
     let mut registry = Registry::default();
     registry.register_collector(Box::new(metrics::ProcessCollector));
-    // Admission refusals of every listener (edge and admin ports): one counter by reason.
-    let refusals = roam_edge::admission::Refusals::register(&mut registry);
-    let mut tasks = JoinSet::new();
-    let mut ready = Ready::default();
-    // Every role speaks on the internal port (serves it or calls it): one shared key.
+    let refusals = Refusals::register(&mut registry);
     let internal_key = config.internal_key()?;
-    let mut business_api: Option<axum::Router> = None;
-    let mut banner = vec![format!(
+    let banner = vec![format!(
         "roam {} (role {})",
         env!("CARGO_PKG_VERSION"),
         config.role
     )];
+    let mut p = Process {
+        config,
+        shutdown: CancellationToken::new(),
+        registry,
+        refusals,
+        internal_key,
+        tasks: JoinSet::new(),
+        ready: Ready::default(),
+        banner,
+    };
 
     // Core and the ID service share the store, the API key, the admin API and the internal
     // gRPC port.
-    let store = if config.role.runs_core() || config.role.runs_idsvc() {
-        Some(
-            roam_store::Store::open(&config.store)
-                .await
-                .with_context(|| format!("cannot open the store {}", config.store))?,
-        )
-    } else {
-        None
-    };
-    let mut ids_handle = None;
-    let mut core_handle = None;
+    let store = start_store(&p.config).await?;
+    let mut ids = None;
+    let mut core = None;
+    let mut business = None;
     if let Some(store) = &store {
-        let mut business = axum::Router::new();
-        let mut grpc_services = Vec::new();
-        if config.role.runs_idsvc() {
-            let metrics = roam_idsvc::IdMetrics::register(&mut registry);
-            let ids = roam_idsvc::IdService::start(store.clone(), config.ids.clone(), metrics)
-                .await
-                .context("cannot start the ID service")?;
-            grpc_services.push("ID service");
-            ids_handle = Some(ids);
+        if p.config.role.runs_idsvc() {
+            ids = Some(start_idsvc(&mut p, store).await?);
         }
-        if config.role.runs_core() {
-            let verifier = config.auth.verifier(&config.data)?;
-            let metrics = roam_core::metrics::CoreMetrics::register(&mut registry);
-            let core = roam_core::Core::new(
-                store.clone(),
-                verifier,
-                config.core.options(config.limits.max_packet),
-                metrics,
-            );
-            core.sessions
-                .upgrade()
-                .await
-                .context("cannot upgrade the sessions' key layout")?;
-            tasks.spawn(core.clone().run_reaper(shutdown.clone()));
-            business = business.merge(roam_core::api::router(core.clone()));
-            grpc_services.push("edge link");
-            banner.push(format!(
-                "token       roam token --user alice --data {}",
-                config.data.display()
-            ));
-            core_handle = Some(core);
+        if p.config.role.runs_core() {
+            core = Some(start_core(&mut p, store).await?);
         }
-        // The ID routes of the business API: this process's ID service, or (role `core`)
-        // another process's over gRPC, connected on first use.
-        let ids_source = match &ids_handle {
-            Some(ids) => Some(roam_idsvc::IdSource::local(ids.clone())),
-            None if config.role.runs_core() => {
-                let address = config.core.ids_address();
-                banner.push(format!("ids         the ID service at {address}"));
-                Some(
-                    roam_idsvc::IdSource::connect_lazy(
-                        &address,
-                        IDS_TIMEOUT,
-                        Some(internal_key.clone()),
-                    )
-                    .with_context(|| format!("core.ids {address:?}"))?,
-                )
-            }
-            None => None,
-        };
-        if let Some(source) = ids_source {
-            business = business.merge(roam_idsvc::http::router(source));
-        }
-
-        let key_path = config.data.join(API_KEY_FILE);
-        let key = roam_core::secret_file::load_or_create(&key_path, 32)?;
-        let key: Arc<str> = Arc::from(hex::encode(key));
-        business_api = Some(business.layer(axum::middleware::from_fn_with_state(
-            key,
-            roam_core::api::require_api_key,
-        )));
-        banner.push(format!(
-            "api key     {}  (Authorization: Bearer <key> on /api/v1)",
-            key_path.display()
-        ));
-
-        let addr = config.listen.internal;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot bind listen.internal on {addr}"))?;
-        let bound = listener.local_addr()?;
-        ready.internal = Some(bound);
-        let grpc = tonic::transport::Server::builder()
-            .layer(tonic::service::InterceptorLayer::new(require_internal_key(
-                internal_key.clone(),
-                &mut registry,
-            )))
-            .add_optional_service(core_handle.as_ref().map(|c| c.link_service()))
-            .add_optional_service(
-                ids_handle
-                    .as_ref()
-                    .map(|ids| roam_idsvc::grpc::grpc_service(ids.clone())),
-            )
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown.clone().cancelled_owned(),
-            );
-        tasks.spawn(async move {
-            if let Err(e) = grpc.await {
-                tracing::error!(error = %e, "internal gRPC listener failed");
-            }
-        });
-        banner.push(format!(
-            "internal    http://{bound}  (gRPC: {})",
-            grpc_services.join(", ")
-        ));
+        business = Some(business_routes(&mut p, core.as_ref(), ids.as_ref())?);
+        start_internal(&mut p, core.as_ref(), ids.as_ref()).await?;
     }
-
-    if config.role.runs_edge() {
-        let (cert, generated) = certificate(&config)?;
-        let mut edge_metrics = roam_edge::EdgeMetrics::register(&mut registry);
-        edge_metrics.refusals = refusals.clone();
-        let handshake_timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
-        let drain_timeout = Duration::from_secs(config.shutdown.drain_timeout_secs);
-
-        let addr = config.listen.client_tcp;
-        let tls = roam_tls::server_config(&cert, roam_tls::ALPN_TCP)?;
-        let options = roam_edge::TcpOptions {
-            handshake_timeout,
-            drain_timeout,
-            header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
-            max_streams: config.limits.http2_max_streams,
-            first_request: Duration::from_secs(config.limits.first_request_secs),
-        };
-        let server = roam_edge::ClientTcpServer::bind(addr, tls, options, edge_metrics.clone())
-            .await
-            .with_context(|| format!("cannot bind listen.client_tcp on {addr}"))?;
-        let client_tcp = server.local_addr()?;
-        ready.client_tcp = Some(client_tcp);
-
-        let addr = config.listen.raw;
-        let tls = roam_tls::server_config(&cert, roam_tls::ALPN_RAW)?;
-        let raw = roam_edge::raw::RawServer::bind(
-            addr,
-            tls,
-            handshake_timeout,
-            drain_timeout,
-            edge_metrics.clone(),
-        )
-        .await
-        .with_context(|| format!("cannot bind listen.raw on {addr}"))?;
-        let raw_addr = raw.local_addr()?;
-        ready.raw = Some(raw_addr);
-        let quic = bind_quic(&config, &cert, &edge_metrics)?;
-        if let Some(q) = &quic {
-            ready.client_quic = Some(q.client_quic);
-            ready.raw_quic = Some(q.raw_quic);
-        }
-
-        let core_address = match (&config.edge.core, ready.internal) {
-            (configured, _) if !configured.is_empty() => configured.clone(),
-            (_, Some(own)) => format!("http://{own}"),
-            _ => format!("http://{}", config.listen.internal),
-        };
-        let public = |configured: &str, bound: SocketAddr| {
-            if configured.is_empty() {
-                bound.to_string()
-            } else {
-                configured.to_owned()
-            }
-        };
-        let edge_id = config.edge.id_or_derived(client_tcp);
-        let identity = roam_edge::link::EdgeIdentity {
-            key: Some(internal_key.clone()),
-            edge_id: edge_id.clone(),
-            addresses: [
-                (
-                    "client_tcp".to_owned(),
-                    public(&config.edge.public_client_tcp, client_tcp),
-                ),
-                ("raw".to_owned(), public(&config.edge.public_raw, raw_addr)),
-            ]
-            .into_iter()
-            .chain(quic.iter().flat_map(|q| {
-                [
-                    ("client_quic".to_owned(), q.client_quic.to_string()),
-                    ("raw_quic".to_owned(), q.raw_quic.to_string()),
-                ]
-            }))
-            .collect(),
-            region: config.edge.region.clone(),
-            lat: config.edge.lat,
-            lon: config.edge.lon,
-            weight: config.edge.weight,
-            // A new instance: core lets this process replace its own stale link.
-            ..Default::default()
-        };
-        let gateway = roam_edge::gateway::Gateway::start(
-            core_address.clone(),
-            identity,
-            config.edge.gateway(&config.limits),
-            edge_metrics,
-            shutdown.clone(),
-        )
-        .await
-        .with_context(|| format!("edge {edge_id}: cannot link to core at {core_address}"))?;
-        let http = roam_edge::http::HttpOptions {
-            // Only when HTTP/3 is served, with the port it is bound to.
-            alt_svc: quic.as_ref().and_then(|q| {
-                HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", q.client_quic.port())).ok()
-            }),
-            web_dir: Some(config.edge.web_dir.clone()),
-            tracker: tokio_util::task::TaskTracker::new(),
-        };
-        let tracker = http.tracker.clone();
-        let router = roam_edge::http::router(gateway.clone(), http);
-        if let Some(q) = quic {
-            banner.push(format!(
-                "HTTP/3      https://{}  (QUIC, UDP)",
-                q.client_quic
-            ));
-            banner.push(format!(
-                "raw QUIC    {}  (QUIC, UDP, ALPN roam/1)",
-                q.raw_quic
-            ));
-            q.spawn(&mut tasks, &gateway, &router, &tracker);
-        }
-        tasks.spawn(server.run(router, gateway.admission.clone(), tracker, shutdown.clone()));
-        tasks.spawn(raw.run(gateway));
-        banner.push(format!(
-            "client API  https://{client_tcp}  (TLS 1.3, HTTP/2 + HTTP/1.1)"
-        ));
-        banner.push(format!("raw frames  {raw_addr}  (TLS 1.3, ALPN roam/1)"));
-        banner.push(format!(
-            "certificate {}{}",
-            cert.cert_path.display(),
-            if config.tls.cert.is_none() {
-                if generated {
-                    "  (self-signed development certificate, generated now)"
-                } else {
-                    "  (self-signed development certificate)"
-                }
-            } else {
-                ""
-            }
-        ));
-        banner.push(format!(
-            "edge        {edge_id} linked to core at {core_address}"
-        ));
+    if p.config.role.runs_edge() {
+        start_edge(&mut p).await?;
     }
-
-    let addr = config.listen.admin;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot bind listen.admin on {addr}"))?;
-    let bound = listener.local_addr()?;
-    ready.admin = Some(bound);
-    let mut router = admin::router(Arc::new(registry));
-    if let Some(business) = business_api {
-        router = router.merge(business);
-    }
-    let options = admin::AdminOptions {
-        header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
-        max_connections: config.limits.admin_max_connections,
-        drain_timeout: Duration::from_secs(config.shutdown.drain_timeout_secs),
-    };
-    tasks.spawn(admin::serve(
-        listener,
-        router,
-        options,
-        refusals,
-        shutdown.clone(),
-    ));
-    banner.push(format!(
-        "admin API   http://{bound}  (/healthz, /metrics, /api/v1)"
-    ));
-    banner.push(format!(
-        "data        {}  (store {})",
-        config.data.display(),
-        config.store
-    ));
+    start_admin(&mut p, business).await?;
 
     if let Some(path) = &ready_file {
-        write_ready(path, &ready)?;
+        write_ready(path, &p.ready)?;
     }
-    for line in &banner {
+    for line in &p.banner {
         println!("{line}");
     }
-    info!(?ready, "listening");
+    info!(ready = ?p.ready, "listening");
+    run_until_shutdown(p, core, ids).await
+}
 
+/// Waits for a signal (or a listener that stops on its own), then stops every listener,
+/// lets them drain, and releases the ID service's leases.
+async fn run_until_shutdown(
+    mut p: Process,
+    core: Option<Arc<Core>>,
+    ids: Option<Arc<IdService>>,
+) -> Result<()> {
     tokio::select! {
         signal = shutdown_signal() => {
             let name = signal?;
             info!(signal = name, "shutting down: draining connections");
         }
         // A listener task that ends on its own is a fault: stop the others too.
-        Some(_) = tasks.join_next() => {
+        Some(_) = p.tasks.join_next() => {
             tracing::error!("a listener stopped unexpectedly; shutting down");
         }
     }
-    shutdown.cancel();
+    p.shutdown.cancel();
     // Edge links are long-lived streams: end them so the gRPC server can stop.
-    if let Some(core) = &core_handle {
+    if let Some(core) = &core {
         core.edges.close_all();
     }
-    let drain = Duration::from_secs(config.shutdown.drain_timeout_secs + 1);
-    if tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} })
-        .await
-        .is_err()
+    let drain = Duration::from_secs(p.config.shutdown.drain_timeout_secs + 1);
+    if tokio::time::timeout(drain, async {
+        while p.tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
     {
         tracing::warn!("listeners did not stop within the drain timeout");
     }
     // Releases the worker leases with the last issued time, before the store closes.
-    if let Some(ids) = ids_handle {
+    if let Some(ids) = ids {
         ids.shutdown().await;
     }
     info!("stopped");
     Ok(())
 }
 
+/// Opens the store where core or the ID service runs (an edge alone has none).
+async fn start_store(config: &Config) -> Result<Option<Store>> {
+    if !(config.role.runs_core() || config.role.runs_idsvc()) {
+        return Ok(None);
+    }
+    let store = Store::open(&config.store)
+        .await
+        .with_context(|| format!("cannot open the store {}", config.store))?;
+    Ok(Some(store))
+}
+
+/// Starts the ID service: claims its worker leases and starts their heartbeat.
+async fn start_idsvc(p: &mut Process, store: &Store) -> Result<Arc<IdService>> {
+    let metrics = roam_idsvc::IdMetrics::register(&mut p.registry);
+    IdService::start(store.clone(), p.config.ids.clone(), metrics)
+        .await
+        .context("cannot start the ID service")
+}
+
+/// Starts core: upgrades the sessions' key layout and spawns the session reaper.
+async fn start_core(p: &mut Process, store: &Store) -> Result<Arc<Core>> {
+    let config = &p.config;
+    let verifier = config.auth.verifier(&config.data)?;
+    let metrics = roam_core::metrics::CoreMetrics::register(&mut p.registry);
+    let core = Core::new(
+        store.clone(),
+        verifier,
+        config.core.options(config.limits.max_packet),
+        metrics,
+    );
+    core.sessions
+        .upgrade()
+        .await
+        .context("cannot upgrade the sessions' key layout")?;
+    p.tasks.spawn(core.clone().run_reaper(p.shutdown.clone()));
+    p.banner.push(format!(
+        "token       roam token --user alice --data {}",
+        config.data.display()
+    ));
+    Ok(core)
+}
+
+/// The business API (`/api/v1`, served on the admin port): core's routes where core runs,
+/// and the ID routes — this process's ID service, or (role `core`) another process's over
+/// gRPC, connected on first use. Loads (or creates) the API key that guards it.
+fn business_routes(
+    p: &mut Process,
+    core: Option<&Arc<Core>>,
+    ids: Option<&Arc<IdService>>,
+) -> Result<BusinessApi> {
+    let config = &p.config;
+    let mut routes = Router::new();
+    if let Some(core) = core {
+        routes = routes.merge(roam_core::api::router(core.clone()));
+    }
+    let ids_source = match ids {
+        Some(ids) => Some(roam_idsvc::IdSource::local(ids.clone())),
+        None if config.role.runs_core() => {
+            let address = config.core.ids_address();
+            p.banner
+                .push(format!("ids         the ID service at {address}"));
+            Some(
+                roam_idsvc::IdSource::connect_lazy(
+                    &address,
+                    IDS_TIMEOUT,
+                    Some(p.internal_key.clone()),
+                )
+                .with_context(|| format!("core.ids {address:?}"))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(source) = ids_source {
+        routes = routes.merge(roam_idsvc::http::router(source));
+    }
+    let key_path = config.data.join(API_KEY_FILE);
+    let key = roam_core::secret_file::load_or_create(&key_path, 32)?;
+    p.banner.push(format!(
+        "api key     {}  (Authorization: Bearer <key> on /api/v1)",
+        key_path.display()
+    ));
+    Ok(BusinessApi {
+        routes,
+        key: Arc::from(hex::encode(key)),
+    })
+}
+
+/// The business routes and the key every request to them must carry.
+struct BusinessApi {
+    routes: Router,
+    key: Arc<str>,
+}
+
+/// The internal gRPC port (`listen.internal`): core's edge link and the ID service, for
+/// the other processes of the deployment.
+async fn start_internal(
+    p: &mut Process,
+    core: Option<&Arc<Core>>,
+    ids: Option<&Arc<IdService>>,
+) -> Result<()> {
+    let addr = p.config.listen.internal;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind listen.internal on {addr}"))?;
+    let bound = listener.local_addr()?;
+    p.ready.internal = Some(bound);
+    let mut services = Vec::new();
+    if ids.is_some() {
+        services.push("ID service");
+    }
+    if core.is_some() {
+        services.push("edge link");
+    }
+    // The per-request stack, outermost first.
+    let stack = ServiceBuilder::new()
+        // Auth: every call must carry the shared internal key; first, so that nothing
+        // unauthenticated reaches a service.
+        .layer(tonic::service::InterceptorLayer::new(require_internal_key(
+            p.internal_key.clone(),
+            &mut p.registry,
+        )));
+    let grpc = tonic::transport::Server::builder()
+        .layer(stack)
+        .add_optional_service(core.map(|c| c.link_service()))
+        .add_optional_service(ids.map(|ids| roam_idsvc::grpc::grpc_service(ids.clone())))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            p.shutdown.clone().cancelled_owned(),
+        );
+    p.tasks.spawn(async move {
+        if let Err(e) = grpc.await {
+            tracing::error!(error = %e, "internal gRPC listener failed");
+        }
+    });
+    p.banner.push(format!(
+        "internal    http://{bound}  (gRPC: {})",
+        services.join(", ")
+    ));
+    Ok(())
+}
+
 /// The internal port's one interceptor: every call must carry the shared key (else
 /// `UNAUTHENTICATED`, counted in `roam_internal_unauthenticated_total`).
 fn require_internal_key(
-    key: roam_proto::internal_auth::InternalKey,
+    key: InternalKey,
     registry: &mut Registry,
 ) -> impl tonic::service::Interceptor + Clone + use<> {
     let refused = prometheus_client::metrics::counter::Counter::<u64>::default();
@@ -396,7 +332,174 @@ fn require_internal_key(
     }
 }
 
-/// The QUIC listeners (issue 12), bound before the router so `alt-svc` names their port.
+/// Starts the edge: binds the client TCP and raw ports (their addresses are part of the
+/// edge's identity), links to core, then serves both ports over the gateway.
+async fn start_edge(p: &mut Process) -> Result<()> {
+    let (cert, generated) = certificate(&p.config)?;
+    let mut edge_metrics = roam_edge::EdgeMetrics::register(&mut p.registry);
+    edge_metrics.refusals = p.refusals.clone();
+    let config = &p.config;
+    let handshake_timeout = Duration::from_secs(config.limits.handshake_timeout_secs);
+    let drain_timeout = Duration::from_secs(config.shutdown.drain_timeout_secs);
+
+    let addr = config.listen.client_tcp;
+    let tls = roam_tls::server_config(&cert, roam_tls::ALPN_TCP)?;
+    let options = roam_edge::TcpOptions {
+        handshake_timeout,
+        drain_timeout,
+        header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
+        max_streams: config.limits.http2_max_streams,
+        first_request: Duration::from_secs(config.limits.first_request_secs),
+    };
+    let client_tcp = roam_edge::ClientTcpServer::bind(addr, tls, options, edge_metrics.clone())
+        .await
+        .with_context(|| format!("cannot bind listen.client_tcp on {addr}"))?;
+    let client_tcp_addr = client_tcp.local_addr()?;
+    p.ready.client_tcp = Some(client_tcp_addr);
+
+    let addr = config.listen.raw;
+    let tls = roam_tls::server_config(&cert, roam_tls::ALPN_RAW)?;
+    let raw = roam_edge::raw::RawServer::bind(
+        addr,
+        tls,
+        handshake_timeout,
+        drain_timeout,
+        edge_metrics.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot bind listen.raw on {addr}"))?;
+    let raw_addr = raw.local_addr()?;
+    p.ready.raw = Some(raw_addr);
+    let quic = bind_quic(config, &cert, &edge_metrics)?;
+    if let Some(q) = &quic {
+        p.ready.client_quic = Some(q.client_quic);
+        p.ready.raw_quic = Some(q.raw_quic);
+    }
+
+    let core_address = match (&config.edge.core, p.ready.internal) {
+        (configured, _) if !configured.is_empty() => configured.clone(),
+        (_, Some(own)) => format!("http://{own}"),
+        _ => format!("http://{}", config.listen.internal),
+    };
+    let public = |configured: &str, bound: SocketAddr| {
+        if configured.is_empty() {
+            bound.to_string()
+        } else {
+            configured.to_owned()
+        }
+    };
+    let edge_id = config.edge.id_or_derived(client_tcp_addr);
+    let identity = roam_edge::link::EdgeIdentity {
+        key: Some(p.internal_key.clone()),
+        edge_id: edge_id.clone(),
+        addresses: [
+            (
+                "client_tcp".to_owned(),
+                public(&config.edge.public_client_tcp, client_tcp_addr),
+            ),
+            ("raw".to_owned(), public(&config.edge.public_raw, raw_addr)),
+        ]
+        .into_iter()
+        .chain(quic.iter().flat_map(|q| {
+            [
+                ("client_quic".to_owned(), q.client_quic.to_string()),
+                ("raw_quic".to_owned(), q.raw_quic.to_string()),
+            ]
+        }))
+        .collect(),
+        region: config.edge.region.clone(),
+        lat: config.edge.lat,
+        lon: config.edge.lon,
+        weight: config.edge.weight,
+        // A new instance: core lets this process replace its own stale link.
+        ..Default::default()
+    };
+    let gateway = Gateway::start(
+        core_address.clone(),
+        identity,
+        config.edge.gateway(&config.limits),
+        edge_metrics,
+        p.shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("edge {edge_id}: cannot link to core at {core_address}"))?;
+
+    let quic_port = quic.as_ref().map(|q| q.client_quic.port());
+    let (routes, tracker) = start_client_tcp(p, client_tcp, &gateway, quic_port);
+    if let Some(quic) = quic {
+        start_quic(p, quic, &gateway, routes, tracker);
+    }
+    start_raw(p, raw, gateway);
+    p.banner.push(format!(
+        "certificate {}{}",
+        cert.cert_path.display(),
+        if p.config.tls.cert.is_none() {
+            if generated {
+                "  (self-signed development certificate, generated now)"
+            } else {
+                "  (self-signed development certificate)"
+            }
+        } else {
+            ""
+        }
+    ));
+    p.banner.push(format!(
+        "edge        {edge_id} linked to core at {core_address}"
+    ));
+    Ok(())
+}
+
+/// Serves the client TCP port (`listen.client_tcp`, bound by [`start_edge`]): HTTP/2 and
+/// HTTP/1.1 over TLS 1.3. Returns the client routes (without the TCP stack) and their
+/// tracker, which HTTP/3 serves too: one registry of virtual connections for both.
+fn start_client_tcp(
+    p: &mut Process,
+    server: roam_edge::ClientTcpServer,
+    gateway: &Arc<Gateway>,
+    quic_port: Option<u16>,
+) -> (Router, tokio_util::task::TaskTracker) {
+    let bound = p.ready.client_tcp;
+    let http = roam_edge::http::HttpOptions {
+        web_dir: Some(p.config.edge.web_dir.clone()),
+        tracker: tokio_util::task::TaskTracker::new(),
+    };
+    let tracker = http.tracker.clone();
+    let routes = roam_edge::http::router(gateway.clone(), http);
+    let router = client_tcp_stack(routes.clone(), quic_port);
+    p.tasks.spawn(server.run(
+        router,
+        gateway.admission.clone(),
+        tracker.clone(),
+        p.shutdown.clone(),
+    ));
+    if let Some(bound) = bound {
+        p.banner.push(format!(
+            "client API  https://{bound}  (TLS 1.3, HTTP/2 + HTTP/1.1)"
+        ));
+    }
+    (routes, tracker)
+}
+
+/// The client TCP port's per-request stack, outermost first. The listener adds one
+/// per-connection layer inside it (`roam_edge::admission::TicketLayer`: marks the
+/// connection busy while a request runs), and enforces the connection caps and the
+/// handshake and header timeouts itself. Session auth is the protocol's (AUTH frame),
+/// not a layer.
+fn client_tcp_stack(routes: Router, quic_port: Option<u16>) -> Router {
+    // HTTP/3 discovery: every answer, 404s included, advertises the QUIC port actually bound
+    // (this port only: a QUIC listener's answers need not point at themselves), and only
+    // while HTTP/3 is served.
+    let Some(quic_port) = quic_port else {
+        return routes;
+    };
+    match HeaderValue::from_str(&format!("h3=\":{quic_port}\"; ma=86400")) {
+        Ok(alt_svc) => routes.layer(SetResponseHeaderLayer::overriding(ALT_SVC, alt_svc)),
+        Err(_) => routes,
+    }
+}
+
+/// The QUIC listeners (issue 12), bound before the edge links to core so that their
+/// addresses are part of its identity and `alt-svc` names the bound port.
 struct QuicListeners {
     h3: roam_edge::quic::QuicServer,
     raw: roam_edge::quic::QuicServer,
@@ -404,8 +507,8 @@ struct QuicListeners {
     raw_quic: SocketAddr,
 }
 
-/// Binds HTTP/3 on `listen.client_quic` and raw frames over QUIC on `listen.raw_quic` (same
-/// certificate as TCP), unless `quic.enabled` is off.
+/// Binds HTTP/3 on `listen.client_quic` and raw frames over QUIC on `listen.raw_quic` (the
+/// TCP listeners' certificate), unless `quic.enabled` is off.
 fn bind_quic(
     config: &Config,
     cert: &roam_tls::CertKey,
@@ -441,26 +544,94 @@ fn bind_quic(
     }))
 }
 
-impl QuicListeners {
-    /// Runs both listeners: HTTP/3 serves the client port's router (one registry of
-    /// virtual connections for TCP and QUIC), on its tracker.
-    fn spawn(
-        self,
-        tasks: &mut JoinSet<()>,
-        gateway: &Arc<roam_edge::gateway::Gateway>,
-        router: &axum::Router,
-        tracker: &tokio_util::task::TaskTracker,
-    ) {
-        tasks.spawn(
-            self.h3
-                .run(gateway.clone(), router.clone(), tracker.clone()),
-        );
-        tasks.spawn(self.raw.run(
-            gateway.clone(),
-            router.clone(),
-            tokio_util::task::TaskTracker::new(),
-        ));
+/// Serves the QUIC listeners (bound by [`bind_quic`]): HTTP/3 over the client routes (the
+/// TCP port's, without its TCP stack) on their tracker; raw frames over the gateway.
+fn start_quic(
+    p: &mut Process,
+    quic: QuicListeners,
+    gateway: &Arc<Gateway>,
+    routes: Router,
+    tracker: tokio_util::task::TaskTracker,
+) {
+    p.tasks
+        .spawn(quic.h3.run(gateway.clone(), routes.clone(), tracker));
+    p.tasks.spawn(quic.raw.run(
+        gateway.clone(),
+        routes,
+        tokio_util::task::TaskTracker::new(),
+    ));
+    p.banner.push(format!(
+        "HTTP/3      https://{}  (QUIC, UDP)",
+        quic.client_quic
+    ));
+    p.banner.push(format!(
+        "raw QUIC    {}  (QUIC, UDP, ALPN roam/1)",
+        quic.raw_quic
+    ));
+}
+
+/// Serves the raw port (`listen.raw`, bound by [`start_edge`]): frames over TLS 1.3, no
+/// HTTP and so no tower stack.
+fn start_raw(p: &mut Process, server: roam_edge::raw::RawServer, gateway: Arc<Gateway>) {
+    p.tasks.spawn(server.run(gateway));
+    if let Some(bound) = p.ready.raw {
+        p.banner
+            .push(format!("raw frames  {bound}  (TLS 1.3, ALPN roam/1)"));
     }
+}
+
+/// The admin port (`listen.admin`, plain HTTP/1.1 for a private network): health and
+/// metrics in every role, the business API where core or the ID service runs.
+async fn start_admin(p: &mut Process, business: Option<BusinessApi>) -> Result<()> {
+    let config = &p.config;
+    let addr = config.listen.admin;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind listen.admin on {addr}"))?;
+    let bound = listener.local_addr()?;
+    p.ready.admin = Some(bound);
+    let options = admin::AdminOptions {
+        header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
+        max_connections: config.limits.admin_max_connections,
+        drain_timeout: Duration::from_secs(config.shutdown.drain_timeout_secs),
+    };
+    // Last to start: every role has registered its metrics by now.
+    let registry = std::mem::take(&mut p.registry);
+    p.tasks.spawn(admin::serve(
+        listener,
+        admin_stack(Arc::new(registry), business),
+        options,
+        p.refusals.clone(),
+        p.shutdown.clone(),
+    ));
+    p.banner.push(format!(
+        "admin API   http://{bound}  (/healthz, /metrics, /api/v1)"
+    ));
+    p.banner.push(format!(
+        "data        {}  (store {})",
+        p.config.data.display(),
+        p.config.store
+    ));
+    Ok(())
+}
+
+/// The admin port's per-request stack. The listener enforces the connection cap and the
+/// header timeout itself.
+fn admin_stack(registry: Arc<Registry>, business: Option<BusinessApi>) -> Router {
+    // `/healthz` and `/metrics` stay open: probes and scrapers on the private network
+    // carry no key.
+    let mut router = admin::router(registry);
+    if let Some(BusinessApi { routes, key }) = business {
+        // Auth, on `/api/v1` only: a request without the API key gets 401 before any
+        // handler (or core's request metrics, a layer inside `roam_core::api::router`)
+        // sees it.
+        let guarded = routes.layer(axum::middleware::from_fn_with_state(
+            key,
+            roam_core::api::require_api_key,
+        ));
+        router = router.merge(guarded);
+    }
+    router
 }
 
 fn certificate(config: &Config) -> Result<(roam_tls::CertKey, bool)> {

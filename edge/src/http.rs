@@ -25,7 +25,7 @@ use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::header::{
-    ALT_SVC, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT,
+    AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT,
     SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use axum::http::request::Parts;
@@ -44,7 +44,6 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::task::TaskTracker;
 use tower_http::services::{ServeDir, ServeFile};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::admission::ConnTicket;
 use crate::conn::{FrameIo, Transport, drive};
@@ -73,8 +72,6 @@ const WS_READ_BUFFER: usize = 512;
 /// What the routes serve besides the client API.
 #[derive(Debug, Clone, Default)]
 pub struct HttpOptions {
-    /// `alt-svc` value on every response (e.g. `h3=":8443"; ma=86400`).
-    pub alt_svc: Option<HeaderValue>,
     /// clients/web's build; `GET /` serves it when the directory exists.
     pub web_dir: Option<PathBuf>,
     /// Where connections outliving their request run (WebSockets, virtual connections,
@@ -97,7 +94,7 @@ pub fn router(gateway: Arc<Gateway>, options: HttpOptions) -> Router {
         vconns: Arc::new(Registry::default()),
         tracker: options.tracker,
     };
-    let mut router = Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/ws", any(websocket))
         .route("/v1/stream", get(stream))
@@ -105,17 +102,13 @@ pub fn router(gateway: Arc<Gateway>, options: HttpOptions) -> Router {
         .route("/v1/send", post(send))
         .route_service("/roam.client.v1.Gateway/Connect", grpc)
         .with_state(client);
-    router = match options.web_dir.filter(|d| d.join("index.html").is_file()) {
+    match options.web_dir.filter(|d| d.join("index.html").is_file()) {
         Some(dir) => {
             let index = ServeFile::new(dir.join("index.html"));
             router.fallback_service(ServeDir::new(dir).fallback(index))
         }
         None => router.fallback(not_found),
-    };
-    if let Some(alt_svc) = options.alt_svc {
-        router = router.layer(SetResponseHeaderLayer::overriding(ALT_SVC, alt_svc));
     }
-    router
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {
