@@ -225,8 +225,8 @@ fn bench_refuses_bad_arguments_with_a_clear_message() {
             "--server-pid",
         ),
         (
-            &["bench", "idle-conns", "--transport", "quic"][..],
-            "idle-conns offers raw and ws",
+            &["bench", "idle-conns", "--transport", "sctp"][..],
+            "idle-conns offers raw, ws and quic",
         ),
         (&["bench", "room-fanout", "--members", "0"][..], "--members"),
     ] {
@@ -373,8 +373,8 @@ fn assert_present(json: &serde_json::Value, figures: &[&str]) {
 }
 
 #[test]
-fn bench_idle_conns_holds_small_counts_over_both_transports() {
-    for transport in ["raw", "ws"] {
+fn bench_idle_conns_holds_small_counts_over_each_transport() {
+    for transport in ["raw", "ws", "quic"] {
         let out = roam(
             &[
                 "bench",

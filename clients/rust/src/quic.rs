@@ -63,6 +63,15 @@ pub enum QuicError {
 /// resumes, with 0-RTT ([`H3Stream::open_on`], [`QuicRawConnection::connect_on`]).
 pub fn client_endpoint(local: IpAddr, ca: &Path, alpn: &[&[u8]]) -> Result<Endpoint, QuicError> {
     let tls = roam_tls::quic_client_config(roam_tls::roots_from_pem(ca)?, alpn);
+    client_endpoint_with(local, tls)
+}
+
+/// As [`client_endpoint`], with a TLS configuration the caller built (and may share among
+/// endpoints): `roam_tls::quic_client_config(roots, alpn)`.
+pub fn client_endpoint_with(
+    local: IpAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Endpoint, QuicError> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| QuicError::Config(e.to_string()))?;
     let mut endpoint = Endpoint::client(SocketAddr::new(local, 0))?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
