@@ -425,7 +425,11 @@ async fn start_edge(p: &mut Process) -> Result<()> {
     .with_context(|| format!("edge {edge_id}: cannot link to core at {core_address}"))?;
 
     let quic_port = quic.as_ref().map(|q| q.client_quic.port());
-    let (routes, tracker) = start_client_tcp(p, client_tcp, &gateway, quic_port);
+    let cert_sha256 = roam_tls::cert_sha256_hex(&cert.chain[0]);
+    p.banner.push(format!(
+        "cert hash   sha-256 {cert_sha256}  (WebTransport serverCertificateHashes; GET /v1/wt-cert-hash)"
+    ));
+    let (routes, tracker) = start_client_tcp(p, client_tcp, &gateway, quic_port, cert_sha256);
     if let Some(quic) = quic {
         start_quic(p, quic, &gateway, routes, tracker);
     }
@@ -457,11 +461,13 @@ fn start_client_tcp(
     server: roam_edge::ClientTcpServer,
     gateway: &Arc<Gateway>,
     quic_port: Option<u16>,
+    cert_sha256: String,
 ) -> (Router, tokio_util::task::TaskTracker) {
     let bound = p.ready.client_tcp;
     let http = roam_edge::http::HttpOptions {
         web_dir: Some(p.config.edge.web_dir.clone()),
         tracker: tokio_util::task::TaskTracker::new(),
+        cert_sha256: Some(cert_sha256),
     };
     let tracker = http.tracker.clone();
     let routes = roam_edge::http::router(gateway.clone(), http);

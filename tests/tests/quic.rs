@@ -77,6 +77,12 @@ async fn raw_quic(server: &ChildServer, user: &str, device: &str) -> QuicRawConn
 
 /// `GET path` over HTTP/1.1 on the TLS client port: the status and the `alt-svc` header.
 async fn tls_get(server: &ChildServer, path: &str) -> (u16, Option<String>) {
+    let (status, alt_svc, _) = tls_get_body(server, path).await;
+    (status, alt_svc)
+}
+
+/// As [`tls_get`], with the body.
+async fn tls_get_body(server: &ChildServer, path: &str) -> (u16, Option<String>, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tls = roam_tests::tls(server, b"http/1.1").await;
     tls.write_all(
@@ -96,7 +102,11 @@ async fn tls_get(server: &ChildServer, path: &str) -> (u16, Option<String>) {
         .lines()
         .find_map(|l| l.strip_prefix("alt-svc: "))
         .map(str::to_owned);
-    (status, alt_svc)
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, alt_svc, body)
 }
 
 #[tokio::test]
@@ -475,4 +485,15 @@ async fn a_returning_client_resumes_with_0rtt() {
         );
         c.connection().close(0u32.into(), b"done");
     }
+}
+
+#[tokio::test]
+async fn the_certificate_hash_is_served_for_webtransport() {
+    let server = roam_tests::start("");
+    let (status, _, body) = tls_get_body(&server, "/v1/wt-cert-hash").await;
+    assert_eq!(status, 200, "{body}");
+    let cert = roam_tls::load_certs(&server.dev_cert()).unwrap();
+    let want = roam_tls::cert_sha256_hex(&cert[0]);
+    assert!(body.contains(&format!("\"value\":\"{want}\"")), "{body}");
+    assert!(body.contains("\"algorithm\":\"sha-256\""), "{body}");
 }
