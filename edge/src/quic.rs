@@ -38,7 +38,6 @@ use http_body_util::BodyExt;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, Incoming, TransportConfig, VarInt};
 use thiserror::Error;
-use tokio::io::Join;
 use tokio_util::task::TaskTracker;
 use tower::{Layer, ServiceExt};
 use tracing::{Instrument, debug, debug_span, info, warn};
@@ -434,7 +433,7 @@ impl Listener {
         };
         let io = QuicRawIo {
             inner: RawIo::new(tokio::io::join(recv, send)),
-            path,
+            path: Arc::new(path),
             prefix,
             gate,
         };
@@ -477,7 +476,16 @@ impl Listener {
         established: Established,
     ) {
         let mut builder = h3::server::builder();
-        builder.max_field_section_size(32 * 1024);
+        builder
+            .max_field_section_size(32 * 1024)
+            // No GREASE frames: aioquic's WebTransport client takes one on the session's
+            // CONNECT stream for a protocol error.
+            .send_grease(false)
+            // WebTransport at CONNECT /v1/wt (one session per connection).
+            .enable_webtransport(true)
+            .enable_extended_connect(true)
+            .enable_datagram(true)
+            .max_webtransport_sessions(1);
         let built = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()));
         let mut h3conn = match tokio::time::timeout(self.options.handshake_timeout, built).await {
             Ok(Ok(c)) => c,
@@ -512,27 +520,32 @@ impl Listener {
                     break;
                 }
             };
-            let (service, path, conn) = (service.clone(), path.clone(), conn.clone());
-            let established = established.clone();
-            let request = async move {
-                match resolver.resolve_request().await {
-                    Ok((request, stream)) => {
-                        // Replay-safe: only the idempotent openings and reads (GET: /v1/stream,
-                        // /v1/poll, /healthz) may be served from 0-RTT data; anything else
-                        // (POST /v1/send) waits for the handshake to complete.
-                        if request.method() != Method::GET
-                            && request.method() != Method::HEAD
-                            && !established.await
-                        {
-                            return;
-                        }
-                        respond(service, request, stream, conn, path).await
-                    }
-                    Err(e) => debug!(error = %e, "bad HTTP/3 request"),
+            // The head is read here (bounded), so that a WebTransport CONNECT can take the
+            // connection over; everything else runs in a task of its own.
+            let resolved =
+                tokio::time::timeout(self.options.first_request, resolver.resolve_request());
+            let (request, stream) = match resolved.await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "bad HTTP/3 request");
+                    continue;
                 }
+                Err(_) => continue,
             };
-            self.tracker
-                .spawn(request.instrument(tracing::Span::current()));
+            if is_webtransport(&request) {
+                // CONNECT is not idempotent: it waits for the handshake (no 0-RTT).
+                if !established.clone().await {
+                    return;
+                }
+                let wt = WebTransport {
+                    service: service.clone(),
+                    path: path.clone(),
+                    conn: conn.clone(),
+                    established: established.clone(),
+                };
+                return Box::pin(self.serve_webtransport(h3conn, request, stream, wt)).await;
+            }
+            self.spawn_request(request, stream, &service, &path, &conn, &established);
         }
         // Requests still streaming (a /v1/stream) hold the connection open through their
         // clones of it; this task's part is done.
@@ -541,6 +554,124 @@ impl Listener {
             conn.closed().await
         })
         .await;
+    }
+}
+
+/// What a WebTransport session's requests and streams share.
+struct WebTransport<S> {
+    service: S,
+    path: Arc<PathWatch>,
+    conn: Connection,
+    established: Established,
+}
+
+/// Whether `request` opens a WebTransport session at `/v1/wt` (extended CONNECT with
+/// `:protocol webtransport`).
+fn is_webtransport(request: &Request<()>) -> bool {
+    request.method() == Method::CONNECT
+        && request.uri().path() == "/v1/wt"
+        && request.extensions().get::<h3::ext::Protocol>()
+            == Some(&h3::ext::Protocol::WEB_TRANSPORT)
+}
+
+impl Listener {
+    /// Serves one HTTP/3 request in a task of its own.
+    fn spawn_request<S>(
+        &self,
+        request: Request<()>,
+        stream: H3Stream<h3_quinn::BidiStream<Bytes>>,
+        service: &S,
+        path: &Arc<PathWatch>,
+        conn: &Connection,
+        established: &Established,
+    ) where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        let (service, path, conn) = (service.clone(), path.clone(), conn.clone());
+        let established = established.clone();
+        let task = async move {
+            // Replay-safe: only the idempotent openings and reads (GET: /v1/stream, /v1/poll,
+            // /healthz) may be served from 0-RTT data; anything else (POST /v1/send) waits for
+            // the handshake to complete.
+            if request.method() != Method::GET
+                && request.method() != Method::HEAD
+                && !established.await
+            {
+                return;
+            }
+            respond(service, request, stream, conn, path).await
+        };
+        self.tracker
+            .spawn(task.instrument(tracing::Span::current()));
+    }
+
+    /// A WebTransport session (`CONNECT /v1/wt`): its first bidirectional stream carries frames
+    /// as on the raw port, driven by the same driver; other requests on the connection are
+    /// still served; further streams are refused.
+    async fn serve_webtransport<S>(
+        &self,
+        h3conn: h3::server::Connection<h3_quinn::Connection, Bytes>,
+        request: Request<()>,
+        stream: H3Stream<h3_quinn::BidiStream<Bytes>>,
+        wt: WebTransport<S>,
+    ) where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        use h3_webtransport::server::{AcceptedBi, WebTransportSession};
+        let session = match WebTransportSession::accept(request, stream, h3conn).await {
+            Ok(session) => session,
+            Err(e) => {
+                debug!(error = %e, "WebTransport session refused");
+                return;
+            }
+        };
+        let mut driving = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = session.accept_bi() => accepted,
+                _ = self.gateway.shutdown.cancelled() => break,
+            };
+            match accepted {
+                Ok(Some(AcceptedBi::BidiStream(_, stream))) if driving.is_empty() => {
+                    let io = QuicRawIo {
+                        inner: RawIo::new(stream),
+                        path: wt.path.clone(),
+                        prefix: None,
+                        gate: None,
+                    };
+                    let transport = Transport {
+                        name: "raw",
+                        http: "3",
+                    };
+                    driving.spawn(drive(self.gateway.clone(), io, transport));
+                }
+                // One frame stream per session.
+                Ok(Some(AcceptedBi::BidiStream(_, stream))) => drop(stream),
+                Ok(Some(AcceptedBi::Request(request, stream))) => self.spawn_request(
+                    request,
+                    stream,
+                    &wt.service,
+                    &wt.path,
+                    &wt.conn,
+                    &wt.established,
+                ),
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "WebTransport session ended");
+                    break;
+                }
+            }
+        }
+        // The frame stream drains (DISCONNECT on shutdown) before the session goes.
+        while driving.join_next().await.is_some() {}
     }
 }
 
@@ -667,14 +798,17 @@ async fn first_frame(recv: &mut quinn::RecvStream, max: usize) -> io::Result<Byt
 /// Raw frames over a QUIC stream pair, watching the connection's path. A stream opened in
 /// 0-RTT hands its first frame (`prefix`) to the driver at once and reads on only after the
 /// handshake has completed (`gate`).
-struct QuicRawIo {
-    inner: RawIo<Join<quinn::RecvStream, quinn::SendStream>>,
-    path: PathWatch,
+struct QuicRawIo<S> {
+    inner: RawIo<S>,
+    path: Arc<PathWatch>,
     prefix: Option<Bytes>,
     gate: Option<Established>,
 }
 
-impl FrameIo for QuicRawIo {
+impl<S> FrameIo for QuicRawIo<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         if let Some(first) = self.prefix.take() {
             buf.extend_from_slice(&first);

@@ -497,3 +497,124 @@ async fn the_certificate_hash_is_served_for_webtransport() {
     assert!(body.contains(&format!("\"value\":\"{want}\"")), "{body}");
     assert!(body.contains("\"algorithm\":\"sha-256\""), "{body}");
 }
+
+/// WebTransport from another stack: aioquic opens a session at `CONNECT /v1/wt`, sends AUTH
+/// on a bidirectional stream of it and receives AUTH_REPLY, then a push.
+#[tokio::test]
+async fn an_aioquic_webtransport_client_authenticates_and_receives_a_push() {
+    let server = roam_tests::start("");
+    let script = r#"
+import asyncio, struct, sys
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
+from aioquic.h3.events import HeadersReceived, WebTransportStreamDataReceived
+from aioquic.quic.configuration import QuicConfiguration
+
+def frame(op, seq, body):
+    return struct.pack(">IHHII", 16 + len(body), 16, 1, op, seq) + body
+
+def varint(n):
+    out = b""
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([byte | 0x80])
+        else:
+            return out + bytes([byte])
+
+def pb_str(field, s):
+    b = s.encode()
+    return bytes([field << 3 | 2]) + varint(len(b)) + b
+
+class Client(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.h3 = H3Connection(self._quic, enable_webtransport=True)
+        self.events = asyncio.Queue()
+
+    def quic_event_received(self, event):
+        for e in self.h3.handle_event(event):
+            self.events.put_nowait(e)
+
+async def main(port, cafile, token):
+    config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name="localhost",
+                               max_datagram_frame_size=65536)
+    config.load_verify_locations(cafile)
+    async with connect("127.0.0.1", int(port), configuration=config, create_protocol=Client) as c:
+        session = c._quic.get_next_available_stream_id()
+        c.h3.send_headers(session, [
+            (b":method", b"CONNECT"), (b":protocol", b"webtransport"), (b":scheme", b"https"),
+            (b":authority", b"localhost"), (b":path", b"/v1/wt"),
+        ])
+        c.transmit()
+        while True:
+            e = await asyncio.wait_for(c.events.get(), 10)
+            if isinstance(e, HeadersReceived) and e.stream_id == session:
+                assert dict(e.headers)[b":status"] == b"200", e.headers
+                break
+        stream = c.h3.create_webtransport_stream(session, is_unidirectional=False)
+        # aioquic does not mark a bidirectional WebTransport stream it opened itself as one,
+        # and would parse the server's bytes on it as HTTP/3 frames: mark it.
+        with c.h3._get_or_create_stream(stream) as s:
+            s.frame_type = FrameType.WEBTRANSPORT_STREAM
+            s.session_id = session
+        c._quic.send_stream_data(stream, frame(1, 1, pb_str(1, token) + pb_str(2, "py-wt")))
+        c.transmit()
+        buf = b""
+        while True:
+            e = await asyncio.wait_for(c.events.get(), 10)
+            if isinstance(e, WebTransportStreamDataReceived):
+                buf += e.data
+                while len(buf) >= 16:
+                    length, hlen, ver, op, seq = struct.unpack(">IHHII", buf[:16])
+                    if len(buf) < length:
+                        break
+                    body, buf = buf[hlen:length], buf[length:]
+                    if op == 2:
+                        print("ready", flush=True)
+                    elif op == 7:
+                        assert b"over webtransport" in body, body
+                        print("push ok", flush=True)
+                        return
+                    else:
+                        print("unexpected op", op, body, file=sys.stderr)
+
+asyncio.run(main(*sys.argv[1:]))
+"#;
+    let mut child = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(server.addr("client_quic").unwrap().port().to_string())
+        .arg(server.dev_cert())
+        .arg(token(&server, "wt"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs (scripts/setup installs aioquic)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("the Python client answers within 15 s")
+            .unwrap()
+    };
+    let ready = next_line().await;
+    if ready.as_deref() != Some("ready") {
+        let out = child.wait_with_output().await.unwrap();
+        panic!(
+            "aioquic WebTransport client did not authenticate ({ready:?}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    push_users(&server, &["wt"], "over webtransport").await;
+    let got = next_line().await;
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        got.as_deref() == Some("push ok") && out.status.success(),
+        "aioquic WebTransport client: {got:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
