@@ -84,9 +84,81 @@ pub(crate) struct Config {
     pub ids: roam_idsvc::IdsConfig,
     /// The internal gRPC port's credential.
     pub internal: InternalSection,
+    /// Stored messaging: fan-out, limits.
+    pub messaging: MessagingSection,
     /// The QUIC listeners (HTTP/3, raw frames over QUIC): issue 12.
     pub quic: QuicSection,
 }
+
+// ---- [messaging] (stored messaging, issue 11): keys, defaults, validation, options ----
+
+/// Stored messaging's tunables (docs/config.md, `messaging.*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct MessagingSection {
+    /// Groups up to this many members get write fan-out; larger ones read fan-out.
+    pub fanout_threshold: usize,
+    /// Largest message content, bytes (also capped by what fits a client frame).
+    pub max_content_bytes: usize,
+    /// Most members of one group.
+    pub max_group_members: usize,
+    /// Most groups one user may be in.
+    pub max_groups_per_user: usize,
+    /// Sends per second per user, sustained; 0: no limit.
+    pub send_rate: u32,
+    /// Sends one user may make at once above the rate.
+    pub send_burst: u32,
+}
+
+impl Default for MessagingSection {
+    fn default() -> Self {
+        let d = roam_messaging::MessagingOptions::default();
+        MessagingSection {
+            fanout_threshold: d.fanout_threshold,
+            max_content_bytes: d.max_content_bytes,
+            max_group_members: d.max_group_members,
+            max_groups_per_user: d.max_groups_per_user,
+            send_rate: d.send_rate,
+            send_burst: d.send_burst,
+        }
+    }
+}
+
+/// Bytes a PUSH frame adds around a message's content (header, envelope, ids, names).
+const MESSAGE_FRAME_OVERHEAD: usize = 1024;
+
+impl MessagingSection {
+    fn validate(&self) -> Result<()> {
+        if self.max_content_bytes == 0
+            || self.max_group_members == 0
+            || self.max_groups_per_user == 0
+        {
+            bail!(
+                "messaging.max_content_bytes, messaging.max_group_members and messaging.max_groups_per_user must be above 0"
+            );
+        }
+        if self.send_rate > 0 && self.send_burst == 0 {
+            bail!("messaging.send_burst must be above 0 when messaging.send_rate is");
+        }
+        Ok(())
+    }
+
+    /// Messaging's options; the content cap is also held below what fits a client frame.
+    pub(crate) fn options(&self, max_packet: usize) -> roam_messaging::MessagingOptions {
+        roam_messaging::MessagingOptions {
+            fanout_threshold: self.fanout_threshold,
+            max_content_bytes: self
+                .max_content_bytes
+                .min(max_packet.saturating_sub(MESSAGE_FRAME_OVERHEAD).max(1)),
+            max_group_members: self.max_group_members,
+            max_groups_per_user: self.max_groups_per_user,
+            send_rate: self.send_rate,
+            send_burst: self.send_burst,
+        }
+    }
+}
+
+// ---- end of [messaging] ----
 
 // ---- QUIC (issue 12): `listen.client_quic`, `listen.raw_quic` and this section. ----
 
@@ -471,6 +543,8 @@ impl CoreSection {
             },
             // Room for the PUSH frame's header and envelope around the content.
             max_content: max_packet.saturating_sub(256),
+            // Set from [messaging] by `serve` (MessagingSection::options).
+            messaging: roam_messaging::MessagingOptions::default(),
         }
     }
 }
@@ -494,6 +568,7 @@ impl Default for Config {
             edge: EdgeSection::default(),
             ids: roam_idsvc::IdsConfig::default(),
             internal: InternalSection::default(),
+            messaging: MessagingSection::default(),
             quic: QuicSection::default(),
         }
     }
@@ -584,6 +659,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        self.messaging.validate()?;
         self.quic.validate()?;
         let max = self.limits.max_packet;
         if !(roam_proto::HEADER_LEN..=MAX_PACKET_CEILING).contains(&max) {

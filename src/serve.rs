@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use roam_core::Core;
 use roam_edge::admission::Refusals;
 use roam_edge::gateway::Gateway;
-use roam_idsvc::IdService;
+use roam_idsvc::{IdService, IdSource};
 use roam_proto::internal_auth::InternalKey;
 use roam_store::Store;
 use serde::Serialize;
@@ -109,10 +109,13 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
         if p.config.role.runs_idsvc() {
             ids = Some(start_idsvc(&mut p, store).await?);
         }
-        if p.config.role.runs_core() {
-            core = Some(start_core(&mut p, store).await?);
+        let ids_source = id_source(&mut p, ids.as_ref())?;
+        if p.config.role.runs_core()
+            && let Some(source) = &ids_source
+        {
+            core = Some(start_core(&mut p, store, source.clone()).await?);
         }
-        business = Some(business_routes(&mut p, core.as_ref(), ids.as_ref())?);
+        business = Some(business_routes(&mut p, core.as_ref(), ids_source)?);
         start_internal(&mut p, core.as_ref(), ids.as_ref()).await?;
     }
     if p.config.role.runs_edge() {
@@ -189,16 +192,13 @@ async fn start_idsvc(p: &mut Process, store: &Store) -> Result<Arc<IdService>> {
 }
 
 /// Starts core: upgrades the sessions' key layout and spawns the session reaper.
-async fn start_core(p: &mut Process, store: &Store) -> Result<Arc<Core>> {
+async fn start_core(p: &mut Process, store: &Store, ids: IdSource) -> Result<Arc<Core>> {
     let config = &p.config;
     let verifier = config.auth.verifier(&config.data)?;
     let metrics = roam_core::metrics::CoreMetrics::register(&mut p.registry);
-    let core = Core::new(
-        store.clone(),
-        verifier,
-        config.core.options(config.limits.max_packet),
-        metrics,
-    );
+    let mut options = config.core.options(config.limits.max_packet);
+    options.messaging = config.messaging.options(config.limits.max_packet);
+    let core = Core::new(store.clone(), ids, verifier, options, metrics);
     core.sessions
         .upgrade()
         .await
@@ -211,36 +211,38 @@ async fn start_core(p: &mut Process, store: &Store) -> Result<Arc<Core>> {
     Ok(core)
 }
 
+/// Where IDs come from (message ids, and the ID routes of the business API): this
+/// process's ID service, or (role `core`) another process's over gRPC, connected on first
+/// use.
+fn id_source(p: &mut Process, ids: Option<&Arc<IdService>>) -> Result<Option<IdSource>> {
+    let config = &p.config;
+    Ok(match ids {
+        Some(ids) => Some(IdSource::local(ids.clone())),
+        None if config.role.runs_core() => {
+            let address = config.core.ids_address();
+            p.banner
+                .push(format!("ids         the ID service at {address}"));
+            Some(
+                IdSource::connect_lazy(&address, IDS_TIMEOUT, Some(p.internal_key.clone()))
+                    .with_context(|| format!("core.ids {address:?}"))?,
+            )
+        }
+        None => None,
+    })
+}
+
 /// The business API (`/api/v1`, served on the admin port): core's routes where core runs,
-/// and the ID routes — this process's ID service, or (role `core`) another process's over
-/// gRPC, connected on first use. Loads (or creates) the API key that guards it.
+/// and the ID routes over `ids_source`. Loads (or creates) the API key that guards it.
 fn business_routes(
     p: &mut Process,
     core: Option<&Arc<Core>>,
-    ids: Option<&Arc<IdService>>,
+    ids_source: Option<IdSource>,
 ) -> Result<BusinessApi> {
     let config = &p.config;
     let mut routes = Router::new();
     if let Some(core) = core {
         routes = routes.merge(roam_core::api::router(core.clone()));
     }
-    let ids_source = match ids {
-        Some(ids) => Some(roam_idsvc::IdSource::local(ids.clone())),
-        None if config.role.runs_core() => {
-            let address = config.core.ids_address();
-            p.banner
-                .push(format!("ids         the ID service at {address}"));
-            Some(
-                roam_idsvc::IdSource::connect_lazy(
-                    &address,
-                    IDS_TIMEOUT,
-                    Some(p.internal_key.clone()),
-                )
-                .with_context(|| format!("core.ids {address:?}"))?,
-            )
-        }
-        None => None,
-    };
     if let Some(source) = ids_source {
         routes = routes.merge(roam_idsvc::http::router(source));
     }

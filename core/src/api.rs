@@ -35,6 +35,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use roam_messaging::{MessagingError, Page, SendRequest};
+
 use crate::balancer;
 use crate::link::total_connections;
 use crate::metrics::RouteLabel;
@@ -65,6 +67,18 @@ pub enum ApiError {
     /// A dependency (the store) failed.
     #[error("{0}")]
     Unavailable(String),
+    /// No such group.
+    #[error("{0}")]
+    NotFound(String),
+    /// The user may not (not a member of the group).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The resource exists, or a configured limit would be exceeded.
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    /// The user sends faster than `messaging.send_rate`.
+    #[error("{0}")]
+    RateLimited(String),
 }
 
 impl ApiError {
@@ -75,6 +89,10 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(..) => StatusCode::CONFLICT,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -85,13 +103,20 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::Busy(_) => "busy",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Conflict(code, _) => code,
+            ApiError::RateLimited(_) => "rate_limited",
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let retry = matches!(self, ApiError::Busy(_) | ApiError::Unavailable(_));
+        let retry = matches!(
+            self,
+            ApiError::Busy(_) | ApiError::Unavailable(_) | ApiError::RateLimited(_)
+        );
         error_response(
             self.status(),
             self.code(),
@@ -108,6 +133,24 @@ impl From<PushError> for ApiError {
             PushError::Busy { .. } => ApiError::Busy(e.to_string()),
             PushError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
             PushError::Store(_) => ApiError::Unavailable(format!("{e}: retry")),
+        }
+    }
+}
+
+impl From<MessagingError> for ApiError {
+    fn from(e: MessagingError) -> Self {
+        let m = e.to_string();
+        match e {
+            MessagingError::Invalid(_) => ApiError::Invalid(m),
+            MessagingError::TooLarge { .. } => ApiError::TooLarge(m),
+            MessagingError::NotFound(_) => ApiError::NotFound(m),
+            MessagingError::Forbidden(_) => ApiError::Forbidden(m),
+            MessagingError::Exists(_) => ApiError::Conflict("exists", m),
+            MessagingError::Limit(_) => ApiError::Conflict("limit_exceeded", m),
+            MessagingError::RateLimited { .. } => ApiError::RateLimited(m),
+            MessagingError::Store(_) | MessagingError::Ids(_) => ApiError::Unavailable(format!(
+                "{m}; retry (a send with the same client_msg_id is safe)"
+            )),
         }
     }
 }
@@ -131,6 +174,19 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/v1/online/total", get(online_total))
         .route("/api/v1/online/rooms", get(online_rooms))
         .route("/api/v1/edges", get(edges))
+        .route("/api/v1/messages", post(send_message))
+        .route("/api/v1/users/{user}/timeline", get(timeline))
+        .route(
+            "/api/v1/users/{user}/conversations/{peer}",
+            get(conversation),
+        )
+        .route("/api/v1/users/{user}/unread", get(unread))
+        .route("/api/v1/users/{user}/groups", get(user_groups))
+        .route("/api/v1/groups", post(create_group))
+        .route(
+            "/api/v1/groups/{id}/members",
+            get(group_members).post(add_members).delete(remove_members),
+        )
         .layer(axum::middleware::from_fn_with_state(core.clone(), observe))
         .with_state(core)
 }
@@ -508,4 +564,226 @@ mod tests {
         let many = Value::Array(vec![json!({"user": "a", "device": "b"}); MAX_LIST + 1]);
         assert!(message(many).contains("at most"));
     }
+}
+
+// ---- Stored messaging (docs/api.md, "Messages" and "Groups") ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    from: String,
+    to: String,
+    client_msg_id: String,
+    content: String,
+    #[serde(default)]
+    content_type: String,
+}
+
+async fn send_message(
+    State(core): State<Arc<Core>>,
+    req: Result<Json<SendBody>, JsonRejection>,
+) -> Answer<Json<Value>> {
+    let req = body(req)?;
+    roam_messaging::check_user(&req.from).map_err(|e| ApiError::Invalid(format!("from: {e}")))?;
+    let sent = core
+        .send_message(
+            SendRequest {
+                from: req.from,
+                to: req.to,
+                client_msg_id: req.client_msg_id,
+                content: req.content.into(),
+                content_type: req.content_type,
+            },
+            None,
+        )
+        .await?;
+    Ok(Json(json!({
+        "id": sent.id,
+        "seq": sent.seq,
+        "duplicate": sent.duplicate,
+        "conversation_seq": sent.message.conversation_seq,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    after: Option<u64>,
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+fn page_json(page: Page) -> Json<Value> {
+    let messages: Vec<Value> = page
+        .messages
+        .into_iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "seq": m.seq,
+                "conversation_seq": m.conversation_seq,
+                "from": m.from,
+                "to": m.to,
+                "content": String::from_utf8_lossy(&m.content),
+                "content_type": m.content_type,
+                "created_at": m.created_at,
+            })
+        })
+        .collect();
+    Json(json!({
+        "messages": messages,
+        "next_after": page.next_after,
+        "has_more": page.has_more,
+    }))
+}
+
+fn page_limit(limit: Option<usize>) -> Answer<usize> {
+    match limit {
+        Some(0) => Err(ApiError::Invalid("limit: at least 1".into())),
+        Some(n) if n > roam_messaging::MAX_PAGE => Err(ApiError::Invalid(format!(
+            "limit: at most {}",
+            roam_messaging::MAX_PAGE
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(roam_messaging::DEFAULT_PAGE),
+    }
+}
+
+fn user_path(user: &str) -> Answer<()> {
+    roam_messaging::check_user(user).map_err(ApiError::from)
+}
+
+async fn timeline(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(user): axum::extract::Path<String>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Answer<Json<Value>> {
+    let q = query(q)?;
+    user_path(&user)?;
+    let limit = page_limit(q.limit)?;
+    Ok(page_json(
+        core.messaging
+            .sync(&user, q.after.unwrap_or(0), limit)
+            .await?,
+    ))
+}
+
+async fn conversation(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path((user, peer)): axum::extract::Path<(String, String)>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Answer<Json<Value>> {
+    let q = query(q)?;
+    user_path(&user)?;
+    let limit = page_limit(q.limit)?;
+    Ok(page_json(
+        core.messaging
+            .history(
+                &user,
+                &peer,
+                q.after.unwrap_or(0),
+                q.before.unwrap_or(0),
+                limit,
+            )
+            .await?,
+    ))
+}
+
+async fn unread(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(user): axum::extract::Path<String>,
+) -> Answer<Json<Value>> {
+    let unread = core.messaging.unread(&user).await?;
+    let total: u64 = unread.iter().map(|u| u.unread).sum();
+    let conversations: Vec<Value> = unread
+        .into_iter()
+        .map(|u| {
+            json!({
+                "conversation": u.conversation,
+                "unread": u.unread,
+                "read_seq": u.read_seq,
+                "latest_seq": u.latest_seq,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "total": total, "conversations": conversations }),
+    ))
+}
+
+async fn user_groups(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(user): axum::extract::Path<String>,
+) -> Answer<Json<Value>> {
+    let groups = core.messaging.groups_of(&user).await?;
+    Ok(Json(json!({ "groups": groups })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateGroup {
+    id: Option<String>,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+async fn create_group(
+    State(core): State<Arc<Core>>,
+    req: Result<Json<CreateGroup>, JsonRejection>,
+) -> Answer<(StatusCode, Json<Value>)> {
+    let req = body(req)?;
+    if req.members.len() > MAX_LIST {
+        return Err(ApiError::Invalid(format!(
+            "members: at most {MAX_LIST} per request"
+        )));
+    }
+    let id = match req.id {
+        Some(id) => id,
+        None => core.messaging.new_group_id().await?,
+    };
+    let g = core
+        .messaging
+        .create_group(&id, &req.members, crate::service::now_ms())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": g.id, "members": g.members, "created_at": g.created_at_ms })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Members {
+    users: Vec<String>,
+}
+
+async fn group_members(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Answer<Json<Value>> {
+    let members = core.messaging.members(&id).await?;
+    Ok(Json(json!({ "id": id, "members": members })))
+}
+
+async fn add_members(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: Result<Json<Members>, JsonRejection>,
+) -> Answer<Json<Value>> {
+    let users = list("users", body(req)?.users)?;
+    let g = core
+        .messaging
+        .add_members(&id, &users, crate::service::now_ms())
+        .await?;
+    Ok(Json(json!({ "id": g.id, "members": g.members })))
+}
+
+async fn remove_members(
+    State(core): State<Arc<Core>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: Result<Json<Members>, JsonRejection>,
+) -> Answer<Json<Value>> {
+    let users = list("users", body(req)?.users)?;
+    let g = core.messaging.remove_members(&id, &users).await?;
+    Ok(Json(json!({ "id": g.id, "members": g.members })))
 }

@@ -13,20 +13,24 @@
 //!   hold the recipients, all-or-nothing with 429 back-pressure when a queue is full.
 //! - [`api`]: the business HTTP API (pushes, presence, online counts, the edge list ordered by
 //!   [`balancer`]).
+//! - [`chat`]: stored messaging's client ops (SEND, SYNC, READ, PUSH_ACK) over
+//!   [`roam_messaging`], and delivery of stored messages to online devices.
 //! - [`heartbeat`]: the adaptive client heartbeat policy (sans-IO).
 //! - [`secret_file`]: the secrets kept in the data directory (token secret, API key,
 //!   internal key), written atomically and owner-only.
 //!
-//! Stored messaging (timelines, sync, receipts) comes with its issue; today SEND, SYNC and
-//! READ are answered `UNAVAILABLE`.
+//! Stored messaging's data model (conversations, inboxes, groups, read cursors) lives in the
+//! `roam-messaging` crate; core owns the frames, the business routes and delivery.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
 pub mod balancer;
+pub mod chat;
 pub mod edges;
 pub mod heartbeat;
+mod inbox_order;
 pub mod link;
 pub mod metrics;
 pub mod push;

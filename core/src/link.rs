@@ -20,7 +20,10 @@ use roam_proto::{Op, error_frame, frame_of};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use tokio::sync::mpsc;
+
 use crate::auth::AuthError;
+use crate::chat::Origin;
 use crate::edges::{Conn, Edge, EdgeMeta};
 use crate::metrics::KindLabel;
 use crate::service::{Core, now_ms};
@@ -135,8 +138,15 @@ fn down(msg: edge_down::Msg) -> EdgeDown {
     EdgeDown { msg: Some(msg) }
 }
 
+/// Stored-messaging requests one connection may have waiting for its worker; more are
+/// refused with `RATE_LIMITED`.
+const CONN_QUEUE: usize = 256;
+
 /// Reads the edge's messages until its stream ends or core drops it.
 async fn read_up(core: Arc<Core>, edge: Arc<Edge>, mut up: Streaming<EdgeUp>) {
+    // One worker per connection with stored-messaging requests: they are answered in the
+    // order they were sent (SEND_ACKs in order), while connections proceed in parallel.
+    let mut workers: HashMap<u64, mpsc::Sender<link::ClientOp>> = HashMap::new();
     loop {
         let msg = tokio::select! {
             _ = edge.cancel.cancelled() => break,
@@ -162,11 +172,21 @@ async fn read_up(core: Arc<Core>, edge: Arc<Edge>, mut up: Streaming<EdgeUp>) {
                 tokio::spawn(connect(core.clone(), edge.clone(), c).in_current_span());
             }
             edge_up::Msg::Disconnect(d) => {
+                workers.remove(&d.conn_id);
                 tokio::spawn(disconnect(core.clone(), edge.clone(), d).in_current_span());
+            }
+            edge_up::Msg::ClientOp(op)
+                if matches!(
+                    Op::from_code(op.op),
+                    Some(Op::Send | Op::Sync | Op::Read | Op::PushAck)
+                ) =>
+            {
+                to_worker(&core, &edge, &mut workers, op).await;
             }
             edge_up::Msg::ClientOp(op) => client_op(&core, &edge, op).await,
         }
     }
+    drop(workers);
     core.edges.link_ended(&edge, Instant::now());
     core.metrics.edges.set(core.edges.live().len() as i64);
     info!(edge = %edge.id, "edge link ended");
@@ -332,6 +352,72 @@ async fn disconnect(core: Arc<Core>, edge: Arc<Edge>, d: link::Disconnect) {
     }
 }
 
+/// Hands a stored-messaging request to its connection's worker (started on first use).
+async fn to_worker(
+    core: &Arc<Core>,
+    edge: &Arc<Edge>,
+    workers: &mut HashMap<u64, mpsc::Sender<link::ClientOp>>,
+    op: link::ClientOp,
+) {
+    let conn_id = op.conn_id;
+    let tx = workers.entry(conn_id).or_insert_with(|| {
+        let (tx, rx) = mpsc::channel(CONN_QUEUE);
+        tokio::spawn(conn_worker(core.clone(), edge.clone(), conn_id, rx).in_current_span());
+        tx
+    });
+    match tx.try_send(op) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(op)) => {
+            core.metrics
+                .messaging_refused
+                .get_or_create(&KindLabel { kind: "busy" })
+                .inc();
+            let frames = error_frame(
+                op.seq,
+                pb::error::Code::RateLimited,
+                &format!(
+                    "more than {CONN_QUEUE} requests waiting on this connection; wait for replies"
+                ),
+            );
+            let reply = down(edge_down::Msg::OpReply(link::OpReply { conn_id, frames }));
+            let _ = edge.sender().send(reply).await;
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            workers.remove(&conn_id);
+        }
+    }
+}
+
+/// Answers one connection's stored-messaging requests in order, until its queue closes
+/// (the connection ended, or the edge link did).
+async fn conn_worker(
+    core: Arc<Core>,
+    edge: Arc<Edge>,
+    conn_id: u64,
+    mut rx: mpsc::Receiver<link::ClientOp>,
+) {
+    while let Some(op) = rx.recv().await {
+        let Some(conn) = edge.conn(conn_id) else {
+            return; // the connection ended or was replaced meanwhile
+        };
+        let Some(kind) = Op::from_code(op.op) else {
+            continue;
+        };
+        let origin = Origin {
+            edge: &edge.id,
+            conn: conn_id,
+        };
+        let frames = core.chat_op(&conn, origin, kind, op.seq, &op.body).await;
+        if frames.is_empty() {
+            continue;
+        }
+        let reply = down(edge_down::Msg::OpReply(link::OpReply { conn_id, frames }));
+        if edge.sender().send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn client_op(core: &Arc<Core>, edge: &Arc<Edge>, op: link::ClientOp) {
     let Some(conn) = edge.conn(op.conn_id) else {
         return; // the connection ended or was replaced meanwhile
@@ -356,12 +442,6 @@ async fn client_op(core: &Arc<Core>, edge: &Arc<Edge>, op: link::ClientOp) {
                 Err(_) => return,
             }
         }
-        Some(Op::PushAck) => return,
-        Some(Op::Send | Op::Sync | Op::Read) => error_frame(
-            op.seq,
-            pb::error::Code::Unavailable,
-            "stored messaging is not available on this server yet",
-        ),
         Some(other) => error_frame(
             op.seq,
             pb::error::Code::UnknownOp,

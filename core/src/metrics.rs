@@ -57,6 +57,16 @@ pub struct CoreMetrics {
     pub api_latency: Histogram,
     /// Edge links refused, by reason (`edge_id_taken`).
     pub links_refused: Family<KindLabel, Counter>,
+    /// Messages stored, by delivery (`push`: write fan-out, `pull`: read fan-out).
+    pub messages_stored: Family<KindLabel, Counter>,
+    /// Sends answered from their idempotency record (retries; nothing stored).
+    pub messages_duplicate: Counter,
+    /// Sends, syncs and reads refused, by reason (`invalid`, `too_large`, `not_found`,
+    /// `forbidden`, `limit`, `rate_limited`, `unavailable`, `busy`).
+    pub messaging_refused: Family<KindLabel, Counter>,
+    /// Stored-message deliveries (PUSH or NOTICE to one user's devices on one edge) not
+    /// queued because the edge's queue was full; the devices get them with SYNC.
+    pub deliveries_dropped: Counter,
 }
 
 impl CoreMetrics {
@@ -75,6 +85,10 @@ impl CoreMetrics {
             api_requests: Family::default(),
             api_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             links_refused: Family::default(),
+            messages_stored: Family::default(),
+            messages_duplicate: Counter::default(),
+            messaging_refused: Family::default(),
+            deliveries_dropped: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("roam_core");
         r.register("edges", "Edges registered and live", m.edges.clone());
@@ -132,6 +146,26 @@ impl CoreMetrics {
             "edge_links_refused",
             "Edge links refused, by reason",
             m.links_refused.clone(),
+        );
+        r.register(
+            "messages_stored",
+            "Messages stored, by delivery (push: write fan-out, pull: read fan-out)",
+            m.messages_stored.clone(),
+        );
+        r.register(
+            "messages_duplicate",
+            "Sends answered from their idempotency record (nothing stored)",
+            m.messages_duplicate.clone(),
+        );
+        r.register(
+            "messaging_refused",
+            "Sends, syncs and reads refused, by reason",
+            m.messaging_refused.clone(),
+        );
+        r.register(
+            "deliveries_dropped",
+            "Stored-message deliveries not queued because an edge's queue was full (devices SYNC)",
+            m.deliveries_dropped.clone(),
         );
         m
     }

@@ -4,13 +4,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use roam_store::Store;
+use parking_lot::Mutex;
+use roam_idsvc::IdSource;
+use roam_messaging::{Messaging, MessagingOptions};
+use roam_store::{Cursors, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::auth::Verifier;
+use crate::chat::Release;
 use crate::edges::EdgeRegistry;
 use crate::heartbeat::HeartbeatPolicy;
+use crate::inbox_order::InboxOrder;
 use crate::metrics::{CoreMetrics, KindLabel};
 use crate::sessions::Sessions;
 
@@ -27,6 +32,8 @@ pub struct CoreOptions {
     pub heartbeat: HeartbeatPolicy,
     /// Largest push content, in bytes (it must fit a client frame).
     pub max_content: usize,
+    /// Stored messaging's tunables.
+    pub messaging: MessagingOptions,
 }
 
 impl Default for CoreOptions {
@@ -37,6 +44,7 @@ impl Default for CoreOptions {
             edge_queue: 4096,
             heartbeat: HeartbeatPolicy::default(),
             max_content: roam_proto::DEFAULT_MAX_PACKET - 1024,
+            messaging: MessagingOptions::default(),
         }
     }
 }
@@ -54,6 +62,14 @@ pub struct Core {
     pub options: CoreOptions,
     /// Metrics.
     pub metrics: CoreMetrics,
+    /// Stored messaging: conversations, groups, sync, read cursors.
+    pub messaging: Messaging,
+    /// Per-device delivered cursors (PUSH_ACK).
+    pub(crate) store_cursors: Cursors,
+    /// When core started (the monotonic origin of the send rate).
+    pub(crate) started: Instant,
+    /// Stored-message deliveries held until they may go in inbox seq order.
+    pub(crate) inbox_order: Mutex<InboxOrder<Release>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -64,14 +80,19 @@ pub fn now_ms() -> u64 {
 }
 
 impl Core {
-    /// Core over `store`.
+    /// Core over `store`, with message ids from `ids`.
     pub fn new(
         store: Store,
+        ids: IdSource,
         verifier: Verifier,
         options: CoreOptions,
         metrics: CoreMetrics,
     ) -> Arc<Self> {
         Arc::new(Core {
+            messaging: Messaging::new(store.clone(), ids, options.messaging.clone()),
+            store_cursors: store.cursors(),
+            started: Instant::now(),
+            inbox_order: Mutex::new(InboxOrder::default()),
             sessions: Sessions::new(store),
             edges: EdgeRegistry::new(options.edge_queue, options.edge_timeout),
             verifier,

@@ -16,6 +16,7 @@ fn message() -> pb::Message {
         content: "hi".into(),
         content_type: String::new(),
         created_at: 1_790_000_000_000,
+        conversation_seq: 1,
     }
 }
 
@@ -88,6 +89,17 @@ fn examples() -> Vec<(Op, u32, String, Vec<u8>)> {
             pb::Sync {
                 after: 0,
                 limit: 100,
+                ..Default::default()
+            },
+        ),
+        ex(
+            Op::Sync,
+            10,
+            pb::Sync {
+                limit: 20,
+                conversation: "alice".into(),
+                before: 41,
+                ..Default::default()
             },
         ),
         ex(
@@ -153,6 +165,16 @@ fn examples() -> Vec<(Op, u32, String, Vec<u8>)> {
                 kind: pb::notice::Kind::Sync as i32,
                 peer: "group:7".into(),
                 seq: 42,
+                payload: Default::default(),
+            },
+        ),
+        ex(
+            Op::Notice,
+            0,
+            pb::Notice {
+                kind: pb::notice::Kind::Receipt as i32,
+                peer: "bob".into(),
+                seq: 1,
                 payload: Default::default(),
             },
         ),

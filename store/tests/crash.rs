@@ -104,6 +104,7 @@ async fn child(dir: &Path, round: u64) {
                             body: client_msg_id.clone().into(),
                         },
                         idempotency: Some(IdempotencyKey::new(format!("s{sender}"), client_msg_id)),
+                        extra: Vec::new(),
                     })
                     .await
                     .expect("multi append");

@@ -18,6 +18,7 @@ cases!(
     reads_page_through_a_timeline,
     multi_append_lands_everywhere_with_one_body,
     idempotent_send_returns_the_first_result,
+    extra_writes_commit_with_the_message_and_not_for_a_duplicate,
     concurrent_duplicates_write_once,
     invalid_appends_are_rejected_up_front,
     cursors_move_forward_and_derive_unread,
@@ -92,6 +93,7 @@ async fn multi_append_lands_everywhere_with_one_body(h: &Harness) {
             fanout: vec![bob.clone(), carol.clone()],
             message: msg(77, 5),
             idempotency: None,
+            extra: Vec::new(),
         })
         .await
         .unwrap();
@@ -117,6 +119,7 @@ fn send(h: &Harness, from: &str, to: &str, id: u64, client_msg_id: &str) -> Mult
         fanout: vec![h.inbox(to)],
         message: msg(id, id),
         idempotency: Some(IdempotencyKey::new(h.name(from), client_msg_id)),
+        extra: Vec::new(),
     }
 }
 
@@ -142,6 +145,33 @@ async fn idempotent_send_returns_the_first_result(h: &Harness) {
     assert_eq!(tl.find_sent(&key).await.unwrap().map(|a| a.id), Some(1));
     let unknown = IdempotencyKey::new(h.name("a"), "nope");
     assert_eq!(tl.find_sent(&unknown).await.unwrap(), None);
+}
+
+async fn extra_writes_commit_with_the_message_and_not_for_a_duplicate(h: &Harness) {
+    let tl = h.store.timelines();
+    let key = format!("x-extra-{}", h.name("k")).into_bytes();
+    let mut first = send(h, "a", "b", 1, "e-1");
+    first.extra = vec![(key.clone(), b"first".to_vec())];
+    tl.append_multi(first).await.unwrap();
+    let k = key.clone();
+    let got = h.store.transact(move |tx| tx.get(&k)).await.unwrap();
+    assert_eq!(got.as_deref(), Some(&b"first"[..]));
+    let mut retry = send(h, "a", "b", 2, "e-1");
+    retry.extra = vec![(key.clone(), b"retry".to_vec())];
+    assert!(tl.append_multi(retry).await.unwrap().duplicate);
+    let k = key.clone();
+    let got = h.store.transact(move |tx| tx.get(&k)).await.unwrap();
+    assert_eq!(
+        got.as_deref(),
+        Some(&b"first"[..]),
+        "a duplicate writes nothing"
+    );
+    let mut huge = send(h, "a", "b", 3, "e-2");
+    huge.extra = vec![(vec![b'x'; roam_store::MAX_KEY_SIZE + 1], Vec::new())];
+    assert!(matches!(
+        tl.append_multi(huge).await,
+        Err(StoreError::InvalidRequest(_))
+    ));
 }
 
 async fn concurrent_duplicates_write_once(h: &Harness) {
@@ -172,6 +202,7 @@ async fn invalid_appends_are_rejected_up_front(h: &Harness) {
         fanout: vec![h.inbox("b"), h.inbox("b")],
         message: msg(1, 0),
         idempotency: None,
+        extra: Vec::new(),
     };
     let err = tl.append_multi(twice).await.unwrap_err();
     assert!(
@@ -183,6 +214,7 @@ async fn invalid_appends_are_rejected_up_front(h: &Harness) {
         fanout: vec![h.outbox("a")],
         message: msg(1, 0),
         idempotency: None,
+        extra: Vec::new(),
     };
     assert!(tl.append_multi(home_in_fanout).await.is_err());
     let big = NewMessage {
@@ -310,6 +342,7 @@ async fn references_to_trimmed_bodies_read_as_expired(h: &Harness) {
         fanout: vec![inbox.clone()],
         message: msg(9, 0),
         idempotency: None,
+        extra: Vec::new(),
     })
     .await
     .unwrap();
@@ -410,6 +443,7 @@ async fn hot_inbox_from_many_senders(h: &Harness) {
                         fanout: vec![inbox.clone()],
                         message: msg(sender * 1000 + i, 0),
                         idempotency: None,
+                        extra: Vec::new(),
                     })
                     .await
                     .unwrap();

@@ -53,6 +53,9 @@ fn apply(tx: &mut Tx<'_>, append: &MultiAppend) -> Result<Result<Appended, Store
     if let Some(key) = &append.idempotency {
         idempotency::record(tx, key, &appended)?;
     }
+    for (key, value) in &append.extra {
+        tx.set(key, value)?;
+    }
     Ok(Ok(appended))
 }
 

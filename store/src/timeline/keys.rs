@@ -11,9 +11,9 @@
 //! entry, reference:  (msg_id, created_at_ms, nil, (home_kind, home_owner, home_seq))
 //! ```
 //!
-//! `kind` is 1 inbox, 2 outbox, 3 group; `owner` the user or group id (a string); `seq` and
-//! ids are tuple integers, so entries sort by seq. `v1` is the schema-version byte in front of
-//! each value ([`crate::codec`]).
+//! `kind` is 1 inbox, 2 outbox, 3 group, 4 direct (a 1:1 history); `owner` the user, group or
+//! pair (a string); `seq` and ids are tuple integers, so entries sort by seq. `v1` is the
+//! schema-version byte in front of each value ([`crate::codec`]).
 //!
 //! A message body is stored once, in its *home* timeline (the sender's outbox, or the group
 //! timeline); every other timeline it lands in holds a reference to `(home, home_seq)`.

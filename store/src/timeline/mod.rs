@@ -35,6 +35,8 @@ pub enum TimelineKind {
     Outbox,
     /// A group's timeline (home of group message bodies).
     Group,
+    /// A 1:1 conversation's history (home of 1:1 message bodies); the owner names the pair.
+    Direct,
 }
 
 impl TimelineKind {
@@ -43,6 +45,7 @@ impl TimelineKind {
             Self::Inbox => 1,
             Self::Outbox => 2,
             Self::Group => 3,
+            Self::Direct => 4,
         }
     }
 
@@ -51,6 +54,7 @@ impl TimelineKind {
             1 => Some(Self::Inbox),
             2 => Some(Self::Outbox),
             3 => Some(Self::Group),
+            4 => Some(Self::Direct),
             _ => None,
         }
     }
@@ -89,6 +93,14 @@ impl TimelineId {
             owner: group.into(),
         }
     }
+
+    /// The 1:1 conversation history named `pair` (the caller's canonical name of the pair).
+    pub fn direct(pair: impl Into<String>) -> Self {
+        Self {
+            kind: TimelineKind::Direct,
+            owner: pair.into(),
+        }
+    }
 }
 
 impl fmt::Display for TimelineId {
@@ -97,6 +109,7 @@ impl fmt::Display for TimelineId {
             TimelineKind::Inbox => "inbox",
             TimelineKind::Outbox => "outbox",
             TimelineKind::Group => "group",
+            TimelineKind::Direct => "direct",
         };
         write!(f, "{kind}:{}", self.owner)
     }
@@ -125,6 +138,10 @@ pub struct MultiAppend {
     pub message: NewMessage,
     /// Deduplicate on this key: a second append with it returns the first result.
     pub idempotency: Option<IdempotencyKey>,
+    /// Further keys the caller's layer sets in the same transaction (indexes such as "this
+    /// user has this conversation"): blind writes, made only when the message is written
+    /// (not for a duplicate). Keys must lie outside the store's own prefixes.
+    pub extra: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The result of an append.
@@ -193,6 +210,7 @@ impl Timelines {
                 fanout: Vec::new(),
                 message,
                 idempotency: None,
+                extra: Vec::new(),
             })
             .await?;
         Ok(appended.home_seq())
@@ -284,6 +302,15 @@ fn validate(append: &MultiAppend) -> Result<(), StoreError> {
             append.message.body.len(),
             MAX_VALUE_SIZE - keys::ENTRY_OVERHEAD
         ));
+    }
+    for (key, value) in &append.extra {
+        if key.len() > crate::MAX_KEY_SIZE || value.len() > MAX_VALUE_SIZE {
+            return invalid(format!(
+                "an extra write of {} + {} bytes is over the key or value limit",
+                key.len(),
+                value.len()
+            ));
+        }
     }
     let mut seen = std::collections::HashSet::from([&append.home]);
     for t in &append.fanout {

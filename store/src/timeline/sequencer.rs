@@ -53,6 +53,12 @@ impl Pending {
                 .idempotency
                 .as_ref()
                 .map_or(0, IdempotencyKey::approximate_size)
+            + self
+                .append
+                .extra
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 }
 
@@ -284,6 +290,7 @@ mod tests {
                 body: Bytes::from_static(b"x"),
             },
             idempotency: None,
+            extra: Vec::new(),
         };
         (Pending { append, reply }, rx)
     }

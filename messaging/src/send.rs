@@ -1,0 +1,233 @@
+//! Send: validate, resolve the recipients, then one store transaction (body into the
+//! history, references into inboxes, idempotency record, conversation index).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use roam_proto::client::v1 as pb;
+use roam_store::{IdempotencyKey, MultiAppend, NewMessage, TimelineId, codec};
+
+use crate::conversation::Conversation;
+use crate::keys::{self, V1};
+use crate::{MAX_CLIENT_MSG_ID, MAX_CONTENT_TYPE, Messaging, MessagingError};
+
+/// A message to store and deliver.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    /// The sending user (the authenticated one: never taken from the client).
+    pub from: String,
+    /// `bob` or `group:<id>`.
+    pub to: String,
+    /// The client's idempotency key.
+    pub client_msg_id: String,
+    /// The content (opaque bytes).
+    pub content: Bytes,
+    /// A hint for clients; empty means `text/plain`.
+    pub content_type: String,
+}
+
+/// Whom core delivers a stored message to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Write fan-out: each user (the sender included) with the seq the message got in
+    /// their inbox. Empty for a duplicate (the first send delivered it).
+    Push(Vec<(String, u64)>),
+    /// Read fan-out (a group above the threshold): these members are told that the group's
+    /// history reached `seq`, and pull it.
+    Notify {
+        /// The group's members (the sender included).
+        members: Vec<String>,
+        /// The message's `conversation_seq`.
+        seq: u64,
+    },
+}
+
+/// A stored message.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// Its id (the first send's, for a duplicate).
+    pub id: u64,
+    /// What SEND_ACK and the API answer as `seq`: the seq in the sender's inbox, or in the
+    /// group's history for a group with read fan-out.
+    pub seq: u64,
+    /// True for a retry of an earlier send: nothing new was stored.
+    pub duplicate: bool,
+    /// The conversation.
+    pub conversation: Conversation,
+    /// The message as clients see it (its `seq` is 0: each inbox has its own).
+    pub message: pb::Message,
+    /// Whom to deliver it to.
+    pub delivery: Delivery,
+}
+
+/// A send checked and ready to store ([`Messaging::plan_send`], then [`Messaging::store`]).
+#[derive(Debug)]
+pub struct Planned {
+    conversation: Conversation,
+    message: pb::Message,
+    append: MultiAppend,
+    fanout_users: Vec<String>,
+    group_members: Option<Vec<String>>,
+}
+
+impl Planned {
+    /// The users whose inboxes the message goes into (the sender first; empty for read
+    /// fan-out): what a caller ordering deliveries per inbox tracks.
+    pub fn inboxes(&self) -> &[String] {
+        &self.fanout_users
+    }
+}
+
+impl Messaging {
+    /// Stores `req` durably (or finds its first send) and says whom to deliver it to.
+    /// `now_ms` is the wall clock, `mono` a monotonic clock for the send rate.
+    pub async fn send(
+        &self,
+        req: SendRequest,
+        now_ms: u64,
+        mono: Duration,
+    ) -> Result<Sent, MessagingError> {
+        let planned = self.plan_send(req, now_ms, mono).await?;
+        self.store(planned).await
+    }
+
+    /// Checks `req` (fields, recipient, membership, send rate) and takes its message id;
+    /// nothing is stored yet.
+    pub async fn plan_send(
+        &self,
+        req: SendRequest,
+        now_ms: u64,
+        mono: Duration,
+    ) -> Result<Planned, MessagingError> {
+        if req.client_msg_id.is_empty() {
+            return Err(MessagingError::Invalid(
+                "client_msg_id is required (the client's idempotency key)".into(),
+            ));
+        }
+        if req.client_msg_id.len() > MAX_CLIENT_MSG_ID {
+            return Err(MessagingError::Invalid(format!(
+                "client_msg_id is {} bytes; the maximum is {MAX_CLIENT_MSG_ID}",
+                req.client_msg_id.len()
+            )));
+        }
+        if req.content_type.len() > MAX_CONTENT_TYPE {
+            return Err(MessagingError::Invalid(format!(
+                "content_type is over {MAX_CONTENT_TYPE} bytes"
+            )));
+        }
+        if req.content.len() > self.options.max_content_bytes {
+            return Err(MessagingError::TooLarge {
+                len: req.content.len(),
+                max: self.options.max_content_bytes,
+            });
+        }
+        let conversation = Conversation::parse(&req.from, &req.to)?;
+        // Recipients' inboxes, the sender's first; empty for read fan-out.
+        let (fanout_users, group_members) = match &conversation {
+            Conversation::Direct { a, b } => {
+                let mut users = vec![req.from.clone()];
+                let other = if *a == req.from { b } else { a };
+                if *other != req.from {
+                    users.push(other.clone());
+                }
+                (users, None)
+            }
+            Conversation::Group(g) => {
+                let members = self.members_if_member(g, &req.from).await?;
+                if members.len() <= self.options.fanout_threshold {
+                    let mut users = vec![req.from.clone()];
+                    users.extend(members.iter().filter(|m| **m != req.from).cloned());
+                    (users, None)
+                } else {
+                    (Vec::new(), Some(members))
+                }
+            }
+        };
+        self.admit(&req.from, mono)?;
+        let id = self.next_id().await?;
+        let home = conversation.timeline();
+        let to = conversation.name_for(&req.from);
+        let message = pb::Message {
+            id,
+            seq: 0,
+            from: req.from.clone(),
+            to: to.clone(),
+            content: req.content,
+            content_type: req.content_type,
+            created_at: now_ms,
+            conversation_seq: 0,
+        };
+        let extra = match &conversation {
+            Conversation::Direct { .. } => {
+                let value = codec::encode(V1, &());
+                let mut extra = vec![(keys::user_conversation(&req.from, &to), value.clone())];
+                if to != req.from {
+                    extra.push((keys::user_conversation(&to, &req.from), value));
+                }
+                extra
+            }
+            Conversation::Group(_) => Vec::new(),
+        };
+        let append = MultiAppend {
+            home,
+            fanout: fanout_users.iter().map(TimelineId::inbox).collect(),
+            message: NewMessage {
+                id,
+                created_at_ms: now_ms,
+                body: Bytes::from(message.encode_to_vec()),
+            },
+            idempotency: Some(IdempotencyKey::new(&req.from, &req.client_msg_id)),
+            extra,
+        };
+        Ok(Planned {
+            conversation,
+            message,
+            append,
+            fanout_users,
+            group_members,
+        })
+    }
+
+    /// Stores a planned send in one transaction; returns once durable.
+    pub async fn store(&self, planned: Planned) -> Result<Sent, MessagingError> {
+        let Planned {
+            conversation,
+            mut message,
+            append,
+            fanout_users,
+            group_members,
+        } = planned;
+        let appended = self.store.timelines().append_multi(append).await?;
+        message.id = appended.id;
+        message.created_at = appended.created_at_ms;
+        message.conversation_seq = appended.home_seq();
+        let seq = appended
+            .seq_in(&TimelineId::inbox(&message.from))
+            .unwrap_or_else(|| appended.home_seq());
+        let delivery = match group_members {
+            _ if appended.duplicate => Delivery::Push(Vec::new()),
+            Some(members) => Delivery::Notify {
+                members,
+                seq: appended.home_seq(),
+            },
+            None => Delivery::Push(
+                fanout_users
+                    .into_iter()
+                    .filter_map(|u| {
+                        let s = appended.seq_in(&TimelineId::inbox(&u))?;
+                        Some((u, s))
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(Sent {
+            id: appended.id,
+            seq,
+            duplicate: appended.duplicate,
+            conversation,
+            message,
+            delivery,
+        })
+    }
+}
