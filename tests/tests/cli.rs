@@ -347,6 +347,30 @@ fn bench_push_measures_api_to_edge_delivery() {
 }
 
 #[test]
+fn bench_roam_switch_moves_a_quic_client_without_losing_pushes() {
+    let out = roam(&["bench", "roam-switch", "--duration", "0.5"], &[]);
+    let json = last_json_line(&out);
+    assert_eq!(json["scenario"], "roam-switch", "{json}");
+    for (figure, expected) in [
+        ("quic_lost", 0),
+        ("quic_same_connection", 1),
+        ("h3_0rtt_accepted", 1),
+    ] {
+        assert_eq!(json[figure], expected, "{figure}: {json}");
+    }
+    for figure in [
+        "quic_interruption_ms",
+        "h3_connect_new_ms",
+        "h3_connect_resumed_ms",
+    ] {
+        assert!(
+            json[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {json}"
+        );
+    }
+}
+
+#[test]
 fn bench_ids_prints_every_figure_the_issue_names() {
     let out = roam(&["bench", "ids", "--duration", "1"], &[]);
     let json = last_json_line(&out);
