@@ -84,6 +84,8 @@ pub(crate) struct Config {
     pub ids: roam_idsvc::IdsConfig,
     /// The internal gRPC port's credential.
     pub internal: InternalSection,
+    /// The offline-notification webhook.
+    pub webhook: WebhookSection,
     /// Stored messaging: fan-out, limits.
     pub messaging: MessagingSection,
     /// The QUIC listeners (HTTP/3, raw frames over QUIC): issue 12.
@@ -252,7 +254,95 @@ pub(crate) struct InternalSection {
     pub key_file: PathBuf,
 }
 
+/// The offline-notification webhook (docs/core.md, "Offline notifications"): a POST to `url`
+/// for each stored message whose recipient has no online device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct WebhookSection {
+    /// Where notices go (`http://host:port/path`); empty: no webhook.
+    pub url: String,
+    /// The HMAC-SHA256 key's file (hex, mode 0600); empty: `<data>/webhook-secret`,
+    /// generated on first start.
+    pub secret_file: PathBuf,
+    /// Notices waiting for delivery; more are shed (and counted).
+    pub queue: usize,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Attempts per notice, the first included.
+    pub max_attempts: u32,
+    /// One attempt's time limit (connect, request, response), milliseconds.
+    pub timeout_ms: u64,
+    /// The delay before the first retry, milliseconds; doubled for each further one.
+    pub backoff_base_ms: u64,
+    /// The longest delay between attempts, milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for WebhookSection {
+    fn default() -> Self {
+        WebhookSection {
+            url: String::new(),
+            secret_file: PathBuf::new(),
+            queue: 10_000,
+            concurrency: 16,
+            max_attempts: 6,
+            timeout_ms: 5_000,
+            backoff_base_ms: 500,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+impl WebhookSection {
+    fn validate(&self) -> Result<()> {
+        if !self.url.is_empty() {
+            roam_core::webhook::WebhookConfig::parse_url(&self.url)?;
+        }
+        if self.queue == 0
+            || self.concurrency == 0
+            || self.max_attempts == 0
+            || self.timeout_ms == 0
+            || self.backoff_base_ms == 0
+        {
+            bail!(
+                "webhook.queue, concurrency, max_attempts, timeout_ms and backoff_base_ms must be above 0"
+            );
+        }
+        if self.backoff_max_ms < self.backoff_base_ms {
+            bail!("webhook.backoff_max_ms must be at least webhook.backoff_base_ms");
+        }
+        Ok(())
+    }
+}
+
 impl Config {
+    /// The webhook's settings, its secret read from (or generated into) its file; `None`
+    /// when `webhook.url` is unset.
+    pub(crate) fn webhook(&self) -> Result<Option<roam_core::webhook::WebhookConfig>> {
+        let w = &self.webhook;
+        if w.url.is_empty() {
+            return Ok(None);
+        }
+        let url = roam_core::webhook::WebhookConfig::parse_url(&w.url)?;
+        let path = if w.secret_file.as_os_str().is_empty() {
+            self.data.join("webhook-secret")
+        } else {
+            w.secret_file.clone()
+        };
+        let secret = roam_core::secret_file::load_or_create(&path, 32)
+            .with_context(|| "webhook.secret_file (ROAM_WEBHOOK_SECRET_FILE)")?;
+        Ok(Some(roam_core::webhook::WebhookConfig {
+            url,
+            secret,
+            queue: w.queue,
+            concurrency: w.concurrency,
+            max_attempts: w.max_attempts,
+            timeout: Duration::from_millis(w.timeout_ms),
+            backoff_base: Duration::from_millis(w.backoff_base_ms),
+            backoff_max: Duration::from_millis(w.backoff_max_ms),
+        }))
+    }
+
     /// The internal port's key: read from its file, generated there if absent.
     pub(crate) fn internal_key(&self) -> Result<roam_proto::internal_auth::InternalKey> {
         let path = if self.internal.key_file.as_os_str().is_empty() {
@@ -435,6 +525,10 @@ pub(crate) struct EdgeSection {
     pub rate_burst: u32,
     /// Requests per second a client may sustain.
     pub rate_per_sec: u32,
+    /// Frames a client may send after AUTH before AUTH_REPLY (held, then handled in order).
+    pub max_held_frames: usize,
+    /// Bytes of those held frames (headers included).
+    pub max_held_bytes: usize,
     /// A write to a client that takes longer than this (it stopped reading) closes it as slow.
     pub write_timeout_secs: u64,
     /// Milliseconds a room or broadcast batch collects pushes before it is fanned out
@@ -464,6 +558,8 @@ impl Default for EdgeSection {
             auth_timeout_secs: 10,
             rate_burst: 50,
             rate_per_sec: 20,
+            max_held_frames: 32,
+            max_held_bytes: 64 * 1024,
             write_timeout_secs: 10,
             batch_ms: 50,
             batch_max: 64,
@@ -482,6 +578,8 @@ impl EdgeSection {
                 auth_timeout: Duration::from_secs(self.auth_timeout_secs),
                 rate_burst: self.rate_burst,
                 rate_per_sec: self.rate_per_sec,
+                max_held_frames: self.max_held_frames,
+                max_held_bytes: self.max_held_bytes,
             },
             outbox: self.outbox,
             max_packet,
@@ -568,6 +666,7 @@ impl Default for Config {
             edge: EdgeSection::default(),
             ids: roam_idsvc::IdsConfig::default(),
             internal: InternalSection::default(),
+            webhook: WebhookSection::default(),
             messaging: MessagingSection::default(),
             quic: QuicSection::default(),
         }
@@ -725,6 +824,7 @@ impl Config {
         self.ids
             .validate()
             .map_err(|e| anyhow::anyhow!("[ids]: {e}"))?;
+        self.webhook.validate()?;
         if self.auth.public_key.is_some() != self.auth.public_key_algorithm.is_some() {
             bail!("auth.public_key and auth.public_key_algorithm go together: set both or neither");
         }
@@ -931,6 +1031,17 @@ mod tests {
                 "public_key_algorithm",
             ),
             (
+                "",
+                &[("ROAM_WEBHOOK_URL", "https://push.example.com/roam")],
+                "webhook.url",
+            ),
+            ("[webhook]\nqueue = 0\n", &[], "webhook.queue"),
+            (
+                "[webhook]\nbackoff_max_ms = 10\n",
+                &[],
+                "webhook.backoff_max_ms",
+            ),
+            (
                 "[auth]\naccept_hs256 = false\n",
                 &[],
                 "accept_hs256 = false needs auth.public_key",
@@ -957,6 +1068,54 @@ mod tests {
         assert_eq!(c.auth.max_token_lifetime_secs, 3600);
         let d = Config::load(None, env(&[]), &Overrides::default()).unwrap();
         assert_eq!(d.auth.accept_hs256, None, "unset: follows auth.public_key");
+    }
+
+    #[test]
+    fn webhook_keys_load_from_file_and_env_and_its_secret_is_generated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file("[webhook]\nmax_attempts = 3\n");
+        let vars = env(&[
+            ("ROAM_WEBHOOK_URL", "http://127.0.0.1:9000/hook"),
+            ("ROAM_DATA", dir.path().to_str().unwrap()),
+        ]);
+        let c = Config::load(Some(f.path()), vars, &Overrides::default()).unwrap();
+        let w = c.webhook().unwrap().expect("a url: enabled");
+        assert_eq!((w.max_attempts, w.queue), (3, 10_000));
+        assert_eq!(w.url, "http://127.0.0.1:9000/hook");
+        assert_eq!(w.secret.len(), 32);
+        assert_eq!(c.webhook().unwrap().unwrap().secret, w.secret, "read back");
+        assert!(dir.path().join("webhook-secret").exists());
+        let off = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert!(off.webhook().unwrap().is_none(), "no url: no webhook");
+    }
+
+    #[test]
+    fn messaging_keys_load_from_file_and_env_and_are_checked() {
+        let d = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        let o = d.messaging.options(d.limits.max_packet);
+        assert_eq!((o.fanout_threshold, o.send_rate), (100, 200));
+        assert_eq!(
+            o.max_content_bytes,
+            64 * 1024 - MESSAGE_FRAME_OVERHEAD,
+            "64 KiB, held below what fits a frame"
+        );
+        let f = file("[messaging]\nfanout_threshold = 5\nmax_content_bytes = 1000\n");
+        let vars = env(&[("ROAM_MESSAGING_SEND_RATE", "0")]);
+        let c = Config::load(Some(f.path()), vars, &Overrides::default()).unwrap();
+        let o = c.messaging.options(c.limits.max_packet);
+        assert_eq!(
+            (o.fanout_threshold, o.max_content_bytes, o.send_rate),
+            (5, 1000, 0)
+        );
+        for bad in [
+            "max_content_bytes = 0",
+            "max_group_members = 0",
+            "send_burst = 0",
+        ] {
+            let f = file(&format!("[messaging]\n{bad}\n"));
+            let e = Config::load(Some(f.path()), env(&[]), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("messaging."), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -196,9 +196,19 @@ async fn start_core(p: &mut Process, store: &Store, ids: IdSource) -> Result<Arc
     let config = &p.config;
     let verifier = config.auth.verifier(&config.data)?;
     let metrics = roam_core::metrics::CoreMetrics::register(&mut p.registry);
+    let webhook = match config.webhook()? {
+        Some(w) => {
+            p.banner.push(format!("webhook     {}", w.url));
+            let m = roam_core::webhook::WebhookMetrics::register(&mut p.registry);
+            let (webhook, worker) = roam_core::webhook::Webhook::start(w, m, p.shutdown.clone());
+            p.tasks.spawn(worker);
+            webhook
+        }
+        None => roam_core::webhook::Webhook::disabled(),
+    };
     let mut options = config.core.options(config.limits.max_packet);
     options.messaging = config.messaging.options(config.limits.max_packet);
-    let core = Core::new(store.clone(), ids, verifier, options, metrics);
+    let core = Core::new(store.clone(), ids, verifier, options, metrics, webhook);
     core.sessions
         .upgrade()
         .await

@@ -9,8 +9,8 @@ use anyhow::{Result, bail};
 /// `roam bench SCENARIO [...]`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// The scenario (see docs/benchmarks.md): frame-codec, handshake, ids, idle-conns, push,
-    /// room-fanout, store-append, store-read.
+    /// The scenario (see docs/benchmarks.md): chat, frame-codec, handshake, ids, idle-conns,
+    /// push, room-fanout, store-append, store-read.
     pub scenario: String,
     /// Seconds of measurement (each scenario has a default).
     #[arg(long, value_name = "SECS")]

@@ -26,6 +26,8 @@ pub struct ChildServer {
     child: Child,
     addrs: BTreeMap<String, SocketAddr>,
     dir: tempfile::TempDir,
+    /// What started it, to start it again ([`kill_and_restart`](Self::kill_and_restart)).
+    command: Vec<std::ffi::OsString>,
 }
 
 impl ChildServer {
@@ -52,36 +54,41 @@ impl ChildServer {
         std::fs::write(&config, toml)
             .with_context(|| format!("cannot prepare {}", config.display()))?;
         let ready = dir.path().join("ready.json");
-        let open = |name: &str| {
-            let path = dir.path().join(name);
-            File::create(&path).with_context(|| format!("cannot prepare {}", path.display()))
-        };
-        let mut command = Command::new(binary);
-        command
-            .arg("serve")
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(open("stdout.log")?)
-            .stderr(open("stderr.log")?);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ROAM_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut command = vec![binary.as_os_str().to_owned(), "serve".into()];
+        command.extend(args.iter().map(Into::into));
+        command.extend([
+            "--config".into(),
+            config.into_os_string(),
+            "--ready-file".into(),
+            ready.clone().into_os_string(),
+        ]);
+        let child = spawn(&command, dir.path())?;
         let mut server = ChildServer {
             child,
             addrs: BTreeMap::new(),
             dir,
+            command,
         };
         server.addrs = server.wait_ready(&ready)?;
         Ok(server)
+    }
+
+    /// Kills the child with SIGKILL (no drain, no flush: a crash), then starts it again on
+    /// the same data directory and configuration; its listeners get new ports.
+    pub fn kill_and_restart(&mut self) -> Result<()> {
+        let pid = self.pid();
+        send_signal(pid, rustix::process::Signal::KILL).with_context(|| stop_failed(pid))?;
+        self.child.wait().with_context(|| stop_failed(pid))?;
+        let ready = self.dir.path().join("ready.json");
+        match std::fs::remove_file(&ready) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", ready.display()));
+            }
+            _ => {}
+        }
+        self.child = spawn(&self.command, self.dir.path())?;
+        self.addrs = self.wait_ready(&ready)?;
+        Ok(())
     }
 
     fn wait_ready(&mut self, ready: &Path) -> Result<BTreeMap<String, SocketAddr>> {
@@ -169,6 +176,34 @@ impl ChildServer {
             }
         }
     }
+}
+
+/// Starts `command` (the binary, then its arguments) with its output appended to `dir`'s
+/// logs and without this process's `ROAM_*` variables.
+fn spawn(command: &[std::ffi::OsString], dir: &Path) -> Result<Child> {
+    let open = |name: &str| {
+        let path = dir.join(name);
+        File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot prepare {}", path.display()))
+    };
+    let (binary, args) = command
+        .split_first()
+        .ok_or_else(|| anyhow!("no binary to start"))?;
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(open("stdout.log")?)
+        .stderr(open("stderr.log")?);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ROAM_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.spawn()
+        .with_context(|| format!("cannot start {}", Path::new(binary).display()))
 }
 
 fn stop_failed(pid: u32) -> String {

@@ -8,7 +8,7 @@
 //!   object as the last line on stdout (`report.rs`), with a progress bar on stderr
 //!   (`progress.rs`).
 //! - Scenarios (`scenarios/`, one file each, and `idle_conns/`): `frame-codec`, `handshake`,
-//!   `ids`, `idle-conns`, `push`, `roam-switch`, `room-fanout`, `store-append`, `store-read`
+//!   `ids`, `idle-conns`, `push`, `roam-switch`, `room-fanout`, `chat`, `store-append`, `store-read`
 //!   (docs/benchmarks.md says what each measures).
 //! - Server-side figures come from `/proc/<server pid>` (`proc.rs`) so the load generator's
 //!   own cost never counts. Without `--target`, a scenario that needs a server starts its
@@ -46,6 +46,7 @@ pub use args::BenchArgs;
 
 /// Every scenario, for help and error messages.
 const SCENARIOS: &[&str] = &[
+    "chat",
     "frame-codec",
     "handshake",
     "ids",
@@ -65,6 +66,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return idle_conns::worker::run();
     }
     let report = match args.scenario.as_str() {
+        "chat" => scenarios::chat::run(&args)?,
         "frame-codec" => scenarios::frame_codec::run(&args)?,
         "handshake" => scenarios::handshake::run(&args)?,
         "ids" => scenarios::ids::run(&args)?,

@@ -20,6 +20,8 @@ use std::collections::{HashMap, HashSet};
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, warn};
 
+use crate::webhook::OfflineNotice;
+
 use crate::edges::Conn;
 use crate::inbox_order::InboxOrder;
 use crate::metrics::KindLabel;
@@ -51,8 +53,8 @@ pub(crate) struct OfflineRecipient {
     pub(crate) seq: u64,
 }
 
-/// Recipients of `sent` (never its sender) without an online device among `online` users.
-/// The lead wires the result into the offline webhook (`core/src/webhook.rs`).
+/// Recipients of `sent` (never its sender) without an online device among `online` users:
+/// each is told to the offline webhook (`core/src/webhook.rs`).
 pub(crate) fn offline_recipients(sent: &Sent, online: &HashSet<&str>) -> Vec<OfflineRecipient> {
     let from = sent.message.from.as_str();
     let offline = |user: &str| user != from && !online.contains(user);
@@ -90,6 +92,36 @@ pub(crate) fn refusal(e: &MessagingError) -> (pb::error::Code, &'static str) {
         MessagingError::RateLimited { .. } => (Code::RateLimited, "rate_limited"),
         MessagingError::Store(_) | MessagingError::Ids(_) => (Code::Unavailable, "unavailable"),
     }
+}
+
+/// Drops messages from `reply` until its body is at most `max` bytes (a page of large
+/// messages must still fit a client frame): the newest ones for a page after a cursor, the
+/// oldest for a page before one; the cursor and `has_more` then say where to go on.
+fn fit(mut reply: pb::SyncReply, max: usize, backwards: bool) -> pb::SyncReply {
+    if reply.encoded_len() <= max {
+        return reply;
+    }
+    let mut size = reply.encoded_len();
+    while size > max && !reply.messages.is_empty() {
+        let m = if backwards {
+            reply.messages.remove(0)
+        } else {
+            reply.messages.pop().unwrap_or_default()
+        };
+        // Each message is a length-delimited field: its bytes, its length prefix, its tag.
+        let len = m.encoded_len();
+        size = size.saturating_sub(len + prost::length_delimiter_len(len) + 1);
+    }
+    reply.has_more = true;
+    let edge = if backwards {
+        reply.messages.first()
+    } else {
+        reply.messages.last()
+    };
+    if let Some(m) = edge {
+        reply.next_after = m.seq;
+    }
+    reply
 }
 
 fn notice(kind: pb::notice::Kind, peer: String, seq: u64) -> Bytes {
@@ -168,7 +200,16 @@ impl Core {
             .messages_stored
             .get_or_create(&KindLabel { kind })
             .inc();
-        let _offline = self.deliver(&sent, &inboxes, origin).await;
+        for r in self.deliver(&sent, &inboxes, origin).await {
+            self.webhook.offline(OfflineNotice {
+                conversation: sent.conversation.name_for(&r.user),
+                user: r.user,
+                from: sent.message.from.clone(),
+                message_id: sent.id,
+                seq: r.seq,
+                created_at_ms: sent.message.created_at,
+            });
+        }
         Ok(sent)
     }
 
@@ -386,13 +427,18 @@ impl Core {
                         )
                         .await
                 };
+                let backwards = !s.conversation.is_empty() && s.before > 0;
                 match page {
                     Ok(p) => {
-                        let reply = pb::SyncReply {
-                            messages: p.messages,
-                            next_after: p.next_after,
-                            has_more: p.has_more,
-                        };
+                        let reply = fit(
+                            pb::SyncReply {
+                                messages: p.messages,
+                                next_after: p.next_after,
+                                has_more: p.has_more,
+                            },
+                            self.options.max_content,
+                            backwards,
+                        );
                         frame_of(Op::SyncReply, seq, &reply).unwrap_or_else(|e| {
                             error_frame(
                                 seq,
@@ -483,5 +529,85 @@ impl Core {
             )
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(n: u64, size: usize) -> pb::SyncReply {
+        pb::SyncReply {
+            messages: (1..=n)
+                .map(|seq| pb::Message {
+                    seq,
+                    content: vec![b'x'; size].into(),
+                    ..Default::default()
+                })
+                .collect(),
+            next_after: n,
+            has_more: false,
+        }
+    }
+
+    #[test]
+    fn offline_recipients_are_those_without_a_device_but_never_the_sender() {
+        let sent = |delivery| Sent {
+            id: 7,
+            seq: 1,
+            duplicate: false,
+            conversation: Conversation::Group("g".into()),
+            message: pb::Message {
+                from: "alice".into(),
+                ..Default::default()
+            },
+            delivery,
+        };
+        let online: HashSet<&str> = ["bob"].into();
+        let push = sent(Delivery::Push(vec![
+            ("alice".into(), 3),
+            ("bob".into(), 4),
+            ("carol".into(), 5),
+        ]));
+        assert_eq!(
+            offline_recipients(&push, &online),
+            [OfflineRecipient {
+                user: "carol".into(),
+                seq: 5
+            }]
+        );
+        let pull = sent(Delivery::Notify {
+            members: vec!["alice".into(), "bob".into(), "dave".into()],
+            seq: 9,
+        });
+        assert_eq!(
+            offline_recipients(&pull, &online),
+            [OfflineRecipient {
+                user: "dave".into(),
+                seq: 9
+            }]
+        );
+    }
+
+    #[test]
+    fn a_page_is_cut_to_fit_a_frame() {
+        let small = fit(page(3, 10), 10_000, false);
+        assert_eq!(
+            (small.messages.len(), small.next_after, small.has_more),
+            (3, 3, false)
+        );
+        let after = fit(page(10, 1000), 3500, false);
+        let seqs: Vec<u64> = after.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            (seqs, after.next_after, after.has_more),
+            (vec![1, 2, 3], 3, true)
+        );
+        assert!(after.encoded_len() <= 3500);
+        let before = fit(page(10, 1000), 3500, true);
+        let seqs: Vec<u64> = before.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(
+            (seqs, before.next_after, before.has_more),
+            (vec![8, 9, 10], 8, true)
+        );
     }
 }

@@ -16,6 +16,8 @@
 //! - [`chat`]: stored messaging's client ops (SEND, SYNC, READ, PUSH_ACK) over
 //!   [`roam_messaging`], and delivery of stored messages to online devices.
 //! - [`heartbeat`]: the adaptive client heartbeat policy (sans-IO).
+//! - [`webhook`]: offline notifications, a signed POST per stored message whose recipient
+//!   has no online device, queued, retried with backoff, shed when full.
 //! - [`secret_file`]: the secrets kept in the data directory (token secret, API key,
 //!   internal key), written atomically and owner-only.
 //!
@@ -37,5 +39,6 @@ pub mod push;
 pub mod secret_file;
 pub mod service;
 pub mod sessions;
+pub mod webhook;
 
 pub use service::{Core, CoreOptions};

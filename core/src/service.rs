@@ -62,6 +62,8 @@ pub struct Core {
     pub options: CoreOptions,
     /// Metrics.
     pub metrics: CoreMetrics,
+    /// Offline notifications (disabled without `webhook.url`).
+    pub webhook: crate::webhook::Webhook,
     /// Stored messaging: conversations, groups, sync, read cursors.
     pub messaging: Messaging,
     /// Per-device delivered cursors (PUSH_ACK).
@@ -87,6 +89,7 @@ impl Core {
         verifier: Verifier,
         options: CoreOptions,
         metrics: CoreMetrics,
+        webhook: crate::webhook::Webhook,
     ) -> Arc<Self> {
         Arc::new(Core {
             messaging: Messaging::new(store.clone(), ids, options.messaging.clone()),
@@ -98,6 +101,7 @@ impl Core {
             verifier,
             options,
             metrics,
+            webhook,
         })
     }
 

@@ -377,7 +377,11 @@ impl<T: FrameIo> Conn<T> {
                 Action::Leave { room, seq } => self.room(room, seq, false).await,
                 Action::Close { idle } => {
                     self.idle = idle;
-                    self.count_close(if idle { "idle" } else { "protocol" });
+                    self.count_close(if idle {
+                        "idle"
+                    } else {
+                        self.session.close_reason()
+                    });
                     Step::Close
                 }
             };

@@ -3,10 +3,16 @@
 //!
 //! ```text
 //!  AwaitAuth ──AUTH──▶ Authenticating ──ConnectResult ok──▶ Open ──▶ Closed
-//!      │ (auth timeout, any other op,        │ (refused: ERROR + DISCONNECT)
-//!      ▼  bad frame: ERROR + DISCONNECT)     ▼
+//!      │ (auth timeout, any other op,        │ (refused, timeout, over the held limit:
+//!      ▼  bad frame: ERROR + DISCONNECT)     ▼  ERROR + an ERROR per held frame + DISCONNECT)
 //!    Closed                                Closed
 //! ```
+//!
+//! Frames that follow AUTH before core answered it (a reconnecting client sends AUTH, SYNC
+//! and its queued SENDs in one flight) are held, bounded in count and bytes
+//! ([`SessionConfig::max_held_frames`], [`SessionConfig::max_held_bytes`]), and handled in
+//! order right after AUTH_REPLY once AUTH succeeds; if it fails, each is answered with an
+//! ERROR. More than the bound is a protocol error (ERROR `CODE_RATE_LIMITED` + DISCONNECT).
 //!
 //! In `Open`, ROOM_JOIN/ROOM_LEAVE are handled by the edge (the comet holds rooms), every
 //! other request goes to core as a client op, and HEARTBEAT resets the idle deadline. Upstream
@@ -19,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use roam_proto::client::v1::{self as pb, disconnect::Reason, error::Code};
-use roam_proto::{Frame, FrameError, Op, disconnect_frame, error_frame, frame_of};
+use roam_proto::{Frame, FrameError, HEADER_LEN, Op, disconnect_frame, error_frame, frame_of};
 
 /// Tunables of a client session.
 #[derive(Debug, Clone)]
@@ -30,6 +36,10 @@ pub struct SessionConfig {
     pub rate_burst: u32,
     /// Requests per second a client may sustain.
     pub rate_per_sec: u32,
+    /// Frames a client may send after AUTH before AUTH_REPLY (held until AUTH is answered).
+    pub max_held_frames: usize,
+    /// Bytes (frame bodies and headers) of those held frames.
+    pub max_held_bytes: usize,
 }
 
 impl Default for SessionConfig {
@@ -38,6 +48,8 @@ impl Default for SessionConfig {
             auth_timeout: Duration::from_secs(10),
             rate_burst: 50,
             rate_per_sec: 20,
+            max_held_frames: 32,
+            max_held_bytes: 64 * 1024,
         }
     }
 }
@@ -82,8 +94,14 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq)]
 enum State {
     AwaitAuth,
-    Authenticating,
-    Open { heartbeat: Duration },
+    /// Core has the AUTH; `held` are the frames that followed it, `held_bytes` their size.
+    Authenticating {
+        held: Vec<Frame>,
+        held_bytes: usize,
+    },
+    Open {
+        heartbeat: Duration,
+    },
     Closed,
 }
 
@@ -96,6 +114,9 @@ pub struct Session {
     deadline: Instant,
     tokens: f64,
     refilled: Instant,
+    /// Why the session closed, for the close counter: `protocol`, or `held_frames` when a
+    /// client sent more than the bound before AUTH_REPLY.
+    close_reason: &'static str,
 }
 
 impl Session {
@@ -106,6 +127,7 @@ impl Session {
             deadline: now + config.auth_timeout,
             tokens: f64::from(config.rate_burst),
             refilled: now,
+            close_reason: "protocol",
             config,
         }
     }
@@ -120,6 +142,12 @@ impl Session {
         self.state == State::Closed
     }
 
+    /// Why a session closed other than idle: `protocol`, or `held_frames` (more frames than
+    /// the bound followed AUTH before its answer).
+    pub fn close_reason(&self) -> &'static str {
+        self.close_reason
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
     pub fn deadline(&self) -> Instant {
         self.deadline
@@ -127,6 +155,20 @@ impl Session {
 
     fn fail(&mut self, out: &mut Vec<Action>, seq: u32, code: Code, message: &str, reason: Reason) {
         let mut frames = error_frame(seq, code, message).to_vec();
+        // Frames held behind AUTH are not handled: each gets an ERROR so that its sender
+        // knows (AUTH_FAILED when core refused the AUTH, AUTH_REQUIRED otherwise).
+        if let State::Authenticating { held, .. } = &self.state {
+            let (held_code, held_message) = match code {
+                Code::AuthFailed | Code::AuthExpired => {
+                    (Code::AuthFailed, "not handled: AUTH was refused")
+                }
+                Code::Unavailable => (Code::Unavailable, "not handled: AUTH could not be checked"),
+                _ => (Code::AuthRequired, "not handled: no successful AUTH"),
+            };
+            for f in held {
+                frames.extend_from_slice(&error_frame(f.seq, held_code, held_message));
+            }
+        }
         frames.extend_from_slice(&disconnect_frame(reason, message, None));
         out.push(Action::Send(frames.into()));
         out.push(Action::Close { idle: false });
@@ -160,7 +202,10 @@ impl Session {
             (State::Closed, _) => {}
             (State::AwaitAuth, Some(Op::Auth)) => match frame.decode_body::<pb::Auth>() {
                 Ok(auth) => {
-                    self.state = State::Authenticating;
+                    self.state = State::Authenticating {
+                        held: Vec::new(),
+                        held_bytes: 0,
+                    };
                     out.push(Action::Authenticate(auth));
                 }
                 Err(e) => self.fail(
@@ -171,13 +216,37 @@ impl Session {
                     Reason::Protocol,
                 ),
             },
-            (State::AwaitAuth | State::Authenticating, _) => self.fail(
+            (State::AwaitAuth, _) => self.fail(
                 out,
                 frame.seq,
                 Code::AuthRequired,
-                "the first frame must be AUTH, and nothing may follow it until AUTH_REPLY",
+                "the first frame must be AUTH",
                 Reason::Protocol,
             ),
+            (State::Authenticating { held, held_bytes }, _) => {
+                let size = HEADER_LEN + frame.body.len();
+                if held.len() >= self.config.max_held_frames
+                    || held_bytes + size > self.config.max_held_bytes
+                {
+                    let message = format!(
+                        "more than {} frames or {} bytes sent after AUTH before AUTH_REPLY",
+                        self.config.max_held_frames, self.config.max_held_bytes
+                    );
+                    self.close_reason = "held_frames";
+                    self.fail(
+                        out,
+                        frame.seq,
+                        Code::RateLimited,
+                        &message,
+                        Reason::Protocol,
+                    );
+                    return;
+                }
+                if let State::Authenticating { held, held_bytes } = &mut self.state {
+                    *held_bytes += size;
+                    held.push(frame);
+                }
+            }
             (State::Open { heartbeat }, op) => {
                 self.deadline = now + idle_limit(*heartbeat);
                 // Every frame spends a token, an unknown or downstream-only op too: each
@@ -249,15 +318,22 @@ impl Session {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        if self.state != State::Authenticating {
+        if !matches!(self.state, State::Authenticating { .. }) {
             return;
         }
         if ok {
             let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.max(1)));
-            self.state = State::Open { heartbeat };
+            let held = match std::mem::replace(&mut self.state, State::Open { heartbeat }) {
+                State::Authenticating { held, .. } => held,
+                _ => Vec::new(),
+            };
             self.deadline = now + idle_limit(heartbeat);
             if let Ok(f) = frame_of(Op::AuthReply, 1, &reply) {
                 out.push(Action::Send(f));
+            }
+            // What followed AUTH, in order, as if it came now.
+            for frame in held {
+                self.handle_frame(frame, now, out);
             }
         } else {
             let code = Code::try_from(error.0).unwrap_or(Code::AuthFailed);
@@ -284,7 +360,7 @@ impl Session {
             return;
         }
         match self.state {
-            State::AwaitAuth | State::Authenticating => self.fail(
+            State::AwaitAuth | State::Authenticating { .. } => self.fail(
                 out,
                 0,
                 Code::AuthRequired,
@@ -365,6 +441,159 @@ mod tests {
         assert_eq!(sent_ops(&out), [(Op::Error, 5), (Op::Disconnect, 0)]);
         assert_eq!(out.last(), Some(&Action::Close { idle: false }));
         assert!(s.is_closed());
+    }
+
+    fn auth(s: &mut Session, now: Instant) {
+        let mut out = Vec::new();
+        s.handle_frame(frame(Op::Auth, 1, pb::Auth::default()), now, &mut out);
+        assert!(matches!(out[..], [Action::Authenticate(_)]));
+    }
+
+    #[test]
+    fn frames_after_auth_are_held_and_handled_in_order_once_it_succeeds() {
+        let now = Instant::now();
+        let mut s = Session::new(SessionConfig::default(), now);
+        auth(&mut s, now);
+        let mut out = Vec::new();
+        s.handle_frame(frame(Op::Heartbeat, 2, pb::Heartbeat {}), now, &mut out);
+        s.handle_frame(
+            frame(Op::RoomJoin, 3, pb::Room { room: "r".into() }),
+            now,
+            &mut out,
+        );
+        s.handle_frame(frame(Op::Sync, 4, pb::Sync::default()), now, &mut out);
+        assert!(out.is_empty(), "held until AUTH is answered");
+        assert!(!s.is_closed());
+        let later = now + Duration::from_secs(1);
+        s.handle_auth_result(true, 60, pb::AuthReply::default(), (0, ""), later, &mut out);
+        assert_eq!(
+            sent_ops(&out[..1]),
+            [(Op::AuthReply, 1)],
+            "AUTH_REPLY first"
+        );
+        assert!(matches!(out[1], Action::ToCore { op: 3, seq: 2, .. }));
+        assert_eq!(
+            out[2],
+            Action::Join {
+                room: "r".into(),
+                seq: 3
+            }
+        );
+        assert!(matches!(out[3], Action::ToCore { op: 9, seq: 4, .. }));
+        assert_eq!(out.len(), 4);
+        assert!(s.is_open());
+        assert_eq!(
+            s.deadline(),
+            later + Duration::from_secs(90),
+            "idle deadline from when they were handled"
+        );
+    }
+
+    #[test]
+    fn held_frames_are_each_answered_with_an_error_when_auth_fails() {
+        let now = Instant::now();
+        for (code, held_code) in [
+            (Code::AuthExpired, Code::AuthFailed),
+            (Code::AuthFailed, Code::AuthFailed),
+            (Code::Unavailable, Code::Unavailable),
+        ] {
+            let mut s = Session::new(SessionConfig::default(), now);
+            auth(&mut s, now);
+            let mut out = Vec::new();
+            s.handle_frame(frame(Op::Heartbeat, 2, pb::Heartbeat {}), now, &mut out);
+            s.handle_frame(frame(Op::Sync, 3, pb::Sync::default()), now, &mut out);
+            s.handle_auth_result(
+                false,
+                0,
+                pb::AuthReply::default(),
+                (code as i32, "refused"),
+                now,
+                &mut out,
+            );
+            assert_eq!(
+                sent_ops(&out),
+                [
+                    (Op::Error, 1),
+                    (Op::Error, 2),
+                    (Op::Error, 3),
+                    (Op::Disconnect, 0)
+                ]
+            );
+            assert_eq!(error_codes(&out)[1..], [held_code, held_code]);
+            assert!(s.is_closed());
+        }
+        // No answer in time: AUTH_REQUIRED for AUTH and for what followed it.
+        let mut s = Session::new(SessionConfig::default(), now);
+        auth(&mut s, now);
+        let mut out = Vec::new();
+        s.handle_frame(frame(Op::Heartbeat, 2, pb::Heartbeat {}), now, &mut out);
+        s.handle_timeout(now + Duration::from_secs(10), &mut out);
+        assert_eq!(error_codes(&out), [Code::AuthRequired, Code::AuthRequired]);
+        assert_eq!(
+            sent_ops(&out),
+            [(Op::Error, 0), (Op::Error, 2), (Op::Disconnect, 0)]
+        );
+    }
+
+    #[test]
+    fn more_held_frames_or_bytes_than_the_bound_is_a_protocol_error() {
+        let now = Instant::now();
+        let config = SessionConfig {
+            max_held_frames: 3,
+            max_held_bytes: 200,
+            ..SessionConfig::default()
+        };
+        let mut s = Session::new(config.clone(), now);
+        auth(&mut s, now);
+        let mut out = Vec::new();
+        for seq in 2..5 {
+            s.handle_frame(frame(Op::Heartbeat, seq, pb::Heartbeat {}), now, &mut out);
+        }
+        assert!(out.is_empty(), "three frames fit");
+        s.handle_frame(frame(Op::Heartbeat, 5, pb::Heartbeat {}), now, &mut out);
+        assert_eq!(
+            sent_ops(&out),
+            [
+                (Op::Error, 5),
+                (Op::Error, 2),
+                (Op::Error, 3),
+                (Op::Error, 4),
+                (Op::Disconnect, 0)
+            ]
+        );
+        assert_eq!(error_codes(&out)[0], Code::RateLimited);
+        assert_eq!(out.last(), Some(&Action::Close { idle: false }));
+        assert!(s.is_closed());
+        assert_eq!(s.close_reason(), "held_frames");
+        // Bytes: 16 + 150 fits in 200, a second such frame does not.
+        let mut s = Session::new(config, now);
+        auth(&mut s, now);
+        out.clear();
+        let big = || Frame::new(Op::Send, 2, vec![0u8; 150]);
+        s.handle_frame(big(), now, &mut out);
+        assert!(out.is_empty());
+        s.handle_frame(big(), now, &mut out);
+        assert!(s.is_closed());
+        // A late answer to the AUTH changes nothing.
+        out.clear();
+        s.handle_auth_result(true, 60, pb::AuthReply::default(), (0, ""), now, &mut out);
+        assert!(out.is_empty());
+    }
+
+    fn error_codes(actions: &[Action]) -> Vec<Code> {
+        let mut codes = Vec::new();
+        for a in actions {
+            if let Action::Send(bytes) = a {
+                let mut b = bytes.clone();
+                while let Ok(Some(f)) = FrameDecoder::default().decode_bytes(&mut b) {
+                    if f.op_kind() == Some(Op::Error) {
+                        let e: pb::Error = f.decode_body().unwrap();
+                        codes.push(e.code());
+                    }
+                }
+            }
+        }
+        codes
     }
 
     #[test]

@@ -229,6 +229,7 @@ fn bench_refuses_bad_arguments_with_a_clear_message() {
             "idle-conns offers raw, ws and quic",
         ),
         (&["bench", "room-fanout", "--members", "0"][..], "--members"),
+        (&["bench", "chat", "--connections", "3"][..], "must be even"),
     ] {
         let out = roam(args, &[]);
         assert!(!out.status.success(), "{args:?}");
@@ -439,6 +440,52 @@ fn bench_idle_conns_holds_small_counts_over_each_transport() {
             assert_eq!(json[figure], expected, "{figure}: {json}");
         }
     }
+}
+
+#[test]
+fn bench_chat_stores_and_delivers_between_a_few_pairs() {
+    let out = roam(
+        &[
+            "bench",
+            "chat",
+            "--connections",
+            "6",
+            "--rate",
+            "60",
+            "--duration",
+            "0.5",
+        ],
+        &[],
+    );
+    let json = last_json_line(&out);
+    assert_eq!(json["scenario"], "chat", "{json}");
+    assert_numbers(
+        &json,
+        &["server_cpu_us_per_message", "client_cpu_us_per_message"],
+    );
+    assert_positive(
+        &json,
+        &[
+            "messages_per_sec",
+            "send_to_ack_p50_ms",
+            "send_to_ack_p99_ms",
+            "send_to_deliver_p50_ms",
+            "send_to_deliver_p99_ms",
+            "sent",
+            "server_rss_bytes",
+        ],
+    );
+    assert_present(&json, &["late_sends"]);
+    assert_eq!(json["errors"], 0, "{json}");
+    assert_eq!(json["connections"], 6, "{json}");
+    assert_eq!(
+        json["acked"], json["sent"],
+        "every SEND acknowledged: {json}"
+    );
+    assert_eq!(
+        json["delivered"], json["sent"],
+        "every message pushed: {json}"
+    );
 }
 
 #[test]

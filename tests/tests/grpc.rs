@@ -121,3 +121,99 @@ async fn a_grpc_consumer_authenticates_heartbeats_and_receives_pushes() {
     let f = next(&mut down).await;
     assert_eq!((f.op, f.seq), (Op::Error.code(), 3));
 }
+
+/// The case of the issue, with an independent client (Python grpcio, installed by
+/// scripts/setup): AUTH, HEARTBEAT and ROOM_JOIN sent at once, before AUTH_REPLY.
+#[tokio::test]
+async fn a_python_grpcio_client_sends_auth_and_requests_in_one_flight() {
+    let server = roam_tests::start("");
+    let script = r#"
+import sys, threading
+import grpc
+
+def varint(n):
+    out = b""
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([byte | 0x80])
+        else:
+            return out + bytes([byte])
+
+def field_bytes(field, b):
+    return bytes([field << 3 | 2]) + varint(len(b)) + b
+
+def field_varint(field, n):
+    return bytes([field << 3]) + varint(n)
+
+def frame(op, seq, body):
+    return field_varint(1, op) + field_varint(2, seq) + field_bytes(3, body)
+
+def parse(buf):
+    fields, i = {}, 0
+    while i < len(buf):
+        key, i = read_varint(buf, i)
+        if key & 7 == 0:
+            fields[key >> 3], i = read_varint(buf, i)
+        else:
+            n, i = read_varint(buf, i)
+            fields[key >> 3] = buf[i:i + n]
+            i += n
+    return fields
+
+def read_varint(buf, i):
+    n, shift = 0, 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+
+addr, cafile, token = sys.argv[1:]
+creds = grpc.ssl_channel_credentials(root_certificates=open(cafile, "rb").read())
+channel = grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+connect = channel.stream_stream(
+    "/roam.client.v1.Gateway/Connect",
+    request_serializer=lambda b: b,
+    response_deserializer=parse,
+)
+done = threading.Event()
+
+def requests():
+    yield frame(1, 1, field_bytes(1, token.encode()) + field_bytes(2, b"py-grpc"))
+    yield frame(3, 2, b"")
+    yield frame(13, 3, field_bytes(1, b"lobby"))
+    done.wait(10)
+
+got = []
+for f in connect(requests(), timeout=10):
+    got.append((f.get(1, 0), f.get(2, 0)))
+    if len(got) == 3:
+        break
+done.set()
+assert got[0] == (2, 1), got
+assert sorted(got[1:]) == [(4, 2), (14, 3)], got
+print("ok")
+"#;
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(format!(
+            "127.0.0.1:{}",
+            server.addr("client_tcp").unwrap().port()
+        ))
+        .arg(server.dev_cert())
+        .arg(roam_tests::token(&server, "py"))
+        .output()
+        .await
+        .expect("python3 runs (scripts/setup installs the grpcio package)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ok"),
+        "python grpcio client failed:\n{stdout}\n{stderr}"
+    );
+}

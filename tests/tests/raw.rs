@@ -438,3 +438,60 @@ async fn rooms_per_connection_are_capped_for_auth_and_room_join() {
     let reply: pb::RoomReply = next(&mut c).await.decode_body().unwrap();
     assert_eq!(reply.rooms, ["r1", "r4"]);
 }
+
+/// AUTH, HEARTBEAT and ROOM_JOIN in one write: what follows AUTH is held until core answers
+/// it, then handled in order (AUTH_REPLY first); after a refused AUTH each held frame gets
+/// an ERROR before the DISCONNECT.
+#[tokio::test]
+async fn frames_sent_with_auth_in_one_flight_are_handled_after_auth_reply() {
+    let server = roam_tests::start("");
+    let flight = |token: String| {
+        let auth = pb::Auth {
+            token,
+            device_id: "phone".into(),
+            platform: "test".into(),
+            rooms: Vec::new(),
+        };
+        let mut bytes = roam_proto::frame_of(Op::Auth, 1, &auth).unwrap().to_vec();
+        bytes
+            .extend_from_slice(&roam_proto::frame_of(Op::Heartbeat, 2, &pb::Heartbeat {}).unwrap());
+        let room = pb::Room {
+            room: "lobby".into(),
+        };
+        bytes.extend_from_slice(&roam_proto::frame_of(Op::RoomJoin, 3, &room).unwrap());
+        bytes
+    };
+    let mut c = dial(&server).await;
+    c.send_raw(&flight(token(&server, "alice"))).await.unwrap();
+    let first = next(&mut c).await;
+    assert_eq!((first.op_kind(), first.seq), (Some(Op::AuthReply), 1));
+    // HEARTBEAT goes to core and ROOM_JOIN is answered at the edge: either may come first.
+    let mut answers = [next(&mut c).await, next(&mut c).await];
+    answers.sort_by_key(|f| f.seq);
+    assert_eq!(
+        answers
+            .iter()
+            .map(|f| (f.op_kind(), f.seq))
+            .collect::<Vec<_>>(),
+        [(Some(Op::HeartbeatReply), 2), (Some(Op::RoomJoinReply), 3)]
+    );
+    let joined: pb::RoomReply = answers[1].decode_body().unwrap();
+    assert_eq!(joined.rooms, ["lobby"]);
+
+    let mut refused = dial(&server).await;
+    refused.send_raw(&flight("nope".into())).await.unwrap();
+    let frames = until_closed(&mut refused).await;
+    let ops: Vec<_> = frames.iter().map(|f| (f.op_kind(), f.seq)).collect();
+    assert_eq!(
+        ops,
+        [
+            (Some(Op::Error), 1),
+            (Some(Op::Error), 2),
+            (Some(Op::Error), 3),
+            (Some(Op::Disconnect), 0)
+        ]
+    );
+    for held in &frames[1..3] {
+        assert_eq!(error_of(held).code(), pb::error::Code::AuthFailed);
+    }
+}

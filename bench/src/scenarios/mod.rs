@@ -1,6 +1,7 @@
 //! The scenarios with one file each (idle-conns, with its worker processes, has a folder of
 //! its own: `../idle_conns/`).
 
+pub(crate) mod chat;
 pub(crate) mod frame_codec;
 pub(crate) mod handshake;
 pub(crate) mod ids;
