@@ -259,8 +259,11 @@ pub(crate) struct InternalSection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct WebhookSection {
-    /// Where notices go (`http://host:port/path`); empty: no webhook.
+    /// Where notices go (`http://` or `https://host:port/path`); empty: no webhook.
     pub url: String,
+    /// CA certificates (PEM) an `https://` receiver's certificate must chain to; required
+    /// for `https://`.
+    pub ca_file: PathBuf,
     /// The HMAC-SHA256 key's file (hex, mode 0600); empty: `<data>/webhook-secret`,
     /// generated on first start.
     pub secret_file: PathBuf,
@@ -282,6 +285,7 @@ impl Default for WebhookSection {
     fn default() -> Self {
         WebhookSection {
             url: String::new(),
+            ca_file: PathBuf::new(),
             secret_file: PathBuf::new(),
             queue: 10_000,
             concurrency: 16,
@@ -296,7 +300,12 @@ impl Default for WebhookSection {
 impl WebhookSection {
     fn validate(&self) -> Result<()> {
         if !self.url.is_empty() {
-            roam_core::webhook::WebhookConfig::parse_url(&self.url)?;
+            let url = roam_core::webhook::WebhookConfig::parse_url(&self.url)?;
+            if url.scheme_str() == Some("https") && self.ca_file.as_os_str().is_empty() {
+                bail!(
+                    "webhook.url is https://: set webhook.ca_file to the CA certificates (PEM) its certificate chains to"
+                );
+            }
         }
         if self.queue == 0
             || self.concurrency == 0
@@ -324,6 +333,13 @@ impl Config {
             return Ok(None);
         }
         let url = roam_core::webhook::WebhookConfig::parse_url(&w.url)?;
+        let tls = if url.scheme_str() == Some("https") {
+            let roots = roam_tls::roots_from_pem(&w.ca_file)
+                .with_context(|| format!("webhook.ca_file {}", w.ca_file.display()))?;
+            Some(roam_tls::client_config(roots, &[b"http/1.1"]))
+        } else {
+            None
+        };
         let path = if w.secret_file.as_os_str().is_empty() {
             self.data.join("webhook-secret")
         } else {
@@ -333,6 +349,7 @@ impl Config {
             .with_context(|| "webhook.secret_file (ROAM_WEBHOOK_SECRET_FILE)")?;
         Ok(Some(roam_core::webhook::WebhookConfig {
             url,
+            tls,
             secret,
             queue: w.queue,
             concurrency: w.concurrency,
@@ -1033,7 +1050,7 @@ mod tests {
             (
                 "",
                 &[("ROAM_WEBHOOK_URL", "https://push.example.com/roam")],
-                "webhook.url",
+                "webhook.ca_file",
             ),
             ("[webhook]\nqueue = 0\n", &[], "webhook.queue"),
             (

@@ -153,7 +153,7 @@ async fn run_until_shutdown(
     p.shutdown.cancel();
     // Edge links are long-lived streams: end them so the gRPC server can stop.
     if let Some(core) = &core {
-        core.edges.close_all();
+        core.close_edge_links();
     }
     let drain = Duration::from_secs(p.config.shutdown.drain_timeout_secs + 1);
     if tokio::time::timeout(drain, async {
@@ -209,8 +209,7 @@ async fn start_core(p: &mut Process, store: &Store, ids: IdSource) -> Result<Arc
     let mut options = config.core.options(config.limits.max_packet);
     options.messaging = config.messaging.options(config.limits.max_packet);
     let core = Core::new(store.clone(), ids, verifier, options, metrics, webhook);
-    core.sessions
-        .upgrade()
+    core.upgrade_sessions()
         .await
         .context("cannot upgrade the sessions' key layout")?;
     p.tasks.spawn(core.clone().run_reaper(p.shutdown.clone()));

@@ -461,7 +461,7 @@ async fn client_op(core: &Arc<Core>, edge: &Arc<Edge>, op: link::ClientOp) {
 }
 
 /// Connections by transport of every live edge, summed.
-pub fn total_connections(core: &Core) -> (u64, HashMap<String, u64>) {
+pub(crate) fn total_connections(core: &Core) -> (u64, HashMap<String, u64>) {
     let mut by_transport: HashMap<String, u64> = HashMap::new();
     for edge in core.edges.live() {
         for (t, n) in edge.connections_by_transport() {

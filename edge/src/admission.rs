@@ -19,7 +19,7 @@
 //!
 //! The [`Ticket`] of an admitted connection holds its source share and its slot for as long
 //! as the connection lives — a WebSocket upgraded out of an HTTP/1.1 connection keeps a
-//! clone ([`ConnTicket`]) — so one TCP connection holds one slot however many requests or
+//! clone (`ConnTicket`) — so one TCP connection holds one slot however many requests or
 //! HTTP/2 streams it carries. Every refusal is counted in `roam_refused_connections_total`
 //! by reason.
 
@@ -37,9 +37,9 @@ use prometheus_client::registry::Registry;
 
 /// The label of a refusal.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefusalLabel {
+pub(crate) struct RefusalLabel {
     /// `handshakes`, `handshakes_per_ip`, `per_ip`, `max_connections` or `admin`.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// Connections refused at admission, by reason (cheap to clone: a shared handle).
@@ -59,12 +59,13 @@ impl Refusals {
     }
 
     /// Counts one refusal.
-    pub fn count(&self, reason: &'static str) {
+    pub(crate) fn count(&self, reason: &'static str) {
         self.0.get_or_create(&RefusalLabel { reason }).inc();
     }
 
     /// Refusals so far for `reason`.
-    pub fn get(&self, reason: &'static str) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn get(&self, reason: &'static str) -> u64 {
         self.0.get_or_create(&RefusalLabel { reason }).get()
     }
 }
@@ -146,13 +147,9 @@ impl Admission {
         })
     }
 
-    /// The caps.
-    pub fn config(&self) -> &AdmissionConfig {
-        &self.config
-    }
-
     /// Connections holding a slot now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
@@ -200,7 +197,7 @@ impl Admission {
     /// A slot alone (a virtual connection, which outlives the requests that made it, takes
     /// one of its own once authenticated). Not counted as a refusal when none is left: the
     /// caller answers 503.
-    pub fn slot(self: &Arc<Self>) -> Option<Slot> {
+    pub(crate) fn slot(self: &Arc<Self>) -> Option<Slot> {
         let n = self.open.fetch_add(1, Ordering::Relaxed);
         let slot = Slot {
             admission: self.clone(),
@@ -211,7 +208,7 @@ impl Admission {
     /// A permit for one TLS handshake from `peer`, or `None` (counted) when
     /// `max_handshakes` are under way, or `max_handshakes_per_ip` from its source: the
     /// connection is then closed at once.
-    pub fn handshake(self: &Arc<Self>, peer: IpAddr) -> Option<HandshakePermit> {
+    pub(crate) fn handshake(self: &Arc<Self>, peer: IpAddr) -> Option<HandshakePermit> {
         let n = self.handshakes.fetch_add(1, Ordering::Relaxed);
         let mut permit = HandshakePermit {
             admission: self.clone(),
@@ -241,7 +238,7 @@ impl Admission {
 
 /// One slot of the connection cap, released on drop.
 #[derive(Debug)]
-pub struct Slot {
+pub(crate) struct Slot {
     admission: Arc<Admission>,
 }
 
@@ -253,7 +250,7 @@ impl Drop for Slot {
 
 /// A handshake in flight, released on drop.
 #[derive(Debug)]
-pub struct HandshakePermit {
+pub(crate) struct HandshakePermit {
     admission: Arc<Admission>,
     /// The source whose handshake share it holds (when that share is capped).
     source: Option<IpAddr>,
@@ -285,7 +282,7 @@ impl Ticket {
     }
 
     /// Whether the connection has sent a complete request (see [`TicketLayer`]).
-    pub fn requested(&self) -> bool {
+    pub(crate) fn requested(&self) -> bool {
         self.requested.load(Ordering::Relaxed)
     }
 }
@@ -301,13 +298,16 @@ impl Drop for Ticket {
 /// A request extension carrying its connection's [`Ticket`]: what outlives the connection's
 /// HTTP handling (a WebSocket upgraded out of HTTP/1.1) keeps a clone, and with it the slot.
 #[derive(Debug, Clone)]
-pub struct ConnTicket(pub Arc<Ticket>);
+pub(crate) struct ConnTicket(
+    // Never read: held for the slot it keeps.
+    #[allow(dead_code)] Arc<Ticket>,
+);
 
 /// The per-connection layer of the HTTP listeners: marks the connection's [`Ticket`] when
 /// a complete request arrives (hyper calls the service once the request's head is in: the
 /// first-request deadline is then met) and hands the request a [`ConnTicket`].
 #[derive(Debug, Clone)]
-pub struct TicketLayer(pub Arc<Ticket>);
+pub(crate) struct TicketLayer(pub Arc<Ticket>);
 
 impl<S> tower::Layer<S> for TicketLayer {
     type Service = TicketService<S>;
@@ -322,7 +322,7 @@ impl<S> tower::Layer<S> for TicketLayer {
 
 /// See [`TicketLayer`].
 #[derive(Debug, Clone)]
-pub struct TicketService<S> {
+pub(crate) struct TicketService<S> {
     ticket: Arc<Ticket>,
     inner: S,
 }

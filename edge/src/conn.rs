@@ -26,7 +26,7 @@ use crate::session::{Action, Session};
 use roam_proto::internal::v1 as link;
 
 /// A client transport as the driver sees it.
-pub trait FrameIo: Send {
+pub(crate) trait FrameIo: Send {
     /// Reads more bytes into `buf` (reserving room as needed); `Ok(0)` at end of stream.
     /// Must be cancel-safe.
     fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
@@ -97,11 +97,11 @@ fn room_reply(room: String, mut rooms: Vec<String>, max_packet: usize) -> pb::Ro
 
 /// What a connection runs over, for metrics and the load reports to core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transport {
+pub(crate) struct Transport {
     /// `ws`, `stream`, `poll`, `grpc` or `raw` (one of [`crate::gateway::TRANSPORTS`]).
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// The HTTP version beneath: `1.1`, `2`, `3`, or `none` (the raw port).
-    pub http: &'static str,
+    pub(crate) http: &'static str,
 }
 
 impl Transport {
@@ -109,12 +109,12 @@ impl Transport {
     /// virtual connections (`stream`, `poll`) outlive the requests — and the TCP connections —
     /// that made them. Every other transport lives inside a TCP connection, whose slot was
     /// taken when it was accepted.
-    pub fn owns_slot(self) -> bool {
+    pub(crate) fn owns_slot(self) -> bool {
         matches!(self.name, "stream" | "poll")
     }
 
     /// The label for an HTTP request's version.
-    pub fn http_version(version: axum::http::Version) -> &'static str {
+    pub(crate) fn http_version(version: axum::http::Version) -> &'static str {
         match version {
             axum::http::Version::HTTP_2 => "2",
             axum::http::Version::HTTP_3 => "3",
@@ -400,7 +400,7 @@ impl<T: FrameIo> Conn<T> {
 /// taking `io`, whose argument would keep a second slot for the transport (≈ 1.2 KB for a TLS
 /// stream) next to the one in the state. The work of each round (acting on frames, AUTH results,
 /// outbox batches) runs in boxed futures that exist only while it is under way.
-pub fn drive<T: FrameIo>(
+pub(crate) fn drive<T: FrameIo>(
     gateway: Arc<Gateway>,
     io: T,
     transport: Transport,

@@ -5,7 +5,7 @@
 //! connection, deliveries to the comet, op replies, kicks), and the *heartbeat* reports load
 //! and rooms every period core asked for. If the link breaks, every client connection is
 //! closed with DISCONNECT (reconnect) — core has forgotten them — and the gateway reconnects.
-//! Room and broadcast deliveries pass through the [`Batcher`] (goim's room batch): a third
+//! Room and broadcast deliveries pass through the `Batcher` (goim's room batch): a third
 //! task fans each batch out when its window ends.
 
 use parking_lot::Mutex;
@@ -81,19 +81,19 @@ impl Default for GatewayConfig {
 const UP_WAIT: Duration = Duration::from_secs(5);
 
 /// Transports the edge reports connections for.
-pub const TRANSPORTS: &[&str] = &["ws", "stream", "poll", "grpc", "raw"];
+pub(crate) const TRANSPORTS: &[&str] = &["ws", "stream", "poll", "grpc", "raw"];
 
 /// The edge's shared state.
 #[derive(Debug)]
 pub struct Gateway {
     /// Authenticated connections.
-    pub comet: Comet,
+    pub(crate) comet: Comet,
     /// Tunables.
-    pub config: GatewayConfig,
+    pub(crate) config: GatewayConfig,
     /// Metrics.
-    pub metrics: EdgeMetrics,
+    pub(crate) metrics: EdgeMetrics,
     /// Fires on shutdown: connections drain.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     up: Mutex<Option<mpsc::Sender<EdgeUp>>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<link::ConnectResult>>>,
     /// Admission of the client and raw ports: source shares, slots, handshakes.
@@ -169,12 +169,12 @@ impl Gateway {
 
     /// Takes a slot for a virtual connection (TCP connections take theirs at accept,
     /// through [`Gateway::admission`]), or `None` at the limit.
-    pub fn admit(&self) -> Option<Slot> {
+    pub(crate) fn admit(&self) -> Option<Slot> {
         self.admission.slot()
     }
 
     /// Counts an authenticated connection over `transport` (until [`Gateway::left`]).
-    pub fn joined(&self, transport: Transport) {
+    pub(crate) fn joined(&self, transport: Transport) {
         if let Some(i) = TRANSPORTS.iter().position(|t| *t == transport.name) {
             self.by_transport[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -182,7 +182,7 @@ impl Gateway {
     }
 
     /// The authenticated connection over `transport` ended.
-    pub fn left(&self, transport: Transport) {
+    pub(crate) fn left(&self, transport: Transport) {
         if let Some(i) = TRANSPORTS.iter().position(|t| *t == transport.name) {
             self.by_transport[i].fetch_sub(1, Ordering::Relaxed);
         }
@@ -223,7 +223,7 @@ impl Gateway {
     }
 
     /// Asks core to authenticate connection `conn_id`; the answer arrives on the receiver.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         conn_id: u64,
         auth: pb::Auth,
@@ -244,7 +244,7 @@ impl Gateway {
     }
 
     /// Passes a client request to core.
-    pub async fn to_core(&self, conn_id: u64, op: u32, seq: u32, body: Bytes) {
+    pub(crate) async fn to_core(&self, conn_id: u64, op: u32, seq: u32, body: Bytes) {
         self.send_up(edge_up::Msg::ClientOp(link::ClientOp {
             conn_id,
             op,
@@ -255,13 +255,13 @@ impl Gateway {
     }
 
     /// Tells core a room's membership on this edge changed to `members`.
-    pub async fn room_change(&self, room: String, members: u64) {
+    pub(crate) async fn room_change(&self, room: String, members: u64) {
         self.send_up(edge_up::Msg::RoomChange(link::RoomChange { room, members }))
             .await;
     }
 
     /// A connection ended (`idle`: lost to a heartbeat timeout).
-    pub async fn disconnect(&self, conn_id: u64, idle: bool) {
+    pub(crate) async fn disconnect(&self, conn_id: u64, idle: bool) {
         self.pending.lock().remove(&conn_id);
         for room in self.comet.remove(conn_id) {
             self.room_change(room, 0).await;

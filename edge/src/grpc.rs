@@ -24,14 +24,14 @@ const SEND_QUEUE: usize = 16;
 
 /// The tonic service over `gateway`. A message larger than the frame limit is refused by
 /// tonic before it reaches the session.
-pub fn service(gateway: Arc<Gateway>, tracker: TaskTracker) -> GatewayServer<GrpcGateway> {
+pub(crate) fn service(gateway: Arc<Gateway>, tracker: TaskTracker) -> GatewayServer<GrpcGateway> {
     let max = gateway.config.max_packet;
     GatewayServer::new(GrpcGateway { gateway, tracker }).max_decoding_message_size(max)
 }
 
 /// The `Gateway` gRPC service; each stream's connection runs on `tracker`.
 #[derive(Debug, Clone)]
-pub struct GrpcGateway {
+pub(crate) struct GrpcGateway {
     gateway: Arc<Gateway>,
     tracker: TaskTracker,
 }

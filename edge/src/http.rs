@@ -4,12 +4,12 @@
 //! - `GET /v1/ws` — a WebSocket over HTTP/1.1 Upgrade or HTTP/2 extended CONNECT (RFC 8441,
 //!   many WebSockets on one TCP connection); one binary message = one or more frames.
 //! - `GET /v1/stream`, `GET /v1/poll`, `POST /v1/send` — virtual connections made of HTTP
-//!   requests ([`crate::vconn`]): a streamed response body or long-polls down, request
+//!   requests (`crate::vconn`): a streamed response body or long-polls down, request
 //!   bodies up.
-//! - `POST /roam.client.v1.Gateway/Connect` — the gRPC `Gateway` service ([`crate::grpc`]).
+//! - `POST /roam.client.v1.Gateway/Connect` — the gRPC `Gateway` service (`crate::grpc`).
 //! - `GET /` — the web app (clients/web's build) when its directory exists.
 //!
-//! Every connection runs through the same driver ([`crate::conn::drive`]). Errors before a
+//! Every connection runs through the same driver (`crate::conn::drive`). Errors before a
 //! connection exists (no token, a refused token, an unknown `roam-session`, a bad body) are
 //! an HTTP status with `{"error": {"code", "message"}}`.
 
@@ -51,16 +51,16 @@ use crate::gateway::Gateway;
 use crate::vconn::{self, Conn, ConnError, Mode, Registry};
 
 /// The header naming a virtual connection.
-pub const SESSION: HeaderName = HeaderName::from_static("roam-session");
+pub(crate) const SESSION: HeaderName = HeaderName::from_static("roam-session");
 /// The header carrying the cursor of the last frame a poll answered.
-pub const CURSOR: HeaderName = HeaderName::from_static("roam-cursor");
+pub(crate) const CURSOR: HeaderName = HeaderName::from_static("roam-cursor");
 /// The media type of a body of frames back to back.
-pub const FRAMES: &str = "application/vnd.roam.frames";
+pub(crate) const FRAMES: &str = "application/vnd.roam.frames";
 
 /// A long-poll waits at most this long (`wait` above is cut to it).
-pub const MAX_POLL_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_POLL_WAIT: Duration = Duration::from_secs(60);
 /// A long-poll without `wait` waits this long.
-pub const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(25);
+pub(crate) const DEFAULT_POLL_WAIT: Duration = Duration::from_secs(25);
 /// A `/v1/send` waits this long for its replies; later ones go downstream.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// `/v1/send` bodies hold at most this many maximum-size frames' worth of bytes.
