@@ -88,6 +88,8 @@ pub(crate) struct Config {
     pub webhook: WebhookSection,
     /// Stored messaging: fan-out, limits.
     pub messaging: MessagingSection,
+    /// The QUIC listeners (HTTP/3, raw frames over QUIC): issue 12.
+    pub quic: QuicSection,
 }
 
 // ---- [messaging] (stored messaging, issue 11): keys, defaults, validation, options ----
@@ -159,6 +161,88 @@ impl MessagingSection {
 }
 
 // ---- end of [messaging] ----
+
+// ---- QUIC (issue 12): `listen.client_quic`, `listen.raw_quic` and this section. ----
+
+/// The QUIC listeners' tunables (docs/config.md, `[quic]`; docs/edge.md, "QUIC").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct QuicSection {
+    /// Run the QUIC listeners (`listen.client_quic`, `listen.raw_quic`); `alt-svc` is sent
+    /// only when they run.
+    pub enabled: bool,
+    /// QUIC connections at once per listener (each also takes an `edge.max_connections`
+    /// slot); beyond it a new connection is refused (CONNECTION_REFUSED).
+    pub max_connections: usize,
+    /// Concurrent bidirectional streams per connection (HTTP/3 requests at once).
+    pub max_streams: u32,
+    /// Seconds of silence after which a connection is gone (no packet, not even a PING).
+    pub idle_timeout_secs: u64,
+    /// Seconds of silence after which the edge sends a PING: below common NAT UDP binding
+    /// timeouts (30 s), so an idle phone stays reachable. 0: no keep-alive.
+    pub keep_alive_secs: u64,
+    /// Above this many QUIC handshakes in flight, new clients must prove their address with
+    /// a stateless Retry first (0: always).
+    pub retry_above_handshakes: usize,
+}
+
+impl Default for QuicSection {
+    fn default() -> Self {
+        QuicSection {
+            enabled: true,
+            max_connections: 100_000,
+            max_streams: 16,
+            idle_timeout_secs: 60,
+            keep_alive_secs: 15,
+            retry_above_handshakes: 256,
+        }
+    }
+}
+
+impl QuicSection {
+    fn validate(&self) -> Result<()> {
+        if self.max_connections == 0 || self.max_streams == 0 || self.idle_timeout_secs == 0 {
+            bail!(
+                "quic.max_connections, quic.max_streams and quic.idle_timeout_secs must be above 0"
+            );
+        }
+        // QUIC's idle timeout is a varint of milliseconds below 2^62; keep it humane.
+        if self.idle_timeout_secs > 3600 {
+            bail!(
+                "quic.idle_timeout_secs = {}: at most 3600",
+                self.idle_timeout_secs
+            );
+        }
+        if self.keep_alive_secs >= self.idle_timeout_secs {
+            bail!(
+                "quic.keep_alive_secs = {} must be below quic.idle_timeout_secs = {}",
+                self.keep_alive_secs,
+                self.idle_timeout_secs
+            );
+        }
+        Ok(())
+    }
+
+    /// The edge's options for one QUIC listener.
+    pub(crate) fn options(
+        &self,
+        limits: &Limits,
+        shutdown: &Shutdown,
+    ) -> roam_edge::quic::QuicOptions {
+        roam_edge::quic::QuicOptions {
+            max_connections: self.max_connections,
+            max_streams: self.max_streams,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            keep_alive: Duration::from_secs(self.keep_alive_secs),
+            retry_above: self.retry_above_handshakes,
+            handshake_timeout: Duration::from_secs(limits.handshake_timeout_secs),
+            first_request: Duration::from_secs(limits.first_request_secs),
+            drain_timeout: Duration::from_secs(shutdown.drain_timeout_secs),
+        }
+    }
+}
+
+// ---- end of QUIC ----
 
 /// The internal gRPC port's credential (docs/core.md, "The internal port"): a shared key
 /// every process of a deployment holds, sent by callers and checked by the port.
@@ -349,10 +433,12 @@ impl EdgeSection {
 pub(crate) struct Listen {
     /// TLS 1.3 over TCP: HTTP/1.1 and HTTP/2 client API.
     pub client_tcp: SocketAddr,
-    /// QUIC (HTTP/3) client API.
+    /// QUIC (HTTP/3) client API (UDP).
     pub client_quic: SocketAddr,
     /// TLS 1.3 raw frame protocol.
     pub raw: SocketAddr,
+    /// Raw frames over QUIC, ALPN `roam/1` (UDP; issue 12).
+    pub raw_quic: SocketAddr,
     /// Plain-HTTP business/admin API, `/metrics`, `/healthz`.
     pub admin: SocketAddr,
     /// Internal gRPC between roles.
@@ -657,6 +743,7 @@ impl Default for Config {
             internal: InternalSection::default(),
             webhook: WebhookSection::default(),
             messaging: MessagingSection::default(),
+            quic: QuicSection::default(),
         }
     }
 }
@@ -667,6 +754,7 @@ impl Default for Listen {
             client_tcp: local(8443),
             client_quic: local(8443),
             raw: local(8444),
+            raw_quic: local(8444),
             admin: local(8080),
             internal: local(9090),
         }
@@ -750,6 +838,7 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         self.messaging.validate()?;
+        self.quic.validate()?;
         let max = self.limits.max_packet;
         if !(roam_proto::HEADER_LEN..=MAX_PACKET_CEILING).contains(&max) {
             bail!(
@@ -985,6 +1074,12 @@ mod tests {
                 "invalid socket address",
             ),
             ("[listen]\nnope = \"x\"\n", &[], "nope"),
+            (
+                "[quic]\nkeep_alive_secs = 90\n",
+                &[],
+                "quic.keep_alive_secs",
+            ),
+            ("", &[("ROAM_QUIC_MAX_STREAMS", "0")], "quic.max_streams"),
             ("role = \"everything\"\n", &[], "everything"),
             ("", &[("ROAM_LISTEN_NOPE", "1")], "ROAM_LISTEN_NOPE"),
             ("", &[("ROAM_BOGUS", "1")], "ROAM_BOGUS"),

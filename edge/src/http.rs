@@ -77,6 +77,10 @@ pub struct HttpOptions {
     /// Where connections outliving their request run (WebSockets, virtual connections,
     /// gRPC streams): the listener waits for them when it drains.
     pub tracker: TaskTracker,
+    /// The SHA-256 (hex) of the client port's certificate, served at `GET /v1/wt-cert-hash`
+    /// for WebTransport's `serverCertificateHashes` (a development certificate is
+    /// self-signed).
+    pub cert_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -94,8 +98,22 @@ pub fn router(gateway: Arc<Gateway>, options: HttpOptions) -> Router {
         vconns: Arc::new(Registry::default()),
         tracker: options.tracker,
     };
+    let hash = options.cert_sha256.clone();
     let router = Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            "/v1/wt-cert-hash",
+            get(move || async move {
+                match hash {
+                    Some(hash) => axum::Json(serde_json::json!({
+                        "algorithm": "sha-256",
+                        "value": hash,
+                    }))
+                    .into_response(),
+                    None => not_found().await.into_response(),
+                }
+            }),
+        )
         .route("/v1/ws", any(websocket))
         .route("/v1/stream", get(stream))
         .route("/v1/poll", get(poll))
