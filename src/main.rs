@@ -8,6 +8,7 @@
 
 mod admin;
 mod config;
+mod internal;
 mod metrics;
 mod serve;
 

@@ -45,13 +45,13 @@ use crate::service::Core;
 use crate::sessions::UserDevice;
 
 /// Most entries one request may list (users, devices, rooms).
-pub const MAX_LIST: usize = 1000;
+pub(crate) const MAX_LIST: usize = 1000;
 /// Seconds a client should wait after a 429.
 const RETRY_AFTER_SECS: u32 = 1;
 
 /// An API failure, answered as JSON with its status.
 #[derive(Debug, Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The request is malformed or out of range.
     #[error("{0}")]
     Invalid(String),

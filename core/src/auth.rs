@@ -1,4 +1,4 @@
-//! Client tokens: JWTs with `sub` (the user), `aud` ([`AUDIENCE`]), `iat`, `exp` and an
+//! Client tokens: JWTs with `sub` (the user), `aud` (`AUDIENCE`), `iat`, `exp` and an
 //! optional `did` (the device the token is bound to).
 //!
 //! Two ways to sign, both accepted by one [`Verifier`]:
@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::secret_file::{self, SecretFileError};
 
 /// The `aud` every Roam client token carries.
-pub const AUDIENCE: &str = "roam";
+pub(crate) const AUDIENCE: &str = "roam";
 /// File name of the HS256 secret inside the data directory.
 pub const SECRET_FILE: &str = "jwt-secret";
 /// Bytes of a generated secret.
@@ -29,7 +29,7 @@ const SECRET_LEN: usize = 32;
 pub struct Claims {
     /// The user.
     pub sub: String,
-    /// The audience, [`AUDIENCE`].
+    /// The audience, `AUDIENCE`.
     pub aud: String,
     /// Issued at, seconds since the Unix epoch (optional in tokens from other issuers).
     #[serde(default)]

@@ -10,28 +10,28 @@
 use std::cmp::Ordering;
 
 /// Edges within this distance of each other (from the client) count as one region.
-pub const SAME_REGION_KM: f64 = 500.0;
+pub(crate) const SAME_REGION_KM: f64 = 500.0;
 const EARTH_RADIUS_KM: f64 = 6371.0;
 
 /// What the balancer knows of an edge.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EdgeInfo {
+pub(crate) struct EdgeInfo {
     /// The edge's id.
-    pub id: String,
+    pub(crate) id: String,
     /// Region name (informational).
-    pub region: String,
+    pub(crate) region: String,
     /// Latitude, degrees.
-    pub lat: f64,
+    pub(crate) lat: f64,
     /// Longitude, degrees.
-    pub lon: f64,
+    pub(crate) lon: f64,
     /// Relative capacity (0 means drain: listed last).
-    pub weight: u32,
+    pub(crate) weight: u32,
     /// Open client connections.
-    pub connections: u64,
+    pub(crate) connections: u64,
 }
 
 /// Great-circle distance in kilometres (haversine).
-pub fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+pub(crate) fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
     let dp = (lat2 - lat1).to_radians();
     let dl = (lon2 - lon1).to_radians();
@@ -40,7 +40,7 @@ pub fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 }
 
 /// Orders `edges` for a client at `position` (lat, lon), nearest region first.
-pub fn order(mut edges: Vec<EdgeInfo>, position: Option<(f64, f64)>) -> Vec<EdgeInfo> {
+pub(crate) fn order(mut edges: Vec<EdgeInfo>, position: Option<(f64, f64)>) -> Vec<EdgeInfo> {
     let distance =
         |e: &EdgeInfo| position.map_or(0.0, |(lat, lon)| distance_km(lat, lon, e.lat, e.lon));
     let nearest = edges.iter().map(distance).fold(f64::INFINITY, f64::min);

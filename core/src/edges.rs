@@ -21,28 +21,28 @@ use crate::balancer::EdgeInfo;
 
 /// What an edge said about itself when it registered.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct EdgeMeta {
+pub(crate) struct EdgeMeta {
     /// Public addresses by transport name.
-    pub addresses: HashMap<String, String>,
+    pub(crate) addresses: HashMap<String, String>,
     /// Region name.
-    pub region: String,
+    pub(crate) region: String,
     /// Latitude, degrees.
-    pub lat: f64,
+    pub(crate) lat: f64,
     /// Longitude, degrees.
-    pub lon: f64,
+    pub(crate) lon: f64,
     /// Relative capacity.
-    pub weight: u32,
+    pub(crate) weight: u32,
 }
 
 /// A connection core authenticated on an edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// The user.
-    pub user: String,
+    pub(crate) user: String,
     /// The device.
-    pub device: String,
+    pub(crate) device: String,
     /// The device's current heartbeat interval, seconds.
-    pub heartbeat_secs: u32,
+    pub(crate) heartbeat_secs: u32,
 }
 
 /// A connection's state on its edge, as core tracks it.
@@ -56,9 +56,9 @@ enum ConnState {
 
 /// One registered edge.
 #[derive(Debug)]
-pub struct Edge {
+pub(crate) struct Edge {
     /// The edge's id.
-    pub id: String,
+    pub(crate) id: String,
     /// Distinguishes registrations of the same id (a re-registration replaces the old one).
     generation: u64,
     /// The edge process's instance id (`Register.instance`).
@@ -66,7 +66,7 @@ pub struct Edge {
     meta: EdgeMeta,
     tx: mpsc::Sender<EdgeDown>,
     /// Fires when core drops the edge: its link ends.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     last_heartbeat: Mutex<Instant>,
     connections: Mutex<HashMap<String, u64>>,
     rooms: Mutex<HashMap<String, u64>>,
@@ -75,17 +75,17 @@ pub struct Edge {
 
 impl Edge {
     /// The queue of messages for this edge.
-    pub fn sender(&self) -> &mpsc::Sender<EdgeDown> {
+    pub(crate) fn sender(&self) -> &mpsc::Sender<EdgeDown> {
         &self.tx
     }
 
     /// Messages waiting in the edge's queue.
-    pub fn queue_depth(&self) -> usize {
+    pub(crate) fn queue_depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Records a heartbeat with the edge's load report.
-    pub fn heartbeat(
+    pub(crate) fn heartbeat(
         &self,
         now: Instant,
         connections: HashMap<String, u64>,
@@ -99,7 +99,7 @@ impl Edge {
     }
 
     /// Records a room's membership on this edge.
-    pub fn room_change(&self, room: String, members: u64) {
+    pub(crate) fn room_change(&self, room: String, members: u64) {
         let mut rooms = self.rooms.lock();
         if members == 0 {
             rooms.remove(&room);
@@ -109,40 +109,40 @@ impl Edge {
     }
 
     /// Members of `room` on this edge (0 if none).
-    pub fn room_members(&self, room: &str) -> u64 {
+    pub(crate) fn room_members(&self, room: &str) -> u64 {
         self.rooms.lock().get(room).copied().unwrap_or(0)
     }
 
     /// Open connections on this edge, summed over transports.
-    pub fn connections(&self) -> u64 {
+    pub(crate) fn connections(&self) -> u64 {
         self.connections.lock().values().sum()
     }
 
     /// Open connections by transport.
-    pub fn connections_by_transport(&self) -> HashMap<String, u64> {
+    pub(crate) fn connections_by_transport(&self) -> HashMap<String, u64> {
         self.connections.lock().clone()
     }
 
     /// Rooms with members on this edge.
-    pub fn rooms(&self) -> HashMap<String, u64> {
+    pub(crate) fn rooms(&self) -> HashMap<String, u64> {
         self.rooms.lock().clone()
     }
 
     /// What the edge registered with.
-    pub fn meta(&self) -> &EdgeMeta {
+    pub(crate) fn meta(&self) -> &EdgeMeta {
         &self.meta
     }
 
     /// A connection's AUTH is being verified: a disconnect reported meanwhile is remembered
     /// (see [`finish_connect`](Self::finish_connect)).
-    pub fn begin_connect(&self, id: u64) {
+    pub(crate) fn begin_connect(&self, id: u64) {
         self.conns
             .lock()
             .insert(id, ConnState::Pending { closed: false });
     }
 
     /// The AUTH of connection `id` failed: forget it.
-    pub fn abandon_connect(&self, id: u64) {
+    pub(crate) fn abandon_connect(&self, id: u64) {
         let mut conns = self.conns.lock();
         if matches!(conns.get(&id), Some(ConnState::Pending { .. })) {
             conns.remove(&id);
@@ -151,7 +151,7 @@ impl Edge {
 
     /// The connection authenticated. Returns `false` if the edge reported it closed while
     /// it was being verified: the caller must end the session it just recorded.
-    pub fn finish_connect(&self, id: u64, conn: Conn) -> bool {
+    pub(crate) fn finish_connect(&self, id: u64, conn: Conn) -> bool {
         let mut conns = self.conns.lock();
         if let Some(ConnState::Pending { closed: true }) = conns.get(&id) {
             conns.remove(&id);
@@ -163,7 +163,7 @@ impl Edge {
 
     /// Removes a connection, returning what core knew of it if it was authenticated (a
     /// connection still being verified is marked closed instead).
-    pub fn remove_conn(&self, id: u64) -> Option<Conn> {
+    pub(crate) fn remove_conn(&self, id: u64) -> Option<Conn> {
         let mut conns = self.conns.lock();
         match conns.get_mut(&id) {
             Some(ConnState::Pending { closed }) => {
@@ -179,7 +179,7 @@ impl Edge {
     }
 
     /// An authenticated connection.
-    pub fn conn(&self, id: u64) -> Option<Conn> {
+    pub(crate) fn conn(&self, id: u64) -> Option<Conn> {
         match self.conns.lock().get(&id) {
             Some(ConnState::Open(c)) => Some(c.clone()),
             _ => None,
@@ -187,14 +187,14 @@ impl Edge {
     }
 
     /// Updates a connection's heartbeat interval.
-    pub fn set_conn_heartbeat(&self, id: u64, secs: u32) {
+    pub(crate) fn set_conn_heartbeat(&self, id: u64, secs: u32) {
         if let Some(ConnState::Open(c)) = self.conns.lock().get_mut(&id) {
             c.heartbeat_secs = secs;
         }
     }
 
     /// The balancer's view of this edge.
-    pub fn info(&self) -> EdgeInfo {
+    pub(crate) fn info(&self) -> EdgeInfo {
         EdgeInfo {
             id: self.id.clone(),
             region: self.meta.region.clone(),
@@ -208,11 +208,11 @@ impl Edge {
 
 /// A live edge already has the id a newcomer registers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AlreadyLinked;
+pub(crate) struct AlreadyLinked;
 
 /// Every edge this core knows, live or recently lost.
 #[derive(Debug)]
-pub struct EdgeRegistry {
+pub(crate) struct EdgeRegistry {
     live: RwLock<HashMap<String, Arc<Edge>>>,
     /// Edges whose link ended, with the deadline after which their sessions expire unless
     /// they register again.
@@ -225,7 +225,7 @@ pub struct EdgeRegistry {
 impl EdgeRegistry {
     /// A registry whose edges get queues of `queue_capacity` messages and are dropped after
     /// `timeout` without a heartbeat.
-    pub fn new(queue_capacity: usize, timeout: Duration) -> Self {
+    pub(crate) fn new(queue_capacity: usize, timeout: Duration) -> Self {
         EdgeRegistry {
             live: RwLock::new(HashMap::new()),
             lost: Mutex::new(HashMap::new()),
@@ -241,7 +241,7 @@ impl EdgeRegistry {
     /// registering again replaces its own link, which it has lost before core noticed: the
     /// old link is cancelled. (Another process takes the id once the old link has ended, or
     /// once core dropped it as silent.)
-    pub fn register(
+    pub(crate) fn register(
         &self,
         id: String,
         instance: u64,
@@ -274,7 +274,7 @@ impl EdgeRegistry {
 
     /// The link of `edge` ended: it leaves the live set now; its sessions expire after the
     /// timeout unless it registers again.
-    pub fn link_ended(&self, edge: &Edge, now: Instant) {
+    pub(crate) fn link_ended(&self, edge: &Edge, now: Instant) {
         let mut live = self.live.write();
         if live
             .get(&edge.id)
@@ -285,19 +285,29 @@ impl EdgeRegistry {
         }
     }
 
+    /// Whether `edge` is the live link of its id (not ended, not replaced).
+    pub(crate) fn is_current(&self, edge: &Edge) -> bool {
+        !edge.cancel.is_cancelled()
+            && self
+                .live
+                .read()
+                .get(&edge.id)
+                .is_some_and(|e| e.generation == edge.generation)
+    }
+
     /// A live edge by id.
-    pub fn get(&self, id: &str) -> Option<Arc<Edge>> {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Edge>> {
         self.live.read().get(id).cloned()
     }
 
     /// Every live edge.
-    pub fn live(&self) -> Vec<Arc<Edge>> {
+    pub(crate) fn live(&self) -> Vec<Arc<Edge>> {
         self.live.read().values().cloned().collect()
     }
 
     /// Drops edges silent for longer than the timeout and returns the ids whose sessions
     /// must now expire (those, and lost edges past their deadline).
-    pub fn reap(&self, now: Instant) -> Vec<String> {
+    pub(crate) fn reap(&self, now: Instant) -> Vec<String> {
         let mut expired = Vec::new();
         {
             let mut live = self.live.write();
@@ -326,22 +336,17 @@ impl EdgeRegistry {
 
     /// Hands `id` to the next [`reap`](Self::reap) again (its expiry failed), unless it
     /// registered again meanwhile.
-    pub fn expire_again(&self, id: String, now: Instant) {
+    pub(crate) fn expire_again(&self, id: String, now: Instant) {
         if self.get(&id).is_none() {
             self.lost.lock().insert(id, now);
         }
     }
 
     /// Ends every edge's link (on shutdown); their sessions stay until they expire.
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         for edge in self.live() {
             edge.cancel.cancel();
         }
-    }
-
-    /// How long an edge may stay silent.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 }
 

@@ -30,22 +30,22 @@ impl Default for HeartbeatPolicy {
 
 impl HeartbeatPolicy {
     /// The interval for a device never seen before: the minimum, the one every NAT allows.
-    pub fn initial(&self) -> u32 {
+    pub(crate) fn initial(&self) -> u32 {
         self.min
     }
 
     /// `current` clamped into the bounds (e.g. an interval stored under older bounds).
-    pub fn clamp(&self, current: u32) -> u32 {
+    pub(crate) fn clamp(&self, current: u32) -> u32 {
         current.clamp(self.min, self.max)
     }
 
     /// The interval after a heartbeat arrived in time.
-    pub fn on_success(&self, current: u32) -> u32 {
+    pub(crate) fn on_success(&self, current: u32) -> u32 {
         self.clamp(current.saturating_add(self.step))
     }
 
     /// The interval after a connection was lost to a heartbeat timeout.
-    pub fn on_failure(&self, current: u32) -> u32 {
+    pub(crate) fn on_failure(&self, current: u32) -> u32 {
         self.clamp(current.saturating_sub(self.step))
     }
 }

@@ -9,64 +9,64 @@ use prometheus_client::registry::Registry;
 
 /// A label with one `&'static str` value, e.g. `{target="users"}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
+pub(crate) struct KindLabel {
     /// The kind.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
 }
 
 /// An edge id label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EdgeLabel {
+pub(crate) struct EdgeLabel {
     /// The edge.
-    pub edge: String,
+    pub(crate) edge: String,
 }
 
 /// A business-API route and response status.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabel {
+pub(crate) struct RouteLabel {
     /// The matched route (`/api/v1/push/users`).
-    pub route: String,
+    pub(crate) route: String,
     /// The HTTP status.
-    pub status: u16,
+    pub(crate) status: u16,
 }
 
 /// Core's metrics (cheap to clone: shared handles).
 #[derive(Debug, Clone)]
 pub struct CoreMetrics {
     /// Edges registered and live.
-    pub edges: Gauge,
+    pub(crate) edges: Gauge,
     /// Messages waiting in each edge's queue (sampled at each push and heartbeat).
-    pub edge_queue_depth: Family<EdgeLabel, Gauge>,
+    pub(crate) edge_queue_depth: Family<EdgeLabel, Gauge>,
     /// Pushes accepted, by target kind (`devices`, `users`, `rooms`, `all`).
-    pub pushes: Family<KindLabel, Counter>,
+    pub(crate) pushes: Family<KindLabel, Counter>,
     /// Pushes refused because an edge's queue was full.
-    pub pushes_rejected_busy: Counter,
+    pub(crate) pushes_rejected_busy: Counter,
     /// Client connections authenticated.
-    pub connects: Counter,
+    pub(crate) connects: Counter,
     /// Client authentications refused, by reason.
-    pub auth_failures: Family<KindLabel, Counter>,
+    pub(crate) auth_failures: Family<KindLabel, Counter>,
     /// Client connections ended.
-    pub disconnects: Counter,
+    pub(crate) disconnects: Counter,
     /// Sessions expired because their edge stopped heartbeating.
-    pub sessions_expired: Counter,
+    pub(crate) sessions_expired: Counter,
     /// Store operations that failed, by operation.
-    pub store_errors: Family<KindLabel, Counter>,
+    pub(crate) store_errors: Family<KindLabel, Counter>,
     /// Business API requests, by route and status.
-    pub api_requests: Family<RouteLabel, Counter>,
+    pub(crate) api_requests: Family<RouteLabel, Counter>,
     /// Business API latency in seconds.
-    pub api_latency: Histogram,
+    pub(crate) api_latency: Histogram,
     /// Edge links refused, by reason (`edge_id_taken`).
-    pub links_refused: Family<KindLabel, Counter>,
+    pub(crate) links_refused: Family<KindLabel, Counter>,
     /// Messages stored, by delivery (`push`: write fan-out, `pull`: read fan-out).
-    pub messages_stored: Family<KindLabel, Counter>,
+    pub(crate) messages_stored: Family<KindLabel, Counter>,
     /// Sends answered from their idempotency record (retries; nothing stored).
-    pub messages_duplicate: Counter,
+    pub(crate) messages_duplicate: Counter,
     /// Sends, syncs and reads refused, by reason (`invalid`, `too_large`, `not_found`,
     /// `forbidden`, `limit`, `rate_limited`, `unavailable`, `busy`).
-    pub messaging_refused: Family<KindLabel, Counter>,
+    pub(crate) messaging_refused: Family<KindLabel, Counter>,
     /// Stored-message deliveries (PUSH or NOTICE to one user's devices on one edge) not
     /// queued because the edge's queue was full; the devices get them with SYNC.
-    pub deliveries_dropped: Counter,
+    pub(crate) deliveries_dropped: Counter,
 }
 
 impl CoreMetrics {

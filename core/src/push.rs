@@ -26,7 +26,7 @@ use crate::sessions::{Session, UserDevice};
 
 /// Whom a push is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// These devices, each of its user (their current connection).
     Devices(Vec<UserDevice>),
     /// Every connected device of these users.
@@ -50,7 +50,7 @@ impl Target {
 
 /// Why a push was refused.
 #[derive(Debug, Error)]
-pub enum PushError {
+pub(crate) enum PushError {
     /// An edge the push would reach has a full queue: retry after a moment.
     #[error("edge {edge} is busy: its delivery queue is full")]
     Busy {
@@ -79,7 +79,7 @@ struct Planned {
 
 impl Core {
     /// Queues `content` for `target`; returns the number of connections it was queued for.
-    pub async fn push(&self, target: Target, content: Bytes) -> Result<u64, PushError> {
+    pub(crate) async fn push(&self, target: Target, content: Bytes) -> Result<u64, PushError> {
         if content.len() > self.options.max_content {
             return Err(PushError::TooLarge {
                 len: content.len(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use roam_idsvc::IdSource;
 use roam_messaging::{Messaging, MessagingOptions};
-use roam_store::{Cursors, Store};
+use roam_store::{Cursors, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -53,19 +53,19 @@ impl Default for CoreOptions {
 #[derive(Debug)]
 pub struct Core {
     /// Sessions and presence.
-    pub sessions: Sessions,
+    pub(crate) sessions: Sessions,
     /// Edges connected to this core.
-    pub edges: EdgeRegistry,
+    pub(crate) edges: EdgeRegistry,
     /// Client token verifier.
-    pub verifier: Verifier,
+    pub(crate) verifier: Verifier,
     /// Tunables.
-    pub options: CoreOptions,
+    pub(crate) options: CoreOptions,
     /// Metrics.
-    pub metrics: CoreMetrics,
+    pub(crate) metrics: CoreMetrics,
     /// Offline notifications (disabled without `webhook.url`).
-    pub webhook: crate::webhook::Webhook,
+    pub(crate) webhook: crate::webhook::Webhook,
     /// Stored messaging: conversations, groups, sync, read cursors.
-    pub messaging: Messaging,
+    pub(crate) messaging: Messaging,
     /// Per-device delivered cursors (PUSH_ACK).
     pub(crate) store_cursors: Cursors,
     /// When core started (the monotonic origin of the send rate).
@@ -75,7 +75,7 @@ pub struct Core {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -103,6 +103,17 @@ impl Core {
             metrics,
             webhook,
         })
+    }
+
+    /// Brings the stored sessions to the current key layout (idempotent); run once before
+    /// serving.
+    pub async fn upgrade_sessions(&self) -> Result<(), StoreError> {
+        self.sessions.upgrade().await
+    }
+
+    /// Ends every edge link, so that the internal gRPC server can stop (shutdown).
+    pub fn close_edge_links(&self) {
+        self.edges.close_all();
     }
 
     /// Expires the sessions of edges that stopped heartbeating, until `shutdown`.

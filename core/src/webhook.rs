@@ -2,22 +2,27 @@
 //! core POSTs a JSON notice to a URL the business runs, which turns it into an APNs or FCM
 //! push (docs/core.md, "Offline notifications").
 //!
-//! [`Webhook::offline`] never waits: it puts the notice on a bounded queue, or sheds it (and
+//! `Webhook::offline` never waits: it puts the notice on a bounded queue, or sheds it (and
 //! counts it) when the queue is full. A worker task takes notices off the queue, at most
 //! `concurrency` deliveries at once; each delivery is a POST with the body signed by
 //! HMAC-SHA256 (header `x-roam-signature: sha256=<hex>`), retried after a connection error, a
 //! timeout, a 429 or a 5xx with exponential backoff and full jitter, up to `max_attempts`
-//! attempts; any other status fails it at once. At shutdown the worker stops: notices still
+//! attempts; any other status fails it at once. `https://` URLs are reached over TLS 1.3,
+//! trusting the CA certificates of `webhook.ca_file`. At shutdown the worker stops: notices still
 //! queued or in flight are counted as shed (`reason="shutdown"`).
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,6 +30,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use thiserror::Error;
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,17 +39,17 @@ use tracing::{debug, warn};
 use crate::metrics::KindLabel;
 
 /// The header carrying the body's signature: `sha256=<hex of HMAC-SHA256(secret, body)>`.
-pub const SIGNATURE_HEADER: &str = "x-roam-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "x-roam-signature";
 
 /// A stored message whose recipient has no online device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OfflineNotice {
-    pub user: String,
-    pub from: String,
-    pub conversation: String,
-    pub message_id: u64,
-    pub seq: u64,
-    pub created_at_ms: u64,
+    pub(crate) user: String,
+    pub(crate) from: String,
+    pub(crate) conversation: String,
+    pub(crate) message_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) created_at_ms: u64,
 }
 
 /// The JSON body of one POST.
@@ -66,8 +72,10 @@ struct Body<'a> {
 /// How the webhook delivers.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// Where notices go (`http://host:port/path`).
+    /// Where notices go (`http://` or `https://host:port/path`).
     pub url: http::Uri,
+    /// How `https://` URLs are reached (the roots of `webhook.ca_file`); `None` for `http://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The HMAC-SHA256 key.
     pub secret: Vec<u8>,
     /// Notices waiting beyond the ones in flight; more are shed.
@@ -87,8 +95,8 @@ pub struct WebhookConfig {
 /// Why a webhook URL cannot be used.
 #[derive(Debug, Error)]
 pub enum WebhookError {
-    /// Not a URL with an `http` scheme and a host.
-    #[error("webhook.url {0:?} must be an http:// URL with a host (https is not supported yet)")]
+    /// Not a URL with an `http` or `https` scheme and a host.
+    #[error("webhook.url {0:?} must be an http:// or https:// URL with a host")]
     Url(String),
 }
 
@@ -96,7 +104,7 @@ impl WebhookConfig {
     /// Parses and checks `url`.
     pub fn parse_url(url: &str) -> Result<http::Uri, WebhookError> {
         let uri: http::Uri = url.parse().map_err(|_| WebhookError::Url(url.into()))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(WebhookError::Url(url.into()));
         }
         Ok(uri)
@@ -107,17 +115,17 @@ impl WebhookConfig {
 #[derive(Debug, Clone)]
 pub struct WebhookMetrics {
     /// Notices delivered (a 2xx answer).
-    pub sent: Counter,
+    pub(crate) sent: Counter,
     /// Notices given up: a status that is not retried, or the last attempt failed.
-    pub failed: Counter,
+    pub(crate) failed: Counter,
     /// Attempts after the first.
-    pub retried: Counter,
+    pub(crate) retried: Counter,
     /// Notices dropped without delivery, by reason (`queue_full`, `shutdown`).
-    pub shed: Family<KindLabel, Counter>,
+    pub(crate) shed: Family<KindLabel, Counter>,
     /// Notices waiting in the queue.
-    pub queue_depth: Gauge,
+    pub(crate) queue_depth: Gauge,
     /// One attempt's duration, in seconds (whatever its outcome).
-    pub latency: Histogram,
+    pub(crate) latency: Histogram,
 }
 
 impl Default for WebhookMetrics {
@@ -193,10 +201,11 @@ impl Webhook {
         shutdown: CancellationToken,
     ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let connector = Connector::new(config.tls.clone());
         let worker = Worker {
             config: Arc::new(config),
             metrics: metrics.clone(),
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            client: Client::builder(TokioExecutor::new()).build(connector),
         };
         (
             Webhook {
@@ -225,11 +234,6 @@ impl Webhook {
             Err(mpsc::error::TrySendError::Closed(_)) => count_shed(&self.metrics, "shutdown"),
         }
     }
-
-    /// Whether notices are sent anywhere.
-    pub fn is_enabled(&self) -> bool {
-        self.tx.is_some()
-    }
 }
 
 fn count_shed(metrics: &WebhookMetrics, reason: &'static str) {
@@ -240,7 +244,7 @@ fn count_shed(metrics: &WebhookMetrics, reason: &'static str) {
 }
 
 /// `sha256=<hex>` of `body` under `secret`.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
+pub(crate) fn signature(secret: &[u8], body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     format!(
         "sha256={}",
@@ -274,7 +278,109 @@ enum Outcome {
 struct Worker {
     config: Arc<WebhookConfig>,
     metrics: WebhookMetrics,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
+}
+
+/// Opens TCP connections, with TLS for `https://` URLs.
+#[derive(Clone)]
+struct Connector {
+    http: HttpConnector,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Connector {
+    fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        Connector {
+            http,
+            tls: tls.map(tokio_rustls::TlsConnector::from),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let (mut http, tls) = (self.http.clone(), self.tls.clone());
+        Box::pin(async move {
+            let https = uri.scheme_str() == Some("https");
+            let host = uri.host().unwrap_or_default();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let tcp = http.call(uri).await?;
+            if !https {
+                return Ok(Stream::Plain(tcp));
+            }
+            let tls = tls.ok_or("an https:// webhook needs webhook.ca_file")?;
+            let name = rustls::pki_types::ServerName::try_from(host)?;
+            let stream = tls.connect(name, tcp.into_inner()).await?;
+            Ok(Stream::Tls(Box::new(TokioIo::new(stream))))
+        })
+    }
+}
+
+/// A connection to the receiver.
+enum Stream {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl Worker {
@@ -459,6 +565,7 @@ mod tests {
     fn config(url: http::Uri) -> WebhookConfig {
         WebhookConfig {
             url,
+            tls: None,
             secret: b"0123456789abcdef0123456789abcdef".to_vec(),
             queue: 16,
             concurrency: 1,
@@ -629,6 +736,70 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_https_receiver_is_reached_over_tls_trusting_the_configured_roots() {
+        let (cert, roots) = roam_tls::self_signed(&["localhost"]).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(
+            roam_tls::server_config(&cert, &[b"http/1.1"]).unwrap(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, mut seen) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let tx = tx.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let _ = tx.send((parts.headers, body));
+                                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                    Bytes::new(),
+                                )))
+                            }
+                        },
+                    );
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        let url = WebhookConfig::parse_url(&format!("https://localhost:{port}/hook")).unwrap();
+        let (hook, shutdown, task) = start(WebhookConfig {
+            tls: Some(roam_tls::client_config(roots, &[b"http/1.1"])),
+            ..config(url)
+        });
+        hook.offline(notice(9));
+        hook.offline(notice(10));
+        let (headers, body) = next(&mut seen).await;
+        assert_eq!(body["message_id"], 9);
+        assert!(
+            headers[SIGNATURE_HEADER]
+                .to_str()
+                .unwrap()
+                .starts_with("sha256=")
+        );
+        assert_eq!(next(&mut seen).await.1["message_id"], 10);
+        assert_eq!(
+            hook.metrics.sent.get(),
+            1,
+            "the first was delivered before the second went"
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
     #[test]
     fn backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half() {
         let (base, max) = (Duration::from_millis(100), Duration::from_secs(2));
@@ -643,15 +814,10 @@ mod tests {
     }
 
     #[test]
-    fn only_http_urls_with_a_host_are_taken() {
+    fn only_http_and_https_urls_with_a_host_are_taken() {
         assert!(WebhookConfig::parse_url("http://127.0.0.1:9000/hook").is_ok());
-        for bad in [
-            "",
-            "https://example.com/hook",
-            "ftp://x/y",
-            "/hook",
-            "http://",
-        ] {
+        assert!(WebhookConfig::parse_url("https://push.example.com/roam").is_ok());
+        for bad in ["", "push.example.com", "ftp://x/y", "/hook", "http://"] {
             let e = WebhookConfig::parse_url(bad).unwrap_err();
             assert!(e.to_string().contains("webhook.url"), "{e}");
         }

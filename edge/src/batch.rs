@@ -4,7 +4,7 @@
 //! every member a wake-up, a WebSocket frame, a TLS record and a `write` — per member, per
 //! message. goim's job collects a room's messages for a short signal time (or up to a batch
 //! count) and sends them to the comets as one buffer; Centrifugo's `write_delay` does the same
-//! per connection. [`Batcher`] is that policy for the edge: pushes to a room (or to everyone)
+//! per connection. `Batcher` is that policy for the edge: pushes to a room (or to everyone)
 //! are appended to the room's pending buffer; the buffer is fanned out, as one pre-encoded
 //! `Bytes` of frames back to back, when its window has passed since its first frame, when it
 //! holds `max_frames` frames, or before it would pass `max_bytes`. One message then costs a
@@ -13,7 +13,7 @@
 //!
 //! Time is passed in (`now`), so the policy is tested without sleeps; the gateway
 //! ([`crate::gateway`]) holds one `Batcher` behind a lock and runs the timer that calls
-//! [`Batcher::take_due`].
+//! `Batcher::take_due`.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 
 /// What a batch is addressed to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum BatchKey {
+pub(crate) enum BatchKey {
     /// The members of a room on this edge.
     Room(String),
     /// Every connection of this edge.
@@ -52,13 +52,13 @@ impl Default for BatchConfig {
 
 /// A batch ready to fan out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// Its recipients.
-    pub key: BatchKey,
+    pub(crate) key: BatchKey,
     /// Its frames, back to back.
-    pub frames: Bytes,
+    pub(crate) frames: Bytes,
     /// How many pushes it holds.
-    pub pushes: usize,
+    pub(crate) pushes: usize,
 }
 
 #[derive(Debug)]
@@ -71,7 +71,7 @@ struct Pending {
 
 /// Pending batches by key, and when each is due.
 #[derive(Debug)]
-pub struct Batcher {
+pub(crate) struct Batcher {
     config: BatchConfig,
     pending: HashMap<BatchKey, Pending>,
     /// Deadlines in the order the batches opened; every window is the same (and `now` never
@@ -83,7 +83,7 @@ pub struct Batcher {
 
 impl Batcher {
     /// An empty batcher.
-    pub fn new(config: BatchConfig) -> Self {
+    pub(crate) fn new(config: BatchConfig) -> Self {
         Batcher {
             config,
             pending: HashMap::new(),
@@ -93,7 +93,7 @@ impl Batcher {
     }
 
     /// Whether pushes are batched at all.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.config.window.is_zero() && self.config.max_frames > 1
     }
 
@@ -101,7 +101,7 @@ impl Batcher {
     /// batches that must go out now, oldest first: the key's pending batch when this push
     /// would make it too large, and the push's own batch when it is full (or when batching
     /// is off).
-    pub fn push(&mut self, key: BatchKey, frames: Bytes, now: Instant) -> Vec<Batch> {
+    pub(crate) fn push(&mut self, key: BatchKey, frames: Bytes, now: Instant) -> Vec<Batch> {
         let mut out = Vec::new();
         if !self.enabled() {
             out.push(Batch {
@@ -165,7 +165,7 @@ impl Batcher {
     }
 
     /// When the oldest pending batch is due, if any is pending.
-    pub fn next_due(&mut self) -> Option<Instant> {
+    pub(crate) fn next_due(&mut self) -> Option<Instant> {
         self.skip_stale();
         self.due.front().map(|(at, _, _)| *at)
     }
@@ -184,7 +184,7 @@ impl Batcher {
     }
 
     /// The batches due at `now`, oldest first.
-    pub fn take_due(&mut self, now: Instant) -> Vec<Batch> {
+    pub(crate) fn take_due(&mut self, now: Instant) -> Vec<Batch> {
         let mut out = Vec::new();
         while let Some(at) = self.next_due() {
             if at > now {
@@ -203,7 +203,7 @@ impl Batcher {
     }
 
     /// Every pending batch, due or not (on shutdown or when the link to core is lost).
-    pub fn take_all(&mut self) -> Vec<Batch> {
+    pub(crate) fn take_all(&mut self) -> Vec<Batch> {
         self.skip_stale();
         let due = std::mem::take(&mut self.due);
         let out = due
@@ -218,7 +218,8 @@ impl Batcher {
     }
 
     /// Pushes waiting in pending batches.
-    pub fn pending_pushes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending_pushes(&self) -> usize {
         self.pending.values().map(|p| p.pushes).sum()
     }
 }

@@ -27,9 +27,9 @@ const BUCKET_MASK: u64 = (MAX_BUCKETS as u64) - 1;
 
 /// A connection as the comet holds it.
 #[derive(Debug, Clone)]
-pub struct Channel {
+pub(crate) struct Channel {
     /// Where its deliveries go.
-    pub outbox: Arc<Outbox>,
+    pub(crate) outbox: Arc<Outbox>,
     /// Its rooms.
     rooms: Vec<String>,
 }
@@ -42,11 +42,11 @@ struct Bucket {
 
 /// What a delivery reached.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Fanout {
+pub(crate) struct Fanout {
     /// Frames queued.
-    pub queued: u64,
+    pub(crate) queued: u64,
     /// Connections whose queue overflowed (now closing as slow).
-    pub overflowed: u64,
+    pub(crate) overflowed: u64,
 }
 
 impl Fanout {
@@ -61,7 +61,7 @@ impl Fanout {
 
 /// The connection registry of one edge.
 #[derive(Debug)]
-pub struct Comet {
+pub(crate) struct Comet {
     buckets: Box<[RwLock<Bucket>]>,
     next: AtomicU64,
     rooms: Mutex<HashMap<String, u64>>,
@@ -70,7 +70,7 @@ pub struct Comet {
 
 impl Comet {
     /// A comet with `buckets` buckets (rounded to a power of two, 1 to 1024).
-    pub fn new(buckets: usize) -> Self {
+    pub(crate) fn new(buckets: usize) -> Self {
         let n = buckets
             .clamp(1, MAX_BUCKETS)
             .next_power_of_two()
@@ -84,7 +84,7 @@ impl Comet {
     }
 
     /// A fresh connection id for `device`: its low bits pick the device's bucket.
-    pub fn allocate(&self, device: &str) -> u64 {
+    pub(crate) fn allocate(&self, device: &str) -> u64 {
         let bucket = self.hasher.hash_one(device) % self.buckets.len() as u64;
         (self.next.fetch_add(1, Ordering::Relaxed) << 10) | bucket
     }
@@ -94,7 +94,7 @@ impl Comet {
     }
 
     /// Adds an authenticated connection.
-    pub fn insert(&self, id: u64, outbox: Arc<Outbox>) {
+    pub(crate) fn insert(&self, id: u64, outbox: Arc<Outbox>) {
         self.bucket(id).write().conns.insert(
             id,
             Channel {
@@ -105,7 +105,7 @@ impl Comet {
     }
 
     /// Removes a connection; returns the rooms whose edge-wide membership dropped to zero.
-    pub fn remove(&self, id: u64) -> Vec<String> {
+    pub(crate) fn remove(&self, id: u64) -> Vec<String> {
         let rooms = {
             let mut b = self.bucket(id).write();
             let Some(ch) = b.conns.remove(&id) else {
@@ -129,7 +129,7 @@ impl Comet {
 
     /// Adds `id` to `room`. Returns `(joined, edge_total)`: whether it was new, and the
     /// room's members on this edge now.
-    pub fn join(&self, id: u64, room: &str) -> Option<(bool, u64)> {
+    pub(crate) fn join(&self, id: u64, room: &str) -> Option<(bool, u64)> {
         {
             let mut b = self.bucket(id).write();
             let ch = b.conns.get_mut(&id)?;
@@ -144,7 +144,7 @@ impl Comet {
     }
 
     /// Removes `id` from `room`. Returns `(left, edge_total)`.
-    pub fn leave(&self, id: u64, room: &str) -> Option<(bool, u64)> {
+    pub(crate) fn leave(&self, id: u64, room: &str) -> Option<(bool, u64)> {
         {
             let mut b = self.bucket(id).write();
             let ch = b.conns.get_mut(&id)?;
@@ -164,7 +164,7 @@ impl Comet {
     }
 
     /// The rooms of a connection.
-    pub fn rooms_of(&self, id: u64) -> Vec<String> {
+    pub(crate) fn rooms_of(&self, id: u64) -> Vec<String> {
         self.bucket(id)
             .read()
             .conns
@@ -189,22 +189,18 @@ impl Comet {
     }
 
     /// Every room with members on this edge, with their counts.
-    pub fn room_totals(&self) -> HashMap<String, u64> {
+    pub(crate) fn room_totals(&self) -> HashMap<String, u64> {
         self.rooms.lock().clone()
     }
 
     /// Connections held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.buckets.iter().map(|b| b.read().conns.len()).sum()
     }
 
-    /// Whether no connection is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Queues `frames` for connection `id`.
-    pub fn send(&self, id: u64, frames: Bytes) -> Fanout {
+    pub(crate) fn send(&self, id: u64, frames: Bytes) -> Fanout {
         let mut f = Fanout::default();
         if let Some(ch) = self.bucket(id).read().conns.get(&id) {
             f.add(ch.outbox.push(frames));
@@ -213,7 +209,7 @@ impl Comet {
     }
 
     /// Queues `frames` for each of `ids`.
-    pub fn send_many(&self, ids: &[u64], frames: &Bytes) -> Fanout {
+    pub(crate) fn send_many(&self, ids: &[u64], frames: &Bytes) -> Fanout {
         let mut f = Fanout::default();
         for &id in ids {
             if let Some(ch) = self.bucket(id).read().conns.get(&id) {
@@ -224,7 +220,7 @@ impl Comet {
     }
 
     /// Queues `frames` for every member of `room`.
-    pub fn send_room(&self, room: &str, frames: &Bytes) -> Fanout {
+    pub(crate) fn send_room(&self, room: &str, frames: &Bytes) -> Fanout {
         let mut f = Fanout::default();
         for bucket in self.buckets.iter() {
             let b = bucket.read();
@@ -241,7 +237,7 @@ impl Comet {
     }
 
     /// Queues `frames` for every connection.
-    pub fn send_all(&self, frames: &Bytes) -> Fanout {
+    pub(crate) fn send_all(&self, frames: &Bytes) -> Fanout {
         let mut f = Fanout::default();
         for bucket in self.buckets.iter() {
             for ch in bucket.read().conns.values() {
@@ -252,7 +248,7 @@ impl Comet {
     }
 
     /// Asks connection `id` to close.
-    pub fn close(&self, id: u64, reason: CloseReason) -> bool {
+    pub(crate) fn close(&self, id: u64, reason: CloseReason) -> bool {
         match self.bucket(id).read().conns.get(&id) {
             Some(ch) => {
                 ch.outbox.close(reason);
@@ -263,7 +259,7 @@ impl Comet {
     }
 
     /// Asks every connection to close.
-    pub fn close_all(&self, reason: CloseReason) {
+    pub(crate) fn close_all(&self, reason: CloseReason) {
         for bucket in self.buckets.iter() {
             for ch in bucket.read().conns.values() {
                 ch.outbox.close(reason);

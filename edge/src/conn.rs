@@ -18,7 +18,7 @@ use roam_proto::{FrameDecoder, HEADER_LEN, Op, disconnect_frame, error_frame, fr
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::admission::Slot;
+use crate::admission::Hold;
 use crate::gateway::Gateway;
 use crate::metrics::{ReasonLabel, TransportLabel};
 use crate::outbox::{CloseReason, Outbox};
@@ -26,7 +26,7 @@ use crate::session::{Action, Session};
 use roam_proto::internal::v1 as link;
 
 /// A client transport as the driver sees it.
-pub trait FrameIo: Send {
+pub(crate) trait FrameIo: Send {
     /// Reads more bytes into `buf` (reserving room as needed); `Ok(0)` at end of stream.
     /// Must be cancel-safe.
     fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
@@ -97,24 +97,16 @@ fn room_reply(room: String, mut rooms: Vec<String>, max_packet: usize) -> pb::Ro
 
 /// What a connection runs over, for metrics and the load reports to core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transport {
+pub(crate) struct Transport {
     /// `ws`, `stream`, `poll`, `grpc` or `raw` (one of [`crate::gateway::TRANSPORTS`]).
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// The HTTP version beneath: `1.1`, `2`, `3`, or `none` (the raw port).
-    pub http: &'static str,
+    pub(crate) http: &'static str,
 }
 
 impl Transport {
-    /// Whether a connection over this transport takes a slot of its own once authenticated:
-    /// virtual connections (`stream`, `poll`) outlive the requests — and the TCP connections —
-    /// that made them. Every other transport lives inside a TCP connection, whose slot was
-    /// taken when it was accepted.
-    pub fn owns_slot(self) -> bool {
-        matches!(self.name, "stream" | "poll")
-    }
-
     /// The label for an HTTP request's version.
-    pub fn http_version(version: axum::http::Version) -> &'static str {
+    pub(crate) fn http_version(version: axum::http::Version) -> &'static str {
         match version {
             axum::http::Version::HTTP_2 => "2",
             axum::http::Version::HTTP_3 => "3",
@@ -155,9 +147,9 @@ struct Conn<T> {
     auth: Option<oneshot::Receiver<link::ConnectResult>>,
     auth_rooms: Vec<String>,
     idle: bool,
-    /// A virtual connection's own slot of `edge.max_connections`, taken once core accepted
-    /// its AUTH (see [`Transport::owns_slot`]).
-    slot: Option<Slot>,
+    /// What it holds of admission: a virtual connection's own ticket (source share and slot,
+    /// taken before its AUTH went to core), its session on the connection carrying it.
+    hold: Hold,
 }
 
 /// Whether the connection goes on after a step.
@@ -213,26 +205,9 @@ impl<T: FrameIo> Conn<T> {
     ) {
         let now = Instant::now();
         let gateway = self.gateway.clone();
-        let result = match result {
-            Ok(r) if r.ok && self.transport.owns_slot() => match gateway.admit() {
-                Some(slot) => {
-                    self.slot = Some(slot);
-                    Ok(r)
-                }
-                None => {
-                    gateway.metrics.refusals.count("max_connections");
-                    Ok(link::ConnectResult {
-                        ok: false,
-                        error_code: pb::error::Code::Unavailable as i32,
-                        error_message: "the edge is at its connection limit".into(),
-                        ..r
-                    })
-                }
-            },
-            other => other,
-        };
         match (result, self.conn_id) {
             (Ok(r), Some(id)) if r.ok => {
+                self.hold.authenticated();
                 gateway.comet.insert(id, self.outbox.clone());
                 gateway.joined(self.transport);
                 self.registered = true;
@@ -400,10 +375,21 @@ impl<T: FrameIo> Conn<T> {
 /// taking `io`, whose argument would keep a second slot for the transport (≈ 1.2 KB for a TLS
 /// stream) next to the one in the state. The work of each round (acting on frames, AUTH results,
 /// outbox batches) runs in boxed futures that exist only while it is under way.
-pub fn drive<T: FrameIo>(
+pub(crate) fn drive<T: FrameIo>(
     gateway: Arc<Gateway>,
     io: T,
     transport: Transport,
+) -> impl Future<Output = ()> + Send {
+    drive_holding(gateway, io, transport, Hold::default())
+}
+
+/// [`drive`] for a connection that holds `hold` for its life (a session on the connection
+/// carrying it, a virtual connection's own admission).
+pub(crate) fn drive_holding<T: FrameIo>(
+    gateway: Arc<Gateway>,
+    io: T,
+    transport: Transport,
+    hold: Hold,
 ) -> impl Future<Output = ()> + Send {
     let label = TransportLabel {
         transport: transport.name,
@@ -427,7 +413,7 @@ pub fn drive<T: FrameIo>(
         auth: None,
         auth_rooms: Vec::new(),
         idle: false,
-        slot: None,
+        hold,
     };
     // `conn` is captured once and run in place (a `mut self` argument, or a `let` rebinding
     // it, would move it into a second slot of the future).

@@ -5,7 +5,7 @@
 //! connection, deliveries to the comet, op replies, kicks), and the *heartbeat* reports load
 //! and rooms every period core asked for. If the link breaks, every client connection is
 //! closed with DISCONNECT (reconnect) — core has forgotten them — and the gateway reconnects.
-//! Room and broadcast deliveries pass through the [`Batcher`] (goim's room batch): a third
+//! Room and broadcast deliveries pass through the `Batcher` (goim's room batch): a third
 //! task fans each batch out when its window ends.
 
 use parking_lot::Mutex;
@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admission::{Admission, AdmissionConfig, Slot};
+use crate::admission::{Admission, AdmissionConfig};
 use crate::batch::{Batch, BatchConfig, BatchKey, Batcher};
 use crate::comet::{Comet, Fanout};
 use crate::conn::Transport;
@@ -41,8 +41,13 @@ pub struct GatewayConfig {
     /// Largest client frame.
     pub max_packet: usize,
     /// Connections beyond this are refused (503 / DISCONNECT(limit)): one slot per TCP
-    /// connection from accept, and one per virtual connection once authenticated.
+    /// connection from accept, and one per virtual connection before its AUTH goes to core.
     pub max_connections: usize,
+    /// Sessions one connection may carry at once (WebSockets and gRPC streams over HTTP/2,
+    /// virtual connections while on it; 0: no cap).
+    pub max_sessions_per_conn: u32,
+    /// Of those, sessions not yet authenticated (0: no cap).
+    pub max_unauthenticated_per_conn: u32,
     /// TLS handshakes in flight at once on the client and raw ports (0: no cap).
     pub max_handshakes: usize,
     /// Connections at once from one source address (0: no cap).
@@ -66,6 +71,8 @@ impl Default for GatewayConfig {
             outbox: 256,
             max_packet: roam_proto::DEFAULT_MAX_PACKET,
             max_connections: 100_000,
+            max_sessions_per_conn: 100,
+            max_unauthenticated_per_conn: 8,
             max_handshakes: 4096,
             max_conns_per_ip: 1000,
             max_handshakes_per_ip: 64,
@@ -81,19 +88,19 @@ impl Default for GatewayConfig {
 const UP_WAIT: Duration = Duration::from_secs(5);
 
 /// Transports the edge reports connections for.
-pub const TRANSPORTS: &[&str] = &["ws", "stream", "poll", "grpc", "raw"];
+pub(crate) const TRANSPORTS: &[&str] = &["ws", "stream", "poll", "grpc", "raw"];
 
 /// The edge's shared state.
 #[derive(Debug)]
 pub struct Gateway {
     /// Authenticated connections.
-    pub comet: Comet,
+    pub(crate) comet: Comet,
     /// Tunables.
-    pub config: GatewayConfig,
+    pub(crate) config: GatewayConfig,
     /// Metrics.
-    pub metrics: EdgeMetrics,
+    pub(crate) metrics: EdgeMetrics,
     /// Fires on shutdown: connections drain.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     up: Mutex<Option<mpsc::Sender<EdgeUp>>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<link::ConnectResult>>>,
     /// Admission of the client and raw ports: source shares, slots, handshakes.
@@ -138,7 +145,9 @@ impl Gateway {
                 max_handshakes: config.max_handshakes,
                 max_conns_per_ip: config.max_conns_per_ip,
                 max_handshakes_per_ip: config.max_handshakes_per_ip,
-                slot_reason: "max_connections",
+                max_sessions_per_conn: config.max_sessions_per_conn,
+                max_unauthenticated_per_conn: config.max_unauthenticated_per_conn,
+                ..AdmissionConfig::default()
             },
             metrics.refusals.clone(),
         );
@@ -167,14 +176,8 @@ impl Gateway {
         )
     }
 
-    /// Takes a slot for a virtual connection (TCP connections take theirs at accept,
-    /// through [`Gateway::admission`]), or `None` at the limit.
-    pub fn admit(&self) -> Option<Slot> {
-        self.admission.slot()
-    }
-
     /// Counts an authenticated connection over `transport` (until [`Gateway::left`]).
-    pub fn joined(&self, transport: Transport) {
+    pub(crate) fn joined(&self, transport: Transport) {
         if let Some(i) = TRANSPORTS.iter().position(|t| *t == transport.name) {
             self.by_transport[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -182,7 +185,7 @@ impl Gateway {
     }
 
     /// The authenticated connection over `transport` ended.
-    pub fn left(&self, transport: Transport) {
+    pub(crate) fn left(&self, transport: Transport) {
         if let Some(i) = TRANSPORTS.iter().position(|t| *t == transport.name) {
             self.by_transport[i].fetch_sub(1, Ordering::Relaxed);
         }
@@ -223,7 +226,7 @@ impl Gateway {
     }
 
     /// Asks core to authenticate connection `conn_id`; the answer arrives on the receiver.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         conn_id: u64,
         auth: pb::Auth,
@@ -244,7 +247,7 @@ impl Gateway {
     }
 
     /// Passes a client request to core.
-    pub async fn to_core(&self, conn_id: u64, op: u32, seq: u32, body: Bytes) {
+    pub(crate) async fn to_core(&self, conn_id: u64, op: u32, seq: u32, body: Bytes) {
         self.send_up(edge_up::Msg::ClientOp(link::ClientOp {
             conn_id,
             op,
@@ -255,13 +258,13 @@ impl Gateway {
     }
 
     /// Tells core a room's membership on this edge changed to `members`.
-    pub async fn room_change(&self, room: String, members: u64) {
+    pub(crate) async fn room_change(&self, room: String, members: u64) {
         self.send_up(edge_up::Msg::RoomChange(link::RoomChange { room, members }))
             .await;
     }
 
     /// A connection ended (`idle`: lost to a heartbeat timeout).
-    pub async fn disconnect(&self, conn_id: u64, idle: bool) {
+    pub(crate) async fn disconnect(&self, conn_id: u64, idle: bool) {
         self.pending.lock().remove(&conn_id);
         for room in self.comet.remove(conn_id) {
             self.room_change(room, 0).await;

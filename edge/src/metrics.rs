@@ -9,18 +9,18 @@ use prometheus_client::registry::Registry;
 
 /// Labels of connection metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TransportLabel {
+pub(crate) struct TransportLabel {
     /// `tcp`, later `quic`, `raw`.
-    pub transport: &'static str,
+    pub(crate) transport: &'static str,
 }
 
 /// Labels of authenticated connections.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SessionLabel {
+pub(crate) struct SessionLabel {
     /// `ws`, `stream`, `poll`, `grpc`, `raw`.
-    pub transport: &'static str,
+    pub(crate) transport: &'static str,
     /// `1.1`, `2`, `3`, `none`.
-    pub http_version: &'static str,
+    pub(crate) http_version: &'static str,
 }
 
 impl From<crate::conn::Transport> for SessionLabel {
@@ -34,55 +34,60 @@ impl From<crate::conn::Transport> for SessionLabel {
 
 /// Labels of handshake failures.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub(crate) struct ReasonLabel {
     /// `timeout`, `tls`, `io`.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// The edge's metrics (cheap to clone: every field is a shared handle).
 #[derive(Debug, Clone)]
 pub struct EdgeMetrics {
     /// Connections open now, by transport.
-    pub open_connections: Family<TransportLabel, Gauge>,
+    pub(crate) open_connections: Family<TransportLabel, Gauge>,
     /// Connections accepted since start (TLS handshake completed), by transport.
-    pub accepted: Family<TransportLabel, Counter>,
+    pub(crate) accepted: Family<TransportLabel, Counter>,
     /// Handshakes that failed, by reason.
-    pub handshake_failures: Family<ReasonLabel, Counter>,
+    pub(crate) handshake_failures: Family<ReasonLabel, Counter>,
     /// Frames received from clients, by transport.
-    pub frames_in: Family<TransportLabel, Counter>,
+    pub(crate) frames_in: Family<TransportLabel, Counter>,
     /// Bytes received from clients (frame bytes), by transport.
-    pub bytes_in: Family<TransportLabel, Counter>,
+    pub(crate) bytes_in: Family<TransportLabel, Counter>,
     /// Bytes of frames written to clients, by transport.
-    pub bytes_out: Family<TransportLabel, Counter>,
+    pub(crate) bytes_out: Family<TransportLabel, Counter>,
     /// AUTHs core refused, by error code (`auth_failed`, `auth_expired`, `unavailable`, …).
-    pub auth_failures: Family<ReasonLabel, Counter>,
+    pub(crate) auth_failures: Family<ReasonLabel, Counter>,
     /// Frames written to clients, by transport.
-    pub frames_out: Family<TransportLabel, Counter>,
+    pub(crate) frames_out: Family<TransportLabel, Counter>,
     /// Coalesced writes (one per outbox batch), by transport.
-    pub writes: Family<TransportLabel, Counter>,
+    pub(crate) writes: Family<TransportLabel, Counter>,
     /// Connections the edge closed, by reason: `slow` (queue overflow or a write past the
     /// write timeout), `idle`, `kicked`, `drain`, `protocol` (a broken frame stream, a request
     /// before AUTH, or a refused AUTH), `io` (a write failed: the client went away).
-    pub closes: Family<ReasonLabel, Counter>,
+    pub(crate) closes: Family<ReasonLabel, Counter>,
     /// Heartbeat intervals told to clients, in seconds.
-    pub heartbeat_interval: Histogram,
+    pub(crate) heartbeat_interval: Histogram,
     /// Authenticated connections open now, by transport and HTTP version.
-    pub sessions: Family<SessionLabel, Gauge>,
+    pub(crate) sessions: Family<SessionLabel, Gauge>,
     /// Frames a connection's task found queued when it drained its outbox (queue depth).
-    pub queue_depth: Histogram,
+    pub(crate) queue_depth: Histogram,
     /// Frames queued to connections' outboxes (deliveries and replies from core).
-    pub queued: Counter,
+    pub(crate) queued: Counter,
     /// Pushes per room or broadcast batch fanned out (see `edge.batch_ms`).
-    pub batch_pushes: Histogram,
+    pub(crate) batch_pushes: Histogram,
     /// Connections whose outbox overflowed (each then closes as slow; its frames are dropped).
-    pub overflows: Counter,
+    pub(crate) overflows: Counter,
     /// Messages for core dropped because the edge link was full or down.
-    pub link_drops: Counter,
+    pub(crate) link_drops: Counter,
     /// Long-polls parked now, waiting for frames (`GET /v1/poll` with `wait`).
-    pub polls_waiting: Gauge,
+    pub(crate) polls_waiting: Gauge,
     /// Connections refused at admission (registered by the process, shared with the admin
     /// port: see [`crate::admission::Refusals::register`]).
     pub refusals: crate::admission::Refusals,
+    /// QUIC connections whose client address changed (connection migration), by transport.
+    pub(crate) quic_path_changes: Family<TransportLabel, Counter>,
+    /// QUIC connection attempts answered with a stateless Retry (address validation under
+    /// a handshake flood).
+    pub(crate) quic_retries: Counter,
 }
 
 impl Default for EdgeMetrics {
@@ -107,6 +112,8 @@ impl Default for EdgeMetrics {
             link_drops: Counter::default(),
             polls_waiting: Gauge::default(),
             refusals: crate::admission::Refusals::default(),
+            quic_path_changes: Family::default(),
+            quic_retries: Counter::default(),
         }
     }
 }
@@ -205,6 +212,16 @@ impl EdgeMetrics {
             "handshake_failures",
             "TLS handshakes that failed, by reason",
             m.handshake_failures.clone(),
+        );
+        r.register(
+            "quic_path_changes",
+            "QUIC connections whose client address changed (connection migration), by transport",
+            m.quic_path_changes.clone(),
+        );
+        r.register(
+            "quic_retries",
+            "QUIC connection attempts answered with a stateless Retry (handshake flood)",
+            m.quic_retries.clone(),
         );
         m
     }

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 /// Why a connection's task must close it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The queue overflowed.
     Slow,
     /// Core kicked the connection (the `roam.client.v1.Disconnect.Reason` value).
@@ -26,7 +26,7 @@ pub enum CloseReason {
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
     /// Queued.
     Queued,
     /// The queue was full: the connection is now closing as slow.
@@ -43,7 +43,7 @@ struct State {
 
 /// The queue. Shared between deliverers and the connection's task.
 #[derive(Debug)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     state: Mutex<State>,
     ready: Notify,
     capacity: usize,
@@ -52,7 +52,7 @@ pub struct Outbox {
 impl Outbox {
     /// An empty queue of at most `capacity` deliveries (each one or more frames: a push, a
     /// reply, a room batch).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
@@ -61,7 +61,7 @@ impl Outbox {
     }
 
     /// Queues a frame.
-    pub fn push(&self, frame: Bytes) -> Pushed {
+    pub(crate) fn push(&self, frame: Bytes) -> Pushed {
         let mut s = self.state.lock();
         if s.close.is_some() {
             return Pushed::Closed;
@@ -85,7 +85,7 @@ impl Outbox {
     }
 
     /// Asks the connection's task to close (the first reason wins).
-    pub fn close(&self, reason: CloseReason) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         let mut s = self.state.lock();
         if s.close.is_none() {
             s.close = Some(reason);
@@ -97,7 +97,7 @@ impl Outbox {
 
     /// Moves everything queued into `batch`; returns the close reason if the connection must
     /// close (queued frames are then dropped). Releases the queue's storage.
-    pub fn take(&self, batch: &mut Vec<Bytes>) -> Option<CloseReason> {
+    pub(crate) fn take(&self, batch: &mut Vec<Bytes>) -> Option<CloseReason> {
         let mut s = self.state.lock();
         if let Some(reason) = s.close {
             return Some(reason);
@@ -107,7 +107,7 @@ impl Outbox {
     }
 
     /// Waits until something is queued or a close is asked for.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         loop {
             let notified = self.ready.notified();
             {
@@ -121,12 +121,14 @@ impl Outbox {
     }
 
     /// Frames waiting.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.state.lock().queue.len()
     }
 
     /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

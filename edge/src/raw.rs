@@ -28,13 +28,13 @@ const RAW: TransportLabel = TransportLabel { transport: "raw" };
 const READ_CHUNK: usize = 16 * 1024;
 
 /// A stream carrying frames back to back.
-pub struct RawIo<S> {
+pub(crate) struct RawIo<S> {
     stream: S,
 }
 
 impl<S> RawIo<S> {
     /// Frames over `stream`.
-    pub fn new(stream: S) -> Self {
+    pub(crate) fn new(stream: S) -> Self {
         RawIo { stream }
     }
 }

@@ -18,8 +18,8 @@
 //! other request goes to core as a client op, and HEARTBEAT resets the idle deadline. Upstream
 //! requests are rate-limited by a token bucket (an ERROR `CODE_RATE_LIMITED` answers a request
 //! over the limit). A connection silent for its heartbeat interval plus half of it is closed
-//! as idle. The transport driver ([`crate::conn`]) feeds [`Session::handle_frame`] and the
-//! other `handle_*` methods and carries out the [`Action`]s.
+//! as idle. The transport driver (`crate::conn`) feeds `Session::handle_frame` and the
+//! other `handle_*` methods and carries out the `Action`s.
 
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,7 @@ impl Default for SessionConfig {
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Write these frames to the client.
     Send(Bytes),
     /// Ask core to authenticate (the driver allocates the connection id).
@@ -107,7 +107,7 @@ enum State {
 
 /// The protocol state of one connection.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     state: State,
     config: SessionConfig,
     /// When the current state times out (auth) or the client last spoke (open).
@@ -121,7 +121,7 @@ pub struct Session {
 
 impl Session {
     /// A new connection, accepted at `now`.
-    pub fn new(config: SessionConfig, now: Instant) -> Self {
+    pub(crate) fn new(config: SessionConfig, now: Instant) -> Self {
         Session {
             state: State::AwaitAuth,
             deadline: now + config.auth_timeout,
@@ -133,23 +133,25 @@ impl Session {
     }
 
     /// Whether core has accepted the connection.
-    pub fn is_open(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_open(&self) -> bool {
         matches!(self.state, State::Open { .. })
     }
 
     /// Whether the connection is done.
-    pub fn is_closed(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_closed(&self) -> bool {
         self.state == State::Closed
     }
 
     /// Why a session closed other than idle: `protocol`, or `held_frames` (more frames than
     /// the bound followed AUTH before its answer).
-    pub fn close_reason(&self) -> &'static str {
+    pub(crate) fn close_reason(&self) -> &'static str {
         self.close_reason
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         self.deadline
     }
 
@@ -176,7 +178,7 @@ impl Session {
     }
 
     /// The byte stream broke the frame protocol.
-    pub fn handle_decode_error(&mut self, e: &FrameError, out: &mut Vec<Action>) {
+    pub(crate) fn handle_decode_error(&mut self, e: &FrameError, out: &mut Vec<Action>) {
         if self.state != State::Closed {
             self.fail(out, 0, e.code(), &e.to_string(), Reason::Protocol);
         }
@@ -196,7 +198,7 @@ impl Session {
     }
 
     /// A frame from the client.
-    pub fn handle_frame(&mut self, frame: Frame, now: Instant, out: &mut Vec<Action>) {
+    pub(crate) fn handle_frame(&mut self, frame: Frame, now: Instant, out: &mut Vec<Action>) {
         let op = Op::from_code(frame.op);
         match (&self.state, op) {
             (State::Closed, _) => {}
@@ -309,7 +311,7 @@ impl Session {
     }
 
     /// Core's answer to this connection's AUTH.
-    pub fn handle_auth_result(
+    pub(crate) fn handle_auth_result(
         &mut self,
         ok: bool,
         heartbeat_secs: u32,
@@ -347,7 +349,7 @@ impl Session {
     }
 
     /// Core told the client a new heartbeat interval.
-    pub fn handle_heartbeat_interval(&mut self, secs: u32, now: Instant) {
+    pub(crate) fn handle_heartbeat_interval(&mut self, secs: u32, now: Instant) {
         if let State::Open { heartbeat } = &mut self.state {
             *heartbeat = Duration::from_secs(u64::from(secs.max(1)));
             self.deadline = now + idle_limit(*heartbeat);
@@ -355,7 +357,7 @@ impl Session {
     }
 
     /// Time passed: closes a connection that did not authenticate, or went silent, in time.
-    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
         if now < self.deadline || self.state == State::Closed {
             return;
         }

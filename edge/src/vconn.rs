@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::conn::FrameIo;
 
 /// How long a closed poll connection's last frames stay readable.
-pub const LINGER: Duration = Duration::from_secs(60);
+pub(crate) const LINGER: Duration = Duration::from_secs(60);
 
 /// Request bodies queued towards a connection's task.
 const UP_QUEUE: usize = 4;
@@ -50,7 +50,7 @@ const DOWN_QUEUE: usize = 2;
 
 /// How a virtual connection's frames reach the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// One long response body.
     Stream,
     /// A buffer read by long-polls.
@@ -107,9 +107,9 @@ impl State {
 
 /// One virtual connection, shared by its task and the requests that reach it.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// The `roam-session` id.
-    pub id: String,
+    pub(crate) id: String,
     /// The bearer token that opened it; later requests must carry the same.
     token: String,
     /// How its frames reach the client.
@@ -121,7 +121,7 @@ pub struct Conn {
 
 /// Why a request to a virtual connection failed (each maps to an HTTP status).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnError {
+pub(crate) enum ConnError {
     /// No such connection (never opened, or closed and gone).
     Unknown,
     /// The request's bearer token is not the one that opened the connection.
@@ -134,7 +134,7 @@ pub enum ConnError {
 
 impl Conn {
     /// Whether `token` opened this connection.
-    pub fn check(&self, token: &str) -> Result<(), ConnError> {
+    pub(crate) fn check(&self, token: &str) -> Result<(), ConnError> {
         // Length first, then every byte: no early exit that times the matching prefix.
         let same = self.token.len() == token.len()
             && self
@@ -153,7 +153,7 @@ impl Conn {
     /// Sends `body` (whole, validated frames) up; resolves with the frames answering its
     /// `requests` (seq, reply op), in their order, once all came, the connection closed, or
     /// `timeout` passed (the replies still missing then go downstream when they come).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         body: Bytes,
         requests: Vec<(u32, u32)>,
@@ -206,7 +206,7 @@ impl Conn {
     /// Poll mode: the frames after `cursor` (releasing those up to it) and the cursor of the
     /// last one, waiting up to `wait` for some. `Ok(None)`: none came in time. `waiting`
     /// counts the poll while it is parked.
-    pub async fn poll(
+    pub(crate) async fn poll(
         &self,
         cursor: u64,
         wait: Duration,
@@ -257,7 +257,7 @@ impl Conn {
     }
 
     /// Waits for the connection's first output (AUTH_REPLY, or the ERROR refusing it).
-    pub async fn first_frames(&self) -> Option<Bytes> {
+    pub(crate) async fn first_frames(&self) -> Option<Bytes> {
         loop {
             let changed = self.changed.notified();
             {
@@ -292,25 +292,25 @@ impl Drop for Parked<'_> {
 
 /// The virtual connections of the client port, by `roam-session` id.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     conns: Mutex<HashMap<String, Arc<Conn>>>,
 }
 
 impl Registry {
     /// The connection `id`.
-    pub fn get(&self, id: &str) -> Result<Arc<Conn>, ConnError> {
+    pub(crate) fn get(&self, id: &str) -> Result<Arc<Conn>, ConnError> {
         self.conns.lock().get(id).cloned().ok_or(ConnError::Unknown)
     }
 
     /// Forgets connection `id` (its task, if still running, is unaffected).
-    pub fn remove(&self, id: &str) {
+    pub(crate) fn remove(&self, id: &str) {
         self.conns.lock().remove(id);
     }
 
     /// Registers a new connection opened with `token`, whose task reads AUTH (`auth`) first.
     /// Returns the connection, the transport for its task, and (stream mode) the receiver of
     /// its response body.
-    pub fn open(
+    pub(crate) fn open(
         self: &Arc<Self>,
         token: String,
         auth: Bytes,
@@ -361,7 +361,7 @@ enum Down {
 
 /// A virtual connection as its task ([`crate::conn::drive`]) sees it.
 #[derive(Debug)]
-pub struct VirtualIo {
+pub(crate) struct VirtualIo {
     conn: Arc<Conn>,
     registry: Arc<Registry>,
     auth: Option<Bytes>,
@@ -521,7 +521,7 @@ impl FrameIo for VirtualIo {
 /// Checks a `/v1/send` body: whole frames within `max_packet`, no AUTH, no seq twice.
 /// Returns (seq, the op that will answer it) in body order, for every frame that gets an
 /// answer.
-pub fn requests(body: &Bytes, max_packet: usize) -> Result<Vec<(u32, u32)>, String> {
+pub(crate) fn requests(body: &Bytes, max_packet: usize) -> Result<Vec<(u32, u32)>, String> {
     let decoder = FrameDecoder::new(max_packet);
     let mut rest = body.clone();
     let mut expect = Vec::new();
@@ -574,7 +574,7 @@ pub fn requests(body: &Bytes, max_packet: usize) -> Result<Vec<(u32, u32)>, Stri
 }
 
 /// The AUTH frame an opening request stands for.
-pub fn auth_frame(token: &str, device: &str, platform: &str, rooms: &str) -> Option<Bytes> {
+pub(crate) fn auth_frame(token: &str, device: &str, platform: &str, rooms: &str) -> Option<Bytes> {
     let auth = pb::Auth {
         token: token.to_owned(),
         device_id: device.to_owned(),

@@ -331,7 +331,13 @@ async fn acknowledged_messages_survive_sigkill_exactly_once() {
             .expect("an ack within 10 s")
             .expect("the senders are running");
         tokio::time::sleep(Duration::from_micros(rng.below(40_000))).await;
-        tokio::task::block_in_place(|| server.kill_and_restart()).unwrap();
+        server = tokio::task::spawn_blocking(move || {
+            let mut s = server;
+            s.kill_and_restart().map(|()| s)
+        })
+        .await
+        .unwrap()
+        .unwrap();
         kills += 1;
         alice_s = a.await.unwrap();
         fred_s = f.await.unwrap();

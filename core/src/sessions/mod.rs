@@ -20,74 +20,74 @@ use keys::{LAYOUT, V1};
 
 /// One device of one user: how pushes address a device.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UserDevice {
+pub(crate) struct UserDevice {
     /// The user.
-    pub user: String,
+    pub(crate) user: String,
     /// The device, as the user's client named it (AUTH's `device_id`).
-    pub device: String,
+    pub(crate) device: String,
 }
 
 /// Where a session lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
+pub(crate) struct Session {
     /// The user.
-    pub user: String,
+    pub(crate) user: String,
     /// The device.
-    pub device: String,
+    pub(crate) device: String,
     /// The edge holding the connection.
-    pub edge: String,
+    pub(crate) edge: String,
     /// The connection on that edge.
-    pub conn: u64,
+    pub(crate) conn: u64,
     /// The client's platform (free text).
-    pub platform: String,
+    pub(crate) platform: String,
     /// The transport (`ws`, `raw`, ...).
-    pub transport: String,
+    pub(crate) transport: String,
     /// When it connected, ms since the Unix epoch.
-    pub connected_at_ms: u64,
+    pub(crate) connected_at_ms: u64,
 }
 
 /// A new session, as [`Sessions::connect`] takes it.
 #[derive(Debug, Clone)]
-pub struct NewSession<'a> {
+pub(crate) struct NewSession<'a> {
     /// The authenticated user.
-    pub user: &'a str,
+    pub(crate) user: &'a str,
     /// The device.
-    pub device: &'a str,
+    pub(crate) device: &'a str,
     /// The edge.
-    pub edge: &'a str,
+    pub(crate) edge: &'a str,
     /// The connection on the edge.
-    pub conn: u64,
+    pub(crate) conn: u64,
     /// Platform.
-    pub platform: &'a str,
+    pub(crate) platform: &'a str,
     /// Transport.
-    pub transport: &'a str,
+    pub(crate) transport: &'a str,
 }
 
 /// What [`Sessions::connect`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Connected {
+pub(crate) struct Connected {
     /// The session the new one replaced (the same user's device's older connection): its
     /// connection must be closed. Another user's device of the same id is never replaced.
-    pub replaced: Vec<Session>,
+    pub(crate) replaced: Vec<Session>,
     /// The device's remembered heartbeat interval, if any.
-    pub heartbeat_secs: Option<u32>,
+    pub(crate) heartbeat_secs: Option<u32>,
 }
 
 /// A user's presence.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Presence {
+pub(crate) struct Presence {
     /// The user.
-    pub user: String,
+    pub(crate) user: String,
     /// Their current sessions (online if any).
-    pub sessions: Vec<Session>,
+    pub(crate) sessions: Vec<Session>,
     /// When their last session ended, ms since the Unix epoch (None: never seen, or online
     /// since before any recorded end).
-    pub last_seen_ms: Option<u64>,
+    pub(crate) last_seen_ms: Option<u64>,
 }
 
 /// The sessions layer over a store.
 #[derive(Debug, Clone)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     store: Store,
 }
 
@@ -129,14 +129,14 @@ fn clear_session(tx: &mut roam_store::Tx<'_>, s: &Session, now_ms: u64) -> Resul
 
 impl Sessions {
     /// The layer over `store`.
-    pub fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Sessions { store }
     }
 
     /// Brings the stored key layout to this build's (`sessions/keys.rs`): from layout 1 (no marker),
     /// clears the old device index, which named a device without its user. Idempotent; a
     /// store written by a newer layout is refused rather than misread.
-    pub async fn upgrade(&self) -> Result<(), StoreError> {
+    pub(crate) async fn upgrade(&self) -> Result<(), StoreError> {
         self.store
             .transact(|tx| {
                 let key = keys::layout();
@@ -164,7 +164,11 @@ impl Sessions {
     }
 
     /// Records a new session, replacing the previous session of the same `(user, device)`.
-    pub async fn connect(&self, new: NewSession<'_>, now_ms: u64) -> Result<Connected, StoreError> {
+    pub(crate) async fn connect(
+        &self,
+        new: NewSession<'_>,
+        now_ms: u64,
+    ) -> Result<Connected, StoreError> {
         let user = new.user.to_owned();
         let device = new.device.to_owned();
         let edge = new.edge.to_owned();
@@ -204,7 +208,7 @@ impl Sessions {
 
     /// Ends the session of `(user, device)` if it is still the one on `(edge, conn)` (a newer
     /// connection may have replaced it). Returns whether it ended one.
-    pub async fn disconnect(
+    pub(crate) async fn disconnect(
         &self,
         user: &str,
         device: &str,
@@ -225,7 +229,7 @@ impl Sessions {
     }
 
     /// Ends every session on `edge` (it stopped heartbeating). Returns how many ended.
-    pub async fn expire_edge(&self, edge: &str, now_ms: u64) -> Result<usize, StoreError> {
+    pub(crate) async fn expire_edge(&self, edge: &str, now_ms: u64) -> Result<usize, StoreError> {
         const BATCH: usize = 500;
         let mut total = 0;
         loop {
@@ -259,7 +263,10 @@ impl Sessions {
     }
 
     /// The current sessions of each user (snapshot reads: routing may be a moment stale).
-    pub async fn sessions_of_users(&self, users: &[String]) -> Result<Vec<Session>, StoreError> {
+    pub(crate) async fn sessions_of_users(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<Session>, StoreError> {
         let users = users.to_vec();
         self.store
             .transact(move |tx| {
@@ -273,7 +280,7 @@ impl Sessions {
     }
 
     /// The current session of each device that has one (snapshot reads).
-    pub async fn sessions_of_devices(
+    pub(crate) async fn sessions_of_devices(
         &self,
         devices: &[UserDevice],
     ) -> Result<Vec<Session>, StoreError> {
@@ -293,7 +300,7 @@ impl Sessions {
     }
 
     /// Presence of each user.
-    pub async fn presence(&self, users: &[String]) -> Result<Vec<Presence>, StoreError> {
+    pub(crate) async fn presence(&self, users: &[String]) -> Result<Vec<Presence>, StoreError> {
         let users = users.to_vec();
         self.store
             .transact(move |tx| {
@@ -317,7 +324,7 @@ impl Sessions {
     }
 
     /// Remembers a device's heartbeat interval.
-    pub async fn set_heartbeat(
+    pub(crate) async fn set_heartbeat(
         &self,
         user: &str,
         device: &str,
