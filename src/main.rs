@@ -47,7 +47,7 @@ enum Command {
 /// Where `send` and `tail` connect, and as whom.
 #[derive(Debug, Args)]
 struct ClientArgs {
-    /// The server: raw://HOST:PORT (the raw port), wss://HOST:PORT or https://HOST:PORT (the
+    /// The server: raw://HOST:PORT (the raw port), quic://HOST:PORT (the raw QUIC port), wss://HOST:PORT or https://HOST:PORT (the
     /// client port, WebSocket), or HOST:PORT (raw).
     #[arg(long, value_name = "URL", default_value = roam_client::cli::LOCAL_SERVER)]
     server: String,

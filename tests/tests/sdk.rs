@@ -186,3 +186,81 @@ async fn a_refused_token_is_one_clear_error() {
         .unwrap_err();
     assert!(e.to_string().contains("refused the token"), "{e}");
 }
+
+async fn connected_count_until(events: &mut Events, want: &[String]) -> (Vec<String>, usize) {
+    let mut got = Vec::new();
+    let mut connects = 0;
+    while got.len() < want.len() {
+        let e = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("got {got:?} of {want:?} within 20 s"))
+            .expect("the client stopped");
+        match e {
+            Event::Connected(_) => connects += 1,
+            Event::Message(m) => got.push(String::from_utf8(m.content.to_vec()).unwrap()),
+            _ => {}
+        }
+    }
+    (got, connects)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_change_migrates_quic_and_reconnects_tcp_losing_nothing() {
+    let server = roam_tests::start(UNLIMITED);
+    let quic = vec![format!("quic://{}", server.addr("raw_quic").unwrap())];
+    let tcp = vec![format!("raw://{}", server.addr("raw").unwrap())];
+    let (alice, mut alice_events) = client(&server, "alice", quic);
+    let (bob, mut bob_events) = client(&server, "bob", tcp);
+    connected(&mut alice_events).await;
+    connected(&mut bob_events).await;
+    let local = "127.0.0.1".parse().unwrap();
+
+    let mut to_alice = Vec::new();
+    let mut to_bob = Vec::new();
+    for i in 0..3 {
+        bob.send("alice", format!("b{i}")).await.unwrap();
+        alice.send("bob", format!("a{i}")).await.unwrap();
+        to_alice.push(format!("b{i}"));
+        to_bob.push(format!("a{i}"));
+    }
+    // Both move to another network mid-flow: alice's QUIC connection to a new UDP socket,
+    // bob's TCP connection is replaced.
+    alice.network_changed(local).unwrap();
+    bob.network_changed(local).unwrap();
+    for i in 3..6 {
+        bob.send("alice", format!("b{i}")).await.unwrap();
+        alice.send("bob", format!("a{i}")).await.unwrap();
+        to_alice.push(format!("b{i}"));
+        to_bob.push(format!("a{i}"));
+    }
+    let (got, alice_connects) = connected_count_until(&mut alice_events, &to_alice).await;
+    assert_eq!(got, to_alice);
+    assert_eq!(alice_connects, 0, "QUIC migrated: no new connection");
+    let (got, bob_connects) = connected_count_until(&mut bob_events, &to_bob).await;
+    assert_eq!(got, to_bob);
+    assert_eq!(bob_connects, 1, "TCP reconnected once");
+    alice.close();
+    bob.close();
+}
+
+#[tokio::test]
+async fn with_udp_blocked_the_client_falls_back_to_tcp() {
+    let server = roam_tests::start(UNLIMITED);
+    // A UDP port that swallows every datagram, as a network that blocks UDP does.
+    let blackhole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let edges = vec![
+        format!("quic://{}", blackhole.local_addr().unwrap()),
+        format!("raw://{}", server.addr("raw").unwrap()),
+    ];
+    let (alice, mut alice_events) = client(&server, "alice", edges);
+    let (bob, mut bob_events) = client(
+        &server,
+        "bob",
+        vec![format!("raw://{}", server.addr("raw").unwrap())],
+    );
+    connected(&mut bob_events).await;
+    bob.send("alice", "over tcp").await.unwrap();
+    assert_eq!(next_text(&mut alice_events).await, "over tcp");
+    alice.close();
+    bob.close();
+}

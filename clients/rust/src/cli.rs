@@ -23,7 +23,7 @@ pub enum CliError {
     Client(#[from] ClientError),
     /// `--server` is not an address the SDK can dial.
     #[error(
-        "--server {0}: expected raw://HOST:PORT, wss://HOST:PORT, https://HOST:PORT or HOST:PORT"
+        "--server {0}: expected quic://HOST:PORT, raw://HOST:PORT, wss://HOST:PORT, https://HOST:PORT or HOST:PORT"
     )]
     BadServer(String),
     /// No acknowledgement in time.
@@ -45,7 +45,7 @@ pub struct Target {
     pub trust: Trust,
 }
 
-/// `raw://` and `wss://` addresses as they are; `https://HOST:PORT` as `wss://`; a bare
+/// `quic://`, `raw://` and `wss://` addresses as they are; `https://HOST:PORT` as `wss://`; a bare
 /// `HOST:PORT` as `raw://`.
 pub fn normalize_server(server: &str) -> Result<String, CliError> {
     let bad = || CliError::BadServer(server.to_owned());
@@ -56,6 +56,7 @@ pub fn normalize_server(server: &str) -> Result<String, CliError> {
     }
     match scheme {
         "raw" => Ok(format!("raw://{rest}")),
+        "quic" => Ok(format!("quic://{rest}")),
         "wss" | "https" => Ok(format!("wss://{rest}")),
         _ => Err(bad()),
     }

@@ -6,12 +6,17 @@
 //! with backoff and resumes from the inbox cursor; SENDs survive reconnects and are answered
 //! by their [`Ack`] once durable.
 //!
-//! Edge addresses are `raw://host:port` (TLS 1.3 frames, ALPN `roam/1`, the raw port) or
-//! `wss://host:port` (WebSocket `/v1/ws` on the client port). The TLS server name is
-//! `localhost` (the development certificate's); [`Trust`] says which certificate to accept.
+//! Edge addresses are `quic://host:port` (frames over QUIC, ALPN `roam/1`, the raw QUIC
+//! port), `raw://host:port` (TLS 1.3 frames, ALPN `roam/1`, the raw port) or
+//! `wss://host:port` (WebSocket `/v1/ws` on the client port). List a QUIC edge first and its
+//! TCP twin after it: where UDP is blocked the QUIC dial times out ([`QUIC_DIAL_TIMEOUT`])
+//! and the schedule moves on to TCP. On a network change ([`Client::network_changed`]) a QUIC
+//! connection migrates to a new socket and stays; a TCP one is replaced, and the new one
+//! resumes with SYNC. The TLS server name is `localhost` (the development certificate's);
+//! [`Trust`] says which certificate to accept.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +33,16 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::quic::{self, QuicRawConnection};
 use crate::raw::RawConnection;
 use crate::session::{Ack, Event, RequestError, Session, SessionConfig};
 use crate::ws::{self, WsConnection};
 
 /// How long one dial (TCP, TLS, upgrade) may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a QUIC dial may take before the next edge (e.g. TCP, when UDP is blocked).
+pub const QUIC_DIAL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Which server certificates to accept.
 #[derive(Debug, Clone)]
@@ -85,6 +94,7 @@ enum Command {
     JoinRoom(String),
     LeaveRoom(String),
     SetEdges(Vec<String>),
+    NetworkChanged(IpAddr),
     Close,
 }
 
@@ -171,6 +181,13 @@ impl Client {
         self.command(Command::SetEdges(edges))
     }
 
+    /// The device moved to another network, whose local address is `local`: a QUIC
+    /// connection migrates (a new UDP socket on `local`, the same connection); a TCP one is
+    /// closed and replaced, resuming with SYNC.
+    pub fn network_changed(&self, local: IpAddr) -> Result<(), ClientError> {
+        self.command(Command::NetworkChanged(local))
+    }
+
     /// Stops the client: the connection closes, [`Events`] ends with [`Event::Closed`].
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
@@ -187,6 +204,7 @@ impl Client {
 struct Tls {
     raw: Arc<rustls::ClientConfig>,
     ws: Arc<rustls::ClientConfig>,
+    quic: Arc<rustls::ClientConfig>,
 }
 
 impl Tls {
@@ -196,12 +214,18 @@ impl Tls {
                 let roots = roam_tls::roots_from_pem(path)?;
                 Tls {
                     raw: roam_tls::client_config(roots.clone(), roam_tls::ALPN_RAW),
-                    ws: roam_tls::client_config(roots, ws::ALPN_WS),
+                    ws: roam_tls::client_config(roots.clone(), ws::ALPN_WS),
+                    quic: roam_tls::quic_client_config(roots, roam_tls::ALPN_RAW),
                 }
             }
             Trust::Insecure => Tls {
                 raw: insecure_config(roam_tls::ALPN_RAW),
                 ws: insecure_config(ws::ALPN_WS),
+                quic: {
+                    let mut c = (*insecure_config(roam_tls::ALPN_RAW)).clone();
+                    c.enable_early_data = true;
+                    Arc::new(c)
+                },
             },
         })
     }
@@ -270,6 +294,7 @@ impl ServerCertVerifier for AcceptAny {
 
 /// One connection of either transport.
 enum Transport {
+    Quic(Box<QuicRawConnection>),
     Raw(Box<RawConnection>),
     Ws(Box<WsConnection>),
 }
@@ -278,8 +303,24 @@ impl Transport {
     async fn dial(edge: &str, tls: &Tls) -> Result<Transport, String> {
         let (scheme, hostport) = edge
             .split_once("://")
-            .ok_or_else(|| format!("{edge}: not raw://host:port or wss://host:port"))?;
+            .ok_or_else(|| format!("{edge}: not quic://, raw:// or wss://host:port"))?;
         let addr = resolve(hostport).await?;
+        if scheme == "quic" {
+            let local = match addr {
+                SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            };
+            let endpoint = quic::client_endpoint_with(local, tls.quic.clone())
+                .map_err(|e| format!("{edge}: {e}"))?;
+            let conn = tokio::time::timeout(
+                QUIC_DIAL_TIMEOUT,
+                QuicRawConnection::connect_on(endpoint, addr),
+            )
+            .await
+            .map_err(|_| format!("{edge}: no QUIC handshake within {QUIC_DIAL_TIMEOUT:?}"))?
+            .map_err(|e| format!("{edge}: {e}"))?;
+            return Ok(Transport::Quic(Box::new(conn)));
+        }
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("{edge}: {e}"))?;
@@ -298,6 +339,7 @@ impl Transport {
 
     async fn write(&mut self, bytes: Bytes) -> Result<(), String> {
         match self {
+            Transport::Quic(c) => c.send_raw(&bytes).await.map_err(|e| e.to_string()),
             Transport::Raw(c) => c.send_raw(&bytes).await.map_err(|e| e.to_string()),
             Transport::Ws(c) => c.send_raw(bytes).await.map_err(|e| e.to_string()),
         }
@@ -306,6 +348,7 @@ impl Transport {
     /// Cancel-safe (both transports' `next` are).
     async fn next(&mut self) -> Result<Option<Frame>, String> {
         match self {
+            Transport::Quic(c) => c.next().await.map_err(|e| e.to_string()),
             Transport::Raw(c) => c.next().await.map_err(|e| e.to_string()),
             Transport::Ws(c) => c.next().await.map_err(|e| e.to_string()),
         }
@@ -420,6 +463,15 @@ impl Driver {
             Some(Command::JoinRoom(room)) => self.session.join_room(room),
             Some(Command::LeaveRoom(room)) => self.session.leave_room(&room),
             Some(Command::SetEdges(edges)) => self.session.set_edges(edges),
+            Some(Command::NetworkChanged(local)) => {
+                let migrated = match &self.conn {
+                    Some(Transport::Quic(c)) => c.rebind(local).is_ok(),
+                    _ => false,
+                };
+                if !migrated && self.conn.take().is_some() {
+                    self.session.handle_closed(now);
+                }
+            }
             Some(Command::Close) | None => self.session.close(),
         }
     }
