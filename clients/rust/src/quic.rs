@@ -355,3 +355,88 @@ impl H3Stream {
         self.endpoint.wait_idle().await;
     }
 }
+
+/// An HTTP/3 connection for plain requests (`POST /v1/send`, `GET /healthz`, …): one QUIC
+/// connection, requests on it at once if the caller wants.
+pub struct H3Client {
+    endpoint: Endpoint,
+    conn: Connection,
+    early: Option<quinn::ZeroRttAccepted>,
+    requests: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for H3Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H3Client")
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An HTTP/3 answer: status, headers and the whole body.
+pub type H3Response = http::Response<Bytes>;
+
+impl H3Client {
+    /// Connects to the HTTP/3 port `addr` on `endpoint` (see [`client_endpoint`]): a
+    /// returning client resumes, and its first requests go out as 0-RTT data.
+    pub async fn connect_on(endpoint: Endpoint, addr: SocketAddr) -> Result<Self, QuicError> {
+        let (conn, early) = connect(&endpoint, addr).await?;
+        let (mut driver, requests) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+            .await
+            .map_err(|e| QuicError::H3(e.to_string()))?;
+        let driver = tokio::spawn(async move {
+            let _ = driver.wait_idle().await;
+        });
+        Ok(H3Client {
+            endpoint,
+            conn,
+            early,
+            requests,
+            driver,
+        })
+    }
+
+    /// Sends `request` and reads its whole answer.
+    pub async fn request(&self, request: http::Request<Bytes>) -> Result<H3Response, QuicError> {
+        let h3e = |e: &dyn std::fmt::Display| QuicError::H3(e.to_string());
+        let (head, body) = request.into_parts();
+        let mut requests = self.requests.clone();
+        let mut stream = requests
+            .send_request(http::Request::from_parts(head, ()))
+            .await
+            .map_err(|e| h3e(&e))?;
+        if !body.is_empty() {
+            stream.send_data(body).await.map_err(|e| h3e(&e))?;
+        }
+        stream.finish().await.map_err(|e| h3e(&e))?;
+        let response = stream.recv_response().await.map_err(|e| h3e(&e))?;
+        let mut body = BytesMut::new();
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| h3e(&e))? {
+            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        let (head, ()) = response.into_parts();
+        Ok(http::Response::from_parts(head, body.freeze()))
+    }
+
+    /// Whether this connection resumed with 0-RTT and the server accepted its early data
+    /// (waits for the handshake to complete).
+    pub async fn early_data_accepted(&mut self) -> bool {
+        match self.early.take() {
+            Some(accepted) => accepted.await,
+            None => false,
+        }
+    }
+
+    /// The QUIC connection.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.conn.close(0x100u32.into(), b"bye");
+        self.driver.abort();
+        self.endpoint.wait_idle().await;
+    }
+}
