@@ -348,7 +348,7 @@ fn bench_push_measures_api_to_edge_delivery() {
 }
 
 #[test]
-fn bench_roam_switch_moves_a_quic_client_without_losing_pushes() {
+fn bench_roam_switch_loses_nothing_over_quic_nor_over_a_websocket_with_sync() {
     let out = roam(&["bench", "roam-switch", "--duration", "0.5"], &[]);
     let json = last_json_line(&out);
     assert_eq!(json["scenario"], "roam-switch", "{json}");
@@ -356,11 +356,14 @@ fn bench_roam_switch_moves_a_quic_client_without_losing_pushes() {
         ("quic_lost", 0),
         ("quic_same_connection", 1),
         ("h3_0rtt_accepted", 1),
+        ("tcp_lost_after_sync", 0),
+        ("tcp_reconnects", 2),
     ] {
         assert_eq!(json[figure], expected, "{figure}: {json}");
     }
     for figure in [
         "quic_interruption_ms",
+        "tcp_interruption_ms",
         "h3_connect_new_ms",
         "h3_connect_resumed_ms",
     ] {
