@@ -252,6 +252,17 @@ pub(crate) struct InternalSection {
     /// File with the shared key (hex, mode 0600); empty: `<data>/internal-key`, generated
     /// on first start. Processes on other data directories point this at the same key.
     pub key_file: PathBuf,
+    // Mutual TLS (issue 14, second round).
+    /// Mutual TLS on the internal port: the port requires a client certificate from the
+    /// internal CA, and this process's callers present theirs.
+    pub tls: bool,
+    /// PEM: the internal CA; empty (with `tls_cert` and `tls_key`): `<data>/internal-tls/`,
+    /// a development CA and certificate generated on first start.
+    pub tls_ca: PathBuf,
+    /// PEM: this process's certificate chain for the internal port.
+    pub tls_cert: PathBuf,
+    /// PEM: its private key.
+    pub tls_key: PathBuf,
 }
 
 /// The offline-notification webhook (docs/core.md, "Offline notifications"): a POST to `url`
@@ -325,6 +336,33 @@ impl WebhookSection {
 }
 
 impl Config {
+    /// Where the internal port's mutual TLS files are, with `internal.tls`: the configured
+    /// three, or the development PKI in `<data>/internal-tls/` (generated if absent).
+    pub(crate) fn internal_pki(&self) -> Result<Option<roam_tls::internal::Pki>> {
+        let i = &self.internal;
+        let set = [&i.tls_ca, &i.tls_cert, &i.tls_key].map(|p| !p.as_os_str().is_empty());
+        if !i.tls {
+            if set.iter().any(|s| *s) {
+                bail!("internal.tls_ca, tls_cert and tls_key are set but internal.tls is not");
+            }
+            return Ok(None);
+        }
+        match set {
+            [true, true, true] => Ok(Some(roam_tls::internal::Pki {
+                ca: i.tls_ca.clone(),
+                cert: i.tls_cert.clone(),
+                key: i.tls_key.clone(),
+            })),
+            [false, false, false] => {
+                let dir = self.data.join("internal-tls");
+                let (pki, _) = roam_tls::internal::dev_pki(&dir)
+                    .with_context(|| format!("internal.tls: {}", dir.display()))?;
+                Ok(Some(pki))
+            }
+            _ => bail!("internal.tls_ca, tls_cert and tls_key: set all three or none"),
+        }
+    }
+
     /// The webhook's settings, its secret read from (or generated into) its file; `None`
     /// when `webhook.url` is unset.
     pub(crate) fn webhook(&self) -> Result<Option<roam_core::webhook::WebhookConfig>> {
@@ -444,6 +482,16 @@ pub(crate) struct Limits {
     pub max_handshakes_per_ip: usize,
     /// Connections at once on the admin port.
     pub admin_max_connections: usize,
+    // Hardening, second round (issue 14; docs/edge.md "Admission").
+    /// Seconds an HTTP/2 client connection may have no open stream before it gets GOAWAY
+    /// and is closed.
+    pub http2_idle_secs: u64,
+    /// Connections at once from one source address on the admin port (0: no cap).
+    pub admin_max_conns_per_ip: usize,
+    /// Connections at once on the internal port.
+    pub internal_max_connections: usize,
+    /// Connections at once from one source address on the internal port (0: no cap).
+    pub internal_max_conns_per_ip: usize,
 }
 
 /// Shutdown behaviour.
@@ -531,6 +579,12 @@ pub(crate) struct EdgeSection {
     pub max_connections: usize,
     /// Rooms one connection may be in (ROOM_JOIN beyond it is refused; AUTH's list is cut).
     pub max_rooms_per_conn: usize,
+    // Hardening, second round (issue 14).
+    /// Sessions one client connection may carry at once (WebSockets and gRPC streams over
+    /// HTTP/2, virtual connections while on it; 0: no cap).
+    pub max_sessions_per_conn: u32,
+    /// Of those, sessions that have not authenticated yet (0: no cap).
+    pub max_unauthenticated_per_conn: u32,
     /// Deliveries queued per connection (each a frame, a reply or a room batch) before it is
     /// closed as slow.
     pub outbox: usize,
@@ -570,6 +624,8 @@ impl Default for EdgeSection {
             public_raw: String::new(),
             max_connections: 100_000,
             max_rooms_per_conn: 64,
+            max_sessions_per_conn: 100,
+            max_unauthenticated_per_conn: 8,
             outbox: 256,
             buckets: 0,
             auth_timeout_secs: 10,
@@ -605,6 +661,8 @@ impl EdgeSection {
             max_conns_per_ip: limits.max_conns_per_ip,
             max_handshakes_per_ip: limits.max_handshakes_per_ip,
             max_rooms_per_conn: self.max_rooms_per_conn,
+            max_sessions_per_conn: self.max_sessions_per_conn,
+            max_unauthenticated_per_conn: self.max_unauthenticated_per_conn,
             buckets: if self.buckets == 0 {
                 defaults.buckets
             } else {
@@ -715,6 +773,10 @@ impl Default for Limits {
             max_conns_per_ip: 1000,
             max_handshakes_per_ip: 64,
             admin_max_connections: 256,
+            http2_idle_secs: 120,
+            admin_max_conns_per_ip: 32,
+            internal_max_connections: 1024,
+            internal_max_conns_per_ip: 256,
         }
     }
 }
@@ -799,6 +861,9 @@ impl Config {
             bail!(
                 "limits.first_request_secs, limits.admin_max_connections and edge.max_rooms_per_conn must be above 0"
             );
+        }
+        if self.limits.http2_idle_secs == 0 || self.limits.internal_max_connections == 0 {
+            bail!("limits.http2_idle_secs and limits.internal_max_connections must be above 0");
         }
         let c = &self.core;
         if c.heartbeat_min_secs == 0 || c.heartbeat_min_secs > c.heartbeat_max_secs {

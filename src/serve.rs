@@ -68,6 +68,8 @@ struct Process {
     refusals: Refusals,
     /// Every role speaks on the internal port (serves it or calls it): one shared key.
     internal_key: InternalKey,
+    /// With `internal.tls`: the internal port's mutual TLS files (its server and callers).
+    internal_pki: Option<roam_tls::internal::Pki>,
     /// Listener and background tasks; one ending on its own shuts the process down.
     tasks: JoinSet<()>,
     ready: Ready,
@@ -83,6 +85,7 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
     registry.register_collector(Box::new(metrics::ProcessCollector));
     let refusals = Refusals::register(&mut registry);
     let internal_key = config.internal_key()?;
+    let internal_pki = config.internal_pki()?;
     let banner = vec![format!(
         "roam {} (role {})",
         env!("CARGO_PKG_VERSION"),
@@ -94,6 +97,7 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
         registry,
         refusals,
         internal_key,
+        internal_pki,
         tasks: JoinSet::new(),
         ready: Ready::default(),
         banner,
@@ -229,6 +233,11 @@ fn id_source(p: &mut Process, ids: Option<&Arc<IdService>>) -> Result<Option<IdS
         Some(ids) => Some(IdSource::local(ids.clone())),
         None if config.role.runs_core() => {
             let address = config.core.ids_address();
+            if p.internal_pki.is_some() {
+                anyhow::bail!(
+                    "internal.tls with a remote ID service (core.ids {address}) is not supported yet: run core and the ID service in one process"
+                );
+            }
             p.banner
                 .push(format!("ids         the ID service at {address}"));
             Some(
@@ -301,12 +310,28 @@ async fn start_internal(
             p.internal_key.clone(),
             &mut p.registry,
         )));
+    let internal = crate::internal::InternalOptions {
+        max_connections: p.config.limits.internal_max_connections,
+        max_conns_per_ip: p.config.limits.internal_max_conns_per_ip,
+        first_request: Duration::from_secs(p.config.limits.first_request_secs),
+    };
+    let tls = p
+        .internal_pki
+        .as_ref()
+        .map(roam_tls::internal::server_config)
+        .transpose()?;
     let grpc = tonic::transport::Server::builder()
         .layer(stack)
         .add_optional_service(core.map(|c| c.link_service()))
         .add_optional_service(ids.map(|ids| roam_idsvc::grpc::grpc_service(ids.clone())))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            crate::internal::incoming(
+                listener,
+                &internal,
+                p.refusals.clone(),
+                tls,
+                p.shutdown.clone(),
+            ),
             p.shutdown.clone().cancelled_owned(),
         );
     p.tasks.spawn(async move {
@@ -315,14 +340,19 @@ async fn start_internal(
         }
     });
     p.banner.push(format!(
-        "internal    http://{bound}  (gRPC: {})",
-        services.join(", ")
+        "internal    http://{bound}  (gRPC: {}{})",
+        services.join(", "),
+        match &p.internal_pki {
+            Some(pki) => format!("; mutual TLS, CA {}", pki.ca.display()),
+            None => String::new(),
+        }
     ));
     Ok(())
 }
 
 /// The internal port's one interceptor: every call must carry the shared key (else
-/// `UNAUTHENTICATED`, counted in `roam_internal_unauthenticated_total`).
+/// `UNAUTHENTICATED`, counted in `roam_internal_unauthenticated_total`). A call with the key
+/// meets its connection's first-request deadline ([`crate::internal`]).
 fn require_internal_key(
     key: InternalKey,
     registry: &mut Registry,
@@ -333,12 +363,27 @@ fn require_internal_key(
         "Calls to the internal gRPC port refused for a missing or wrong key",
         refused.clone(),
     );
-    move |request: tonic::Request<()>| match key.check(request.metadata()) {
-        Ok(()) => Ok(request),
-        Err(status) => {
-            refused.inc();
-            tracing::debug!(peer = ?request.remote_addr(), "internal call without the right key");
-            Err(status)
+    move |mut request: tonic::Request<()>| {
+        let conn = request
+            .extensions()
+            .get::<crate::internal::InternalConn>()
+            .cloned();
+        if let Some(conn) = &conn {
+            // For `remote_addr()` in the services' logs.
+            request.extensions_mut().insert(conn.tcp.clone());
+        }
+        match key.check(request.metadata()) {
+            Ok(()) => {
+                if let Some(conn) = conn {
+                    conn.called();
+                }
+                Ok(request)
+            }
+            Err(status) => {
+                refused.inc();
+                tracing::debug!(peer = ?request.remote_addr(), "internal call without the right key");
+                Err(status)
+            }
         }
     }
 }
@@ -361,6 +406,7 @@ async fn start_edge(p: &mut Process) -> Result<()> {
         header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
         max_streams: config.limits.http2_max_streams,
         first_request: Duration::from_secs(config.limits.first_request_secs),
+        http2_idle: Duration::from_secs(config.limits.http2_idle_secs),
     };
     let client_tcp = roam_edge::ClientTcpServer::bind(addr, tls, options, edge_metrics.clone())
         .await
@@ -422,6 +468,11 @@ async fn start_edge(p: &mut Process) -> Result<()> {
         lat: config.edge.lat,
         lon: config.edge.lon,
         weight: config.edge.weight,
+        tls: p
+            .internal_pki
+            .as_ref()
+            .map(roam_tls::internal::client_config)
+            .transpose()?,
         // A new instance: core lets this process replace its own stale link.
         ..Default::default()
     };
@@ -610,6 +661,7 @@ async fn start_admin(p: &mut Process, business: Option<BusinessApi>) -> Result<(
     let options = admin::AdminOptions {
         header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
         max_connections: config.limits.admin_max_connections,
+        max_conns_per_ip: config.limits.admin_max_conns_per_ip,
         drain_timeout: Duration::from_secs(config.shutdown.drain_timeout_secs),
     };
     // Last to start: every role has registered its metrics by now.

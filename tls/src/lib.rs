@@ -110,6 +110,9 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration refused")]
     Config(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built (e.g. no usable CA certificate).
+    #[error("cannot verify client certificates: {0}")]
+    Verifier(String),
 }
 
 /// A certificate chain and its private key, checked to belong together.
@@ -433,6 +436,7 @@ pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> 
     Arc::new(config)
 }
 
+pub mod internal;
 pub mod lean;
 
 #[cfg(test)]
