@@ -7,6 +7,7 @@
 
 mod admin;
 mod config;
+mod internal;
 mod metrics;
 mod serve;
 

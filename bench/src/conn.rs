@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use roam_client::quic::{QuicRawConnection, client_endpoint_with};
 use roam_client::raw::RawConnection;
 use roam_client::ws::{ALPN_WS, WsConnection};
 use roam_proto::client::v1 as pb;
@@ -27,6 +28,8 @@ pub(crate) enum Transport {
     Raw,
     /// WebSockets on the client port.
     Ws,
+    /// Raw frames over QUIC (`listen.raw_quic`, ALPN `roam/1`).
+    Quic,
 }
 
 impl Transport {
@@ -35,7 +38,8 @@ impl Transport {
         match name.unwrap_or("raw") {
             "raw" => Ok(Transport::Raw),
             "ws" => Ok(Transport::Ws),
-            other => bail!("--transport {other}: idle-conns offers raw and ws"),
+            "quic" => Ok(Transport::Quic),
+            other => bail!("--transport {other}: idle-conns offers raw, ws and quic"),
         }
     }
 
@@ -44,6 +48,7 @@ impl Transport {
         match self {
             Transport::Raw => "raw",
             Transport::Ws => "ws",
+            Transport::Quic => "quic",
         }
     }
 
@@ -52,19 +57,18 @@ impl Transport {
         match self {
             Transport::Raw => "raw",
             Transport::Ws => "client_tcp",
+            Transport::Quic => "raw_quic",
         }
     }
 
     /// A TLS client configuration trusting `ca`, with this transport's ALPN.
     pub(crate) fn tls(self, ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
         let roots = roam_tls::roots_from_pem(ca)?;
-        Ok(roam_tls::client_config(
-            roots,
-            match self {
-                Transport::Raw => roam_tls::ALPN_RAW,
-                Transport::Ws => ALPN_WS,
-            },
-        ))
+        Ok(match self {
+            Transport::Raw => roam_tls::client_config(roots, roam_tls::ALPN_RAW),
+            Transport::Ws => roam_tls::client_config(roots, ALPN_WS),
+            Transport::Quic => roam_tls::quic_client_config(roots, roam_tls::ALPN_RAW),
+        })
     }
 }
 
@@ -72,17 +76,25 @@ impl Transport {
 pub(crate) enum Conn {
     Raw(Box<RawConnection>),
     Ws(Box<WsConnection>),
+    Quic(Box<QuicRawConnection>),
 }
 
 impl Conn {
     /// Opens a TCP connection from `source` (any port) to `target`, then TLS and, for `ws`,
-    /// the WebSocket upgrade.
+    /// the WebSocket upgrade; for `quic`, a QUIC connection (its own UDP socket on `source`)
+    /// and its frame stream.
     pub(crate) async fn open(
         transport: Transport,
         source: Ipv4Addr,
         target: SocketAddr,
         tls: &Arc<rustls::ClientConfig>,
     ) -> Result<Conn> {
+        if transport == Transport::Quic {
+            let endpoint = client_endpoint_with(IpAddr::V4(source), tls.clone())?;
+            return Ok(Conn::Quic(Box::new(
+                QuicRawConnection::connect_on(endpoint, target).await?,
+            )));
+        }
         let tcp = roam_client::tcp_from(IpAddr::V4(source), target).await?;
         Ok(match transport {
             Transport::Raw => Conn::Raw(Box::new(
@@ -91,6 +103,7 @@ impl Conn {
             Transport::Ws => Conn::Ws(Box::new(
                 WsConnection::connect_over(tcp, tls.clone()).await?,
             )),
+            Transport::Quic => bail!("unreachable: QUIC is opened above"),
         })
     }
 
@@ -104,6 +117,7 @@ impl Conn {
         match self {
             Conn::Raw(c) => c.send(op, seq, msg).await?,
             Conn::Ws(c) => c.send(op, seq, msg).await?,
+            Conn::Quic(c) => c.send(op, seq, msg).await?,
         }
         Ok(())
     }
@@ -113,6 +127,7 @@ impl Conn {
         Ok(match self {
             Conn::Raw(c) => c.next().await?,
             Conn::Ws(c) => c.next().await?,
+            Conn::Quic(c) => c.next().await?,
         })
     }
 
@@ -125,6 +140,7 @@ impl Conn {
             Conn::Ws(c) => {
                 let _ = c.close().await;
             }
+            Conn::Quic(c) => c.close().await,
         }
     }
 

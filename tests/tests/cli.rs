@@ -225,8 +225,8 @@ fn bench_refuses_bad_arguments_with_a_clear_message() {
             "--server-pid",
         ),
         (
-            &["bench", "idle-conns", "--transport", "quic"][..],
-            "idle-conns offers raw and ws",
+            &["bench", "idle-conns", "--transport", "sctp"][..],
+            "idle-conns offers raw, ws and quic",
         ),
         (&["bench", "room-fanout", "--members", "0"][..], "--members"),
         (&["bench", "chat", "--connections", "3"][..], "must be even"),
@@ -348,6 +348,30 @@ fn bench_push_measures_api_to_edge_delivery() {
 }
 
 #[test]
+fn bench_roam_switch_moves_a_quic_client_without_losing_pushes() {
+    let out = roam(&["bench", "roam-switch", "--duration", "0.5"], &[]);
+    let json = last_json_line(&out);
+    assert_eq!(json["scenario"], "roam-switch", "{json}");
+    for (figure, expected) in [
+        ("quic_lost", 0),
+        ("quic_same_connection", 1),
+        ("h3_0rtt_accepted", 1),
+    ] {
+        assert_eq!(json[figure], expected, "{figure}: {json}");
+    }
+    for figure in [
+        "quic_interruption_ms",
+        "h3_connect_new_ms",
+        "h3_connect_resumed_ms",
+    ] {
+        assert!(
+            json[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {json}"
+        );
+    }
+}
+
+#[test]
 fn bench_ids_prints_every_figure_the_issue_names() {
     let out = roam(&["bench", "ids", "--duration", "1"], &[]);
     let json = last_json_line(&out);
@@ -374,8 +398,8 @@ fn assert_present(json: &serde_json::Value, figures: &[&str]) {
 }
 
 #[test]
-fn bench_idle_conns_holds_small_counts_over_both_transports() {
-    for transport in ["raw", "ws"] {
+fn bench_idle_conns_holds_small_counts_over_each_transport() {
+    for transport in ["raw", "ws", "quic"] {
         let out = roam(
             &[
                 "bench",
