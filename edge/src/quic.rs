@@ -328,6 +328,17 @@ impl Listener {
             Err(_) => return self.handshake_failed("tls", &"no 0.5-RTT connection"),
         };
         if !ticket.has_slot() {
+            // Told why: over HTTP/3 a 503 with the JSON error (once the handshake is done,
+            // within the first-request deadline); raw frames get the reason phrase.
+            if self.service == QuicService::H3 {
+                let done =
+                    tokio::time::timeout(self.options.handshake_timeout, established.clone()).await;
+                drop((permit, handshaking));
+                if matches!(done, Ok(true)) {
+                    let refusal = refuse_h3(conn.clone());
+                    let _ = tokio::time::timeout(self.options.first_request, refusal).await;
+                }
+            }
             conn.close(
                 VarInt::from_u32(CLOSE_LIMIT),
                 b"the edge is at its connection limit; retry in 5 s",
@@ -500,6 +511,10 @@ impl Listener {
         let path = Arc::new(path);
         let first = tokio::time::sleep(self.options.first_request);
         tokio::pin!(first);
+        // Each request's head is read in a task of its own (bounded by `first_request`, and
+        // in number by the connection's stream limit), so that a slow one holds up no other.
+        // A task hands back only a WebTransport CONNECT, which takes the connection over.
+        let mut heads = tokio::task::JoinSet::new();
         loop {
             let resolver = tokio::select! {
                 r = h3conn.accept() => match r {
@@ -510,6 +525,22 @@ impl Listener {
                         break;
                     }
                 },
+                Some(done) = heads.join_next(), if !heads.is_empty() => {
+                    let Ok(Some((request, stream))) = done else { continue };
+                    // CONNECT is not idempotent: it waits for the handshake (no 0-RTT).
+                    if !established.clone().await {
+                        return;
+                    }
+                    // Requests whose heads are still being read are served on their own.
+                    heads.detach_all();
+                    let wt = WebTransport {
+                        service: service.clone(),
+                        path: path.clone(),
+                        conn: conn.clone(),
+                        established: established.clone(),
+                    };
+                    return Box::pin(self.serve_webtransport(h3conn, request, stream, wt)).await;
+                }
                 _ = &mut first, if !ticket.requested() => {
                     self.no_request(&conn);
                     return;
@@ -520,33 +551,35 @@ impl Listener {
                     break;
                 }
             };
-            // The head is read here (bounded), so that a WebTransport CONNECT can take the
-            // connection over; everything else runs in a task of its own.
-            let resolved =
-                tokio::time::timeout(self.options.first_request, resolver.resolve_request());
-            let (request, stream) = match resolved.await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => {
-                    debug!(error = %e, "bad HTTP/3 request");
-                    continue;
+            let listener = self.clone();
+            let (service, path, conn) = (service.clone(), path.clone(), conn.clone());
+            let established = established.clone();
+            let deadline = self.options.first_request;
+            heads.spawn(
+                async move {
+                    let (request, stream) =
+                        match tokio::time::timeout(deadline, resolver.resolve_request()).await {
+                            Ok(Ok(pair)) => pair,
+                            Ok(Err(e)) => {
+                                debug!(error = %e, "bad HTTP/3 request");
+                                return None;
+                            }
+                            Err(_) => {
+                                debug!("no HTTP/3 request head within the first-request deadline");
+                                return None;
+                            }
+                        };
+                    if is_webtransport(&request) {
+                        return Some((request, stream));
+                    }
+                    listener.spawn_request(request, stream, &service, &path, &conn, &established);
+                    None
                 }
-                Err(_) => continue,
-            };
-            if is_webtransport(&request) {
-                // CONNECT is not idempotent: it waits for the handshake (no 0-RTT).
-                if !established.clone().await {
-                    return;
-                }
-                let wt = WebTransport {
-                    service: service.clone(),
-                    path: path.clone(),
-                    conn: conn.clone(),
-                    established: established.clone(),
-                };
-                return Box::pin(self.serve_webtransport(h3conn, request, stream, wt)).await;
-            }
-            self.spawn_request(request, stream, &service, &path, &conn, &established);
+                .instrument(tracing::Span::current()),
+            );
         }
+        // Heads still being read belong to a connection that is going: dropped.
+        heads.abort_all();
         // Requests still streaming (a /v1/stream) hold the connection open through their
         // clones of it; this task's part is done.
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -597,10 +630,7 @@ impl Listener {
             // Replay-safe: only the idempotent openings and reads (GET: /v1/stream, /v1/poll,
             // /healthz) may be served from 0-RTT data; anything else (POST /v1/send) waits for
             // the handshake to complete.
-            if request.method() != Method::GET
-                && request.method() != Method::HEAD
-                && !established.await
-            {
+            if !replay_safe(request.method(), established).await {
                 return;
             }
             respond(service, request, stream, conn, path).await
@@ -676,6 +706,46 @@ impl Listener {
 }
 
 type H3Stream<S> = h3::server::RequestStream<S, Bytes>;
+
+/// Replay safety for a request that may have come in 0-RTT data: true at once for the
+/// idempotent methods (GET, HEAD); any other waits for the handshake to complete (false if it
+/// failed).
+async fn replay_safe(method: &Method, established: Established) -> bool {
+    *method == Method::GET || *method == Method::HEAD || established.await
+}
+
+/// Answers the first HTTP/3 request of a connection that got no `edge.max_connections` slot
+/// with 503 and the JSON error (`retry-after: 5`), as the TCP port does; then GOAWAY.
+async fn refuse_h3(conn: Connection) {
+    let mut builder = h3::server::builder();
+    builder.send_grease(false);
+    let built = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn));
+    let Ok(mut h3conn) = built.await else { return };
+    let Ok(Some(resolver)) = h3conn.accept().await else {
+        return;
+    };
+    let Ok((_, mut stream)) = resolver.resolve_request().await else {
+        return;
+    };
+    let (head, body) = roam_proto::http_error::error_response(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the edge is at its connection limit",
+        Some(5),
+    )
+    .into_parts();
+    if stream
+        .send_response(Response::from_parts(head, ()))
+        .await
+        .is_ok()
+        && stream.send_data(Bytes::from(body)).await.is_ok()
+    {
+        let _ = stream.finish().await;
+    }
+    let _ = h3conn.shutdown(0).await;
+    // Lets the answer reach the client before the connection closes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), h3conn.accept()).await;
+}
 
 /// Serves one HTTP/3 request through the router and streams its response back, until the
 /// response ends, the client stops reading, or the connection closes.
@@ -833,5 +903,43 @@ where
 
     async fn close(&mut self) {
         self.inner.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `Established` the test resolves by hand.
+    fn handshake() -> (tokio::sync::oneshot::Sender<bool>, Established) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let established = async move { rx.await.unwrap_or(false) }.boxed().shared();
+        (tx, established)
+    }
+
+    #[test]
+    fn only_idempotent_requests_are_served_before_the_handshake_completes() {
+        let (done, established) = handshake();
+        for method in [Method::GET, Method::HEAD] {
+            assert_eq!(
+                replay_safe(&method, established.clone()).now_or_never(),
+                Some(true),
+                "{method}"
+            );
+        }
+        // POST /v1/send (0-RTT data could be replayed) waits ...
+        let mut post = Box::pin(replay_safe(&Method::POST, established.clone()));
+        assert_eq!(post.as_mut().now_or_never(), None);
+        // ... until the handshake has completed.
+        done.send(true).unwrap();
+        assert_eq!(post.now_or_never(), Some(true));
+
+        // A failed handshake: the request is dropped.
+        let (done, established) = handshake();
+        done.send(false).unwrap();
+        assert_eq!(
+            replay_safe(&Method::POST, established).now_or_never(),
+            Some(false)
+        );
     }
 }

@@ -226,7 +226,7 @@ fn bench_refuses_bad_arguments_with_a_clear_message() {
         ),
         (
             &["bench", "idle-conns", "--transport", "sctp"][..],
-            "idle-conns offers raw, ws and quic",
+            "idle-conns offers raw, ws, quic and h3",
         ),
         (&["bench", "room-fanout", "--members", "0"][..], "--members"),
         (&["bench", "chat", "--connections", "3"][..], "must be even"),
@@ -348,7 +348,7 @@ fn bench_push_measures_api_to_edge_delivery() {
 }
 
 #[test]
-fn bench_roam_switch_moves_a_quic_client_without_losing_pushes() {
+fn bench_roam_switch_loses_nothing_over_quic_nor_over_a_websocket_with_sync() {
     let out = roam(&["bench", "roam-switch", "--duration", "0.5"], &[]);
     let json = last_json_line(&out);
     assert_eq!(json["scenario"], "roam-switch", "{json}");
@@ -356,11 +356,14 @@ fn bench_roam_switch_moves_a_quic_client_without_losing_pushes() {
         ("quic_lost", 0),
         ("quic_same_connection", 1),
         ("h3_0rtt_accepted", 1),
+        ("tcp_lost_after_sync", 0),
+        ("tcp_reconnects", 2),
     ] {
         assert_eq!(json[figure], expected, "{figure}: {json}");
     }
     for figure in [
         "quic_interruption_ms",
+        "tcp_interruption_ms",
         "h3_connect_new_ms",
         "h3_connect_resumed_ms",
     ] {
@@ -399,7 +402,7 @@ fn assert_present(json: &serde_json::Value, figures: &[&str]) {
 
 #[test]
 fn bench_idle_conns_holds_small_counts_over_each_transport() {
-    for transport in ["raw", "ws", "quic"] {
+    for transport in ["raw", "ws", "quic", "h3"] {
         let out = roam(
             &[
                 "bench",
@@ -490,10 +493,18 @@ fn bench_chat_stores_and_delivers_between_a_few_pairs() {
 
 #[test]
 fn bench_room_fanout_delivers_to_a_small_room() {
+    for transport in ["ws", "h3"] {
+        room_fanout_delivers_to_a_small_room(transport);
+    }
+}
+
+fn room_fanout_delivers_to_a_small_room(transport: &str) {
     let out = roam(
         &[
             "bench",
             "room-fanout",
+            "--transport",
+            transport,
             "--members",
             "20",
             "--rate",
@@ -504,7 +515,11 @@ fn bench_room_fanout_delivers_to_a_small_room() {
         &[],
     );
     let json = last_json_line(&out);
-    assert_eq!(json["scenario"], "room-fanout", "{json}");
+    assert_eq!(
+        (&json["scenario"], &json["transport"]),
+        (&"room-fanout".into(), &transport.into()),
+        "{json}"
+    );
     assert_numbers(
         &json,
         &["server_cpu_us_per_delivery", "client_cpu_us_per_delivery"],

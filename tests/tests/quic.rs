@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use roam_bench::child::ChildServer;
-use roam_client::quic::{H3Stream, QuicRawConnection};
+use roam_client::quic::{H3Client, H3Stream, QuicRawConnection, client_endpoint};
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, Op};
 use roam_tests::{metric, token};
@@ -438,7 +438,6 @@ async fn under_a_handshake_flood_clients_prove_their_address_with_a_retry_first(
 /// serves (the opening is idempotent); what follows waits for the handshake and works too.
 #[tokio::test]
 async fn a_returning_client_resumes_with_0rtt() {
-    use roam_client::quic::client_endpoint;
     let server = roam_tests::start("");
     let h3_addr = server.addr("client_quic").unwrap();
     let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
@@ -617,4 +616,120 @@ asyncio.run(main(*sys.argv[1:]))
         "aioquic WebTransport client: {got:?}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An HTTP/3 request on `client`: `method path` with `headers`, `body`.
+async fn h3_call(
+    client: &H3Client,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: bytes::Bytes,
+) -> http::Response<bytes::Bytes> {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    client.request(request.body(body).unwrap()).await.unwrap()
+}
+
+/// A request whose head trickles in (here: never completes) is read in a task of its own:
+/// another request on the same connection is answered meanwhile.
+#[tokio::test]
+async fn a_slow_request_head_does_not_hold_up_another_on_the_same_connection() {
+    // The slow head would otherwise hold the connection's accept loop for a minute.
+    let server = roam_tests::start("[limits]\nfirst_request_secs = 60\n");
+    let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
+    let client = H3Client::connect_on(endpoint, server.addr("client_quic").unwrap())
+        .await
+        .unwrap();
+    // The connection's first request stream: a HEADERS frame (type 1) announcing 100 bytes,
+    // of which one comes.
+    let (mut slow, _recv) = client.connection().open_bi().await.unwrap();
+    slow.write_all(&[0x01, 0x40, 0x64, 0x00]).await.unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        h3_call(&client, "GET", "/healthz", &[], bytes::Bytes::new()),
+    )
+    .await
+    .expect("/healthz answered while another request's head is still coming");
+    assert_eq!(answer.status(), 200);
+}
+
+/// A QUIC connection admitted without an `edge.max_connections` slot is told why over
+/// HTTP/3 as over TCP: 503 with the JSON error and `retry-after`.
+#[tokio::test]
+async fn an_http3_connection_beyond_the_slot_limit_gets_a_503_with_the_json_error() {
+    let server = roam_tests::start("[edge]\nmax_connections = 1\n");
+    // The one slot: a raw QUIC connection.
+    let mut first = raw_quic(&server, "alice", "alice-quic").await;
+    let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
+    let client = H3Client::connect_on(endpoint, server.addr("client_quic").unwrap())
+        .await
+        .unwrap();
+    let answer = h3_call(&client, "GET", "/healthz", &[], bytes::Bytes::new()).await;
+    assert_eq!(answer.status(), 503, "{answer:?}");
+    assert_eq!(answer.headers()["retry-after"], "5");
+    let body: serde_json::Value = serde_json::from_slice(answer.body()).unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert_eq!(
+        metric(
+            &server,
+            "roam_refused_connections_total{reason=\"max_connections\"}"
+        )
+        .await,
+        1.0
+    );
+    // The admitted connection carries on.
+    first
+        .send(Op::Heartbeat, 2, &pb::Heartbeat {})
+        .await
+        .unwrap();
+    let f = first.next().await.unwrap().unwrap();
+    assert_eq!((f.op_kind(), f.seq), (Some(Op::HeartbeatReply), 2));
+}
+
+/// A returning client sends `POST /v1/send` as 0-RTT data: the edge holds it until the
+/// handshake has completed (not replay-safe), then serves it; the replies come back.
+#[tokio::test]
+async fn a_post_v1_send_in_0rtt_is_served_after_the_handshake() {
+    let server = roam_tests::start("");
+    let addr = server.addr("client_quic").unwrap();
+    let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
+    let alice = token(&server, "alice");
+    // The first connection: a stream (its session), and the TLS ticket for the next.
+    let mut stream = H3Stream::open_on(endpoint.clone(), addr, &alice, "alice-h3", "")
+        .await
+        .unwrap();
+    let f = stream.next().await.unwrap().unwrap();
+    assert_eq!(f.op_kind(), Some(Op::AuthReply), "{f:?}");
+    // The second resumes; its POST goes out before the handshake completes.
+    let mut client = H3Client::connect_on(endpoint, addr).await.unwrap();
+    let mut up = bytes::BytesMut::new();
+    roam_proto::encode_msg(Op::Heartbeat, 7, &pb::Heartbeat {}, &mut up).unwrap();
+    let bearer = format!("Bearer {alice}");
+    let answer = h3_call(
+        &client,
+        "POST",
+        "/v1/send",
+        &[
+            ("authorization", &bearer),
+            ("roam-session", &stream.session),
+        ],
+        up.freeze(),
+    )
+    .await;
+    assert!(
+        client.early_data_accepted().await,
+        "the connection resumed with 0-RTT (the POST went as early data)"
+    );
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    let mut body = bytes::BytesMut::from(&answer.body()[..]);
+    let reply = roam_proto::FrameDecoder::new(1 << 20)
+        .decode(&mut body)
+        .unwrap()
+        .unwrap();
+    assert_eq!((reply.op_kind(), reply.seq), (Some(Op::HeartbeatReply), 7));
 }

@@ -221,11 +221,15 @@ pub struct H3Stream {
     recv: H3Recv,
     // Kept so the request stream is not reset.
     _send: h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
-    // Kept: h3 closes the connection once every request sender is gone.
-    _requests: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    // Also kept: h3 closes the connection once every request sender is gone.
+    requests: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     driver: tokio::task::JoinHandle<()>,
     decoder: FrameDecoder,
     buf: BytesMut,
+    /// `authorization` of the requests up (`POST /v1/send`).
+    bearer: String,
+    /// Replies that came in a `POST /v1/send`'s answer, handed out by `next` first.
+    pending: std::collections::VecDeque<Frame>,
 }
 
 impl std::fmt::Debug for H3Stream {
@@ -301,11 +305,51 @@ impl H3Stream {
             session,
             recv,
             _send: send,
-            _requests: requests,
+            requests,
             driver,
             decoder: FrameDecoder::new(16 * 1024 * 1024),
             buf: BytesMut::new(),
+            bearer: format!("Bearer {token}"),
+            pending: std::collections::VecDeque::new(),
         })
+    }
+
+    /// Sends one frame whose body is `msg` up the connection: `POST /v1/send` on the same
+    /// QUIC connection. The replies in its answer are handed out by [`H3Stream::next`] before
+    /// what comes down the stream.
+    pub async fn send<M: prost::Message>(
+        &mut self,
+        op: Op,
+        seq: u32,
+        msg: &M,
+    ) -> Result<(), QuicError> {
+        let mut body = BytesMut::new();
+        encode_msg(op, seq, msg, &mut body)?;
+        let h3e = |e: &dyn std::fmt::Display| QuicError::H3(e.to_string());
+        let request = http::Request::post("https://localhost/v1/send")
+            .header("authorization", &self.bearer)
+            .header("roam-session", &self.session)
+            .body(())
+            .map_err(|e| h3e(&e))?;
+        let mut requests = self.requests.clone();
+        let mut stream = requests.send_request(request).await.map_err(|e| h3e(&e))?;
+        stream.send_data(body.freeze()).await.map_err(|e| h3e(&e))?;
+        stream.finish().await.map_err(|e| h3e(&e))?;
+        let response = stream.recv_response().await.map_err(|e| h3e(&e))?;
+        let mut answer = BytesMut::new();
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| h3e(&e))? {
+            answer.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        if !response.status().is_success() {
+            return Err(QuicError::Status {
+                status: response.status().as_u16(),
+                body: String::from_utf8_lossy(&answer).into_owned(),
+            });
+        }
+        while let Some(frame) = next_frame(&self.decoder, &mut answer)? {
+            self.pending.push_back(frame);
+        }
+        Ok(())
     }
 
     /// Whether this connection resumed with 0-RTT and the server accepted its early data
@@ -319,6 +363,9 @@ impl H3Stream {
 
     /// The next frame of the stream, or `None` when the server ended it.
     pub async fn next(&mut self) -> Result<Option<Frame>, QuicError> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(Some(frame));
+        }
         loop {
             if let Some(frame) = next_frame(&self.decoder, &mut self.buf)? {
                 return Ok(Some(frame));
@@ -344,6 +391,91 @@ impl H3Stream {
     }
 
     /// The QUIC connection (its `stable_id` shows it is the same one after a rebind).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.conn.close(0x100u32.into(), b"bye");
+        self.driver.abort();
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// An HTTP/3 connection for plain requests (`POST /v1/send`, `GET /healthz`, …): one QUIC
+/// connection, requests on it at once if the caller wants.
+pub struct H3Client {
+    endpoint: Endpoint,
+    conn: Connection,
+    early: Option<quinn::ZeroRttAccepted>,
+    requests: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for H3Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H3Client")
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An HTTP/3 answer: status, headers and the whole body.
+pub type H3Response = http::Response<Bytes>;
+
+impl H3Client {
+    /// Connects to the HTTP/3 port `addr` on `endpoint` (see [`client_endpoint`]): a
+    /// returning client resumes, and its first requests go out as 0-RTT data.
+    pub async fn connect_on(endpoint: Endpoint, addr: SocketAddr) -> Result<Self, QuicError> {
+        let (conn, early) = connect(&endpoint, addr).await?;
+        let (mut driver, requests) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+            .await
+            .map_err(|e| QuicError::H3(e.to_string()))?;
+        let driver = tokio::spawn(async move {
+            let _ = driver.wait_idle().await;
+        });
+        Ok(H3Client {
+            endpoint,
+            conn,
+            early,
+            requests,
+            driver,
+        })
+    }
+
+    /// Sends `request` and reads its whole answer.
+    pub async fn request(&self, request: http::Request<Bytes>) -> Result<H3Response, QuicError> {
+        let h3e = |e: &dyn std::fmt::Display| QuicError::H3(e.to_string());
+        let (head, body) = request.into_parts();
+        let mut requests = self.requests.clone();
+        let mut stream = requests
+            .send_request(http::Request::from_parts(head, ()))
+            .await
+            .map_err(|e| h3e(&e))?;
+        if !body.is_empty() {
+            stream.send_data(body).await.map_err(|e| h3e(&e))?;
+        }
+        stream.finish().await.map_err(|e| h3e(&e))?;
+        let response = stream.recv_response().await.map_err(|e| h3e(&e))?;
+        let mut body = BytesMut::new();
+        while let Some(mut chunk) = stream.recv_data().await.map_err(|e| h3e(&e))? {
+            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        let (head, ()) = response.into_parts();
+        Ok(http::Response::from_parts(head, body.freeze()))
+    }
+
+    /// Whether this connection resumed with 0-RTT and the server accepted its early data
+    /// (waits for the handshake to complete).
+    pub async fn early_data_accepted(&mut self) -> bool {
+        match self.early.take() {
+            Some(accepted) => accepted.await,
+            None => false,
+        }
+    }
+
+    /// The QUIC connection.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
