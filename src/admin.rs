@@ -3,7 +3,8 @@
 //!
 //! Bounded like the client ports: at most `limits.admin_max_connections` connections (one
 //! beyond gets a canned 503 and is closed, counted as `roam_refused_connections_total
-//! {reason="admin"}`), and a request's head must arrive within
+//! {reason="admin"}`), at most `limits.admin_max_conns_per_ip` from one source (one beyond
+//! is closed at accept: `admin_per_ip`), and a request's head must arrive within
 //! `limits.http_header_timeout_secs` — from accept for the first one, so a connection that
 //! sends nothing is closed then.
 
@@ -34,6 +35,9 @@ pub(crate) struct AdminOptions {
     pub header_timeout: Duration,
     /// Connections at once; one beyond gets 503 and is closed.
     pub max_connections: usize,
+    /// Connections at once from one source address (0: no cap); one beyond is closed at
+    /// accept.
+    pub max_conns_per_ip: usize,
     /// On shutdown, how long open connections get to finish.
     pub drain_timeout: Duration,
 }
@@ -63,9 +67,11 @@ pub(crate) async fn serve(
         AdmissionConfig {
             max_connections: options.max_connections,
             max_handshakes: 0,
-            max_conns_per_ip: 0,
+            max_conns_per_ip: options.max_conns_per_ip,
             max_handshakes_per_ip: 0,
             slot_reason: "admin",
+            per_ip_reason: "admin_per_ip",
+            ..AdmissionConfig::default()
         },
         refusals,
     );
@@ -89,6 +95,7 @@ pub(crate) async fn serve(
             },
         };
         let Ok(ticket) = admission.admit(peer.ip()) else {
+            // Its source holds its share already (counted as `admin_per_ip`): closed.
             continue;
         };
         if !ticket.has_slot() {

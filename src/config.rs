@@ -88,6 +88,8 @@ pub(crate) struct Config {
     pub webhook: WebhookSection,
     /// Stored messaging: fan-out, limits.
     pub messaging: MessagingSection,
+    /// The QUIC listeners (HTTP/3, raw frames over QUIC): issue 12.
+    pub quic: QuicSection,
 }
 
 // ---- [messaging] (stored messaging, issue 11): keys, defaults, validation, options ----
@@ -160,6 +162,88 @@ impl MessagingSection {
 
 // ---- end of [messaging] ----
 
+// ---- QUIC (issue 12): `listen.client_quic`, `listen.raw_quic` and this section. ----
+
+/// The QUIC listeners' tunables (docs/config.md, `[quic]`; docs/edge.md, "QUIC").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct QuicSection {
+    /// Run the QUIC listeners (`listen.client_quic`, `listen.raw_quic`); `alt-svc` is sent
+    /// only when they run.
+    pub enabled: bool,
+    /// QUIC connections at once per listener (each also takes an `edge.max_connections`
+    /// slot); beyond it a new connection is refused (CONNECTION_REFUSED).
+    pub max_connections: usize,
+    /// Concurrent bidirectional streams per connection (HTTP/3 requests at once).
+    pub max_streams: u32,
+    /// Seconds of silence after which a connection is gone (no packet, not even a PING).
+    pub idle_timeout_secs: u64,
+    /// Seconds of silence after which the edge sends a PING: below common NAT UDP binding
+    /// timeouts (30 s), so an idle phone stays reachable. 0: no keep-alive.
+    pub keep_alive_secs: u64,
+    /// Above this many QUIC handshakes in flight, new clients must prove their address with
+    /// a stateless Retry first (0: always).
+    pub retry_above_handshakes: usize,
+}
+
+impl Default for QuicSection {
+    fn default() -> Self {
+        QuicSection {
+            enabled: true,
+            max_connections: 100_000,
+            max_streams: 16,
+            idle_timeout_secs: 60,
+            keep_alive_secs: 15,
+            retry_above_handshakes: 256,
+        }
+    }
+}
+
+impl QuicSection {
+    fn validate(&self) -> Result<()> {
+        if self.max_connections == 0 || self.max_streams == 0 || self.idle_timeout_secs == 0 {
+            bail!(
+                "quic.max_connections, quic.max_streams and quic.idle_timeout_secs must be above 0"
+            );
+        }
+        // QUIC's idle timeout is a varint of milliseconds below 2^62; keep it humane.
+        if self.idle_timeout_secs > 3600 {
+            bail!(
+                "quic.idle_timeout_secs = {}: at most 3600",
+                self.idle_timeout_secs
+            );
+        }
+        if self.keep_alive_secs >= self.idle_timeout_secs {
+            bail!(
+                "quic.keep_alive_secs = {} must be below quic.idle_timeout_secs = {}",
+                self.keep_alive_secs,
+                self.idle_timeout_secs
+            );
+        }
+        Ok(())
+    }
+
+    /// The edge's options for one QUIC listener.
+    pub(crate) fn options(
+        &self,
+        limits: &Limits,
+        shutdown: &Shutdown,
+    ) -> roam_edge::quic::QuicOptions {
+        roam_edge::quic::QuicOptions {
+            max_connections: self.max_connections,
+            max_streams: self.max_streams,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            keep_alive: Duration::from_secs(self.keep_alive_secs),
+            retry_above: self.retry_above_handshakes,
+            handshake_timeout: Duration::from_secs(limits.handshake_timeout_secs),
+            first_request: Duration::from_secs(limits.first_request_secs),
+            drain_timeout: Duration::from_secs(shutdown.drain_timeout_secs),
+        }
+    }
+}
+
+// ---- end of QUIC ----
+
 /// The internal gRPC port's credential (docs/core.md, "The internal port"): a shared key
 /// every process of a deployment holds, sent by callers and checked by the port.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -168,6 +252,17 @@ pub(crate) struct InternalSection {
     /// File with the shared key (hex, mode 0600); empty: `<data>/internal-key`, generated
     /// on first start. Processes on other data directories point this at the same key.
     pub key_file: PathBuf,
+    // Mutual TLS (issue 14, second round).
+    /// Mutual TLS on the internal port: the port requires a client certificate from the
+    /// internal CA, and this process's callers present theirs.
+    pub tls: bool,
+    /// PEM: the internal CA; empty (with `tls_cert` and `tls_key`): `<data>/internal-tls/`,
+    /// a development CA and certificate generated on first start.
+    pub tls_ca: PathBuf,
+    /// PEM: this process's certificate chain for the internal port.
+    pub tls_cert: PathBuf,
+    /// PEM: its private key.
+    pub tls_key: PathBuf,
 }
 
 /// The offline-notification webhook (docs/core.md, "Offline notifications"): a POST to `url`
@@ -241,6 +336,33 @@ impl WebhookSection {
 }
 
 impl Config {
+    /// Where the internal port's mutual TLS files are, with `internal.tls`: the configured
+    /// three, or the development PKI in `<data>/internal-tls/` (generated if absent).
+    pub(crate) fn internal_pki(&self) -> Result<Option<roam_tls::internal::Pki>> {
+        let i = &self.internal;
+        let set = [&i.tls_ca, &i.tls_cert, &i.tls_key].map(|p| !p.as_os_str().is_empty());
+        if !i.tls {
+            if set.iter().any(|s| *s) {
+                bail!("internal.tls_ca, tls_cert and tls_key are set but internal.tls is not");
+            }
+            return Ok(None);
+        }
+        match set {
+            [true, true, true] => Ok(Some(roam_tls::internal::Pki {
+                ca: i.tls_ca.clone(),
+                cert: i.tls_cert.clone(),
+                key: i.tls_key.clone(),
+            })),
+            [false, false, false] => {
+                let dir = self.data.join("internal-tls");
+                let (pki, _) = roam_tls::internal::dev_pki(&dir)
+                    .with_context(|| format!("internal.tls: {}", dir.display()))?;
+                Ok(Some(pki))
+            }
+            _ => bail!("internal.tls_ca, tls_cert and tls_key: set all three or none"),
+        }
+    }
+
     /// The webhook's settings, its secret read from (or generated into) its file; `None`
     /// when `webhook.url` is unset.
     pub(crate) fn webhook(&self) -> Result<Option<roam_core::webhook::WebhookConfig>> {
@@ -311,10 +433,12 @@ impl EdgeSection {
 pub(crate) struct Listen {
     /// TLS 1.3 over TCP: HTTP/1.1 and HTTP/2 client API.
     pub client_tcp: SocketAddr,
-    /// QUIC (HTTP/3) client API.
+    /// QUIC (HTTP/3) client API (UDP).
     pub client_quic: SocketAddr,
     /// TLS 1.3 raw frame protocol.
     pub raw: SocketAddr,
+    /// Raw frames over QUIC, ALPN `roam/1` (UDP; issue 12).
+    pub raw_quic: SocketAddr,
     /// Plain-HTTP business/admin API, `/metrics`, `/healthz`.
     pub admin: SocketAddr,
     /// Internal gRPC between roles.
@@ -358,6 +482,16 @@ pub(crate) struct Limits {
     pub max_handshakes_per_ip: usize,
     /// Connections at once on the admin port.
     pub admin_max_connections: usize,
+    // Hardening, second round (issue 14; docs/edge.md "Admission").
+    /// Seconds an HTTP/2 client connection may have no open stream before it gets GOAWAY
+    /// and is closed.
+    pub http2_idle_secs: u64,
+    /// Connections at once from one source address on the admin port (0: no cap).
+    pub admin_max_conns_per_ip: usize,
+    /// Connections at once on the internal port.
+    pub internal_max_connections: usize,
+    /// Connections at once from one source address on the internal port (0: no cap).
+    pub internal_max_conns_per_ip: usize,
 }
 
 /// Shutdown behaviour.
@@ -445,6 +579,12 @@ pub(crate) struct EdgeSection {
     pub max_connections: usize,
     /// Rooms one connection may be in (ROOM_JOIN beyond it is refused; AUTH's list is cut).
     pub max_rooms_per_conn: usize,
+    // Hardening, second round (issue 14).
+    /// Sessions one client connection may carry at once (WebSockets and gRPC streams over
+    /// HTTP/2, virtual connections while on it; 0: no cap).
+    pub max_sessions_per_conn: u32,
+    /// Of those, sessions that have not authenticated yet (0: no cap).
+    pub max_unauthenticated_per_conn: u32,
     /// Deliveries queued per connection (each a frame, a reply or a room batch) before it is
     /// closed as slow.
     pub outbox: usize,
@@ -487,6 +627,8 @@ impl Default for EdgeSection {
             public_raw: String::new(),
             max_connections: 100_000,
             max_rooms_per_conn: 64,
+            max_sessions_per_conn: 100,
+            max_unauthenticated_per_conn: 8,
             outbox: 256,
             buckets: 0,
             auth_timeout_secs: 10,
@@ -523,6 +665,8 @@ impl EdgeSection {
             max_conns_per_ip: limits.max_conns_per_ip,
             max_handshakes_per_ip: limits.max_handshakes_per_ip,
             max_rooms_per_conn: self.max_rooms_per_conn,
+            max_sessions_per_conn: self.max_sessions_per_conn,
+            max_unauthenticated_per_conn: self.max_unauthenticated_per_conn,
             buckets: if self.buckets == 0 {
                 defaults.buckets
             } else {
@@ -603,6 +747,7 @@ impl Default for Config {
             internal: InternalSection::default(),
             webhook: WebhookSection::default(),
             messaging: MessagingSection::default(),
+            quic: QuicSection::default(),
         }
     }
 }
@@ -613,6 +758,7 @@ impl Default for Listen {
             client_tcp: local(8443),
             client_quic: local(8443),
             raw: local(8444),
+            raw_quic: local(8444),
             admin: local(8080),
             internal: local(9090),
         }
@@ -631,6 +777,10 @@ impl Default for Limits {
             max_conns_per_ip: 1000,
             max_handshakes_per_ip: 64,
             admin_max_connections: 256,
+            http2_idle_secs: 120,
+            admin_max_conns_per_ip: 32,
+            internal_max_connections: 1024,
+            internal_max_conns_per_ip: 256,
         }
     }
 }
@@ -695,6 +845,7 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         self.messaging.validate()?;
+        self.quic.validate()?;
         let max = self.limits.max_packet;
         if !(roam_proto::HEADER_LEN..=MAX_PACKET_CEILING).contains(&max) {
             bail!(
@@ -717,6 +868,9 @@ impl Config {
             bail!(
                 "limits.first_request_secs, limits.admin_max_connections and edge.max_rooms_per_conn must be above 0"
             );
+        }
+        if self.limits.http2_idle_secs == 0 || self.limits.internal_max_connections == 0 {
+            bail!("limits.http2_idle_secs and limits.internal_max_connections must be above 0");
         }
         let c = &self.core;
         if c.heartbeat_min_secs == 0 || c.heartbeat_min_secs > c.heartbeat_max_secs {
@@ -954,6 +1108,12 @@ mod tests {
                 "invalid socket address",
             ),
             ("[listen]\nnope = \"x\"\n", &[], "nope"),
+            (
+                "[quic]\nkeep_alive_secs = 90\n",
+                &[],
+                "quic.keep_alive_secs",
+            ),
+            ("", &[("ROAM_QUIC_MAX_STREAMS", "0")], "quic.max_streams"),
             ("role = \"everything\"\n", &[], "everything"),
             ("", &[("ROAM_LISTEN_NOPE", "1")], "ROAM_LISTEN_NOPE"),
             ("", &[("ROAM_BOGUS", "1")], "ROAM_BOGUS"),

@@ -1,5 +1,6 @@
 //! `roam`: the one binary. Parses the command line, loads the configuration and runs a
-//! command: `serve` (the default: every role in one process), `token`, `bench`.
+//! command: `serve` (the default: every role in one process), `token`, `send`, `tail`,
+//! `bench`.
 //!
 //! Errors leave as one line on stderr (`error: <what>: <why>`) and a non-zero exit code.
 
@@ -7,6 +8,7 @@
 
 mod admin;
 mod config;
+mod internal;
 mod metrics;
 mod serve;
 
@@ -34,8 +36,56 @@ enum Command {
     Serve(ServeArgs),
     /// Print a client token (JWT) that a server on the same data directory accepts.
     Token(TokenArgs),
+    /// Send a message and print its acknowledgement (`id=<id> seq=<seq>`).
+    Send(SendArgs),
+    /// Print the token's user's messages as they come, `<seq> <from> <content>` a line.
+    Tail(TailArgs),
     /// Run a benchmark scenario (see docs/benchmarks.md).
     Bench(roam_bench::BenchArgs),
+}
+
+/// Where `send` and `tail` connect, and as whom.
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// The server: raw://HOST:PORT (the raw port), quic://HOST:PORT (the raw QUIC port), wss://HOST:PORT or https://HOST:PORT (the
+    /// client port, WebSocket), or HOST:PORT (raw).
+    #[arg(long, value_name = "URL", default_value = roam_client::cli::LOCAL_SERVER)]
+    server: String,
+    /// The client token (`roam token --user ID` prints one).
+    #[arg(long, value_name = "TOKEN")]
+    token: String,
+    /// Trust the CA certificate in FILE (default: ./data/tls/cert.pem when it exists).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    ca: Option<PathBuf>,
+    /// Accept any server certificate (a development server's).
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The recipient: a user id or group:ID.
+    #[arg(long, value_name = "USER|group:ID")]
+    to: String,
+    /// Give up after this many seconds without an acknowledgement.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    timeout: u64,
+    /// The message.
+    text: String,
+}
+
+#[derive(Debug, Args)]
+struct TailArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Start after this inbox seq (0: the whole inbox).
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    after: u64,
+    /// One JSON object a line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args, Default)]
@@ -83,6 +133,8 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve_command(args),
         None => serve_command(cli.serve),
         Some(Command::Token(args)) => token_command(args),
+        Some(Command::Send(args)) => send_command(args),
+        Some(Command::Tail(args)) => tail_command(args),
         Some(Command::Bench(args)) => roam_bench::run(args),
     };
     match result {
@@ -134,4 +186,58 @@ fn token_command(args: TokenArgs) -> anyhow::Result<()> {
         secret.mint(&args.user, args.device.as_deref(), args.ttl, now)?
     );
     Ok(())
+}
+
+fn client_target(args: ClientArgs) -> anyhow::Result<roam_client::cli::Target> {
+    let default_ca = PathBuf::from("data")
+        .join("tls")
+        .join(roam_tls::DEV_CERT_FILE);
+    Ok(roam_client::cli::Target {
+        server: args.server,
+        token: args.token,
+        trust: roam_client::cli::trust(args.ca, args.insecure, default_ca)?,
+    })
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn send_command(args: SendArgs) -> anyhow::Result<()> {
+    let target = client_target(args.client)?;
+    let timeout = std::time::Duration::from_secs(args.timeout);
+    let ack = client_runtime()?.block_on(roam_client::cli::send(
+        &target, &args.to, &args.text, timeout,
+    ))?;
+    let duplicate = if ack.duplicate { " duplicate" } else { "" };
+    println!("id={} seq={}{duplicate}", ack.id, ack.seq);
+    Ok(())
+}
+
+fn tail_command(args: TailArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let target = client_target(args.client)?;
+    let json = args.json;
+    let mut stdout = std::io::stdout().lock();
+    let print = move |m: &roam_proto::client::v1::Message| {
+        if json {
+            writeln!(stdout, "{}", roam_client::cli::message_json(m))?;
+        } else {
+            writeln!(stdout, "{}", roam_client::cli::message_line(m))?;
+        }
+        stdout.flush()
+    };
+    client_runtime()?.block_on(async {
+        tokio::select! {
+            r = roam_client::cli::tail(&target, args.after, print) => match r? {
+                Ok(()) => Ok(()),
+                // A closed pipe (`roam tail | head`) ends the tail quietly.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+            r = tokio::signal::ctrl_c() => Ok(r?),
+        }
+    })
 }

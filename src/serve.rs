@@ -43,6 +43,10 @@ struct Ready {
     client_tcp: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_quic: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_quic: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     internal: Option<SocketAddr>,
@@ -64,6 +68,8 @@ struct Process {
     refusals: Refusals,
     /// Every role speaks on the internal port (serves it or calls it): one shared key.
     internal_key: InternalKey,
+    /// With `internal.tls`: the internal port's mutual TLS files (its server and callers).
+    internal_pki: Option<roam_tls::internal::Pki>,
     /// Listener and background tasks; one ending on its own shuts the process down.
     tasks: JoinSet<()>,
     ready: Ready,
@@ -79,6 +85,7 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
     registry.register_collector(Box::new(metrics::ProcessCollector));
     let refusals = Refusals::register(&mut registry);
     let internal_key = config.internal_key()?;
+    let internal_pki = config.internal_pki()?;
     let banner = vec![format!(
         "roam {} (role {})",
         env!("CARGO_PKG_VERSION"),
@@ -90,6 +97,7 @@ pub(crate) async fn serve(config: Config, ready_file: Option<PathBuf>) -> Result
         registry,
         refusals,
         internal_key,
+        internal_pki,
         tasks: JoinSet::new(),
         ready: Ready::default(),
         banner,
@@ -225,6 +233,11 @@ fn id_source(p: &mut Process, ids: Option<&Arc<IdService>>) -> Result<Option<IdS
         Some(ids) => Some(IdSource::local(ids.clone())),
         None if config.role.runs_core() => {
             let address = config.core.ids_address();
+            if p.internal_pki.is_some() {
+                anyhow::bail!(
+                    "internal.tls with a remote ID service (core.ids {address}) is not supported yet: run core and the ID service in one process"
+                );
+            }
             p.banner
                 .push(format!("ids         the ID service at {address}"));
             Some(
@@ -297,12 +310,28 @@ async fn start_internal(
             p.internal_key.clone(),
             &mut p.registry,
         )));
+    let internal = crate::internal::InternalOptions {
+        max_connections: p.config.limits.internal_max_connections,
+        max_conns_per_ip: p.config.limits.internal_max_conns_per_ip,
+        first_request: Duration::from_secs(p.config.limits.first_request_secs),
+    };
+    let tls = p
+        .internal_pki
+        .as_ref()
+        .map(roam_tls::internal::server_config)
+        .transpose()?;
     let grpc = tonic::transport::Server::builder()
         .layer(stack)
         .add_optional_service(core.map(|c| c.link_service()))
         .add_optional_service(ids.map(|ids| roam_idsvc::grpc::grpc_service(ids.clone())))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            crate::internal::incoming(
+                listener,
+                &internal,
+                p.refusals.clone(),
+                tls,
+                p.shutdown.clone(),
+            ),
             p.shutdown.clone().cancelled_owned(),
         );
     p.tasks.spawn(async move {
@@ -311,14 +340,19 @@ async fn start_internal(
         }
     });
     p.banner.push(format!(
-        "internal    http://{bound}  (gRPC: {})",
-        services.join(", ")
+        "internal    http://{bound}  (gRPC: {}{})",
+        services.join(", "),
+        match &p.internal_pki {
+            Some(pki) => format!("; mutual TLS, CA {}", pki.ca.display()),
+            None => String::new(),
+        }
     ));
     Ok(())
 }
 
 /// The internal port's one interceptor: every call must carry the shared key (else
-/// `UNAUTHENTICATED`, counted in `roam_internal_unauthenticated_total`).
+/// `UNAUTHENTICATED`, counted in `roam_internal_unauthenticated_total`). A call with the key
+/// meets its connection's first-request deadline ([`crate::internal`]).
 fn require_internal_key(
     key: InternalKey,
     registry: &mut Registry,
@@ -329,12 +363,27 @@ fn require_internal_key(
         "Calls to the internal gRPC port refused for a missing or wrong key",
         refused.clone(),
     );
-    move |request: tonic::Request<()>| match key.check(request.metadata()) {
-        Ok(()) => Ok(request),
-        Err(status) => {
-            refused.inc();
-            tracing::debug!(peer = ?request.remote_addr(), "internal call without the right key");
-            Err(status)
+    move |mut request: tonic::Request<()>| {
+        let conn = request
+            .extensions()
+            .get::<crate::internal::InternalConn>()
+            .cloned();
+        if let Some(conn) = &conn {
+            // For `remote_addr()` in the services' logs.
+            request.extensions_mut().insert(conn.tcp.clone());
+        }
+        match key.check(request.metadata()) {
+            Ok(()) => {
+                if let Some(conn) = conn {
+                    conn.called();
+                }
+                Ok(request)
+            }
+            Err(status) => {
+                refused.inc();
+                tracing::debug!(peer = ?request.remote_addr(), "internal call without the right key");
+                Err(status)
+            }
         }
     }
 }
@@ -357,6 +406,7 @@ async fn start_edge(p: &mut Process) -> Result<()> {
         header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
         max_streams: config.limits.http2_max_streams,
         first_request: Duration::from_secs(config.limits.first_request_secs),
+        http2_idle: Duration::from_secs(config.limits.http2_idle_secs),
     };
     let client_tcp = roam_edge::ClientTcpServer::bind(addr, tls, options, edge_metrics.clone())
         .await
@@ -377,6 +427,11 @@ async fn start_edge(p: &mut Process) -> Result<()> {
     .with_context(|| format!("cannot bind listen.raw on {addr}"))?;
     let raw_addr = raw.local_addr()?;
     p.ready.raw = Some(raw_addr);
+    let quic = bind_quic(config, &cert, &edge_metrics)?;
+    if let Some(q) = &quic {
+        p.ready.client_quic = Some(q.client_quic);
+        p.ready.raw_quic = Some(q.raw_quic);
+    }
 
     let core_address = match (&config.edge.core, p.ready.internal) {
         (configured, _) if !configured.is_empty() => configured.clone(),
@@ -401,11 +456,23 @@ async fn start_edge(p: &mut Process) -> Result<()> {
             ),
             ("raw".to_owned(), public(&config.edge.public_raw, raw_addr)),
         ]
-        .into(),
+        .into_iter()
+        .chain(quic.iter().flat_map(|q| {
+            [
+                ("client_quic".to_owned(), q.client_quic.to_string()),
+                ("raw_quic".to_owned(), q.raw_quic.to_string()),
+            ]
+        }))
+        .collect(),
         region: config.edge.region.clone(),
         lat: config.edge.lat,
         lon: config.edge.lon,
         weight: config.edge.weight,
+        tls: p
+            .internal_pki
+            .as_ref()
+            .map(roam_tls::internal::client_config)
+            .transpose()?,
         // A new instance: core lets this process replace its own stale link.
         ..Default::default()
     };
@@ -419,7 +486,15 @@ async fn start_edge(p: &mut Process) -> Result<()> {
     .await
     .with_context(|| format!("edge {edge_id}: cannot link to core at {core_address}"))?;
 
-    start_client_tcp(p, client_tcp, &gateway)?;
+    let quic_port = quic.as_ref().map(|q| q.client_quic.port());
+    let cert_sha256 = roam_tls::cert_sha256_hex(&cert.chain[0]);
+    p.banner.push(format!(
+        "cert hash   sha-256 {cert_sha256}  (WebTransport serverCertificateHashes; GET /v1/wt-cert-hash)"
+    ));
+    let (routes, tracker) = start_client_tcp(p, client_tcp, &gateway, quic_port, cert_sha256)?;
+    if let Some(quic) = quic {
+        start_quic(p, quic, &gateway, routes, tracker);
+    }
     start_raw(p, raw, gateway);
     p.banner.push(format!(
         "certificate {}{}",
@@ -485,27 +560,29 @@ fn dev_login(p: &mut Process) -> anyhow::Result<Option<roam_edge::http::DevLogin
 }
 
 /// Serves the client TCP port (`listen.client_tcp`, bound by [`start_edge`]): HTTP/2 and
-/// HTTP/1.1 over TLS 1.3.
+/// HTTP/1.1 over TLS 1.3. Returns the client routes (without the TCP stack) and their
+/// tracker, which HTTP/3 serves too: one registry of virtual connections for both.
 fn start_client_tcp(
     p: &mut Process,
     server: roam_edge::ClientTcpServer,
     gateway: &Arc<Gateway>,
-) -> anyhow::Result<()> {
+    quic_port: Option<u16>,
+    cert_sha256: String,
+) -> anyhow::Result<(Router, tokio_util::task::TaskTracker)> {
     let bound = p.ready.client_tcp;
     let http = roam_edge::http::HttpOptions {
         web_dir: Some(p.config.edge.web_dir.clone()),
         dev_login: dev_login(p)?,
         tracker: tokio_util::task::TaskTracker::new(),
+        cert_sha256: Some(cert_sha256),
     };
     let tracker = http.tracker.clone();
-    let router = client_tcp_stack(
-        roam_edge::http::router(gateway.clone(), http),
-        p.config.listen.client_quic.port(),
-    );
+    let routes = roam_edge::http::router(gateway.clone(), http);
+    let router = client_tcp_stack(routes.clone(), quic_port);
     p.tasks.spawn(server.run(
         router,
         gateway.admission.clone(),
-        tracker,
+        tracker.clone(),
         p.shutdown.clone(),
     ));
     if let Some(bound) = bound {
@@ -513,7 +590,7 @@ fn start_client_tcp(
             "client API  https://{bound}  (TLS 1.3, HTTP/2 + HTTP/1.1)"
         ));
     }
-    Ok(())
+    Ok((routes, tracker))
 }
 
 /// The client TCP port's per-request stack, outermost first. The listener adds one
@@ -521,13 +598,89 @@ fn start_client_tcp(
 /// connection busy while a request runs), and enforces the connection caps and the
 /// handshake and header timeouts itself. Session auth is the protocol's (AUTH frame),
 /// not a layer.
-fn client_tcp_stack(routes: Router, quic_port: u16) -> Router {
-    // HTTP/3 discovery: every answer, 404s included, advertises the QUIC port (this port
-    // only: a QUIC listener's answers need not point at themselves).
+fn client_tcp_stack(routes: Router, quic_port: Option<u16>) -> Router {
+    // HTTP/3 discovery: every answer, 404s included, advertises the QUIC port actually bound
+    // (this port only: a QUIC listener's answers need not point at themselves), and only
+    // while HTTP/3 is served.
+    let Some(quic_port) = quic_port else {
+        return routes;
+    };
     match HeaderValue::from_str(&format!("h3=\":{quic_port}\"; ma=86400")) {
         Ok(alt_svc) => routes.layer(SetResponseHeaderLayer::overriding(ALT_SVC, alt_svc)),
         Err(_) => routes,
     }
+}
+
+/// The QUIC listeners (issue 12), bound before the edge links to core so that their
+/// addresses are part of its identity and `alt-svc` names the bound port.
+struct QuicListeners {
+    h3: roam_edge::quic::QuicServer,
+    raw: roam_edge::quic::QuicServer,
+    client_quic: SocketAddr,
+    raw_quic: SocketAddr,
+}
+
+/// Binds HTTP/3 on `listen.client_quic` and raw frames over QUIC on `listen.raw_quic` (the
+/// TCP listeners' certificate), unless `quic.enabled` is off.
+fn bind_quic(
+    config: &Config,
+    cert: &roam_tls::CertKey,
+    metrics: &roam_edge::EdgeMetrics,
+) -> Result<Option<QuicListeners>> {
+    use roam_edge::quic::{QuicServer, QuicService};
+    if !config.quic.enabled {
+        return Ok(None);
+    }
+    let options = config.quic.options(&config.limits, &config.shutdown);
+    let bind = |addr: SocketAddr, alpn: &[&[u8]], service, key: &str| -> Result<QuicServer> {
+        let tls = roam_tls::quic_server_config(cert, alpn)?;
+        QuicServer::bind(addr, tls, service, options.clone(), metrics.clone())
+            .with_context(|| format!("cannot bind listen.{key} on {addr}/udp"))
+    };
+    let h3 = bind(
+        config.listen.client_quic,
+        roam_tls::ALPN_QUIC,
+        QuicService::H3,
+        "client_quic",
+    )?;
+    let raw = bind(
+        config.listen.raw_quic,
+        roam_tls::ALPN_RAW,
+        QuicService::Raw,
+        "raw_quic",
+    )?;
+    Ok(Some(QuicListeners {
+        client_quic: h3.local_addr()?,
+        raw_quic: raw.local_addr()?,
+        h3,
+        raw,
+    }))
+}
+
+/// Serves the QUIC listeners (bound by [`bind_quic`]): HTTP/3 over the client routes (the
+/// TCP port's, without its TCP stack) on their tracker; raw frames over the gateway.
+fn start_quic(
+    p: &mut Process,
+    quic: QuicListeners,
+    gateway: &Arc<Gateway>,
+    routes: Router,
+    tracker: tokio_util::task::TaskTracker,
+) {
+    p.tasks
+        .spawn(quic.h3.run(gateway.clone(), routes.clone(), tracker));
+    p.tasks.spawn(quic.raw.run(
+        gateway.clone(),
+        routes,
+        tokio_util::task::TaskTracker::new(),
+    ));
+    p.banner.push(format!(
+        "HTTP/3      https://{}  (QUIC, UDP)",
+        quic.client_quic
+    ));
+    p.banner.push(format!(
+        "raw QUIC    {}  (QUIC, UDP, ALPN roam/1)",
+        quic.raw_quic
+    ));
 }
 
 /// Serves the raw port (`listen.raw`, bound by [`start_edge`]): frames over TLS 1.3, no
@@ -553,6 +706,7 @@ async fn start_admin(p: &mut Process, business: Option<BusinessApi>) -> Result<(
     let options = admin::AdminOptions {
         header_timeout: Duration::from_secs(config.limits.http_header_timeout_secs),
         max_connections: config.limits.admin_max_connections,
+        max_conns_per_ip: config.limits.admin_max_conns_per_ip,
         drain_timeout: Duration::from_secs(config.shutdown.drain_timeout_secs),
     };
     // Last to start: every role has registered its metrics by now.

@@ -48,7 +48,7 @@ impl ChildServer {
         let config = dir.path().join("roam.toml");
         let data = dir.path().join("data");
         let toml = format!(
-            "data = {data:?}\n{extra_toml}\n[listen]\nclient_tcp = \"127.0.0.1:0\"\nclient_quic = \"127.0.0.1:0\"\nraw = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ninternal = \"127.0.0.1:0\"\n",
+            "data = {data:?}\n{extra_toml}\n[listen]\nclient_tcp = \"127.0.0.1:0\"\nclient_quic = \"127.0.0.1:0\"\nraw = \"127.0.0.1:0\"\nraw_quic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ninternal = \"127.0.0.1:0\"\n",
             data = data.display().to_string()
         );
         std::fs::write(&config, toml)

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use roam_client::quic::{H3Stream, QuicRawConnection, client_endpoint_with};
 use roam_client::raw::RawConnection;
 use roam_client::ws::{ALPN_WS, WsConnection};
 use roam_proto::client::v1 as pb;
@@ -27,6 +28,11 @@ pub(crate) enum Transport {
     Raw,
     /// WebSockets on the client port.
     Ws,
+    /// Raw frames over QUIC (`listen.raw_quic`, ALPN `roam/1`).
+    Quic,
+    /// HTTP/3 (`listen.client_quic`, ALPN `h3`): `GET /v1/stream` down, `POST /v1/send` up,
+    /// on one QUIC connection.
+    H3,
 }
 
 impl Transport {
@@ -35,7 +41,9 @@ impl Transport {
         match name.unwrap_or("raw") {
             "raw" => Ok(Transport::Raw),
             "ws" => Ok(Transport::Ws),
-            other => bail!("--transport {other}: idle-conns offers raw and ws"),
+            "quic" => Ok(Transport::Quic),
+            "h3" => Ok(Transport::H3),
+            other => bail!("--transport {other}: idle-conns offers raw, ws, quic and h3"),
         }
     }
 
@@ -44,6 +52,8 @@ impl Transport {
         match self {
             Transport::Raw => "raw",
             Transport::Ws => "ws",
+            Transport::Quic => "quic",
+            Transport::H3 => "h3",
         }
     }
 
@@ -52,19 +62,20 @@ impl Transport {
         match self {
             Transport::Raw => "raw",
             Transport::Ws => "client_tcp",
+            Transport::Quic => "raw_quic",
+            Transport::H3 => "client_quic",
         }
     }
 
     /// A TLS client configuration trusting `ca`, with this transport's ALPN.
     pub(crate) fn tls(self, ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
         let roots = roam_tls::roots_from_pem(ca)?;
-        Ok(roam_tls::client_config(
-            roots,
-            match self {
-                Transport::Raw => roam_tls::ALPN_RAW,
-                Transport::Ws => ALPN_WS,
-            },
-        ))
+        Ok(match self {
+            Transport::Raw => roam_tls::client_config(roots, roam_tls::ALPN_RAW),
+            Transport::Ws => roam_tls::client_config(roots, ALPN_WS),
+            Transport::Quic => roam_tls::quic_client_config(roots, roam_tls::ALPN_RAW),
+            Transport::H3 => roam_tls::quic_client_config(roots, roam_tls::ALPN_QUIC),
+        })
     }
 }
 
@@ -72,17 +83,33 @@ impl Transport {
 pub(crate) enum Conn {
     Raw(Box<RawConnection>),
     Ws(Box<WsConnection>),
+    Quic(Box<QuicRawConnection>),
+    /// HTTP/3 before AUTH: the stream is opened by [`Conn::authenticate`] (its token goes in
+    /// the request).
+    H3Unopened(quinn::Endpoint, SocketAddr),
+    H3(Box<H3Stream>),
 }
 
 impl Conn {
     /// Opens a TCP connection from `source` (any port) to `target`, then TLS and, for `ws`,
-    /// the WebSocket upgrade.
+    /// the WebSocket upgrade; for `quic`, a QUIC connection (its own UDP socket on `source`)
+    /// and its frame stream.
     pub(crate) async fn open(
         transport: Transport,
         source: Ipv4Addr,
         target: SocketAddr,
         tls: &Arc<rustls::ClientConfig>,
     ) -> Result<Conn> {
+        if transport == Transport::Quic {
+            let endpoint = client_endpoint_with(IpAddr::V4(source), tls.clone())?;
+            return Ok(Conn::Quic(Box::new(
+                QuicRawConnection::connect_on(endpoint, target).await?,
+            )));
+        }
+        if transport == Transport::H3 {
+            let endpoint = client_endpoint_with(IpAddr::V4(source), tls.clone())?;
+            return Ok(Conn::H3Unopened(endpoint, target));
+        }
         let tcp = roam_client::tcp_from(IpAddr::V4(source), target).await?;
         Ok(match transport {
             Transport::Raw => Conn::Raw(Box::new(
@@ -91,6 +118,7 @@ impl Conn {
             Transport::Ws => Conn::Ws(Box::new(
                 WsConnection::connect_over(tcp, tls.clone()).await?,
             )),
+            Transport::Quic | Transport::H3 => bail!("unreachable: QUIC is opened above"),
         })
     }
 
@@ -104,6 +132,9 @@ impl Conn {
         match self {
             Conn::Raw(c) => c.send(op, seq, msg).await?,
             Conn::Ws(c) => c.send(op, seq, msg).await?,
+            Conn::Quic(c) => c.send(op, seq, msg).await?,
+            Conn::H3(c) => c.send(op, seq, msg).await?,
+            Conn::H3Unopened(..) => bail!("HTTP/3: send before AUTH"),
         }
         Ok(())
     }
@@ -113,6 +144,9 @@ impl Conn {
         Ok(match self {
             Conn::Raw(c) => c.next().await?,
             Conn::Ws(c) => c.next().await?,
+            Conn::Quic(c) => c.next().await?,
+            Conn::H3(c) => c.next().await?,
+            Conn::H3Unopened(..) => bail!("HTTP/3: read before AUTH"),
         })
     }
 
@@ -125,6 +159,9 @@ impl Conn {
             Conn::Ws(c) => {
                 let _ = c.close().await;
             }
+            Conn::Quic(c) => c.close().await,
+            Conn::H3(c) => c.close().await,
+            Conn::H3Unopened(endpoint, _) => endpoint.close(0u32.into(), b"bye"),
         }
     }
 
@@ -157,6 +194,21 @@ impl Conn {
         device: String,
         rooms: Vec<String>,
     ) -> Result<pb::AuthReply> {
+        if let Conn::H3Unopened(endpoint, target) = self {
+            // Over HTTP/3 the opening request authenticates: its first frame is AUTH_REPLY.
+            let rooms = if rooms.is_empty() {
+                String::new()
+            } else {
+                format!("&rooms={}", rooms.join(","))
+            };
+            let stream =
+                H3Stream::open_on(endpoint.clone(), *target, &token, &device, &rooms).await?;
+            *self = Conn::H3(Box::new(stream));
+            return Ok(self
+                .reply(Op::AuthReply, 1)
+                .await?
+                .decode_body::<pb::AuthReply>()?);
+        }
         let auth = pb::Auth {
             token,
             device_id: device,

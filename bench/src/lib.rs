@@ -8,7 +8,7 @@
 //!   object as the last line on stdout (`report.rs`), with a progress bar on stderr
 //!   (`progress.rs`).
 //! - Scenarios (`scenarios/`, one file each, and `idle_conns/`): `frame-codec`, `handshake`,
-//!   `ids`, `idle-conns`, `push`, `room-fanout`, `chat`, `store-append`, `store-read`
+//!   `ids`, `idle-conns`, `push`, `roam-switch`, `room-fanout`, `chat`, `store-append`, `store-read`
 //!   (docs/benchmarks.md says what each measures).
 //! - Server-side figures come from `/proc/<server pid>` (`proc.rs`) so the load generator's
 //!   own cost never counts. Without `--target`, a scenario that needs a server starts its
@@ -52,6 +52,7 @@ const SCENARIOS: &[&str] = &[
     "ids",
     "idle-conns",
     "push",
+    "roam-switch",
     "room-fanout",
     "store-append",
     "store-read",
@@ -71,6 +72,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "ids" => scenarios::ids::run(&args)?,
         "idle-conns" => idle_conns::run(&args)?,
         "push" => scenarios::push::run(&args)?,
+        "roam-switch" => scenarios::roam_switch::run(&args)?,
         "room-fanout" => scenarios::room_fanout::run(&args)?,
         "store-append" => scenarios::store::run_append(&args)?,
         "store-read" => scenarios::store::run_read(&args)?,

@@ -15,9 +15,9 @@ use crate::report::Report;
 /// What every private server of `roam bench` has in its configuration file, before the
 /// scenario's own keys ([`start`]): the limits a load generator on loopback must not hit
 /// are switched off here: up to ~10k connections come from one loopback address, thousands
-/// handshaking at once, so the per-address and handshake caps are off.
-const BENCH_TOML: &str =
-    "[limits]\nmax_conns_per_ip = 0\nmax_handshakes = 0\nmax_handshakes_per_ip = 0\n";
+/// handshaking at once, so the per-address and handshake caps are off (the admin and
+/// internal ports' per-address shares too: push workers each hold an admin connection).
+const BENCH_TOML: &str = "[limits]\nmax_conns_per_ip = 0\nmax_handshakes = 0\nmax_handshakes_per_ip = 0\nadmin_max_conns_per_ip = 0\ninternal_max_conns_per_ip = 0\n";
 
 /// The configuration of the scenarios that hold idle clients (idle-conns, room-fanout):
 /// heartbeats far apart, so the server never closes them as idle during a run.

@@ -285,6 +285,16 @@ impl EdgeRegistry {
         }
     }
 
+    /// Whether `edge` is the live link of its id (not ended, not replaced).
+    pub(crate) fn is_current(&self, edge: &Edge) -> bool {
+        !edge.cancel.is_cancelled()
+            && self
+                .live
+                .read()
+                .get(&edge.id)
+                .is_some_and(|e| e.generation == edge.generation)
+    }
+
     /// A live edge by id.
     pub(crate) fn get(&self, id: &str) -> Option<Arc<Edge>> {
         self.live.read().get(id).cloned()

@@ -263,12 +263,31 @@ async fn connect(core: Arc<Core>, edge: Arc<Edge>, c: link::Connect) {
     let _ = edge.sender().send(reply).await;
 }
 
+/// Records the session of an authenticated connect on `edge` and answers it — unless the
+/// link was replaced (or ended) meanwhile: its connection is gone with the old link, and a
+/// session recorded for it would outlive it (the new link's start has already ended the
+/// edge's sessions in the store). So the link must be the live one before the session is
+/// recorded and still after; if it was replaced in between, the session just recorded is
+/// ended again. (Replaced after the second check, the new link's start ends it.)
 async fn accept(
     core: &Core,
     edge: &Arc<Edge>,
     c: &link::Connect,
     user: String,
 ) -> Result<EdgeDown, roam_store::StoreError> {
+    let stale = || {
+        down(edge_down::Msg::ConnectResult(link::ConnectResult {
+            conn_id: c.conn_id,
+            ok: false,
+            error_code: pb::error::Code::Unavailable as i32,
+            error_message: "the edge's link to core was replaced; reconnect".into(),
+            ..Default::default()
+        }))
+    };
+    if !core.edges.is_current(edge) {
+        debug!(edge = %edge.id, conn = c.conn_id, "connect on a replaced link: not recorded");
+        return Ok(stale());
+    }
     let connected = core
         .sessions
         .connect(
@@ -293,6 +312,13 @@ async fn accept(
             }));
             let _ = e.sender().send(kick).await;
         }
+    }
+    if !core.edges.is_current(edge) {
+        debug!(edge = %edge.id, conn = c.conn_id, "link replaced while recording a connect: ended again");
+        core.sessions
+            .disconnect(&user, &c.device_id, &edge.id, c.conn_id, now_ms())
+            .await?;
+        return Ok(stale());
     }
     let policy = core.options.heartbeat;
     let heartbeat_secs = connected
@@ -469,4 +495,100 @@ pub(crate) fn total_connections(core: &Core) -> (u64, HashMap<String, u64>) {
         }
     }
     (by_transport.values().sum(), by_transport)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Secret, Verifier};
+    use crate::edges::EdgeMeta;
+    use crate::metrics::CoreMetrics;
+    use crate::service::CoreOptions;
+
+    async fn core() -> (tempfile::TempDir, Arc<Core>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            roam_store::Store::open(&format!("embedded:{}", dir.path().join("s").display()))
+                .await
+                .unwrap();
+        let metrics = CoreMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let verifier = Verifier::new(&Secret::from_bytes(vec![7; 32]));
+        // Connects allocate no ids: a lazy channel that is never used.
+        let ids = roam_idsvc::IdSource::connect_lazy(
+            "http://127.0.0.1:1",
+            std::time::Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
+        let core = Core::new(
+            store,
+            ids,
+            verifier,
+            CoreOptions::default(),
+            metrics,
+            crate::webhook::Webhook::disabled(),
+        );
+        (dir, core)
+    }
+
+    fn connect(conn_id: u64) -> link::Connect {
+        link::Connect {
+            conn_id,
+            device_id: "phone".into(),
+            platform: "ios".into(),
+            transport: "ws".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connect_finishing_after_its_link_was_replaced_leaves_no_session() {
+        let (_dir, core) = core().await;
+        let (old, _old_rx) = core
+            .edges
+            .register("e1".into(), 1, EdgeMeta::default(), Instant::now())
+            .unwrap();
+        old.begin_connect(5);
+        // The edge's link is replaced (the same process reconnected) while the connect's
+        // token is being verified; the new link ends the edge id's sessions as it starts.
+        let (_new, _new_rx) = core
+            .edges
+            .register("e1".into(), 1, EdgeMeta::default(), Instant::now())
+            .unwrap();
+        core.sessions.expire_edge("e1", now_ms()).await.unwrap();
+        let reply = accept(&core, &old, &connect(5), "alice".into())
+            .await
+            .unwrap();
+        assert!(
+            matches!(reply.msg, Some(edge_down::Msg::ConnectResult(ref r)) if !r.ok),
+            "{reply:?}"
+        );
+        let left = core
+            .sessions
+            .sessions_of_users(&["alice".to_owned()])
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "a ghost session: {left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connect_on_the_live_link_is_recorded() {
+        let (_dir, core) = core().await;
+        let (edge, _rx) = core
+            .edges
+            .register("e1".into(), 1, EdgeMeta::default(), Instant::now())
+            .unwrap();
+        edge.begin_connect(5);
+        let reply = accept(&core, &edge, &connect(5), "alice".into())
+            .await
+            .unwrap();
+        assert!(matches!(reply.msg, Some(edge_down::Msg::ConnectResult(ref r)) if r.ok));
+        let sessions = core
+            .sessions
+            .sessions_of_users(&["alice".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(sessions.len(), 1);
+        assert_eq!((sessions[0].edge.as_str(), sessions[0].conn), ("e1", 5));
+    }
 }

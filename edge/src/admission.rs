@@ -20,15 +20,23 @@
 //! The [`Ticket`] of an admitted connection holds its source share and its slot for as long
 //! as the connection lives — a WebSocket upgraded out of an HTTP/1.1 connection keeps a
 //! clone (`ConnTicket`) — so one TCP connection holds one slot however many requests or
-//! HTTP/2 streams it carries. Every refusal is counted in `roam_refused_connections_total`
-//! by reason.
+//! HTTP/2 streams it carries. A virtual connection, which outlives the requests and TCP
+//! connections that made it, is admitted as a connection of its own (source share and slot)
+//! before its AUTH goes to core.
+//!
+//! Inside a connection the ticket counts its open requests (HTTP/2 streams: an HTTP/2
+//! connection with none for the idle time is closed, see [`Ticket::idle_for`]) and the
+//! sessions it carries ([`Ticket::session`]): at most `edge.max_sessions_per_conn`, of which
+//! at most `edge.max_unauthenticated_per_conn` not yet authenticated. Every refusal is
+//! counted in `roam_refused_connections_total` by reason.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -38,7 +46,9 @@ use prometheus_client::registry::Registry;
 /// The label of a refusal.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RefusalLabel {
-    /// `handshakes`, `handshakes_per_ip`, `per_ip`, `max_connections` or `admin`.
+    /// `handshakes`, `handshakes_per_ip`, `per_ip`, `max_connections`, `sessions_per_conn`,
+    /// `unauthenticated_per_conn`, `admin`, `admin_per_ip`, `internal`, `internal_per_ip` or
+    /// `internal_tls`.
     pub(crate) reason: &'static str,
 }
 
@@ -52,14 +62,14 @@ impl Refusals {
         let r = Refusals::default();
         registry.register(
             "roam_refused_connections",
-            "Connections refused at admission, by reason (handshakes, handshakes_per_ip, per_ip, max_connections, admin)",
+            "Connections refused at admission, by reason (handshakes, handshakes_per_ip, per_ip, max_connections, sessions_per_conn, unauthenticated_per_conn, admin, admin_per_ip, internal, internal_per_ip, internal_tls)",
             r.0.clone(),
         );
         r
     }
 
     /// Counts one refusal.
-    pub(crate) fn count(&self, reason: &'static str) {
+    pub fn count(&self, reason: &'static str) {
         self.0.get_or_create(&RefusalLabel { reason }).inc();
     }
 
@@ -81,8 +91,15 @@ pub struct AdmissionConfig {
     pub max_conns_per_ip: usize,
     /// TLS handshakes in flight at once from one source address (0: no cap).
     pub max_handshakes_per_ip: usize,
-    /// The reason counted when no slot is left (`max_connections`, or `admin`).
+    /// The reason counted when no slot is left (`max_connections`, `admin`, `internal`).
     pub slot_reason: &'static str,
+    /// The reason counted when a source is over its share (`per_ip`, `admin_per_ip`, ...).
+    pub per_ip_reason: &'static str,
+    /// Sessions (WebSockets, virtual connections while on the connection, gRPC streams) one
+    /// connection may carry at once (0: no cap).
+    pub max_sessions_per_conn: u32,
+    /// Of those, sessions not yet authenticated (0: no cap).
+    pub max_unauthenticated_per_conn: u32,
 }
 
 impl Default for AdmissionConfig {
@@ -93,6 +110,9 @@ impl Default for AdmissionConfig {
             max_conns_per_ip: 1000,
             max_handshakes_per_ip: 64,
             slot_reason: "max_connections",
+            per_ip_reason: "per_ip",
+            max_sessions_per_conn: 100,
+            max_unauthenticated_per_conn: 8,
         }
     }
 }
@@ -126,6 +146,8 @@ pub struct Admission {
     handshakes: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, Share>>,
     refusals: Refusals,
+    /// The origin of the tickets' idle clocks.
+    epoch: Instant,
 }
 
 /// Why a connection was not admitted at all (its socket is closed at once).
@@ -144,7 +166,13 @@ impl Admission {
             handshakes: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             refusals,
+            epoch: Instant::now(),
         })
+    }
+
+    /// Milliseconds since this admission began (the tickets' idle clock).
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Connections holding a slot now.
@@ -174,7 +202,7 @@ impl Admission {
             let share = map.entry(source).or_default();
             if share.conns >= self.config.max_conns_per_ip {
                 drop(map);
-                self.refusals.count("per_ip");
+                self.refusals.count(self.config.per_ip_reason);
                 return Err(Refused::PerIp);
             }
             share.conns += 1;
@@ -187,17 +215,40 @@ impl Admission {
             self.refusals.count(self.config.slot_reason);
         }
         Ok(Ticket {
+            idle_since_ms: AtomicU64::new(self.now_ms()),
             admission: self.clone(),
             ip,
+            peer,
             slot,
             requested: AtomicBool::new(false),
+            streams: AtomicU32::new(0),
+            sessions: AtomicU32::new(0),
+            unauthenticated: AtomicU32::new(0),
         })
     }
 
-    /// A slot alone (a virtual connection, which outlives the requests that made it, takes
-    /// one of its own once authenticated). Not counted as a refusal when none is left: the
-    /// caller answers 503.
-    pub(crate) fn slot(self: &Arc<Self>) -> Option<Slot> {
+    /// A connection whose source address is unknown: a slot (if one is left), no source
+    /// share.
+    pub(crate) fn admit_without_source(self: &Arc<Self>) -> Ticket {
+        let slot = self.slot();
+        if slot.is_none() {
+            self.refusals.count(self.config.slot_reason);
+        }
+        Ticket {
+            idle_since_ms: AtomicU64::new(self.now_ms()),
+            admission: self.clone(),
+            ip: None,
+            peer: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            slot,
+            requested: AtomicBool::new(false),
+            streams: AtomicU32::new(0),
+            sessions: AtomicU32::new(0),
+            unauthenticated: AtomicU32::new(0),
+        }
+    }
+
+    /// A slot alone.
+    fn slot(self: &Arc<Self>) -> Option<Slot> {
         let n = self.open.fetch_add(1, Ordering::Relaxed);
         let slot = Slot {
             admission: self.clone(),
@@ -271,18 +322,83 @@ impl Drop for HandshakePermit {
 pub struct Ticket {
     admission: Arc<Admission>,
     ip: Option<IpAddr>,
+    peer: IpAddr,
     slot: Option<Slot>,
     requested: AtomicBool,
+    /// Requests (HTTP/2 streams) open now, WebSockets included.
+    streams: AtomicU32,
+    /// When `streams` last fell to zero (or the connection was admitted), on the
+    /// admission's clock.
+    idle_since_ms: AtomicU64,
+    /// Sessions carried now, and how many of them are not yet authenticated.
+    sessions: AtomicU32,
+    unauthenticated: AtomicU32,
+}
+
+/// Why a session was refused on its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionRefused {
+    /// The connection carries `edge.max_sessions_per_conn` sessions already.
+    PerConn,
+    /// It carries `edge.max_unauthenticated_per_conn` unauthenticated ones already.
+    Unauthenticated,
 }
 
 impl Ticket {
+    /// The peer's address.
+    pub(crate) fn peer(&self) -> IpAddr {
+        self.peer
+    }
+
+    /// How long the connection has had no open request, or `None` while one is open.
+    pub(crate) fn idle_for(&self) -> Option<Duration> {
+        if self.streams.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.idle_since_ms.load(Ordering::Acquire);
+        Some(Duration::from_millis(
+            self.admission.now_ms().saturating_sub(since),
+        ))
+    }
+
+    /// A session on this connection, not yet authenticated ([`SessionPermit::authenticated`]
+    /// moves it out of the unauthenticated budget); refused (and counted) over either cap.
+    pub(crate) fn session(self: &Arc<Self>) -> Result<SessionPermit, SessionRefused> {
+        let config = &self.admission.config;
+        let take = |counter: &AtomicU32, max: u32| {
+            counter
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (max == 0 || n < max).then_some(n + 1)
+                })
+                .is_ok()
+        };
+        if !take(&self.sessions, config.max_sessions_per_conn) {
+            self.admission.refusals.count("sessions_per_conn");
+            return Err(SessionRefused::PerConn);
+        }
+        if !take(&self.unauthenticated, config.max_unauthenticated_per_conn) {
+            self.sessions.fetch_sub(1, Ordering::AcqRel);
+            self.admission.refusals.count("unauthenticated_per_conn");
+            return Err(SessionRefused::Unauthenticated);
+        }
+        Ok(SessionPermit {
+            ticket: self.clone(),
+            authenticated: false,
+        })
+    }
     /// Whether the connection got a slot (else it is to be refused politely and closed).
     pub fn has_slot(&self) -> bool {
         self.slot.is_some()
     }
 
+    /// Marks the connection as having sent a complete request (the internal port marks it
+    /// on its first call with the key; the HTTP listeners through [`TicketLayer`]).
+    pub fn mark_requested(&self) {
+        self.requested.store(true, Ordering::Relaxed);
+    }
+
     /// Whether the connection has sent a complete request (see [`TicketLayer`]).
-    pub(crate) fn requested(&self) -> bool {
+    pub fn requested(&self) -> bool {
         self.requested.load(Ordering::Relaxed)
     }
 }
@@ -295,17 +411,92 @@ impl Drop for Ticket {
     }
 }
 
-/// A request extension carrying its connection's [`Ticket`]: what outlives the connection's
-/// HTTP handling (a WebSocket upgraded out of HTTP/1.1) keeps a clone, and with it the slot.
+/// One session on a connection ([`Ticket::session`]), released on drop.
+#[derive(Debug)]
+pub(crate) struct SessionPermit {
+    ticket: Arc<Ticket>,
+    authenticated: bool,
+}
+
+impl SessionPermit {
+    /// The session authenticated: it leaves the connection's unauthenticated budget.
+    pub(crate) fn authenticated(&mut self) {
+        if !std::mem::replace(&mut self.authenticated, true) {
+            self.ticket.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        self.authenticated();
+        self.ticket.sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a connection's driver holds for it besides its transport: a virtual connection's own
+/// admission (source share and slot), and the session on the connection that carries it.
+#[derive(Debug, Default)]
+pub(crate) struct Hold {
+    /// A virtual connection's own ticket.
+    pub(crate) own: Option<Box<Ticket>>,
+    /// Its session on the carrying connection.
+    pub(crate) session: Option<SessionPermit>,
+    /// Release the session once authenticated (a long-polled virtual connection leaves the
+    /// connection that opened it when its opening request ends).
+    pub(crate) release_on_auth: bool,
+}
+
+impl Hold {
+    /// The session authenticated.
+    pub(crate) fn authenticated(&mut self) {
+        if self.release_on_auth {
+            self.session = None;
+        } else if let Some(s) = &mut self.session {
+            s.authenticated();
+        }
+    }
+}
+
+/// One open request (HTTP/2 stream) of a connection, counted in its [`Ticket`] while it
+/// lives: the request's response body holds it, a WebSocket's task too.
+#[derive(Debug)]
+pub(crate) struct StreamGuard {
+    ticket: Arc<Ticket>,
+}
+
+impl StreamGuard {
+    fn new(ticket: Arc<Ticket>) -> Self {
+        ticket.streams.fetch_add(1, Ordering::AcqRel);
+        StreamGuard { ticket }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        // The clock first: a reader that sees no stream open sees when the last one ended.
+        let now = self.ticket.admission.now_ms();
+        self.ticket.idle_since_ms.fetch_max(now, Ordering::AcqRel);
+        self.ticket.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request extension carrying its connection's [`Ticket`] and the request's stream: what
+/// outlives the request (a WebSocket) keeps a clone, and with it the slot and the stream.
 #[derive(Debug, Clone)]
-pub(crate) struct ConnTicket(
-    // Never read: held for the slot it keeps.
-    #[allow(dead_code)] Arc<Ticket>,
-);
+pub(crate) struct ConnTicket(pub Arc<StreamGuard>);
+
+impl ConnTicket {
+    /// The connection's ticket.
+    pub(crate) fn ticket(&self) -> &Arc<Ticket> {
+        &self.0.ticket
+    }
+}
 
 /// The per-connection layer of the HTTP listeners: marks the connection's [`Ticket`] when
 /// a complete request arrives (hyper calls the service once the request's head is in: the
-/// first-request deadline is then met) and hands the request a [`ConnTicket`].
+/// first-request deadline is then met), counts the request as an open stream until its
+/// response body is done, and hands the request a [`ConnTicket`].
 #[derive(Debug, Clone)]
 pub(crate) struct TicketLayer(pub Arc<Ticket>);
 
@@ -327,24 +518,36 @@ pub(crate) struct TicketService<S> {
     inner: S,
 }
 
+type Response = axum::http::Response<axum::body::Body>;
+
 impl<S, B> tower::Service<axum::http::Request<B>> for TicketService<S>
 where
-    S: tower::Service<axum::http::Request<B>>,
+    S: tower::Service<axum::http::Request<B>, Response = Response>,
+    S::Future: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: axum::http::Request<B>) -> S::Future {
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
         self.ticket.requested.store(true, Ordering::Relaxed);
-        request
-            .extensions_mut()
-            .insert(ConnTicket(self.ticket.clone()));
-        self.inner.call(request)
+        let stream = Arc::new(StreamGuard::new(self.ticket.clone()));
+        request.extensions_mut().insert(ConnTicket(stream.clone()));
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            // The stream is open until its response body is done (or dropped).
+            Ok(response.map(|body| {
+                axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                    let _open = &stream;
+                    frame
+                }))
+            }))
+        })
     }
 }
 
@@ -359,7 +562,7 @@ mod tests {
                 max_handshakes,
                 max_conns_per_ip: per_ip,
                 max_handshakes_per_ip: 0,
-                slot_reason: "max_connections",
+                ..AdmissionConfig::default()
             },
             Refusals::default(),
         )
@@ -459,6 +662,63 @@ mod tests {
         let again = a.admit(A).unwrap();
         assert!(again.has_slot());
         assert!(a.slot().is_none(), "a virtual connection's slot counts too");
+    }
+
+    #[test]
+    fn a_connection_carries_at_most_its_sessions_and_few_unauthenticated() {
+        let a = Admission::new(
+            AdmissionConfig {
+                max_sessions_per_conn: 3,
+                max_unauthenticated_per_conn: 2,
+                ..AdmissionConfig::default()
+            },
+            Refusals::default(),
+        );
+        let conn = Arc::new(a.admit(A).unwrap());
+        let mut one = conn.session().unwrap();
+        let two = conn.session().unwrap();
+        assert_eq!(
+            conn.session().unwrap_err(),
+            SessionRefused::Unauthenticated,
+            "two unauthenticated sessions fill the budget"
+        );
+        one.authenticated();
+        let mut three = conn.session().unwrap();
+        three.authenticated();
+        assert_eq!(conn.session().unwrap_err(), SessionRefused::PerConn);
+        assert_eq!(a.refusals.get("unauthenticated_per_conn"), 1);
+        assert_eq!(a.refusals.get("sessions_per_conn"), 1);
+        drop(two);
+        let _four = conn.session().unwrap();
+        drop((one, three));
+        assert_eq!(conn.sessions.load(Ordering::Relaxed), 1);
+        assert_eq!(conn.unauthenticated.load(Ordering::Relaxed), 1);
+        let other = Arc::new(a.admit(A).unwrap());
+        assert!(other.session().is_ok(), "caps are per connection");
+    }
+
+    #[test]
+    fn a_connection_is_idle_only_while_no_stream_is_open() {
+        let a = admission(10, 0, 0);
+        let conn = Arc::new(a.admit(A).unwrap());
+        assert!(conn.idle_for().is_some(), "idle from accept");
+        let stream = StreamGuard::new(conn.clone());
+        let upgraded = ConnTicket(Arc::new(StreamGuard::new(conn.clone())));
+        assert_eq!(conn.idle_for(), None);
+        drop(stream);
+        assert_eq!(conn.idle_for(), None, "a WebSocket's stream is still open");
+        drop(upgraded);
+        assert!(conn.idle_for().is_some_and(|d| d < Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_connection_of_unknown_source_takes_a_slot_and_no_share() {
+        let a = admission(1, 0, 1);
+        let unknown = a.admit_without_source();
+        assert!(unknown.has_slot());
+        assert!(a.per_ip.lock().is_empty(), "no source share taken");
+        assert!(!a.admit_without_source().has_slot(), "the slot counts");
+        assert_eq!(a.refusals.get("max_connections"), 1);
     }
 
     #[test]

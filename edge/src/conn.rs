@@ -18,7 +18,7 @@ use roam_proto::{FrameDecoder, HEADER_LEN, Op, disconnect_frame, error_frame, fr
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::admission::Slot;
+use crate::admission::Hold;
 use crate::gateway::Gateway;
 use crate::metrics::{ReasonLabel, TransportLabel};
 use crate::outbox::{CloseReason, Outbox};
@@ -105,14 +105,6 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
-    /// Whether a connection over this transport takes a slot of its own once authenticated:
-    /// virtual connections (`stream`, `poll`) outlive the requests — and the TCP connections —
-    /// that made them. Every other transport lives inside a TCP connection, whose slot was
-    /// taken when it was accepted.
-    pub(crate) fn owns_slot(self) -> bool {
-        matches!(self.name, "stream" | "poll")
-    }
-
     /// The label for an HTTP request's version.
     pub(crate) fn http_version(version: axum::http::Version) -> &'static str {
         match version {
@@ -155,9 +147,9 @@ struct Conn<T> {
     auth: Option<oneshot::Receiver<link::ConnectResult>>,
     auth_rooms: Vec<String>,
     idle: bool,
-    /// A virtual connection's own slot of `edge.max_connections`, taken once core accepted
-    /// its AUTH (see [`Transport::owns_slot`]).
-    slot: Option<Slot>,
+    /// What it holds of admission: a virtual connection's own ticket (source share and slot,
+    /// taken before its AUTH went to core), its session on the connection carrying it.
+    hold: Hold,
 }
 
 /// Whether the connection goes on after a step.
@@ -213,26 +205,9 @@ impl<T: FrameIo> Conn<T> {
     ) {
         let now = Instant::now();
         let gateway = self.gateway.clone();
-        let result = match result {
-            Ok(r) if r.ok && self.transport.owns_slot() => match gateway.admit() {
-                Some(slot) => {
-                    self.slot = Some(slot);
-                    Ok(r)
-                }
-                None => {
-                    gateway.metrics.refusals.count("max_connections");
-                    Ok(link::ConnectResult {
-                        ok: false,
-                        error_code: pb::error::Code::Unavailable as i32,
-                        error_message: "the edge is at its connection limit".into(),
-                        ..r
-                    })
-                }
-            },
-            other => other,
-        };
         match (result, self.conn_id) {
             (Ok(r), Some(id)) if r.ok => {
+                self.hold.authenticated();
                 gateway.comet.insert(id, self.outbox.clone());
                 gateway.joined(self.transport);
                 self.registered = true;
@@ -405,6 +380,17 @@ pub(crate) fn drive<T: FrameIo>(
     io: T,
     transport: Transport,
 ) -> impl Future<Output = ()> + Send {
+    drive_holding(gateway, io, transport, Hold::default())
+}
+
+/// [`drive`] for a connection that holds `hold` for its life (a session on the connection
+/// carrying it, a virtual connection's own admission).
+pub(crate) fn drive_holding<T: FrameIo>(
+    gateway: Arc<Gateway>,
+    io: T,
+    transport: Transport,
+    hold: Hold,
+) -> impl Future<Output = ()> + Send {
     let label = TransportLabel {
         transport: transport.name,
     };
@@ -427,7 +413,7 @@ pub(crate) fn drive<T: FrameIo>(
         auth: None,
         auth_rooms: Vec::new(),
         idle: false,
-        slot: None,
+        hold,
     };
     // `conn` is captured once and run in place (a `mut self` argument, or a `let` rebinding
     // it, would move it into a second slot of the future).

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admission::{Admission, AdmissionConfig, Slot};
+use crate::admission::{Admission, AdmissionConfig};
 use crate::batch::{Batch, BatchConfig, BatchKey, Batcher};
 use crate::comet::{Comet, Fanout};
 use crate::conn::Transport;
@@ -41,8 +41,13 @@ pub struct GatewayConfig {
     /// Largest client frame.
     pub max_packet: usize,
     /// Connections beyond this are refused (503 / DISCONNECT(limit)): one slot per TCP
-    /// connection from accept, and one per virtual connection once authenticated.
+    /// connection from accept, and one per virtual connection before its AUTH goes to core.
     pub max_connections: usize,
+    /// Sessions one connection may carry at once (WebSockets and gRPC streams over HTTP/2,
+    /// virtual connections while on it; 0: no cap).
+    pub max_sessions_per_conn: u32,
+    /// Of those, sessions not yet authenticated (0: no cap).
+    pub max_unauthenticated_per_conn: u32,
     /// TLS handshakes in flight at once on the client and raw ports (0: no cap).
     pub max_handshakes: usize,
     /// Connections at once from one source address (0: no cap).
@@ -66,6 +71,8 @@ impl Default for GatewayConfig {
             outbox: 256,
             max_packet: roam_proto::DEFAULT_MAX_PACKET,
             max_connections: 100_000,
+            max_sessions_per_conn: 100,
+            max_unauthenticated_per_conn: 8,
             max_handshakes: 4096,
             max_conns_per_ip: 1000,
             max_handshakes_per_ip: 64,
@@ -138,7 +145,9 @@ impl Gateway {
                 max_handshakes: config.max_handshakes,
                 max_conns_per_ip: config.max_conns_per_ip,
                 max_handshakes_per_ip: config.max_handshakes_per_ip,
-                slot_reason: "max_connections",
+                max_sessions_per_conn: config.max_sessions_per_conn,
+                max_unauthenticated_per_conn: config.max_unauthenticated_per_conn,
+                ..AdmissionConfig::default()
             },
             metrics.refusals.clone(),
         );
@@ -165,12 +174,6 @@ impl Gateway {
             CancellationToken::new(),
             None,
         )
-    }
-
-    /// Takes a slot for a virtual connection (TCP connections take theirs at accept,
-    /// through [`Gateway::admission`]), or `None` at the limit.
-    pub(crate) fn admit(&self) -> Option<Slot> {
-        self.admission.slot()
     }
 
     /// Counts an authenticated connection over `transport` (until [`Gateway::left`]).

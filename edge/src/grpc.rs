@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::conn::{FrameIo, Transport, drive};
+use crate::admission::{ConnTicket, Hold};
+use crate::conn::{FrameIo, Transport, drive_holding};
 use crate::gateway::Gateway;
 
 /// Frames buffered towards a gRPC client beyond the connection's outbox.
@@ -46,8 +47,23 @@ impl GatewayRpc for GrpcGateway {
         &self,
         request: Request<Streaming<PbFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
-        // No slot of its own: the stream lives inside its HTTP/2 connection, which holds one
-        // (streams per connection are capped by limits.http2_max_streams).
+        // No slot of its own: the stream lives inside its HTTP/2 connection, which holds one;
+        // a session of that connection (edge.max_sessions_per_conn, of which few
+        // unauthenticated).
+        let hold = match request.extensions().get::<ConnTicket>() {
+            None => Hold::default(),
+            Some(ticket) => match ticket.ticket().session() {
+                Ok(permit) => Hold {
+                    session: Some(permit),
+                    ..Hold::default()
+                },
+                Err(_) => {
+                    return Err(Status::resource_exhausted(
+                        "this connection carries as many (unauthenticated) sessions as it may: authenticate them or open another connection",
+                    ));
+                }
+            },
+        };
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
         let io = GrpcIo {
             incoming: request.into_inner(),
@@ -55,13 +71,14 @@ impl GatewayRpc for GrpcGateway {
         };
         let gateway = self.gateway.clone();
         self.tracker.spawn(async move {
-            drive(
+            drive_holding(
                 gateway,
                 io,
                 Transport {
                     name: "grpc",
                     http: "2",
                 },
+                hold,
             )
             .await;
         });

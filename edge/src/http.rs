@@ -47,8 +47,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::task::TaskTracker;
 use tower_http::services::{ServeDir, ServeFile};
 
-use crate::admission::ConnTicket;
-use crate::conn::{FrameIo, Transport, drive};
+use crate::admission::{ConnTicket, Hold, SessionRefused};
+use crate::conn::{FrameIo, Transport, drive_holding};
 use crate::gateway::Gateway;
 use crate::vconn::{self, Conn, ConnError, Mode, Registry};
 
@@ -95,6 +95,10 @@ pub struct HttpOptions {
     /// Where connections outliving their request run (WebSockets, virtual connections,
     /// gRPC streams): the listener waits for them when it drains.
     pub tracker: TaskTracker,
+    /// The SHA-256 (hex) of the client port's certificate, served at `GET /v1/wt-cert-hash`
+    /// for WebTransport's `serverCertificateHashes` (a development certificate is
+    /// self-signed).
+    pub cert_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -112,8 +116,22 @@ pub fn router(gateway: Arc<Gateway>, options: HttpOptions) -> Router {
         vconns: Arc::new(Registry::default()),
         tracker: options.tracker,
     };
+    let hash = options.cert_sha256.clone();
     let router = Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            "/v1/wt-cert-hash",
+            get(move || async move {
+                match hash {
+                    Some(hash) => axum::Json(serde_json::json!({
+                        "algorithm": "sha-256",
+                        "value": hash,
+                    }))
+                    .into_response(),
+                    None => not_found().await.into_response(),
+                }
+            }),
+        )
         .route("/v1/ws", any(websocket))
         .route("/v1/stream", get(stream))
         .route("/v1/poll", get(poll))
@@ -209,6 +227,30 @@ fn unavailable(message: &str) -> ApiError {
     error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
 }
 
+/// A session of the request's connection ([`crate::admission::Ticket::session`]), or the
+/// 429 refusing it. Without a ticket (a router used without the listener) there is no cap.
+fn session(ticket: Option<&ConnTicket>) -> Result<Hold, ApiError> {
+    let Some(ticket) = ticket else {
+        return Ok(Hold::default());
+    };
+    match ticket.ticket().session() {
+        Ok(permit) => Ok(Hold {
+            session: Some(permit),
+            ..Hold::default()
+        }),
+        Err(SessionRefused::PerConn) => Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sessions",
+            "this connection carries as many sessions as it may (edge.max_sessions_per_conn): open another connection",
+        )),
+        Err(SessionRefused::Unauthenticated) => Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sessions",
+            "this connection carries as many unauthenticated sessions as it may: authenticate those first",
+        )),
+    }
+}
+
 /// Why a request to `/v1/ws` is not a WebSocket handshake, if it is not.
 fn websocket_handshake(req: &Request) -> Result<Option<HeaderValue>, ApiError> {
     let bad = |message: &str| error(StatusCode::BAD_REQUEST, "bad_handshake", message);
@@ -255,10 +297,15 @@ async fn websocket(State(client): State<Client>, mut req: Request) -> Response {
         Err(e) => return e.into_response(),
     };
     let gateway = client.gateway;
-    // The connection's ticket (its slot): an HTTP/1.1 connection's task ends once it is
-    // upgraded, and the WebSocket then holds the slot. Over HTTP/2 the stream lives inside
-    // its connection, which holds the slot anyway.
+    // The connection's ticket (its slot) and this request's stream: an HTTP/1.1 connection's
+    // task ends once it is upgraded, and the WebSocket then holds the slot. Over HTTP/2 the
+    // stream lives inside its connection, which holds the slot anyway, and stays open (the
+    // connection is not idle) while the WebSocket lives.
     let ticket = req.extensions().get::<ConnTicket>().cloned();
+    let hold = match session(ticket.as_ref()) {
+        Ok(hold) => hold,
+        Err(e) => return e.into_response(),
+    };
     let max = gateway.config.max_packet;
     let transport = Transport {
         name: "ws",
@@ -281,7 +328,7 @@ async fn websocket(State(client): State<Client>, mut req: Request) -> Response {
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        drive(gateway, WsIo { socket }, transport).await;
+        drive_holding(gateway, WsIo { socket }, transport, hold).await;
     });
     match accept {
         Some(accept) => Response::builder()
@@ -348,6 +395,7 @@ struct Opening {
     version: Version,
     headers: HeaderMap,
     q: HashMap<String, String>,
+    ticket: Option<ConnTicket>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Opening {
@@ -362,6 +410,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Opening {
             version: parts.version,
             headers: parts.headers.clone(),
             q,
+            ticket: parts.extensions.get::<ConnTicket>().cloned(),
         })
     }
 }
@@ -461,9 +510,31 @@ async fn open(
                 "the token and parameters exceed the frame limit",
             )
         })?;
-    // The connection's own slot is taken by its task once core accepted it (see
-    // `Transport::owns_slot`): an opening request that is still unauthenticated holds none.
+    // A session of the carrying connection (for a long-polled one, until it authenticated),
+    // and admission of its own — a source share and a slot, as a TCP connection's — before
+    // its AUTH goes to core: one refused here has replaced no live session of its device.
     let gateway = client.gateway.clone();
+    let mut hold = session(request.ticket.as_ref())?;
+    hold.release_on_auth = mode == Mode::Poll;
+    // Without its connection's ticket (a transport that does not hand one out) the source
+    // is unknown: a slot alone, not one shared source for every such client.
+    let admitted = match &request.ticket {
+        Some(t) => gateway.admission.admit(t.ticket().peer()),
+        None => Ok(gateway.admission.admit_without_source()),
+    };
+    match admitted {
+        Err(_) => {
+            return Err(error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "your address holds as many connections as it may (limits.max_conns_per_ip)",
+            ));
+        }
+        Ok(own) if !own.has_slot() => {
+            return Err(unavailable("the edge is at its connection limit"));
+        }
+        Ok(own) => hold.own = Some(Box::new(own)),
+    }
     let (conn, io, body) = client.vconns.open(
         token.to_owned(),
         auth,
@@ -480,7 +551,9 @@ async fn open(
         http: Transport::http_version(version),
     };
     let wait = gateway.config.session.auth_timeout + Duration::from_secs(5);
-    client.tracker.spawn(drive(gateway, io, transport));
+    client
+        .tracker
+        .spawn(drive_holding(gateway, io, transport, hold));
     let first = tokio::time::timeout(wait, conn.first_frames()).await;
     let refusal = match first {
         Ok(Some(mut frames)) => match FrameDecoder::new(usize::MAX).decode_bytes(&mut frames) {

@@ -15,6 +15,8 @@
 //!   extended CONNECT), virtual connections made of HTTP requests (`/v1/stream`, `/v1/poll`,
 //!   `/v1/send`) and the gRPC `Gateway/Connect` stream.
 //! - [`raw::RawServer`] (`listen.raw`): frames back to back over TLS 1.3, no HTTP.
+//! - [`quic`] (`listen.client_quic`, `listen.raw_quic`): HTTP/3 (and WebTransport) through the
+//!   same router, and raw frames over QUIC (ALPN `roam/1`).
 //! - [`EdgeMetrics`] counts connections, frames, queues, closes and failures;
 //!   [`admission::Refusals`] counts the connections every listener refuses (the admin port's
 //!   too, through [`admission::Admission`]).
@@ -42,6 +44,7 @@ pub mod link;
 mod listener;
 mod metrics;
 mod outbox;
+pub mod quic;
 pub mod raw;
 pub mod session;
 mod tcp;

@@ -84,6 +84,9 @@ pub struct EdgeIdentity {
     /// A random id of this edge process, the same across its reconnects: core lets it
     /// replace its own stale link.
     pub instance: u64,
+    /// Mutual TLS to core's internal port (`internal.tls`): the client configuration with
+    /// this process's certificate; `None`: plain HTTP/2.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for EdgeIdentity {
@@ -97,6 +100,7 @@ impl Default for EdgeIdentity {
             lon: 0.0,
             weight: 0,
             instance: rand::random(),
+            tls: None,
         }
     }
 }
@@ -116,13 +120,28 @@ impl CoreLink {
             .map_err(|_| LinkError::Address(address.to_owned()))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| LinkError::Connect {
-                address: address.to_owned(),
-                source,
-            })?;
+        let channel = match &identity.tls {
+            None => endpoint.connect().await,
+            Some(tls) => {
+                // HTTP/2 inside mutual TLS to the address's host and port.
+                let tls = tls.clone();
+                let connector = tower::service_fn(move |uri: axum::http::Uri| {
+                    let tls = tls.clone();
+                    async move {
+                        let host = uri.host().unwrap_or("localhost").to_owned();
+                        let port = uri.port_u16().unwrap_or(80);
+                        roam_tls::internal::connect(tls, &host, port)
+                            .await
+                            .map(hyper_util::rt::TokioIo::new)
+                    }
+                });
+                endpoint.connect_with_connector(connector).await
+            }
+        }
+        .map_err(|source| LinkError::Connect {
+            address: address.to_owned(),
+            source,
+        })?;
         let (up, rx) = mpsc::channel(UP_QUEUE);
         let register = EdgeUp {
             msg: Some(edge_up::Msg::Register(Register {

@@ -83,6 +83,11 @@ pub struct EdgeMetrics {
     /// Connections refused at admission (registered by the process, shared with the admin
     /// port: see [`crate::admission::Refusals::register`]).
     pub refusals: crate::admission::Refusals,
+    /// QUIC connections whose client address changed (connection migration), by transport.
+    pub(crate) quic_path_changes: Family<TransportLabel, Counter>,
+    /// QUIC connection attempts answered with a stateless Retry (address validation under
+    /// a handshake flood).
+    pub(crate) quic_retries: Counter,
 }
 
 impl Default for EdgeMetrics {
@@ -107,6 +112,8 @@ impl Default for EdgeMetrics {
             link_drops: Counter::default(),
             polls_waiting: Gauge::default(),
             refusals: crate::admission::Refusals::default(),
+            quic_path_changes: Family::default(),
+            quic_retries: Counter::default(),
         }
     }
 }
@@ -205,6 +212,16 @@ impl EdgeMetrics {
             "handshake_failures",
             "TLS handshakes that failed, by reason",
             m.handshake_failures.clone(),
+        );
+        r.register(
+            "quic_path_changes",
+            "QUIC connections whose client address changed (connection migration), by transport",
+            m.quic_path_changes.clone(),
+        );
+        r.register(
+            "quic_retries",
+            "QUIC connection attempts answered with a stateless Retry (handshake flood)",
+            m.quic_retries.clone(),
         );
         m
     }

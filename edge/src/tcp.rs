@@ -42,6 +42,9 @@ pub struct TcpOptions {
     /// A connection that has sent no complete request by then (counted from the end of its
     /// handshake) is closed, whatever its protocol.
     pub first_request: Duration,
+    /// An HTTP/2 connection with no open stream for this long gets GOAWAY and is closed
+    /// (HTTP/1.1 has the header timeout between requests).
+    pub http2_idle: Duration,
 }
 
 /// HTTP/1.1 and HTTP/2 with limits against slow and abusive clients: a request's headers
@@ -119,6 +122,7 @@ impl ClientTcpServer {
             acceptor: self.acceptor,
             handshake_timeout: self.options.handshake_timeout,
             first_request: self.options.first_request,
+            http2_idle: self.options.http2_idle,
             metrics: self.metrics,
             router,
             admission,
@@ -142,6 +146,7 @@ struct Listener {
     acceptor: LeanTlsAcceptor,
     handshake_timeout: Duration,
     first_request: Duration,
+    http2_idle: Duration,
     metrics: EdgeMetrics,
     router: Router,
     admission: Arc<Admission>,
@@ -154,6 +159,8 @@ enum Ended {
     Done(Result<(), hyper::Error>),
     /// It sent no complete request within the first-request deadline.
     NoRequest,
+    /// HTTP/2: it had no open stream for the idle time (closed after GOAWAY).
+    Idle(Result<(), hyper::Error>),
 }
 
 impl Listener {
@@ -208,7 +215,13 @@ impl Listener {
         // The protocol ALPN chose (HTTP/1.1 when the client offered none).
         let ended = if h2 {
             let conn = self.builders.h2.serve_connection(io, service);
-            Box::pin(self.run(conn, http2::Connection::graceful_shutdown, &ticket)).await
+            Box::pin(self.run(
+                conn,
+                http2::Connection::graceful_shutdown,
+                &ticket,
+                Some(self.http2_idle),
+            ))
+            .await
         } else {
             let conn = self
                 .builders
@@ -219,12 +232,22 @@ impl Listener {
                 conn,
                 http1::UpgradeableConnection::graceful_shutdown,
                 &ticket,
+                None,
             ))
             .await
         };
         match ended {
             Ended::Done(Err(e)) => debug!(error = %e, "connection ended with an error"),
             Ended::Done(Ok(())) => {}
+            Ended::Idle(result) => {
+                debug!(?result, "HTTP/2 connection idle: closed after GOAWAY");
+                self.metrics
+                    .closes
+                    .get_or_create(&ReasonLabel {
+                        reason: "http2_idle",
+                    })
+                    .inc();
+            }
             Ended::NoRequest => {
                 debug!("no request within the first-request deadline: closed");
                 self.metrics
@@ -239,34 +262,66 @@ impl Listener {
     }
 
     /// Runs `conn` to its end: closed (dropped) if no complete request came within the
-    /// first-request deadline; on shutdown, in-flight requests finish and new ones are
+    /// first-request deadline; with `idle` (HTTP/2), told GOAWAY and closed once it has had
+    /// no open stream for that long (a WebSocket, a streamed response or a gRPC stream keeps
+    /// one open for its life); on shutdown, in-flight requests finish and new ones are
     /// refused (HTTP/2 GOAWAY) before it closes.
-    async fn run<C>(&self, conn: C, graceful: fn(Pin<&mut C>), ticket: &Ticket) -> Ended
+    async fn run<C>(
+        &self,
+        conn: C,
+        graceful: fn(Pin<&mut C>),
+        ticket: &Ticket,
+        idle: Option<Duration>,
+    ) -> Ended
     where
         C: Future<Output = Result<(), hyper::Error>>,
     {
         tokio::pin!(conn);
-        let first = Box::pin(tokio::time::sleep(self.first_request));
-        let result = tokio::select! {
-            result = conn.as_mut() => Some(result),
-            _ = first => None,
-            _ = self.shutdown.cancelled() => {
-                graceful(conn.as_mut());
-                Some(conn.as_mut().await)
-            }
-        };
-        let result = match result {
-            Some(result) => result,
-            None if !ticket.requested() => return Ended::NoRequest,
-            None => tokio::select! {
-                result = conn.as_mut() => result,
+        // One timer: the first-request deadline, and (HTTP/2) the idle checks.
+        let first_deadline = tokio::time::Instant::now() + self.first_request;
+        let timer = tokio::time::sleep(
+            idle.map_or(self.first_request, |idle| idle.min(self.first_request)),
+        );
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => return Ended::Done(result),
                 _ = self.shutdown.cancelled() => {
                     graceful(conn.as_mut());
-                    conn.as_mut().await
+                    return Ended::Done(conn.as_mut().await);
                 }
-            },
-        };
-        Ended::Done(result)
+                _ = timer.as_mut() => {}
+            }
+            if !ticket.requested() {
+                if tokio::time::Instant::now() >= first_deadline {
+                    return Ended::NoRequest;
+                }
+                timer.as_mut().reset(first_deadline);
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            let Some(idle) = idle else {
+                // HTTP/1.1: its header timeout bounds the time between requests.
+                tokio::select! {
+                    result = conn.as_mut() => return Ended::Done(result),
+                    _ = self.shutdown.cancelled() => {
+                        graceful(conn.as_mut());
+                        return Ended::Done(conn.as_mut().await);
+                    }
+                }
+            };
+            match ticket.idle_for() {
+                Some(quiet) if quiet >= idle => {
+                    graceful(conn.as_mut());
+                    // GOAWAY, then the close; a peer that holds it up is cut after the
+                    // first-request time.
+                    let closed = tokio::time::timeout(self.first_request, conn.as_mut()).await;
+                    return Ended::Idle(closed.unwrap_or(Ok(())));
+                }
+                Some(quiet) => timer.as_mut().reset(now + (idle - quiet)),
+                None => timer.as_mut().reset(now + idle),
+            }
+        }
     }
 
     fn handshake_failed(&self, reason: &'static str, error: &dyn std::fmt::Display) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message as _;
 use roam_proto::client::v1 as pb;
-use roam_store::{IdempotencyKey, MultiAppend, NewMessage, TimelineId, codec};
+use roam_store::{IdempotencyKey, MultiAppend, NewMessage, StoreError, TimelineId, codec};
 
 use crate::conversation::Conversation;
 use crate::keys::{self, V1};
@@ -76,6 +76,23 @@ impl Planned {
     /// fan-out): what a caller ordering deliveries per inbox tracks.
     pub fn inboxes(&self) -> &[String] {
         &self.fanout_users
+    }
+}
+
+/// Times a send is re-planned after its group's membership changed under it.
+const MAX_REPLANS: u32 = 3;
+
+/// The membership keys a group send must still find when it commits: every inbox it writes
+/// (write fan-out) or the sender alone (read fan-out). Read in the send's transaction, so
+/// a removal committed before the send's commit is seen (`remove_members` clears them).
+fn required(conversation: &Conversation, from: &str, fanout_users: &[String]) -> Vec<Vec<u8>> {
+    match conversation {
+        Conversation::Direct { .. } => Vec::new(),
+        Conversation::Group(g) if fanout_users.is_empty() => vec![keys::group_member(g, from)],
+        Conversation::Group(g) => fanout_users
+            .iter()
+            .map(|u| keys::group_member(g, u))
+            .collect(),
     }
 }
 
@@ -179,6 +196,7 @@ impl Messaging {
             },
             idempotency: Some(IdempotencyKey::new(&req.from, &req.client_msg_id)),
             extra,
+            require: required(&conversation, &req.from, &fanout_users),
         };
         Ok(Planned {
             conversation,
@@ -189,16 +207,44 @@ impl Messaging {
         })
     }
 
-    /// Stores a planned send in one transaction; returns once durable.
+    /// Stores a planned send in one transaction; returns once durable. A group send
+    /// commits only while the memberships it was planned with hold (read in its
+    /// transaction): when a member was removed meanwhile it is re-planned without them,
+    /// and refused when that member is the sender.
     pub async fn store(&self, planned: Planned) -> Result<Sent, MessagingError> {
         let Planned {
             conversation,
             mut message,
-            append,
-            fanout_users,
-            group_members,
+            mut append,
+            mut fanout_users,
+            mut group_members,
         } = planned;
-        let appended = self.store.timelines().append_multi(append).await?;
+        let mut attempts = 0;
+        let appended = loop {
+            match self.store.timelines().append_multi(append.clone()).await {
+                Err(StoreError::Precondition(_)) if attempts < MAX_REPLANS => {
+                    // The group's membership changed since the send was planned: the
+                    // sender must still be a member, and the message reaches only those
+                    // who still are (a member added meanwhile joined after it).
+                    attempts += 1;
+                    let Conversation::Group(g) = &conversation else {
+                        return Err(StoreError::Aborted(
+                            "a 1:1 send cannot have a precondition".into(),
+                        )
+                        .into());
+                    };
+                    let members = self.members_if_member(g, &message.from).await?;
+                    let still = |u: &String| members.binary_search(u).is_ok();
+                    fanout_users.retain(still);
+                    if group_members.is_some() {
+                        group_members = Some(members.clone());
+                    }
+                    append.fanout = fanout_users.iter().map(TimelineId::inbox).collect();
+                    append.require = required(&conversation, &message.from, &fanout_users);
+                }
+                other => break other?,
+            }
+        };
         message.id = appended.id;
         message.created_at = appended.created_at_ms;
         message.conversation_seq = appended.home_seq();

@@ -294,3 +294,66 @@ async fn the_send_rate_is_per_user() {
         .await
         .unwrap();
 }
+
+/// A removal committed between a send's plan and its commit: the message does not reach
+/// the removed member, who cannot read the group either.
+#[tokio::test]
+async fn a_member_removed_before_the_commit_gets_nothing() {
+    let e = env(MessagingOptions::default()).await;
+    let abc = ["a".into(), "b".into(), "c".into()];
+    e.m.create_group("g", &abc, 1).await.unwrap();
+    let planned =
+        e.m.plan_send(req("a", "group:g", "1", "after c left"), 2, T)
+            .await
+            .unwrap();
+    assert_eq!(planned.inboxes(), ["a", "b", "c"]);
+    e.m.remove_members("g", &["c".into()]).await.unwrap();
+    let sent = e.m.store(planned).await.unwrap();
+    assert_eq!(
+        sent.delivery,
+        Delivery::Push(vec![("a".into(), 1), ("b".into(), 1)])
+    );
+    assert_eq!(e.m.inbox_head("c").await.unwrap(), 0);
+    assert!(e.m.sync("c", 0, 0).await.unwrap().messages.is_empty());
+    assert!(matches!(
+        e.m.history("c", "group:g", 0, 0, 0).await,
+        Err(MessagingError::Forbidden(_))
+    ));
+    assert_eq!(
+        contents(&e.m.history("b", "group:g", 0, 0, 0).await.unwrap()),
+        ["after c left"]
+    );
+}
+
+/// A sender removed between plan and commit is refused and nothing is stored, with write
+/// and with read fan-out.
+#[tokio::test]
+async fn a_sender_removed_before_the_commit_is_refused() {
+    for threshold in [100, 1] {
+        let e = env(MessagingOptions {
+            fanout_threshold: threshold,
+            ..Default::default()
+        })
+        .await;
+        e.m.create_group("g", &["a".into(), "c".into()], 1)
+            .await
+            .unwrap();
+        let planned =
+            e.m.plan_send(req("c", "group:g", "1", "too late"), 2, T)
+                .await
+                .unwrap();
+        e.m.remove_members("g", &["c".into()]).await.unwrap();
+        assert!(
+            matches!(e.m.store(planned).await, Err(MessagingError::Forbidden(_))),
+            "threshold {threshold}"
+        );
+        let history = TimelineId::group("g");
+        assert_eq!(
+            e.store.timelines().latest_seq(&history).await.unwrap(),
+            0,
+            "threshold {threshold}"
+        );
+        assert_eq!(e.m.inbox_head("a").await.unwrap(), 0);
+        assert_eq!(e.m.inbox_head("c").await.unwrap(), 0);
+    }
+}

@@ -93,6 +93,10 @@ pub enum StoreError {
     /// A request a layer rejects before touching the store.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A key an append requires ([`crate::MultiAppend::require`]) was missing at commit:
+    /// nothing was written.
+    #[error("required key {0:?} is missing; nothing was written")]
+    Precondition(Printable),
     /// The transaction closure asked to abort.
     #[error("transaction aborted: {0}")]
     Aborted(String),

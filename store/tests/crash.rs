@@ -105,6 +105,7 @@ async fn child(dir: &Path, round: u64) {
                         },
                         idempotency: Some(IdempotencyKey::new(format!("s{sender}"), client_msg_id)),
                         extra: Vec::new(),
+                        require: Vec::new(),
                     })
                     .await
                     .expect("multi append");

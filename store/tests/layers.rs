@@ -19,6 +19,7 @@ cases!(
     multi_append_lands_everywhere_with_one_body,
     idempotent_send_returns_the_first_result,
     extra_writes_commit_with_the_message_and_not_for_a_duplicate,
+    a_missing_required_key_writes_nothing,
     concurrent_duplicates_write_once,
     invalid_appends_are_rejected_up_front,
     cursors_move_forward_and_derive_unread,
@@ -94,6 +95,7 @@ async fn multi_append_lands_everywhere_with_one_body(h: &Harness) {
             message: msg(77, 5),
             idempotency: None,
             extra: Vec::new(),
+            require: Vec::new(),
         })
         .await
         .unwrap();
@@ -120,6 +122,7 @@ fn send(h: &Harness, from: &str, to: &str, id: u64, client_msg_id: &str) -> Mult
         message: msg(id, id),
         idempotency: Some(IdempotencyKey::new(h.name(from), client_msg_id)),
         extra: Vec::new(),
+        require: Vec::new(),
     }
 }
 
@@ -174,6 +177,35 @@ async fn extra_writes_commit_with_the_message_and_not_for_a_duplicate(h: &Harnes
     ));
 }
 
+async fn a_missing_required_key_writes_nothing(h: &Harness) {
+    let tl = h.store.timelines();
+    let key = format!("x-member-{}", h.name("k")).into_bytes();
+    let mut first = send(h, "a", "b", 1, "r-1");
+    first.require = vec![key.clone()];
+    let err = tl.append_multi(first.clone()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Precondition(_)), "{err}");
+    assert_eq!(tl.latest_seq(&h.outbox("a")).await.unwrap(), 0);
+    assert_eq!(tl.latest_seq(&h.inbox("b")).await.unwrap(), 0);
+    assert!(
+        tl.find_sent(first.idempotency.as_ref().unwrap())
+            .await
+            .unwrap()
+            .is_none(),
+        "no idempotency record either"
+    );
+    let k = key.clone();
+    h.store.transact(move |tx| tx.set(&k, b"1")).await.unwrap();
+    let stored = tl.append_multi(first.clone()).await.unwrap();
+    assert!(!stored.duplicate);
+    assert_eq!(stored.seq_in(&h.inbox("b")), Some(1));
+    let k = key.clone();
+    h.store.transact(move |tx| tx.clear(&k)).await.unwrap();
+    assert!(
+        tl.append_multi(first).await.unwrap().duplicate,
+        "a duplicate is answered before the requirement is checked"
+    );
+}
+
 async fn concurrent_duplicates_write_once(h: &Harness) {
     let mut tasks = Vec::new();
     for i in 0..16 {
@@ -203,6 +235,7 @@ async fn invalid_appends_are_rejected_up_front(h: &Harness) {
         message: msg(1, 0),
         idempotency: None,
         extra: Vec::new(),
+        require: Vec::new(),
     };
     let err = tl.append_multi(twice).await.unwrap_err();
     assert!(
@@ -215,6 +248,7 @@ async fn invalid_appends_are_rejected_up_front(h: &Harness) {
         message: msg(1, 0),
         idempotency: None,
         extra: Vec::new(),
+        require: Vec::new(),
     };
     assert!(tl.append_multi(home_in_fanout).await.is_err());
     let big = NewMessage {
@@ -343,6 +377,7 @@ async fn references_to_trimmed_bodies_read_as_expired(h: &Harness) {
         message: msg(9, 0),
         idempotency: None,
         extra: Vec::new(),
+        require: Vec::new(),
     })
     .await
     .unwrap();
@@ -444,6 +479,7 @@ async fn hot_inbox_from_many_senders(h: &Harness) {
                         message: msg(sender * 1000 + i, 0),
                         idempotency: None,
                         extra: Vec::new(),
+                        require: Vec::new(),
                     })
                     .await
                     .unwrap();

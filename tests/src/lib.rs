@@ -216,3 +216,52 @@ pub async fn wait_for_rooms(server: &ChildServer, rooms: usize) {
     })
     .await;
 }
+
+/// The next frame on a raw connection: at most 10 s, and panics if the server closed it or
+/// the connection failed.
+pub async fn next_frame(c: &mut roam_client::raw::RawConnection) -> roam_proto::Frame {
+    tokio::time::timeout(std::time::Duration::from_secs(10), c.next())
+        .await
+        .expect("no frame within 10 s")
+        .expect("the connection failed")
+        .expect("the server closed the connection")
+}
+
+/// An AUTH for `user`'s `device` with a token signed by `issuer` (the server that holds the
+/// token secret: the all-in-one process, or the core an edge links to), no rooms.
+pub fn auth(issuer: &ChildServer, user: &str, device: &str) -> roam_proto::client::v1::Auth {
+    roam_proto::client::v1::Auth {
+        token: token(issuer, user),
+        device_id: device.into(),
+        platform: "test".into(),
+        rooms: Vec::new(),
+    }
+}
+
+/// A connection to `edge`'s raw port authenticated with `auth`: panics unless AUTH_REPLY
+/// answers it. Returns the connection and the reply.
+pub async fn raw_login(
+    edge: &ChildServer,
+    auth: &roam_proto::client::v1::Auth,
+) -> (
+    roam_client::raw::RawConnection,
+    roam_proto::client::v1::AuthReply,
+) {
+    let addr = edge.addr("raw").expect("the server has a raw port");
+    let mut c = roam_client::raw::RawConnection::connect(addr, &edge.dev_cert())
+        .await
+        .expect("raw connect");
+    c.send(roam_proto::Op::Auth, 1, auth)
+        .await
+        .expect("send AUTH");
+    let f = next_frame(&mut c).await;
+    assert_eq!(
+        f.op_kind(),
+        Some(roam_proto::Op::AuthReply),
+        "{}/{}: {f:?}",
+        auth.device_id,
+        auth.platform
+    );
+    let reply = f.decode_body().expect("an AuthReply body");
+    (c, reply)
+}

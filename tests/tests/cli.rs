@@ -225,8 +225,8 @@ fn bench_refuses_bad_arguments_with_a_clear_message() {
             "--server-pid",
         ),
         (
-            &["bench", "idle-conns", "--transport", "quic"][..],
-            "idle-conns offers raw and ws",
+            &["bench", "idle-conns", "--transport", "sctp"][..],
+            "idle-conns offers raw, ws, quic and h3",
         ),
         (&["bench", "room-fanout", "--members", "0"][..], "--members"),
         (&["bench", "chat", "--connections", "3"][..], "must be even"),
@@ -348,6 +348,33 @@ fn bench_push_measures_api_to_edge_delivery() {
 }
 
 #[test]
+fn bench_roam_switch_loses_nothing_over_quic_nor_over_a_websocket_with_sync() {
+    let out = roam(&["bench", "roam-switch", "--duration", "0.5"], &[]);
+    let json = last_json_line(&out);
+    assert_eq!(json["scenario"], "roam-switch", "{json}");
+    for (figure, expected) in [
+        ("quic_lost", 0),
+        ("quic_same_connection", 1),
+        ("h3_0rtt_accepted", 1),
+        ("tcp_lost_after_sync", 0),
+        ("tcp_reconnects", 2),
+    ] {
+        assert_eq!(json[figure], expected, "{figure}: {json}");
+    }
+    for figure in [
+        "quic_interruption_ms",
+        "tcp_interruption_ms",
+        "h3_connect_new_ms",
+        "h3_connect_resumed_ms",
+    ] {
+        assert!(
+            json[figure].as_f64().is_some_and(|v| v > 0.0),
+            "{figure}: {json}"
+        );
+    }
+}
+
+#[test]
 fn bench_ids_prints_every_figure_the_issue_names() {
     let out = roam(&["bench", "ids", "--duration", "1"], &[]);
     let json = last_json_line(&out);
@@ -374,8 +401,8 @@ fn assert_present(json: &serde_json::Value, figures: &[&str]) {
 }
 
 #[test]
-fn bench_idle_conns_holds_small_counts_over_both_transports() {
-    for transport in ["raw", "ws"] {
+fn bench_idle_conns_holds_small_counts_over_each_transport() {
+    for transport in ["raw", "ws", "quic", "h3"] {
         let out = roam(
             &[
                 "bench",
@@ -466,10 +493,18 @@ fn bench_chat_stores_and_delivers_between_a_few_pairs() {
 
 #[test]
 fn bench_room_fanout_delivers_to_a_small_room() {
+    for transport in ["ws", "h3"] {
+        room_fanout_delivers_to_a_small_room(transport);
+    }
+}
+
+fn room_fanout_delivers_to_a_small_room(transport: &str) {
     let out = roam(
         &[
             "bench",
             "room-fanout",
+            "--transport",
+            transport,
             "--members",
             "20",
             "--rate",
@@ -480,7 +515,11 @@ fn bench_room_fanout_delivers_to_a_small_room() {
         &[],
     );
     let json = last_json_line(&out);
-    assert_eq!(json["scenario"], "room-fanout", "{json}");
+    assert_eq!(
+        (&json["scenario"], &json["transport"]),
+        (&"room-fanout".into(), &transport.into()),
+        "{json}"
+    );
     assert_numbers(
         &json,
         &["server_cpu_us_per_delivery", "client_cpu_us_per_delivery"],

@@ -7,49 +7,18 @@
     reason = "tests: a failed step fails the test, helpers included"
 )]
 
-use std::time::Duration;
-
 use roam_bench::child::ChildServer;
 use roam_client::raw::RawConnection;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, Op};
-use roam_tests::{admin, push, token};
+use roam_tests::{admin, auth, next_frame, push, raw_login};
 use serde_json::{Value, json};
-
-async fn next(c: &mut RawConnection) -> Frame {
-    tokio::time::timeout(Duration::from_secs(5), c.next())
-        .await
-        .expect("no frame within 5 s")
-        .unwrap()
-        .expect("the server closed the connection")
-}
-
-async fn login(server: &ChildServer, user: &str, device: &str) -> RawConnection {
-    let mut c = RawConnection::connect(server.addr("raw").unwrap(), &server.dev_cert())
-        .await
-        .unwrap();
-    let auth = pb::Auth {
-        token: token(server, user),
-        device_id: device.into(),
-        platform: "test".into(),
-        rooms: vec![],
-    };
-    c.send(Op::Auth, 1, &auth).await.unwrap();
-    let f = next(&mut c).await;
-    assert_eq!(f.op_kind(), Some(Op::AuthReply), "{f:?}");
-    let reply: pb::AuthReply = f.decode_body().unwrap();
-    assert_eq!(
-        (reply.user_id.as_str(), reply.device_id.as_str()),
-        (user, device)
-    );
-    c
-}
 
 /// The connection is still served: a HEARTBEAT's reply is the next frame (so no DISCONNECT,
 /// and no push, was queued for it before).
 async fn still_served(c: &mut RawConnection, who: &str) {
     c.send(Op::Heartbeat, 9, &pb::Heartbeat {}).await.unwrap();
-    let f = next(c).await;
+    let f = next_frame(c).await;
     assert_eq!(
         (f.op_kind(), f.seq),
         (Some(Op::HeartbeatReply), 9),
@@ -133,8 +102,8 @@ async fn a_device_id_never_reaches_across_users() {
         .await,
         1
     );
-    assert_eq!(pushed(&next(&mut alice).await), "to-alice");
-    assert_eq!(pushed(&next(&mut bob).await), "to-bob");
+    assert_eq!(pushed(&next_frame(&mut alice).await), "to-alice");
+    assert_eq!(pushed(&next_frame(&mut bob).await), "to-bob");
     still_served(&mut bob, "bob").await;
     // A device of a user who never connected it reaches no one.
     assert_eq!(
@@ -144,7 +113,7 @@ async fn a_device_id_never_reaches_across_users() {
 
     // Bob's phone connecting again still replaces bob's first connection, and only it.
     let mut bob2 = login(&server, "bob", "phone").await;
-    let f = next(&mut bob).await;
+    let f = next_frame(&mut bob).await;
     assert_eq!(f.op_kind(), Some(Op::Disconnect), "{f:?}");
     let d: pb::Disconnect = f.decode_body().unwrap();
     assert_eq!(d.reason, pb::disconnect::Reason::Replaced as i32, "{d:?}");
@@ -158,7 +127,7 @@ async fn a_device_id_never_reaches_across_users() {
         .await,
         1
     );
-    assert_eq!(pushed(&next(&mut bob2).await), "bob-2");
+    assert_eq!(pushed(&next_frame(&mut bob2).await), "bob-2");
     still_served(&mut alice, "alice").await;
 }
 
@@ -190,4 +159,13 @@ async fn a_push_to_devices_names_each_devices_user() {
         let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
         assert!(message.contains(needle), "{body}: {message}");
     }
+}
+
+async fn login(server: &ChildServer, user: &str, device: &str) -> RawConnection {
+    let (c, reply) = raw_login(server, &auth(server, user, device)).await;
+    assert_eq!(
+        (reply.user_id.as_str(), reply.device_id.as_str()),
+        (user, device)
+    );
+    c
 }

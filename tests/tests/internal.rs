@@ -13,13 +13,13 @@ use std::time::Duration;
 use roam_bench::child::ChildServer;
 use roam_client::raw::RawConnection;
 use roam_edge::link::{CoreLink, EdgeIdentity, LinkError};
+use roam_proto::Op;
 use roam_proto::client::v1 as pb;
 use roam_proto::idsvc::v1::SnowflakeRequest;
 use roam_proto::idsvc::v1::id_service_client::IdServiceClient;
 use roam_proto::internal::v1::{self as link, EdgeUp, edge_down, edge_up};
 use roam_proto::internal_auth::{AttachKey, InternalKey};
-use roam_proto::{Frame, Op};
-use roam_tests::{admin, internal_key, metric, poll, push, token};
+use roam_tests::{admin, auth, internal_key, metric, next_frame, poll, push, raw_login, token};
 use serde_json::json;
 
 fn internal_uri(server: &ChildServer) -> String {
@@ -191,31 +191,6 @@ async fn a_second_link_with_a_linked_edge_id_is_refused_and_the_first_untouched(
     assert_eq!(server.stop().unwrap().code(), Some(0));
 }
 
-/// Authenticates `user` on `edge`'s raw port with a token of `core`'s secret.
-async fn login(edge: &ChildServer, core: &ChildServer, user: &str) -> RawConnection {
-    let mut c = RawConnection::connect(edge.addr("raw").unwrap(), &edge.dev_cert())
-        .await
-        .unwrap();
-    let auth = pb::Auth {
-        token: token(core, user),
-        device_id: format!("{user}-phone"),
-        platform: "test".into(),
-        rooms: vec![],
-    };
-    c.send(Op::Auth, 1, &auth).await.unwrap();
-    let f = next(&mut c).await;
-    assert_eq!(f.op_kind(), Some(Op::AuthReply), "{user}: {f:?}");
-    c
-}
-
-async fn next(c: &mut RawConnection) -> Frame {
-    tokio::time::timeout(Duration::from_secs(5), c.next())
-        .await
-        .expect("no frame within 5 s")
-        .unwrap()
-        .expect("the server closed the connection")
-}
-
 /// Pushes `content` to alice and bob and checks both receive it.
 async fn push_both(core: &ChildServer, alice: &mut RawConnection, bob: &mut RawConnection, n: u32) {
     let content = format!("round {n}");
@@ -231,7 +206,7 @@ async fn push_both(core: &ChildServer, alice: &mut RawConnection, bob: &mut RawC
         "{n}"
     );
     for c in [alice, bob] {
-        let f = next(c).await;
+        let f = next_frame(c).await;
         assert_eq!(f.op_kind(), Some(Op::Push), "{n}: {f:?}");
         let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
             panic!("{n}: {f:?}")
@@ -266,8 +241,8 @@ async fn two_serve_processes_with_default_edge_ids_both_stay_linked() {
         .collect();
     assert_ne!(ids[0], ids[1], "{edges}");
 
-    let mut alice = login(&all, &all, "alice").await;
-    let mut bob = login(&edge, &all, "bob").await;
+    let mut alice = raw_login(&all, &auth(&all, "alice", "alice-phone")).await.0;
+    let mut bob = raw_login(&edge, &auth(&all, "bob", "bob-phone")).await.0;
     for n in 0..5 {
         push_both(&all, &mut alice, &mut bob, n).await;
     }
@@ -309,4 +284,74 @@ async fn two_serve_processes_with_default_edge_ids_both_stay_linked() {
     assert!(!log.contains("link to core lost"), "{log}");
     assert_eq!(edge.stop().unwrap().code(), Some(0));
     assert_eq!(all.stop().unwrap().code(), Some(0));
+}
+
+/// `internal.tls = true`: `roam serve` generates a development CA and certificate, and
+/// `roam serve --role edge` with copies of them links over mutual TLS (its clients get
+/// pushes); a caller with the right key but no client certificate — plain HTTP/2, or TLS
+/// without a certificate — is refused.
+#[tokio::test]
+async fn with_internal_tls_both_processes_verify_each_other_and_a_caller_without_a_certificate_is_refused()
+ {
+    let all = roam_tests::start("[internal]\ntls = true\n");
+    let pki = all.data_dir().join("internal-tls");
+    let path = |name: &str| pki.join(name).display().to_string();
+    let edge_toml = format!(
+        "[edge]\ncore = \"{}\"\n[internal]\nkey_file = {:?}\ntls = true\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+        internal_uri(&all),
+        all.data_dir().join("internal-key").display().to_string(),
+        path("ca.pem"),
+        path("node.pem"),
+        path("node-key.pem"),
+    );
+    let edge = ChildServer::start_with(&roam_tests::roam_bin(), &edge_toml, &["--role", "edge"])
+        .unwrap_or_else(|e| panic!("roam serve --role edge: {e}"));
+    poll(&all, "/api/v1/edges", |v| {
+        v["edges"].as_array().is_some_and(|e| e.len() == 2)
+    })
+    .await;
+    let mut alice = raw_login(&all, &auth(&all, "alice", "alice-phone")).await.0;
+    let mut bob = raw_login(&edge, &auth(&all, "bob", "bob-phone")).await.0;
+    push_both(&all, &mut alice, &mut bob, 0).await;
+
+    // The right key over plain HTTP/2: no TLS, no call.
+    let key = internal_key(&all);
+    let plain = tonic::transport::Endpoint::from_shared(internal_uri(&all))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let mut client = IdServiceClient::with_interceptor(channel, AttachKey(Some(key)));
+        let r = client.snowflake(SnowflakeRequest { count: 1 }).await;
+        assert!(r.is_err(), "{r:?}");
+    }
+    // TLS trusting the CA, without a client certificate: refused in the handshake.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let roots = roam_tls::roots_from_pem(&pki.join("ca.pem")).unwrap();
+    let tcp = tokio::net::TcpStream::connect(all.addr("internal").unwrap())
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(roam_tls::client_config(roots, &[b"h2"]))
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .expect("answered");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        metric(
+            &all,
+            "roam_refused_connections_total{reason=\"internal_tls\"}"
+        )
+        .await
+            >= 1.0
+    );
 }

@@ -13,7 +13,7 @@ use roam_bench::child::ChildServer;
 use roam_client::raw::RawConnection;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, Op};
-use roam_tests::{admin, metric};
+use roam_tests::{admin, metric, next_frame};
 use serde_json::json;
 
 use roam_tests::token;
@@ -22,14 +22,6 @@ async fn dial(server: &ChildServer) -> RawConnection {
     RawConnection::connect(server.addr("raw").unwrap(), &server.dev_cert())
         .await
         .unwrap()
-}
-
-async fn next(c: &mut RawConnection) -> Frame {
-    tokio::time::timeout(Duration::from_secs(5), c.next())
-        .await
-        .expect("no frame within 5 s")
-        .unwrap()
-        .expect("the server closed the connection")
 }
 
 /// Reads until the server closes; returns what came before.
@@ -58,7 +50,7 @@ async fn login(
         rooms: rooms.iter().map(|r| r.to_string()).collect(),
     };
     c.send(Op::Auth, 1, &auth).await.unwrap();
-    let f = next(&mut c).await;
+    let f = next_frame(&mut c).await;
     assert_eq!(f.op_kind(), Some(Op::AuthReply), "{f:?}");
     (c, f.decode_body().unwrap())
 }
@@ -82,7 +74,7 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
         .send(Op::Heartbeat, 2, &pb::Heartbeat {})
         .await
         .unwrap();
-    let f = next(&mut alice).await;
+    let f = next_frame(&mut alice).await;
     assert_eq!((f.op_kind(), f.seq), (Some(Op::HeartbeatReply), 2));
     assert_eq!(
         f.decode_body::<pb::HeartbeatReply>()
@@ -101,7 +93,7 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
         )
         .await
         .unwrap();
-    let f = next(&mut alice).await;
+    let f = next_frame(&mut alice).await;
     assert_eq!((f.op_kind(), f.seq), (Some(Op::RoomJoinReply), 3));
     let mut rooms = f.decode_body::<pb::RoomReply>().unwrap().rooms;
     rooms.sort();
@@ -115,7 +107,7 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
     )
     .await;
     assert_eq!((r.status, r.json()["queued"].clone()), (202, json!(1)));
-    let f = next(&mut alice).await;
+    let f = next_frame(&mut alice).await;
     assert_eq!(f.op_kind(), Some(Op::Push));
     let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
         panic!()
@@ -132,7 +124,7 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
     )
     .await;
     assert_eq!((r.status, r.json()["queued"].clone()), (202, json!(1)));
-    let Some(pb::push::Kind::Ephemeral(e)) = next(&mut alice)
+    let Some(pb::push::Kind::Ephemeral(e)) = next_frame(&mut alice)
         .await
         .decode_body::<pb::Push>()
         .unwrap()
@@ -144,8 +136,8 @@ async fn a_client_authenticates_heartbeats_joins_rooms_and_receives_pushes() {
 
     // Everyone.
     roam_tests::push(&server, "all", serde_json::json!({"content": "all"})).await;
-    assert_eq!(next(&mut alice).await.op_kind(), Some(Op::Push));
-    let f = next(&mut bob).await;
+    assert_eq!(next_frame(&mut alice).await.op_kind(), Some(Op::Push));
+    let f = next_frame(&mut bob).await;
     let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
         panic!()
     };
@@ -286,7 +278,10 @@ async fn bad_auth_and_bad_frames_get_an_error_then_the_close() {
     // The server is unharmed.
     let (mut ok, _) = login(&server, "alice", "a", &[]).await;
     ok.send(Op::Heartbeat, 2, &pb::Heartbeat {}).await.unwrap();
-    assert_eq!(next(&mut ok).await.op_kind(), Some(Op::HeartbeatReply));
+    assert_eq!(
+        next_frame(&mut ok).await.op_kind(),
+        Some(Op::HeartbeatReply)
+    );
 }
 
 #[tokio::test]
@@ -344,7 +339,7 @@ async fn a_client_that_stops_reading_gets_disconnect_slow_and_others_do_not_noti
     )
     .await;
     assert_eq!(r.status, 202);
-    let f = next(&mut bob).await;
+    let f = next_frame(&mut bob).await;
     let Some(pb::push::Kind::Ephemeral(e)) = f.decode_body::<pb::Push>().unwrap().kind else {
         panic!("{f:?}")
     };
@@ -378,7 +373,10 @@ async fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
     );
     let (mut bob, _) = login(&server, "bob", "b", &[]).await;
     bob.send(Op::Heartbeat, 2, &pb::Heartbeat {}).await.unwrap();
-    assert_eq!(next(&mut bob).await.op_kind(), Some(Op::HeartbeatReply));
+    assert_eq!(
+        next_frame(&mut bob).await.op_kind(),
+        Some(Op::HeartbeatReply)
+    );
 }
 
 #[tokio::test]
@@ -413,7 +411,7 @@ async fn connections_beyond_the_limit_are_refused_and_the_others_keep_working() 
     assert_eq!(r.status(), 503);
     // The admitted ones are unaffected.
     a.send(Op::Heartbeat, 2, &pb::Heartbeat {}).await.unwrap();
-    assert_eq!(next(&mut a).await.op_kind(), Some(Op::HeartbeatReply));
+    assert_eq!(next_frame(&mut a).await.op_kind(), Some(Op::HeartbeatReply));
 }
 
 #[tokio::test]
@@ -423,19 +421,19 @@ async fn rooms_per_connection_are_capped_for_auth_and_room_join() {
     let (mut c, _) = login(&server, "alice", "a", &["r1", "r2", "r3"]).await;
     let join = |room: &str| pb::Room { room: room.into() };
     c.send(Op::RoomJoin, 2, &join("r4")).await.unwrap();
-    let e = error_of(&next(&mut c).await);
+    let e = error_of(&next_frame(&mut c).await);
     assert_eq!(e.code, pb::error::Code::InvalidArgument as i32, "{e:?}");
     assert!(e.message.contains("at most 2 rooms"), "{e:?}");
     // Rejoining a room it is in is not a new one; leaving makes room for another.
     c.send(Op::RoomJoin, 3, &join("r1")).await.unwrap();
-    let f = next(&mut c).await;
+    let f = next_frame(&mut c).await;
     assert_eq!(f.op_kind(), Some(Op::RoomJoinReply), "{f:?}");
     let reply: pb::RoomReply = f.decode_body().unwrap();
     assert_eq!(reply.rooms, ["r1", "r2"]);
     c.send(Op::RoomLeave, 4, &join("r2")).await.unwrap();
-    assert_eq!(next(&mut c).await.op_kind(), Some(Op::RoomLeaveReply));
+    assert_eq!(next_frame(&mut c).await.op_kind(), Some(Op::RoomLeaveReply));
     c.send(Op::RoomJoin, 5, &join("r4")).await.unwrap();
-    let reply: pb::RoomReply = next(&mut c).await.decode_body().unwrap();
+    let reply: pb::RoomReply = next_frame(&mut c).await.decode_body().unwrap();
     assert_eq!(reply.rooms, ["r1", "r4"]);
 }
 
@@ -463,10 +461,10 @@ async fn frames_sent_with_auth_in_one_flight_are_handled_after_auth_reply() {
     };
     let mut c = dial(&server).await;
     c.send_raw(&flight(token(&server, "alice"))).await.unwrap();
-    let first = next(&mut c).await;
+    let first = next_frame(&mut c).await;
     assert_eq!((first.op_kind(), first.seq), (Some(Op::AuthReply), 1));
     // HEARTBEAT goes to core and ROOM_JOIN is answered at the edge: either may come first.
-    let mut answers = [next(&mut c).await, next(&mut c).await];
+    let mut answers = [next_frame(&mut c).await, next_frame(&mut c).await];
     answers.sort_by_key(|f| f.seq);
     assert_eq!(
         answers

@@ -17,11 +17,10 @@ use hmac::Mac;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use roam_bench::child::ChildServer;
 use roam_client::raw::RawConnection;
+use roam_proto::Op;
 use roam_proto::client::v1 as pb;
-use roam_proto::{Frame, Op};
-use roam_tests::token;
+use roam_tests::{auth, next_frame, raw_login};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -73,29 +72,6 @@ async fn next_request(seen: &mut Seen) -> (http::HeaderMap, Bytes) {
         .unwrap()
 }
 
-async fn next(c: &mut RawConnection) -> Frame {
-    tokio::time::timeout(Duration::from_secs(10), c.next())
-        .await
-        .expect("no frame within 10 s")
-        .unwrap()
-        .expect("the server closed the connection")
-}
-
-async fn login(server: &ChildServer, user: &str) -> RawConnection {
-    let mut c = RawConnection::connect(server.addr("raw").unwrap(), &server.dev_cert())
-        .await
-        .unwrap();
-    let auth = pb::Auth {
-        token: token(server, user),
-        device_id: format!("{user}-phone"),
-        platform: "test".into(),
-        rooms: vec![],
-    };
-    c.send(Op::Auth, 1, &auth).await.unwrap();
-    assert_eq!(next(&mut c).await.op_kind(), Some(Op::AuthReply));
-    c
-}
-
 /// Sends a message and returns its SEND_ACK.
 async fn send(c: &mut RawConnection, seq: u32, to: &str, id: &str) -> pb::SendAck {
     let s = pb::Send {
@@ -106,7 +82,7 @@ async fn send(c: &mut RawConnection, seq: u32, to: &str, id: &str) -> pb::SendAc
     };
     c.send(Op::Send, seq, &s).await.unwrap();
     loop {
-        let f = next(c).await;
+        let f = next_frame(c).await;
         if f.op_kind() == Some(Op::SendAck) && f.seq == seq {
             return f.decode_body().unwrap();
         }
@@ -123,7 +99,9 @@ async fn an_offline_recipient_is_notified_signed_and_retries_survive_a_failing_r
     ));
     let secret = std::fs::read_to_string(server.data_dir().join("webhook-secret")).unwrap();
     let secret = hex::decode(secret.trim()).unwrap();
-    let mut alice = login(&server, "alice").await;
+    let mut alice = raw_login(&server, &auth(&server, "alice", "alice-phone"))
+        .await
+        .0;
     let ack = send(&mut alice, 2, "bob", "m1").await;
 
     for attempt in 1..=3 {
@@ -148,10 +126,12 @@ async fn an_offline_recipient_is_notified_signed_and_retries_survive_a_failing_r
     );
 
     // Online recipients are not notified: bob's phone gets the PUSH, only carol a notice.
-    let mut bob = login(&server, "bob").await;
+    let mut bob = raw_login(&server, &auth(&server, "bob", "bob-phone"))
+        .await
+        .0;
     send(&mut alice, 3, "bob", "m2").await;
     loop {
-        let f = next(&mut bob).await;
+        let f = next_frame(&mut bob).await;
         if f.op_kind() == Some(Op::Push) {
             break;
         }

@@ -110,6 +110,9 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration refused")]
     Config(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built (e.g. no usable CA certificate).
+    #[error("cannot verify client certificates: {0}")]
+    Verifier(String),
 }
 
 /// A certificate chain and its private key, checked to belong together.
@@ -201,21 +204,144 @@ pub fn self_signed(names: &[&str]) -> Result<(CertKey, RootCertStore), TlsError>
     Ok((cert_key, roots))
 }
 
-/// The development certificate in `dir` (`cert.pem`, `key.pem`): loaded if present,
-/// otherwise generated (self-signed for `localhost`, `127.0.0.1` and `::1`) and written there,
-/// the key readable by the owner only. Returns the pair and whether it was generated now.
+/// How long a development certificate is valid: WebTransport's `serverCertificateHashes`
+/// accepts only certificates valid for at most 14 days (ECDSA P-256, which rcgen uses).
+pub const DEV_CERT_VALIDITY_SECS: u64 = 13 * 24 * 3600;
+/// A development certificate that expires within this time is renewed at start.
+pub const DEV_CERT_RENEW_SECS: u64 = 3 * 24 * 3600;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether the development certificate `cert` must be replaced at `now`: it expires within
+/// [`DEV_CERT_RENEW_SECS`], is valid for longer than 14 days (an older, long-lived one), or its
+/// validity cannot be read.
+fn dev_cert_stale(cert: &CertificateDer<'_>, now: u64) -> bool {
+    match validity(cert) {
+        Some((not_before, not_after)) => {
+            not_after.saturating_sub(not_before) > 14 * 24 * 3600
+                || not_after < now.saturating_add(DEV_CERT_RENEW_SECS)
+        }
+        None => true,
+    }
+}
+
+/// The SHA-256 hash of a certificate (DER), lower-case hex: what WebTransport's
+/// `serverCertificateHashes` wants for a self-signed certificate.
+pub fn cert_sha256_hex(cert: &CertificateDer<'_>) -> String {
+    ring::digest::digest(&ring::digest::SHA256, cert.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One DER item of `der`: (tag, contents, what follows).
+fn der_item(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |l, b| (l << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// Seconds since 1970 of an X.509 UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`).
+fn x509_time(tag: u8, text: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    let num = |s: &str| s.parse::<i64>().ok();
+    let (year, rest) = match (tag, text.len()) {
+        (0x17, 12) => {
+            let yy = num(&text[..2])?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+        }
+        (0x18, 14) => (num(&text[..4])?, &text[4..]),
+        _ => return None,
+    };
+    let (month, day) = (num(&rest[..2])?, num(&rest[2..4])?);
+    let (h, m, s) = (num(&rest[4..6])?, num(&rest[6..8])?, num(&rest[8..10])?);
+    // Days from 1970-01-01 to year-month-day (proleptic Gregorian; Howard Hinnant's method).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + s).ok()
+}
+
+/// A certificate's validity (not before, not after), seconds since 1970.
+fn validity(cert: &CertificateDer<'_>) -> Option<(u64, u64)> {
+    let (_, certificate, _) = der_item(cert.as_ref())?;
+    let (_, tbs, _) = der_item(certificate)?;
+    let (tag, _, mut rest) = der_item(tbs)?;
+    if tag != 0xa0 {
+        // No explicit version: that item was the serial number.
+        rest = der_item(tbs)?.2;
+    } else {
+        rest = der_item(rest)?.2; // serial number
+    }
+    let rest = der_item(rest)?.2; // signature algorithm
+    let rest = der_item(rest)?.2; // issuer
+    let (_, validity, _) = der_item(rest)?;
+    let (t1, before, rest) = der_item(validity)?;
+    let (t2, after, _) = der_item(rest)?;
+    Some((x509_time(t1, before)?, x509_time(t2, after)?))
+}
+
+/// The development certificate in `dir` (`cert.pem`, `key.pem`): loaded if present and
+/// valid for more than [`DEV_CERT_RENEW_SECS`] still, otherwise generated (self-signed
+/// ECDSA P-256 for `localhost`, `127.0.0.1` and `::1`, valid for
+/// [`DEV_CERT_VALIDITY_SECS`] — WebTransport's rules for certificates pinned by hash) and
+/// written there, the key readable by the owner only. Returns the pair and whether it was
+/// generated now.
 pub fn dev_cert(dir: &Path) -> Result<(CertKey, bool), TlsError> {
     let cert_path = dir.join(DEV_CERT_FILE);
     let key_path = dir.join(DEV_KEY_FILE);
     if cert_path.exists() || key_path.exists() {
-        return Ok((load_pem(&cert_path, &key_path)?, false));
+        let loaded = load_pem(&cert_path, &key_path)?;
+        let now = unix_now();
+        if !dev_cert_stale(&loaded.chain[0], now) {
+            return Ok((loaded, false));
+        }
+        tracing::info!(cert = %cert_path.display(), "the development certificate expires soon (or is not a short-lived one): renewing it");
+        for path in [&cert_path, &key_path] {
+            fs::remove_file(path).map_err(|source| TlsError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
     }
     let names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    let generated = rcgen::generate_simple_self_signed(names)?;
+    let mut params = rcgen::CertificateParams::new(names)?;
+    let now = i64::try_from(unix_now()).unwrap_or(0);
+    let at = |secs: i64| {
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    };
+    // An hour back for clocks slightly behind; the whole validity within 14 days.
+    params.not_before = at(now - 3600);
+    params.not_after = at(now - 3600 + DEV_CERT_VALIDITY_SECS as i64);
+    let signing_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = params.self_signed(&signing_key)?;
+    let generated = rcgen::CertifiedKey { cert, signing_key };
     let write = |path: &Path, contents: &str, mode: u32| -> Result<(), TlsError> {
         write_private(path, contents.as_bytes(), mode).map_err(|source| TlsError::Write {
             path: path.to_owned(),
@@ -254,6 +380,42 @@ pub fn server_config(cert: &CertKey, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>
     Ok(Arc::new(config))
 }
 
+/// Resumption sessions a QUIC listener remembers (each a few hundred bytes): a returning
+/// client within the last this-many handshakes resumes, with 0-RTT.
+pub const QUIC_SESSION_CACHE: usize = 16 * 1024;
+
+/// A server configuration for QUIC (quinn's `QuicServerConfig` wraps it): the same
+/// certificate and policy as [`server_config`] — TLS 1.3 only, which QUIC requires anyway —
+/// with the ALPN set of the QUIC listener ([`ALPN_QUIC`] or [`ALPN_RAW`]), and 0-RTT:
+/// resumption is stateful (a server-side cache of [`QUIC_SESSION_CACHE`] sessions; rustls
+/// allows early data only so) and each ticket is taken from the cache when used, so a
+/// replayed ClientHello finds none and gets a full handshake. What early data may *do* is the
+/// edge's decision (only idempotent openings; see roam_edge::quic).
+pub fn quic_server_config(cert: &CertKey, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    install_crypto_provider();
+    let mut config = ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_no_client_auth()
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // quinn wants 0 or u32::MAX: QUIC's own flow control bounds early data.
+    config.max_early_data_size = u32::MAX;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(QUIC_SESSION_CACHE);
+    Ok(Arc::new(config))
+}
+
+/// A client configuration for QUIC: as [`client_config`], with early data (0-RTT) on when
+/// resuming. Reuse one configuration across connections: its session store is what lets a
+/// returning client resume.
+pub fn quic_client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    install_crypto_provider();
+    let mut config = ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.enable_early_data = true;
+    Arc::new(config)
+}
+
 /// Root certificates from a PEM file: e.g. the development certificate, for clients of a
 /// development server.
 pub fn roots_from_pem(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -274,6 +436,7 @@ pub fn client_config(roots: RootCertStore, alpn: &[&[u8]]) -> Arc<ClientConfig> 
     Arc::new(config)
 }
 
+pub mod internal;
 pub mod lean;
 
 #[cfg(test)]

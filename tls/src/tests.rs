@@ -24,6 +24,46 @@ fn dev_cert_is_generated_once_then_reused() {
 }
 
 #[test]
+fn x509_times_read_as_unix_seconds() {
+    assert_eq!(x509_time(0x18, b"20250101000000Z"), Some(1_735_689_600));
+    assert_eq!(x509_time(0x17, b"250101000000Z"), Some(1_735_689_600));
+    assert_eq!(x509_time(0x17, b"700101000001Z"), Some(1));
+    assert_eq!(x509_time(0x17, b"2501010000Z"), None);
+}
+
+#[test]
+fn dev_cert_is_short_lived_ecdsa_and_renewed_when_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = dev_cert(dir.path()).unwrap();
+    let (before, after) = validity(&cert.chain[0]).unwrap();
+    let now = unix_now();
+    assert!(after - before <= 14 * 24 * 3600, "WebTransport's 14 days");
+    assert!(after > now + 12 * 24 * 3600 && before <= now);
+    assert!(
+        matches!(&cert.key, PrivateKeyDer::Pkcs8(_)),
+        "rcgen's PKCS#8 key"
+    );
+    let signer = rustls::crypto::ring::sign::any_supported_type(&cert.key).unwrap();
+    assert_eq!(signer.algorithm(), rustls::SignatureAlgorithm::ECDSA);
+    assert_eq!(cert_sha256_hex(&cert.chain[0]).len(), 64);
+
+    // A long-lived development certificate (as older versions wrote) is replaced at start.
+    let old = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    fs::write(dir.path().join(DEV_CERT_FILE), old.cert.pem()).unwrap();
+    fs::write(
+        dir.path().join(DEV_KEY_FILE),
+        old.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let (renewed, generated) = dev_cert(dir.path()).unwrap();
+    assert!(generated);
+    assert_ne!(renewed.chain[0], old.cert.der().clone());
+    // So is one about to expire; a fresh one is kept.
+    assert!(dev_cert_stale(&renewed.chain[0], now + 11 * 24 * 3600));
+    assert!(!dev_cert_stale(&renewed.chain[0], now));
+}
+
+#[test]
 fn load_errors_name_the_file_and_the_fault() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.pem");

@@ -1,12 +1,15 @@
 //! `roam bench idle-conns`: what an idle, authenticated client connection costs the server in
 //! memory.
 //!
-//! `roam bench idle-conns [--transport raw|ws] [--connections N] [--duration SECS]`: N
-//! (default 1,000, at most 19,000) TLS 1.3 connections to a private `roam serve` — the raw
-//! port (`raw`, ALPN `roam/1`, the default) or WebSockets on the client port (`ws`,
-//! `wss://…/v1/ws`, HTTP/1.1 Upgrade). Each connection authenticates with its own user and
-//! device (AUTH with a token minted from the server's data directory, so `--target` is
-//! refused) and joins one room with ROOM_JOIN (100 connections per room, `room-<i / 100>`),
+//! `roam bench idle-conns [--transport raw|ws|quic|h3] [--connections N] [--duration SECS]`:
+//! N (default 1,000, at most 19,000) TLS 1.3 connections to a private `roam serve` — the raw
+//! port (`raw`, ALPN `roam/1`, the default), WebSockets on the client port (`ws`,
+//! `wss://…/v1/ws`, HTTP/1.1 Upgrade), raw frames over QUIC (`quic`, `listen.raw_quic`), or
+//! HTTP/3 (`h3`, `listen.client_quic`: a `GET /v1/stream` held open, requests up as
+//! `POST /v1/send` on the same QUIC connection); over QUIC, one UDP socket and quinn endpoint
+//! per client connection. Each connection authenticates with its own user and device (AUTH
+//! with a token minted from the server's data directory — over HTTP/3 the stream request's
+//! bearer token — so `--target` is refused) and joins one room with ROOM_JOIN (100 connections per room, `room-<i / 100>`),
 //! waiting for AUTH_REPLY and ROOM_JOIN_REPLY. Then nothing is sent either way for
 //! `--duration` seconds (default 2).
 //!

@@ -6,5 +6,6 @@ pub(crate) mod frame_codec;
 pub(crate) mod handshake;
 pub(crate) mod ids;
 pub(crate) mod push;
+pub(crate) mod roam_switch;
 pub(crate) mod room_fanout;
 pub(crate) mod store;

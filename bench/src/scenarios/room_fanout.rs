@@ -1,11 +1,14 @@
 //! `roam bench room-fanout`: business-API pushes to one room, fanned out by the server to
 //! every member's WebSocket.
 //!
-//! `roam bench room-fanout [--members M] [--rate R] [--duration S]`: a private `roam serve`
-//! (tokens and the API key come from its data directory, so `--target` is refused) and M
-//! members (default 2,000, at most 9,000), each a TLS 1.3 WebSocket (`wss://…/v1/ws`,
-//! HTTP/1.1 Upgrade) from the loopback source addresses 127.0.0.1–127.0.0.8, authenticated as
-//! its own user and device with AUTH joining room `fanout` at once. Once every AUTH_REPLY is
+//! `roam bench room-fanout [--members M] [--rate R] [--duration S] [--transport ws|h3]`: a
+//! private `roam serve` (tokens and the API key come from its data directory, so `--target` is
+//! refused) and M members (default 2,000, at most 9,000), each a TLS 1.3 WebSocket
+//! (`wss://…/v1/ws`, HTTP/1.1 Upgrade; `--transport ws`, the default) or an HTTP/3
+//! `GET /v1/stream` (`--transport h3`: one QUIC connection and client UDP socket per member)
+//! from the loopback source addresses 127.0.0.1–127.0.0.8, authenticated as its own user and
+//! device with AUTH (over HTTP/3: the request's bearer token and `rooms=`) joining room
+//! `fanout` at once. Once every AUTH_REPLY is
 //! in and core counts M members in the room (`/api/v1/online/rooms`), a publisher posts R
 //! messages per second (default 50) to `POST /api/v1/push/rooms` for S seconds (default 10).
 //!
@@ -42,7 +45,7 @@
 //! Figures: `deliveries_per_sec`, `delivered_ratio` (deliveries received / (published × M)),
 //! `server_cpu_us_per_delivery`, `client_cpu_us_per_delivery`, `delivery_p50_ms`, `delivery_p99_ms`, `delivery_max_ms`,
 //! `published`, `rejected`, `errors`, `late_publishes`, `publish_per_sec` (achieved),
-//! `api_p99_ms`, `deliveries`, `members`, `members_closed`, `publishers`, `server_rss_bytes`.
+//! `api_p99_ms`, `deliveries`, `members`, `members_closed`, `publishers`, `server_rss_bytes`, `transport`.
 
 use parking_lot::Mutex;
 use std::net::SocketAddr;
@@ -93,9 +96,11 @@ pub(crate) fn run(args: &BenchArgs) -> Result<Report> {
     if args.connections.is_some() {
         bail!("room-fanout counts --members, not --connections");
     }
-    if args.transport.as_deref().is_some_and(|t| t != "ws") {
-        bail!("room-fanout members use WebSockets only (--transport ws)");
-    }
+    let transport = match args.transport.as_deref().unwrap_or("ws") {
+        "ws" => Transport::Ws,
+        "h3" => Transport::H3,
+        other => bail!("--transport {other}: room-fanout members use ws or h3"),
+    };
     let members = args.members.unwrap_or(2000);
     if members == 0 || members > MAX_MEMBERS {
         bail!("--members {members}: must be between 1 and {MAX_MEMBERS}");
@@ -116,7 +121,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<Report> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        runtime.block_on(drive(server, members, rate, duration))
+        runtime.block_on(drive(server, transport, members, rate, duration))
     })
 }
 
@@ -135,15 +140,16 @@ struct MemberResult {
 
 async fn drive(
     server: &ChildServer,
+    transport: Transport,
     members: usize,
     rate: u64,
     duration: Duration,
 ) -> Result<Report> {
-    let client_tcp = listener(server, "client_tcp")?;
+    let client = listener(server, transport.listener())?;
     let admin = listener(server, "admin")?;
     let data_dir = server.data_dir();
     let key: Arc<str> = Arc::from(api_key(&data_dir)?);
-    let tls = Transport::Ws.tls(&server.dev_cert())?;
+    let tls = transport.tls(&server.dev_cert())?;
     let secret = roam_core::auth::Secret::load_or_create(&data_dir)?;
     let now = unix_now()?;
     // The clock every timestamp in the contents is relative to.
@@ -166,8 +172,7 @@ async fn drive(
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                 }
                 let setup = async {
-                    let mut conn =
-                        Conn::open(Transport::Ws, source_addr(i), client_tcp, &tls).await?;
+                    let mut conn = Conn::open(transport, source_addr(i), client, &tls).await?;
                     conn.authenticate(token.clone(), device.clone(), vec![ROOM.into()])
                         .await?;
                     Ok::<Conn, anyhow::Error>(conn)
@@ -328,6 +333,7 @@ async fn drive(
         )
         .figure("deliveries", deliveries)
         .figure("members", members as u64)
+        .figure("transport", transport.name())
         .figure("members_closed", closed)
         .figure("publishers", published.publishers)
         .figure("server_rss_bytes", after.rss_bytes);

@@ -10,13 +10,26 @@
 //!   (`connect_over`), e.g. one from a chosen local address ([`tcp_from`]), as `roam bench`
 //!   does to open tens of thousands of loopback connections without running out of
 //!   ephemeral ports.
+//! - [`quic::QuicRawConnection`] speaks raw frames over QUIC (ALPN `roam/1` on the raw
+//!   QUIC port), and [`quic::H3Stream`] opens `/v1/stream` over HTTP/3; both can move to
+//!   another local address mid-flow (connection migration).
+//! - [`session::Session`] is the client's protocol state, sans-IO: auth, heartbeat, SEND
+//!   until acknowledged, the inbox cursor, dedupe, resume by SYNC, rooms, reads, and the
+//!   reconnect schedule ([`schedule`]).
+//! - [`client::Client`] drives a session over raw or WebSocket connections and reconnects.
+//! - [`cli`] is what `roam send` and `roam tail` do.
 //! - [`admin::AdminConnection`] calls the business API on the admin listener (docs/api.md):
 //!   keep-alive HTTP/1.1, the API key as a bearer token.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod quic;
 pub mod raw;
+pub mod schedule;
+pub mod session;
 pub mod ws;
 
 use std::net::{IpAddr, SocketAddr};

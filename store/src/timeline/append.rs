@@ -5,7 +5,7 @@ use super::{
     keys::{self, Content, Entry},
     read,
 };
-use crate::{StoreError, Tx, TxError, idempotency};
+use crate::{Printable, StoreError, Tx, TxError, idempotency};
 
 /// Applies `batch` in order; one result per request. A request whose reads fail (corrupt
 /// data) gets that error and writes nothing; the others still commit. A retryable error
@@ -70,6 +70,13 @@ fn plan(tx: &mut Tx<'_>, append: &MultiAppend) -> Result<Plan, TxError> {
         && let Some(first) = idempotency::lookup(tx, key)?
     {
         return Ok(Plan::Duplicate(first));
+    }
+    for key in &append.require {
+        if tx.get(key)?.is_none() {
+            return Err(TxError::Fatal(StoreError::Precondition(Printable(
+                key.clone(),
+            ))));
+        }
     }
     std::iter::once(&append.home)
         .chain(&append.fanout)

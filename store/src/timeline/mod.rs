@@ -142,6 +142,12 @@ pub struct MultiAppend {
     /// user has this conversation"): blind writes, made only when the message is written
     /// (not for a duplicate). Keys must lie outside the store's own prefixes.
     pub extra: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys that must exist when the append commits (a group membership the fan-out was
+    /// planned from). They are read in the append's transaction, so a transaction that
+    /// clears one and commits first makes the append re-run and see it gone; then the
+    /// append writes nothing and fails with [`StoreError::Precondition`]. A duplicate is
+    /// answered before they are checked.
+    pub require: Vec<Vec<u8>>,
 }
 
 /// The result of an append.
@@ -211,6 +217,7 @@ impl Timelines {
                 message,
                 idempotency: None,
                 extra: Vec::new(),
+                require: Vec::new(),
             })
             .await?;
         Ok(appended.home_seq())

@@ -59,6 +59,7 @@ impl Pending {
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()
+            + self.append.require.iter().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -291,6 +292,7 @@ mod tests {
             },
             idempotency: None,
             extra: Vec::new(),
+            require: Vec::new(),
         };
         (Pending { append, reply }, rx)
     }

@@ -1,7 +1,6 @@
-// WebTransport on `CONNECT /v1/wt` (HTTP/3): frames on one bidirectional stream, AUTH first,
-// as on WebSocket. The QUIC edge is being built (branch h-quic); until it serves /v1/wt this
-// attempt fails and the client falls back to WebSocket. With the development certificate the
-// browser is told its hash, read from `GET /v1/wt-cert-hash` (hex SHA-256), when there is one.
+// WebTransport on `CONNECT /v1/wt` (HTTP/3): frames on the session's first bidirectional
+// stream, AUTH first, as on WebSocket. With the development certificate the browser is told
+// its hash, read from `GET /v1/wt-cert-hash` (`{"algorithm": "sha-256", "value": "<hex>"}`).
 import { create, toBinary } from "@bufbuild/protobuf";
 import { AuthSchema } from "../gen/roam/client/v1/client_pb.js";
 import { encodeFrame, FrameDecoder, Op } from "../frame.js";
@@ -24,7 +23,8 @@ async function certHashes(baseUrl: string): Promise<unknown[] | undefined> {
   try {
     const res = await fetch(edgeUrl(baseUrl, "/v1/wt-cert-hash"), { cache: "no-store" });
     if (!res.ok) return undefined;
-    const hex = (await res.text()).trim();
+    const body = (await res.json()) as { algorithm?: string; value?: string };
+    const hex = body.algorithm === "sha-256" ? (body.value ?? "") : "";
     if (!/^[0-9a-fA-F]{64}$/.test(hex)) return undefined;
     const value = new Uint8Array(32);
     for (let i = 0; i < 32; i++) value[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);

@@ -1,0 +1,945 @@
+//! The QUIC listeners (quinn): HTTP/3 on the client port's UDP twin (`listen.client_quic`,
+//! ALPN `h3`) and raw frames on the raw port's (`listen.raw_quic`, ALPN `roam/1`).
+//!
+//! Nothing about a connection is QUIC-specific above this module: HTTP/3 requests are handed
+//! to the same axum router as HTTP/1.1 and HTTP/2 ([`crate::http::router`]: `/v1/stream`,
+//! `/v1/poll`, `/v1/send`, `/healthz` run the virtual connections of [`crate::vconn`]), and
+//! a raw QUIC connection's first bidirectional stream is driven by the same
+//! [`crate::conn::drive`] as a raw TLS connection ([`crate::raw::RawIo`] over the stream
+//! pair). So sessions, rooms, pushes and their limits behave the same on every transport.
+//!
+//! Admission is the TCP listeners' ([`crate::admission`]), per QUIC connection: the source's
+//! share, a handshake permit while the handshake runs, and an `edge.max_connections` slot for
+//! the connection's life. On top: a cap on QUIC connections at once
+//! ([`QuicOptions::max_connections`]), on concurrent streams per connection, and a
+//! stateless Retry (the client must prove its address before the server keeps any state)
+//! once more than [`QuicOptions::retry_above`] handshakes are in flight. Every refusal is
+//! counted; a connection refused after its handshake is closed with a reason phrase.
+//!
+//! Connection migration is on (quinn's default): a client whose address changes keeps its
+//! connection and streams. The edge notices the new path when the connection next carries
+//! data, counts it in `roam_edge_quic_path_changes_total` and logs it. Keep-alive PINGs
+//! ([`QuicOptions::keep_alive`]) keep NAT bindings open on idle connections.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, Response, Version};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
+use futures_util::future::Shared;
+use http_body_util::BodyExt;
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Connection, Endpoint, Incoming, TransportConfig, VarInt};
+use thiserror::Error;
+use tokio_util::task::TaskTracker;
+use tower::{Layer, ServiceExt};
+use tracing::{Instrument, debug, debug_span, info, warn};
+
+use crate::admission::{Ticket, TicketLayer};
+use crate::conn::{FrameIo, Transport, drive};
+use crate::gateway::Gateway;
+use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
+use crate::raw::RawIo;
+
+const H3: TransportLabel = TransportLabel { transport: "h3" };
+const RAW_QUIC: TransportLabel = TransportLabel {
+    transport: "raw_quic",
+};
+
+/// Application error codes of a QUIC CONNECTION_CLOSE from the edge.
+const CLOSE_DONE: u32 = 0x100; // H3_NO_ERROR
+const CLOSE_LIMIT: u32 = 0x107; // H3_EXCESSIVE_LOAD
+const CLOSE_NO_REQUEST: u32 = 0x10c; // H3_REQUEST_CANCELLED
+
+/// What a QUIC listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuicService {
+    /// HTTP/3 (ALPN `h3`): the client port's routes.
+    H3,
+    /// Raw frames on one bidirectional stream (ALPN `roam/1`).
+    Raw,
+}
+
+/// Tunables of a QUIC listener.
+#[derive(Debug, Clone)]
+pub struct QuicOptions {
+    /// QUIC connections at once on this listener (each also takes an `edge.max_connections`
+    /// slot); beyond it new connections are refused (CONNECTION_REFUSED).
+    pub max_connections: usize,
+    /// Concurrent bidirectional streams a client may open per connection (HTTP/3 requests).
+    pub max_streams: u32,
+    /// A connection that carried nothing (not even a keep-alive) for this long is gone.
+    pub idle_timeout: Duration,
+    /// The edge sends a PING after this much silence, keeping NAT bindings open.
+    pub keep_alive: Duration,
+    /// Above this many handshakes in flight, a client must first prove its address with a
+    /// stateless Retry (0: always).
+    pub retry_above: usize,
+    /// A handshake must complete within this time.
+    pub handshake_timeout: Duration,
+    /// The first request (HTTP/3) or stream (raw) must come within this time.
+    pub first_request: Duration,
+    /// On shutdown, how long open connections get to finish.
+    pub drain_timeout: Duration,
+}
+
+/// Why a QUIC listener could not start.
+#[derive(Debug, Error)]
+pub enum QuicError {
+    /// The rustls configuration is not usable for QUIC (it must allow TLS 1.3).
+    #[error("the TLS configuration is not usable for QUIC: {0}")]
+    Tls(String),
+    /// A tunable is out of QUIC's range.
+    #[error("{0}")]
+    Config(String),
+    /// The UDP socket could not be bound.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// quinn's server configuration for `options`.
+fn server_config(
+    tls: Arc<rustls::ServerConfig>,
+    service: QuicService,
+    options: &QuicOptions,
+) -> Result<quinn::ServerConfig, QuicError> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(options.idle_timeout)
+        .map_err(|_| QuicError::Config("quic.idle_timeout_secs is out of range".into()))?;
+    transport
+        .max_idle_timeout(Some(idle))
+        .keep_alive_interval((!options.keep_alive.is_zero()).then_some(options.keep_alive))
+        .max_concurrent_bidi_streams(VarInt::from_u32(options.max_streams))
+        // HTTP/3's control and QPACK streams (and a little room); none for raw frames.
+        .max_concurrent_uni_streams(VarInt::from_u32(match service {
+            QuicService::H3 => 8,
+            QuicService::Raw => 0,
+        }))
+        // Small windows: frames are small, and an idle connection should hold little.
+        .stream_receive_window(VarInt::from_u32(256 * 1024))
+        .receive_window(VarInt::from_u32(1024 * 1024))
+        .send_window(1024 * 1024);
+    config.transport_config(Arc::new(transport));
+    // Connection migration is quinn's default; said here because the edge depends on it.
+    config.migration(true);
+    Ok(config)
+}
+
+/// A bound QUIC listener, ready to [`run`](QuicServer::run).
+pub struct QuicServer {
+    endpoint: Endpoint,
+    service: QuicService,
+    options: QuicOptions,
+    metrics: EdgeMetrics,
+}
+
+impl QuicServer {
+    /// Binds UDP `addr`. `tls` must be a TLS 1.3 configuration offering the ALPN of
+    /// `service` (`roam_tls::quic_server_config(.., ALPN_QUIC | ALPN_RAW)`).
+    pub fn bind(
+        addr: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+        service: QuicService,
+        options: QuicOptions,
+        metrics: EdgeMetrics,
+    ) -> Result<Self, QuicError> {
+        let config = server_config(tls, service, &options)?;
+        let endpoint = Endpoint::server(config, addr)?;
+        Ok(QuicServer {
+            endpoint,
+            service,
+            options,
+            metrics,
+        })
+    }
+
+    /// The bound address (with the port the OS picked for port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until the gateway shuts down, then lets open connections finish for up to the
+    /// drain timeout. HTTP/3 serves `router` (see [`crate::http::router`]), whose
+    /// long-lived work runs on `tracker`.
+    pub async fn run(self, gateway: Arc<Gateway>, router: Router, tracker: TaskTracker) {
+        let shutdown = gateway.shutdown.clone();
+        let listener = Arc::new(Listener {
+            service: self.service,
+            options: self.options,
+            metrics: self.metrics,
+            router,
+            gateway,
+            open: AtomicUsize::new(0),
+            handshaking: AtomicUsize::new(0),
+            tracker: tracker.clone(),
+        });
+        let transport = match listener.service {
+            QuicService::H3 => "h3",
+            QuicService::Raw => "raw_quic",
+        };
+        let conns = TaskTracker::new();
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+            };
+            let peer = incoming.remote_address();
+            if let Some(incoming) = listener.screen(incoming) {
+                let span = debug_span!("conn", %peer, transport);
+                conns.spawn(listener.clone().serve(incoming).instrument(span));
+            }
+        }
+        conns.close();
+        tracker.close();
+        let drained = async {
+            conns.wait().await;
+            tracker.wait().await;
+        };
+        if tokio::time::timeout(listener.options.drain_timeout, drained)
+            .await
+            .is_err()
+        {
+            warn!(
+                open = conns.len(),
+                transport, "drain timeout: closing the remaining QUIC connections"
+            );
+        }
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_DONE), b"the edge is shutting down");
+        // Lets the CONNECTION_CLOSE frames go out.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// What every connection of a QUIC listener shares.
+struct Listener {
+    service: QuicService,
+    options: QuicOptions,
+    metrics: EdgeMetrics,
+    router: Router,
+    gateway: Arc<Gateway>,
+    /// QUIC connections open (handshaking included) on this listener.
+    open: AtomicUsize,
+    /// Handshakes under way on this listener.
+    handshaking: AtomicUsize,
+    tracker: TaskTracker,
+}
+
+/// Counts one open connection in a gauge for as long as it lives.
+struct OpenGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenGauge {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        OpenGauge(gauge)
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Counts one unit in `counter` for as long as it lives.
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Held(counter)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Listener {
+    /// The checks before any state is kept for a connection attempt: the listener's cap, and
+    /// a stateless Retry when handshakes pile up. `None`: answered already.
+    fn screen(&self, incoming: Incoming) -> Option<Incoming> {
+        if self.open.load(Ordering::Relaxed) >= self.options.max_connections {
+            self.metrics.refusals.count("quic_connections");
+            incoming.refuse();
+            return None;
+        }
+        if self.handshaking.load(Ordering::Relaxed) >= self.options.retry_above
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            self.metrics.quic_retries.inc();
+            // Err only if retrying is impossible, which may_retry ruled out.
+            let _ = incoming.retry();
+            return None;
+        }
+        Some(incoming)
+    }
+
+    async fn serve(self: Arc<Self>, incoming: Incoming) {
+        let _open = Held::new(&self.open);
+        let peer = incoming.remote_address();
+        let admission = &self.gateway.admission;
+        let Ok(ticket) = admission.admit(peer.ip()) else {
+            incoming.refuse();
+            return;
+        };
+        let Some(permit) = admission.handshake(peer.ip()) else {
+            incoming.refuse();
+            return;
+        };
+        let handshaking = Held::new(&self.handshaking);
+        let connecting = match incoming.accept() {
+            Ok(c) => c,
+            Err(e) => return self.handshake_failed("tls", &e),
+        };
+        // 0.5-RTT on the server side always succeeds: requests (0-RTT ones from a resuming
+        // client included) are read at once, and `established` resolves when the handshake
+        // has completed. What may not be replayed waits for it (see `respond`, `serve_raw`).
+        let (conn, established) = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                // On a server, quinn's future yields whether 0-RTT was accepted (false also
+                // when the handshake failed): whether the connection is up says which.
+                let up = conn.clone();
+                let established: Established = async move {
+                    accepted.await;
+                    up.close_reason().is_none()
+                }
+                .boxed()
+                .shared();
+                (conn, established)
+            }
+            // quinn: "for incoming connections, conversion to 0.5-RTT will always fully
+            // succeed"; a refusal here would be a quinn change, handled as a failed handshake.
+            Err(_) => return self.handshake_failed("tls", &"no 0.5-RTT connection"),
+        };
+        if !ticket.has_slot() {
+            // Told why: over HTTP/3 a 503 with the JSON error (once the handshake is done,
+            // within the first-request deadline); raw frames get the reason phrase.
+            if self.service == QuicService::H3 {
+                let done =
+                    tokio::time::timeout(self.options.handshake_timeout, established.clone()).await;
+                drop((permit, handshaking));
+                if matches!(done, Ok(true)) {
+                    let refusal = refuse_h3(conn.clone());
+                    let _ = tokio::time::timeout(self.options.first_request, refusal).await;
+                }
+            }
+            conn.close(
+                VarInt::from_u32(CLOSE_LIMIT),
+                b"the edge is at its connection limit; retry in 5 s",
+            );
+            return;
+        }
+        let label = match self.service {
+            QuicService::H3 => H3,
+            QuicService::Raw => RAW_QUIC,
+        };
+        let path = PathWatch::new(conn.clone(), label.clone(), self.metrics.clone());
+        let serving = async {
+            match self.service {
+                QuicService::H3 => {
+                    Box::pin(
+                        self.clone()
+                            .serve_h3(conn.clone(), ticket, path, established.clone()),
+                    )
+                    .await
+                }
+                QuicService::Raw => {
+                    Box::pin(self.serve_raw(conn.clone(), ticket, path, established.clone())).await
+                }
+            }
+        };
+        // The handshake runs alongside; its permit is held until it completes.
+        let handshake = async {
+            let done =
+                tokio::time::timeout(self.options.handshake_timeout, established.clone()).await;
+            drop((permit, handshaking));
+            match done {
+                Ok(true) => {
+                    self.metrics.accepted.get_or_create(&label).inc();
+                    let open = self.metrics.open_connections.get_or_create(&label).clone();
+                    // Counted while the connection is served (this future lives as long).
+                    let _open = OpenGauge::new(open);
+                    std::future::pending::<()>().await;
+                }
+                Ok(false) => {
+                    let reason = conn.close_reason().map(|e| e.to_string());
+                    self.handshake_failed("tls", &reason.unwrap_or_default());
+                }
+                Err(_) => {
+                    self.handshake_failed("timeout", &"no handshake in time");
+                    conn.close(VarInt::from_u32(CLOSE_LIMIT), b"no handshake in time");
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = serving => {}
+            _ = handshake => {}
+        }
+    }
+
+    fn handshake_failed(&self, reason: &'static str, error: &dyn std::fmt::Display) {
+        debug!(%error, reason, "QUIC handshake failed");
+        self.metrics
+            .handshake_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Raw frames: the client's first bidirectional stream carries them both ways.
+    async fn serve_raw(
+        &self,
+        conn: Connection,
+        ticket: Ticket,
+        path: PathWatch,
+        established: Established,
+    ) {
+        let first = tokio::time::timeout(self.options.first_request, conn.accept_bi());
+        let (send, recv) = tokio::select! {
+            _ = self.gateway.shutdown.cancelled() => return,
+            r = first => match r {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "connection ended before its stream");
+                    return;
+                }
+                Err(_) => {
+                    self.no_request(&conn);
+                    return;
+                }
+            },
+        };
+        let (mut recv, send) = (recv, send);
+        // A stream opened in 0-RTT: only its first frame (AUTH with a token, idempotent) is
+        // served from early data; the rest is read once the handshake has completed.
+        let (prefix, gate) = if recv.is_0rtt() {
+            let max = self.gateway.config.max_packet;
+            match tokio::time::timeout(self.options.first_request, first_frame(&mut recv, max))
+                .await
+            {
+                Ok(Ok(frame)) => (Some(frame), Some(established)),
+                _ => {
+                    self.no_request(&conn);
+                    return;
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let io = QuicRawIo {
+            inner: RawIo::new(tokio::io::join(recv, send)),
+            path: Arc::new(path),
+            prefix,
+            gate,
+        };
+        Box::pin(drive(
+            self.gateway.clone(),
+            io,
+            Transport {
+                name: "raw",
+                http: "none",
+            },
+        ))
+        .await;
+        drop(ticket);
+        // The driver finished the stream (its last frames, e.g. DISCONNECT, are queued):
+        // give the client a moment to read them and close; then close.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        conn.close(VarInt::from_u32(CLOSE_DONE), b"closed");
+    }
+
+    fn no_request(&self, conn: &Connection) {
+        debug!("no request within the first-request deadline: closed");
+        self.metrics
+            .closes
+            .get_or_create(&ReasonLabel {
+                reason: "no_request",
+            })
+            .inc();
+        conn.close(
+            VarInt::from_u32(CLOSE_NO_REQUEST),
+            b"no request within the first-request deadline",
+        );
+    }
+
+    /// HTTP/3: every request goes to the router, as from HTTP/1.1 or HTTP/2.
+    async fn serve_h3(
+        self: Arc<Self>,
+        conn: Connection,
+        ticket: Ticket,
+        path: PathWatch,
+        established: Established,
+    ) {
+        let mut builder = h3::server::builder();
+        builder
+            .max_field_section_size(32 * 1024)
+            // No GREASE frames: aioquic's WebTransport client takes one on the session's
+            // CONNECT stream for a protocol error.
+            .send_grease(false)
+            // WebTransport at CONNECT /v1/wt (one session per connection).
+            .enable_webtransport(true)
+            .enable_extended_connect(true)
+            .enable_datagram(true)
+            .max_webtransport_sessions(1);
+        let built = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()));
+        let mut h3conn = match tokio::time::timeout(self.options.handshake_timeout, built).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                debug!(error = %e, "HTTP/3 set-up failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        let ticket = Arc::new(ticket);
+        let service = TicketLayer(ticket.clone()).layer(self.router.clone());
+        let path = Arc::new(path);
+        let first = tokio::time::sleep(self.options.first_request);
+        tokio::pin!(first);
+        // Each request's head is read in a task of its own (bounded by `first_request`, and
+        // in number by the connection's stream limit), so that a slow one holds up no other.
+        // A task hands back only a WebTransport CONNECT, which takes the connection over.
+        let mut heads = tokio::task::JoinSet::new();
+        loop {
+            let resolver = tokio::select! {
+                r = h3conn.accept() => match r {
+                    Ok(Some(resolver)) => resolver,
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(error = %e, "HTTP/3 connection ended");
+                        break;
+                    }
+                },
+                Some(done) = heads.join_next(), if !heads.is_empty() => {
+                    let Ok(Some((request, stream))) = done else { continue };
+                    // CONNECT is not idempotent: it waits for the handshake (no 0-RTT).
+                    if !established.clone().await {
+                        return;
+                    }
+                    // Requests whose heads are still being read are served on their own.
+                    heads.detach_all();
+                    let wt = WebTransport {
+                        service: service.clone(),
+                        path: path.clone(),
+                        conn: conn.clone(),
+                        established: established.clone(),
+                    };
+                    return Box::pin(self.serve_webtransport(h3conn, request, stream, wt)).await;
+                }
+                _ = &mut first, if !ticket.requested() => {
+                    self.no_request(&conn);
+                    return;
+                }
+                _ = self.gateway.shutdown.cancelled() => {
+                    // GOAWAY: requests under way finish (their streams end with the drain).
+                    let _ = h3conn.shutdown(0).await;
+                    break;
+                }
+            };
+            let listener = self.clone();
+            let (service, path, conn) = (service.clone(), path.clone(), conn.clone());
+            let established = established.clone();
+            let deadline = self.options.first_request;
+            heads.spawn(
+                async move {
+                    let (request, stream) =
+                        match tokio::time::timeout(deadline, resolver.resolve_request()).await {
+                            Ok(Ok(pair)) => pair,
+                            Ok(Err(e)) => {
+                                debug!(error = %e, "bad HTTP/3 request");
+                                return None;
+                            }
+                            Err(_) => {
+                                debug!("no HTTP/3 request head within the first-request deadline");
+                                return None;
+                            }
+                        };
+                    if is_webtransport(&request) {
+                        return Some((request, stream));
+                    }
+                    listener.spawn_request(request, stream, &service, &path, &conn, &established);
+                    None
+                }
+                .instrument(tracing::Span::current()),
+            );
+        }
+        // Heads still being read belong to a connection that is going: dropped.
+        heads.abort_all();
+        // Requests still streaming (a /v1/stream) hold the connection open through their
+        // clones of it; this task's part is done.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            // Lets the last responses flush when the client is finished.
+            conn.closed().await
+        })
+        .await;
+    }
+}
+
+/// What a WebTransport session's requests and streams share.
+struct WebTransport<S> {
+    service: S,
+    path: Arc<PathWatch>,
+    conn: Connection,
+    established: Established,
+}
+
+/// Whether `request` opens a WebTransport session at `/v1/wt` (extended CONNECT with
+/// `:protocol webtransport`).
+fn is_webtransport(request: &Request<()>) -> bool {
+    request.method() == Method::CONNECT
+        && request.uri().path() == "/v1/wt"
+        && request.extensions().get::<h3::ext::Protocol>()
+            == Some(&h3::ext::Protocol::WEB_TRANSPORT)
+}
+
+impl Listener {
+    /// Serves one HTTP/3 request in a task of its own.
+    fn spawn_request<S>(
+        &self,
+        request: Request<()>,
+        stream: H3Stream<h3_quinn::BidiStream<Bytes>>,
+        service: &S,
+        path: &Arc<PathWatch>,
+        conn: &Connection,
+        established: &Established,
+    ) where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        let (service, path, conn) = (service.clone(), path.clone(), conn.clone());
+        let established = established.clone();
+        let task = async move {
+            // Replay-safe: only the idempotent openings and reads (GET: /v1/stream, /v1/poll,
+            // /healthz) may be served from 0-RTT data; anything else (POST /v1/send) waits for
+            // the handshake to complete.
+            if !replay_safe(request.method(), established).await {
+                return;
+            }
+            respond(service, request, stream, conn, path).await
+        };
+        self.tracker
+            .spawn(task.instrument(tracing::Span::current()));
+    }
+
+    /// A WebTransport session (`CONNECT /v1/wt`): its first bidirectional stream carries frames
+    /// as on the raw port, driven by the same driver; other requests on the connection are
+    /// still served; further streams are refused.
+    async fn serve_webtransport<S>(
+        &self,
+        h3conn: h3::server::Connection<h3_quinn::Connection, Bytes>,
+        request: Request<()>,
+        stream: H3Stream<h3_quinn::BidiStream<Bytes>>,
+        wt: WebTransport<S>,
+    ) where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        use h3_webtransport::server::{AcceptedBi, WebTransportSession};
+        let session = match WebTransportSession::accept(request, stream, h3conn).await {
+            Ok(session) => session,
+            Err(e) => {
+                debug!(error = %e, "WebTransport session refused");
+                return;
+            }
+        };
+        let mut driving = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = session.accept_bi() => accepted,
+                _ = self.gateway.shutdown.cancelled() => break,
+            };
+            match accepted {
+                Ok(Some(AcceptedBi::BidiStream(_, stream))) if driving.is_empty() => {
+                    let io = QuicRawIo {
+                        inner: RawIo::new(stream),
+                        path: wt.path.clone(),
+                        prefix: None,
+                        gate: None,
+                    };
+                    let transport = Transport {
+                        name: "raw",
+                        http: "3",
+                    };
+                    driving.spawn(drive(self.gateway.clone(), io, transport));
+                }
+                // One frame stream per session.
+                Ok(Some(AcceptedBi::BidiStream(_, stream))) => drop(stream),
+                Ok(Some(AcceptedBi::Request(request, stream))) => self.spawn_request(
+                    request,
+                    stream,
+                    &wt.service,
+                    &wt.path,
+                    &wt.conn,
+                    &wt.established,
+                ),
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "WebTransport session ended");
+                    break;
+                }
+            }
+        }
+        // The frame stream drains (DISCONNECT on shutdown) before the session goes.
+        while driving.join_next().await.is_some() {}
+    }
+}
+
+type H3Stream<S> = h3::server::RequestStream<S, Bytes>;
+
+/// Replay safety for a request that may have come in 0-RTT data: true at once for the
+/// idempotent methods (GET, HEAD); any other waits for the handshake to complete (false if it
+/// failed).
+async fn replay_safe(method: &Method, established: Established) -> bool {
+    *method == Method::GET || *method == Method::HEAD || established.await
+}
+
+/// Answers the first HTTP/3 request of a connection that got no `edge.max_connections` slot
+/// with 503 and the JSON error (`retry-after: 5`), as the TCP port does; then GOAWAY.
+async fn refuse_h3(conn: Connection) {
+    let mut builder = h3::server::builder();
+    builder.send_grease(false);
+    let built = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn));
+    let Ok(mut h3conn) = built.await else { return };
+    let Ok(Some(resolver)) = h3conn.accept().await else {
+        return;
+    };
+    let Ok((_, mut stream)) = resolver.resolve_request().await else {
+        return;
+    };
+    let (head, body) = roam_proto::http_error::error_response(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the edge is at its connection limit",
+        Some(5),
+    )
+    .into_parts();
+    if stream
+        .send_response(Response::from_parts(head, ()))
+        .await
+        .is_ok()
+        && stream.send_data(Bytes::from(body)).await.is_ok()
+    {
+        let _ = stream.finish().await;
+    }
+    let _ = h3conn.shutdown(0).await;
+    // Lets the answer reach the client before the connection closes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), h3conn.accept()).await;
+}
+
+/// Serves one HTTP/3 request through the router and streams its response back, until the
+/// response ends, the client stops reading, or the connection closes.
+async fn respond<S>(
+    service: S,
+    request: Request<()>,
+    stream: H3Stream<h3_quinn::BidiStream<Bytes>>,
+    conn: Connection,
+    path: Arc<PathWatch>,
+) where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    path.check();
+    let (mut send, recv) = stream.split();
+    let body = Body::from_stream(futures_util::stream::unfold(Some(recv), |recv| async {
+        let mut recv = recv?;
+        match recv.recv_data().await {
+            Ok(Some(mut data)) => Some((Ok(data.copy_to_bytes(data.remaining())), Some(recv))),
+            Ok(None) => None,
+            Err(e) => Some((Err(io::Error::other(e.to_string())), None)),
+        }
+    }));
+    let (mut parts, ()) = request.into_parts();
+    parts.version = Version::HTTP_3;
+    let request = Request::from_parts(parts, body);
+    let Ok(response) = service.oneshot(request).await;
+    let (parts, mut body) = response.into_parts();
+    let head = Response::from_parts(parts, ());
+    if let Err(e) = send.send_response(head).await {
+        debug!(error = %e, "HTTP/3 response not sent");
+        return;
+    }
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            // The client went away with the response still open (an idle /v1/stream).
+            _ = conn.closed() => return,
+        };
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data()
+                    && !data.is_empty()
+                {
+                    if let Err(e) = send.send_data(data).await {
+                        debug!(error = %e, "HTTP/3 response body cut");
+                        return;
+                    }
+                    path.check();
+                }
+            }
+            Some(Err(e)) => {
+                debug!(error = %e, "response body failed");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+            None => break,
+        }
+    }
+    let _ = send.finish().await;
+}
+
+/// Notices when a connection's client address changes (QUIC connection migration): counts
+/// it and logs it.
+struct PathWatch {
+    conn: Connection,
+    last: parking_lot::Mutex<SocketAddr>,
+    label: TransportLabel,
+    metrics: EdgeMetrics,
+}
+
+impl PathWatch {
+    fn new(conn: Connection, label: TransportLabel, metrics: EdgeMetrics) -> Self {
+        let last = parking_lot::Mutex::new(conn.remote_address());
+        PathWatch {
+            conn,
+            last,
+            label,
+            metrics,
+        }
+    }
+
+    /// Checks the connection's current client address against the last seen.
+    fn check(&self) {
+        let now = self.conn.remote_address();
+        let mut last = self.last.lock();
+        if *last != now {
+            info!(from = %*last, to = %now, transport = self.label.transport, "QUIC path changed (connection migrated)");
+            *last = now;
+            self.metrics
+                .quic_path_changes
+                .get_or_create(&self.label)
+                .inc();
+        }
+    }
+}
+
+/// Resolves (true) once the connection's handshake has completed; false if it failed.
+type Established = Shared<futures_util::future::BoxFuture<'static, bool>>;
+
+/// Reads one whole frame (its length is the header's first 4 bytes, big-endian) from a
+/// stream, refusing one longer than `max`.
+async fn first_frame(recv: &mut quinn::RecvStream, max: usize) -> io::Result<Bytes> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(io::Error::other)?;
+    let total = u32::from_be_bytes(len) as usize;
+    if !(roam_proto::HEADER_LEN..=max).contains(&total) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad first frame length",
+        ));
+    }
+    let mut frame = BytesMut::zeroed(total);
+    frame[..4].copy_from_slice(&len);
+    recv.read_exact(&mut frame[4..])
+        .await
+        .map_err(io::Error::other)?;
+    Ok(frame.freeze())
+}
+
+/// Raw frames over a QUIC stream pair, watching the connection's path. A stream opened in
+/// 0-RTT hands its first frame (`prefix`) to the driver at once and reads on only after the
+/// handshake has completed (`gate`).
+struct QuicRawIo<S> {
+    inner: RawIo<S>,
+    path: Arc<PathWatch>,
+    prefix: Option<Bytes>,
+    gate: Option<Established>,
+}
+
+impl<S> FrameIo for QuicRawIo<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if let Some(first) = self.prefix.take() {
+            buf.extend_from_slice(&first);
+            return Ok(first.len());
+        }
+        if let Some(gate) = &self.gate {
+            // Cancel-safe: the gate is dropped only once it has resolved.
+            if !gate.clone().await {
+                return Ok(0);
+            }
+            self.gate = None;
+        }
+        let n = self.inner.read(buf).await?;
+        self.path.check();
+        Ok(n)
+    }
+
+    async fn write_batch(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        self.path.check();
+        self.inner.write_batch(frames).await
+    }
+
+    async fn close(&mut self) {
+        self.inner.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `Established` the test resolves by hand.
+    fn handshake() -> (tokio::sync::oneshot::Sender<bool>, Established) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let established = async move { rx.await.unwrap_or(false) }.boxed().shared();
+        (tx, established)
+    }
+
+    #[test]
+    fn only_idempotent_requests_are_served_before_the_handshake_completes() {
+        let (done, established) = handshake();
+        for method in [Method::GET, Method::HEAD] {
+            assert_eq!(
+                replay_safe(&method, established.clone()).now_or_never(),
+                Some(true),
+                "{method}"
+            );
+        }
+        // POST /v1/send (0-RTT data could be replayed) waits ...
+        let mut post = Box::pin(replay_safe(&Method::POST, established.clone()));
+        assert_eq!(post.as_mut().now_or_never(), None);
+        // ... until the handshake has completed.
+        done.send(true).unwrap();
+        assert_eq!(post.now_or_never(), Some(true));
+
+        // A failed handshake: the request is dropped.
+        let (done, established) = handshake();
+        done.send(false).unwrap();
+        assert_eq!(
+            replay_safe(&Method::POST, established).now_or_never(),
+            Some(false)
+        );
+    }
+}
