@@ -19,26 +19,30 @@ interface Wt {
 }
 type WtCtor = new (url: string, opts?: unknown) => Wt;
 
-async function certHashes(baseUrl: string): Promise<unknown[] | undefined> {
+/** The certificate hash to pin, and the HTTP/3 port from `alt-svc` (when it differs). */
+async function discover(baseUrl: string): Promise<{ hashes?: unknown[]; port?: string }> {
   try {
     const res = await fetch(edgeUrl(baseUrl, "/v1/wt-cert-hash"), { cache: "no-store" });
-    if (!res.ok) return undefined;
+    const port = /h3=":(\d+)"/.exec(res.headers.get("alt-svc") ?? "")?.[1];
+    if (!res.ok) return { port };
     const body = (await res.json()) as { algorithm?: string; value?: string };
     const hex = body.algorithm === "sha-256" ? (body.value ?? "") : "";
-    if (!/^[0-9a-fA-F]{64}$/.test(hex)) return undefined;
+    if (!/^[0-9a-fA-F]{64}$/.test(hex)) return { port };
     const value = new Uint8Array(32);
     for (let i = 0; i < 32; i++) value[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-    return [{ algorithm: "sha-256", value }];
+    return { hashes: [{ algorithm: "sha-256", value }], port };
   } catch {
-    return undefined;
+    return {};
   }
 }
 
 export const connectWebTransport: Connector = async (params, handlers) => {
   const Ctor = (globalThis as { WebTransport?: WtCtor }).WebTransport;
   if (!Ctor) throw new Error("webtransport: not available here");
-  const hashes = await certHashes(params.baseUrl);
-  const wt = new Ctor(edgeUrl(params.baseUrl, "/v1/wt").toString(), hashes ? { serverCertificateHashes: hashes } : {});
+  const { hashes, port } = await discover(params.baseUrl);
+  const url = edgeUrl(params.baseUrl, "/v1/wt");
+  if (port) url.port = port;
+  const wt = new Ctor(url.toString(), hashes ? { serverCertificateHashes: hashes } : {});
   wt.closed.catch(() => undefined);
   let stream: WtStream;
   try {
