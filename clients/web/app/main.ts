@@ -176,6 +176,9 @@ function start(token: string, name: string): void {
     transports: wanted.length > 0 ? wanted : FALLBACK_ORDER,
   });
   client.on("message", onMessage);
+  client.on("attempt", (name, error) => {
+    if (error) console.info(`roam: ${name} failed: ${error}`);
+  });
   client.on("state", (state, transport, detail) => {
     status.dataset.state = state;
     status.dataset.transport = state === "connected" ? (transport ?? "") : "";

@@ -39,7 +39,11 @@ async function startServer() {
   rmSync(ready, { force: true });
   server = spawn(bin, ["serve", "--config", config, "--ready-file", ready], {
     stdio: ["ignore", "ignore", "inherit"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
+    // No inherited ROAM_* variables: the config file alone decides.
+    env: {
+      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ROAM_"))),
+      RUST_LOG: process.env.RUST_LOG ?? "warn",
+    },
   });
   const deadline = Date.now() + 30_000;
   while (!existsSync(ready)) {
@@ -97,6 +101,7 @@ async function page(name, { blockWebSocket = false } = {}) {
   const p = await context.newPage();
   p.on("pageerror", (e) => problems.push(`${name}: page error: ${e.message}`));
   p.on("console", (m) => {
+    if (m.type() === "info" && process.env.WEB_E2E_VERBOSE) console.log(`${name}: ${m.text()}`);
     if (m.type() !== "error") return;
     const text = m.text();
     const network = /net::ERR_|Failed to load resource|WebSocket connection|WebTransport|Opening handshake/i.test(text);
