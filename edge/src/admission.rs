@@ -25,8 +25,8 @@
 //! before its AUTH goes to core.
 //!
 //! Inside a connection the ticket counts its open requests (HTTP/2 streams: an HTTP/2
-//! connection with none for the idle time is closed, see [`Ticket::idle_for`]) and the
-//! sessions it carries ([`Ticket::session`]): at most `edge.max_sessions_per_conn`, of which
+//! connection with none for the idle time is closed, see `Ticket::idle_for`) and the
+//! sessions it carries (`Ticket::session`): at most `edge.max_sessions_per_conn`, of which
 //! at most `edge.max_unauthenticated_per_conn` not yet authenticated. Every refusal is
 //! counted in `roam_refused_connections_total` by reason.
 
@@ -392,12 +392,12 @@ impl Ticket {
     }
 
     /// Marks the connection as having sent a complete request (the internal port marks it
-    /// on its first call with the key; the HTTP listeners through [`TicketLayer`]).
+    /// on its first call with the key; the HTTP listeners through `TicketLayer`).
     pub fn mark_requested(&self) {
         self.requested.store(true, Ordering::Relaxed);
     }
 
-    /// Whether the connection has sent a complete request (see [`TicketLayer`]).
+    /// Whether the connection has sent a complete request (see `TicketLayer`).
     pub fn requested(&self) -> bool {
         self.requested.load(Ordering::Relaxed)
     }

@@ -3,9 +3,9 @@
 //!
 //! Nothing about a connection is QUIC-specific above this module: HTTP/3 requests are handed
 //! to the same axum router as HTTP/1.1 and HTTP/2 ([`crate::http::router`]: `/v1/stream`,
-//! `/v1/poll`, `/v1/send`, `/healthz` run the virtual connections of [`crate::vconn`]), and
+//! `/v1/poll`, `/v1/send`, `/healthz` run the virtual connections of `crate::vconn`), and
 //! a raw QUIC connection's first bidirectional stream is driven by the same
-//! [`crate::conn::drive`] as a raw TLS connection ([`crate::raw::RawIo`] over the stream
+//! `crate::conn::drive` as a raw TLS connection (`crate::raw::RawIo` over the stream
 //! pair). So sessions, rooms, pushes and their limits behave the same on every transport.
 //!
 //! Admission is the TCP listeners' ([`crate::admission`]), per QUIC connection: the source's
