@@ -14,35 +14,15 @@ use roam_bench::child::ChildServer;
 use roam_client::raw::RawConnection;
 use roam_proto::client::v1 as pb;
 use roam_proto::{Frame, Op};
-use roam_tests::{admin, token};
+use roam_tests::{admin, auth, next_frame, raw_login, token};
 use serde_json::{Value, json};
 
 /// No per-user send rate nor per-connection request rate: the tests send bursts.
 const UNLIMITED: &str =
     "[messaging]\nsend_rate = 0\n[edge]\nrate_burst = 100000\nrate_per_sec = 100000\n";
 
-async fn next(c: &mut RawConnection) -> Frame {
-    tokio::time::timeout(Duration::from_secs(10), c.next())
-        .await
-        .expect("no frame within 10 s")
-        .unwrap()
-        .expect("the server closed the connection")
-}
-
 async fn login(server: &ChildServer, user: &str, device: &str) -> RawConnection {
-    let mut c = RawConnection::connect(server.addr("raw").unwrap(), &server.dev_cert())
-        .await
-        .unwrap();
-    let auth = pb::Auth {
-        token: token(server, user),
-        device_id: device.into(),
-        platform: "test".into(),
-        rooms: vec![],
-    };
-    c.send(Op::Auth, 1, &auth).await.unwrap();
-    let f = next(&mut c).await;
-    assert_eq!(f.op_kind(), Some(Op::AuthReply), "{user}/{device}: {f:?}");
-    c
+    raw_login(server, &auth(server, user, device)).await.0
 }
 
 fn send_frame(to: &str, client_msg_id: &str, content: &str) -> pb::Send {
@@ -66,7 +46,7 @@ fn error_of(f: &Frame) -> pb::Error {
 /// The connection has nothing queued: a HEARTBEAT's reply is the next frame.
 async fn nothing_more(c: &mut RawConnection, who: &str) {
     c.send(Op::Heartbeat, 999, &pb::Heartbeat {}).await.unwrap();
-    let f = next(c).await;
+    let f = next_frame(c).await;
     assert_eq!(
         (f.op_kind(), f.seq),
         (Some(Op::HeartbeatReply), 999),
@@ -106,7 +86,7 @@ impl Inbox {
 async fn collect(c: &mut RawConnection, n: usize) -> Inbox {
     let mut inbox = Inbox::default();
     while inbox.seqs() < n {
-        inbox.take(next(c).await);
+        inbox.take(next_frame(c).await);
     }
     inbox
 }
@@ -135,7 +115,7 @@ async fn send_windowed(
             c.send(Op::Send, sent as u32, &f).await.unwrap();
             sent += 1;
         }
-        let f = next(c).await;
+        let f = next_frame(c).await;
         assert_eq!(
             (f.op_kind(), f.seq),
             (Some(Op::SendAck), acks.len() as u32),
@@ -234,19 +214,19 @@ async fn two_users_three_devices_see_every_message_once_and_in_order() {
         seq: latest,
     };
     a_phone.send(Op::Read, 7, &read).await.unwrap();
-    let f = next(&mut a_phone).await;
+    let f = next_frame(&mut a_phone).await;
     assert_eq!((f.op_kind(), f.seq), (Some(Op::ReadReply), 7), "{f:?}");
     let reply: pb::ReadReply = f.decode_body().unwrap();
     assert_eq!(
         (reply.peer.as_str(), reply.seq, reply.unread),
         ("bob", latest, 0)
     );
-    let n: pb::Notice = next(&mut a_laptop).await.decode_body().unwrap();
+    let n: pb::Notice = next_frame(&mut a_laptop).await.decode_body().unwrap();
     assert_eq!(
         (n.kind, n.peer.as_str(), n.seq),
         (pb::notice::Kind::Read as i32, "bob", latest)
     );
-    let r: pb::Notice = next(&mut b_phone).await.decode_body().unwrap();
+    let r: pb::Notice = next_frame(&mut b_phone).await.decode_body().unwrap();
     assert_eq!(
         (r.kind, r.peer.as_str(), r.seq),
         (pb::notice::Kind::Receipt as i32, "alice", latest)
@@ -316,7 +296,7 @@ async fn a_device_offline_during_500_messages_syncs_them_all_in_order_once() {
             ..Default::default()
         };
         tablet.send(Op::Sync, page, &sync).await.unwrap();
-        let f = next(&mut tablet).await;
+        let f = next_frame(&mut tablet).await;
         assert_eq!((f.op_kind(), f.seq), (Some(Op::SyncReply), page), "{f:?}");
         let reply: pb::SyncReply = f.decode_body().unwrap();
         got.extend(reply.messages);
@@ -341,8 +321,8 @@ async fn a_resent_client_msg_id_is_stored_once_and_answered_with_the_first_ack()
     let f = send_frame("bob", "same", "once");
     alice.send(Op::Send, 1, &f).await.unwrap();
     alice.send(Op::Send, 2, &f).await.unwrap();
-    let first: pb::SendAck = next(&mut alice).await.decode_body().unwrap();
-    let second = next(&mut alice).await;
+    let first: pb::SendAck = next_frame(&mut alice).await.decode_body().unwrap();
+    let second = next_frame(&mut alice).await;
     assert_eq!(second.seq, 2);
     let second: pb::SendAck = second.decode_body().unwrap();
     assert!(!first.duplicate && second.duplicate);
@@ -426,7 +406,7 @@ async fn group_view(c: &mut RawConnection, group: &str, n: usize) -> Vec<(String
     let mut pulled = 0;
     let mut req = 50;
     while got.len() < n {
-        let f = next(c).await;
+        let f = next_frame(c).await;
         match f.op_kind() {
             Some(Op::Push) => {
                 let Some(pb::push::Kind::Message(m)) = f.decode_body::<pb::Push>().unwrap().kind
@@ -453,7 +433,7 @@ async fn group_view(c: &mut RawConnection, group: &str, n: usize) -> Vec<(String
                 c.send(Op::Sync, req, &sync).await.unwrap();
                 // Notices may arrive before the reply; the reply is what counts.
                 loop {
-                    let f = next(c).await;
+                    let f = next_frame(c).await;
                     if f.op_kind() == Some(Op::SyncReply) {
                         let reply: pb::SyncReply = f.decode_body().unwrap();
                         pulled = reply.next_after;
@@ -508,7 +488,7 @@ async fn groups_below_and_above_the_threshold_look_the_same_to_members() {
             ..Default::default()
         };
         bob.send(Op::Sync, 77, &sync).await.unwrap();
-        let reply: pb::SyncReply = next(&mut bob).await.decode_body().unwrap();
+        let reply: pb::SyncReply = next_frame(&mut bob).await.decode_body().unwrap();
         assert_eq!(
             reply.messages.iter().map(text).collect::<Vec<_>>(),
             [format!("{g}-3"), format!("{g}-4")],
@@ -521,7 +501,7 @@ async fn groups_below_and_above_the_threshold_look_the_same_to_members() {
             .await
             .unwrap();
         loop {
-            let f = next(&mut alice).await;
+            let f = next_frame(&mut alice).await;
             if f.op_kind() == Some(Op::HeartbeatReply) {
                 break;
             }
@@ -551,7 +531,7 @@ async fn non_members_neither_send_to_nor_read_a_group_and_removal_stops_delivery
         .await
         .unwrap();
     assert_eq!(
-        error_of(&next(&mut carol).await).code,
+        error_of(&next_frame(&mut carol).await).code,
         pb::error::Code::Forbidden as i32
     );
     let sync = pb::Sync {
@@ -560,7 +540,7 @@ async fn non_members_neither_send_to_nor_read_a_group_and_removal_stops_delivery
     };
     carol.send(Op::Sync, 2, &sync).await.unwrap();
     assert_eq!(
-        error_of(&next(&mut carol).await).code,
+        error_of(&next_frame(&mut carol).await).code,
         pb::error::Code::Forbidden as i32
     );
     let read = pb::Read {
@@ -569,7 +549,7 @@ async fn non_members_neither_send_to_nor_read_a_group_and_removal_stops_delivery
     };
     carol.send(Op::Read, 3, &read).await.unwrap();
     assert_eq!(
-        error_of(&next(&mut carol).await).code,
+        error_of(&next_frame(&mut carol).await).code,
         pb::error::Code::Forbidden as i32
     );
     let r = admin(
@@ -615,12 +595,12 @@ async fn non_members_neither_send_to_nor_read_a_group_and_removal_stops_delivery
     nothing_more(&mut bob, "bob").await;
     bob.send(Op::Sync, 4, &sync).await.unwrap();
     assert_eq!(
-        error_of(&next(&mut bob).await).code,
+        error_of(&next_frame(&mut bob).await).code,
         pb::error::Code::Forbidden as i32
     );
     let sync_inbox = pb::Sync::default();
     bob.send(Op::Sync, 5, &sync_inbox).await.unwrap();
-    let inbox: pb::SyncReply = next(&mut bob).await.decode_body().unwrap();
+    let inbox: pb::SyncReply = next_frame(&mut bob).await.decode_body().unwrap();
     assert_eq!(
         inbox.messages.iter().map(text).collect::<Vec<_>>(),
         ["before"]
@@ -644,11 +624,11 @@ async fn alices_token_cannot_act_for_bob() {
             ..Default::default()
         };
         alice.send(Op::Sync, 1, &sync).await.unwrap();
-        let reply: pb::SyncReply = next(&mut alice).await.decode_body().unwrap();
+        let reply: pb::SyncReply = next_frame(&mut alice).await.decode_body().unwrap();
         assert!(reply.messages.is_empty(), "{peer}: {:?}", reply.messages);
     }
     alice.send(Op::Sync, 2, &pb::Sync::default()).await.unwrap();
-    let inbox: pb::SyncReply = next(&mut alice).await.decode_body().unwrap();
+    let inbox: pb::SyncReply = next_frame(&mut alice).await.decode_body().unwrap();
     assert!(inbox.messages.is_empty());
     // A SEND is always from the token's user.
     alice
@@ -664,9 +644,9 @@ async fn alices_token_cannot_act_for_bob() {
         seq: 1,
     };
     alice.send(Op::Read, 4, &read).await.unwrap();
-    let reply: pb::ReadReply = next(&mut alice).await.decode_body().unwrap();
+    let reply: pb::ReadReply = next_frame(&mut alice).await.decode_body().unwrap();
     assert_eq!(reply.seq, 1);
-    let receipt: pb::Notice = next(&mut carol).await.decode_body().unwrap();
+    let receipt: pb::Notice = next_frame(&mut carol).await.decode_body().unwrap();
     assert_eq!(
         (receipt.kind, receipt.peer.as_str()),
         (pb::notice::Kind::Receipt as i32, "alice")
@@ -736,7 +716,7 @@ async fn bad_sends_get_clear_errors_and_store_nothing() {
     ];
     for (i, (frame, code, says)) in cases.iter().enumerate() {
         alice.send(Op::Send, i as u32, frame).await.unwrap();
-        let e = error_of(&next(&mut alice).await);
+        let e = error_of(&next_frame(&mut alice).await);
         assert_eq!(e.code, *code as i32, "case {i}: {e:?}");
         assert!(e.message.contains(says), "case {i}: {e:?}");
     }
@@ -749,7 +729,7 @@ async fn bad_sends_get_clear_errors_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(
-        error_of(&next(&mut alice).await).code,
+        error_of(&next_frame(&mut alice).await).code,
         pb::error::Code::BadBody as i32
     );
     // The send rate: a burst of 3, then refused.
@@ -758,14 +738,14 @@ async fn bad_sends_get_clear_errors_and_store_nothing() {
             .send(Op::Send, 50 + i, &send_frame("bob", &format!("r{i}"), "ok"))
             .await
             .unwrap();
-        assert_eq!(next(&mut alice).await.op_kind(), Some(Op::SendAck));
+        assert_eq!(next_frame(&mut alice).await.op_kind(), Some(Op::SendAck));
     }
     alice
         .send(Op::Send, 60, &send_frame("bob", "r9", "too fast"))
         .await
         .unwrap();
     assert_eq!(
-        error_of(&next(&mut alice).await).code,
+        error_of(&next_frame(&mut alice).await).code,
         pb::error::Code::RateLimited as i32
     );
     // Only the three good ones were stored.

@@ -24,7 +24,7 @@ use roam_client::raw::RawConnection;
 use roam_proto::client::v1 as pb;
 use roam_proto::client::v1::gateway_client::GatewayClient;
 use roam_proto::{Frame, FrameDecoder, Op, encode_msg};
-use roam_tests::token;
+use roam_tests::{auth, next_frame, raw_login, token};
 use tokio::sync::mpsc;
 
 /// No per-user send rate nor per-connection request rate: the tests send bursts.
@@ -32,28 +32,6 @@ const UNLIMITED: &str =
     "[messaging]\nsend_rate = 0\n[edge]\nrate_burst = 100000\nrate_per_sec = 100000\n";
 /// Messages each side sends.
 const N: usize = 30;
-
-async fn next_raw(c: &mut RawConnection) -> Frame {
-    tokio::time::timeout(Duration::from_secs(10), c.next())
-        .await
-        .expect("no frame within 10 s")
-        .unwrap()
-        .expect("the server closed the connection")
-}
-
-async fn login_raw(server: &ChildServer, user: &str) -> RawConnection {
-    let mut c = RawConnection::connect(server.addr("raw").unwrap(), &server.dev_cert())
-        .await
-        .unwrap();
-    let auth = pb::Auth {
-        token: token(server, user),
-        device_id: "raw".into(),
-        ..Default::default()
-    };
-    c.send(Op::Auth, 1, &auth).await.unwrap();
-    assert_eq!(next_raw(&mut c).await.op_kind(), Some(Op::AuthReply));
-    c
-}
 
 fn send_frame(to: &str, client_msg_id: &str) -> pb::Send {
     pb::Send {
@@ -110,7 +88,7 @@ fn check_acks(frames: &[Frame]) -> Vec<pb::SendAck> {
 /// (b0..b{N-1}), pipelined; returns once they are acknowledged.
 async fn bob_reads_and_answers(bob: &mut RawConnection) {
     for i in 0..N {
-        let m = pushed(&next_raw(bob).await);
+        let m = pushed(&next_frame(bob).await);
         assert_eq!((text(&m), m.seq), (format!("a{i}"), i as u64 + 1));
     }
     for i in 0..N {
@@ -123,7 +101,7 @@ async fn bob_reads_and_answers(bob: &mut RawConnection) {
         .unwrap();
     }
     for i in 0..N {
-        let f = next_raw(bob).await;
+        let f = next_frame(bob).await;
         assert_eq!((f.op_kind(), f.seq), (Some(Op::SendAck), 500 + i as u32));
     }
 }
@@ -284,7 +262,7 @@ async fn read_stream(body: &mut Incoming, buf: &mut BytesMut, n: usize) -> Vec<F
 #[tokio::test]
 async fn http_stream_and_send_chat_with_a_raw_client() {
     let server = roam_tests::start(UNLIMITED);
-    let mut bob = login_raw(&server, "bob").await;
+    let mut bob = raw_login(&server, &auth(&server, "bob", "raw")).await.0;
     let alice = token(&server, "alice");
     let mut c = h2(&server).await;
     let r = c
@@ -315,7 +293,7 @@ async fn http_stream_and_send_chat_with_a_raw_client() {
 #[tokio::test]
 async fn long_polls_and_send_chat_with_a_raw_client() {
     let server = roam_tests::start(UNLIMITED);
-    let mut bob = login_raw(&server, "bob").await;
+    let mut bob = raw_login(&server, &auth(&server, "bob", "raw")).await.0;
     let alice = token(&server, "alice");
     let mut poller = h1(&server).await;
     let r = poller
@@ -420,7 +398,7 @@ fn grpc_frames(mut bytes: Bytes) -> Vec<pb::Frame> {
 #[tokio::test]
 async fn grpc_connect_chats_with_a_raw_client() {
     let server = roam_tests::start(UNLIMITED);
-    let mut bob = login_raw(&server, "bob").await;
+    let mut bob = raw_login(&server, &auth(&server, "bob", "raw")).await.0;
     let (tx, rx) = mpsc::channel(4 * N);
     let mut down = grpc_client(&server)
         .await
@@ -480,12 +458,12 @@ async fn next_ws(c: &mut roam_client::ws::WsConnection) -> Frame {
 #[tokio::test]
 async fn a_websocket_client_sends_auth_sync_and_send_in_one_flight() {
     let server = roam_tests::start(UNLIMITED);
-    let mut bob = login_raw(&server, "bob").await;
+    let mut bob = raw_login(&server, &auth(&server, "bob", "raw")).await.0;
     for i in 0..3u32 {
         bob.send(Op::Send, 10 + i, &send_frame("alice", &format!("b{i}")))
             .await
             .unwrap();
-        assert_eq!(next_raw(&mut bob).await.op_kind(), Some(Op::SendAck));
+        assert_eq!(next_frame(&mut bob).await.op_kind(), Some(Op::SendAck));
     }
     let addr = server.addr("client_tcp").unwrap();
     let mut alice = roam_client::ws::WsConnection::connect(addr, &server.dev_cert())
@@ -514,6 +492,6 @@ async fn a_websocket_client_sends_auth_sync_and_send_in_one_flight() {
     assert_eq!(replies[1].op_kind(), Some(Op::SendAck), "{replies:?}");
     let ack: pb::SendAck = replies[1].decode_body().unwrap();
     assert_eq!((ack.seq, ack.duplicate), (4, false));
-    let m = pushed(&next_raw(&mut bob).await);
+    let m = pushed(&next_frame(&mut bob).await);
     assert_eq!((text(&m), m.seq), ("a0".into(), 4));
 }
