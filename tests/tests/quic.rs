@@ -351,40 +351,15 @@ async def main(port, cafile, token):
 
 asyncio.run(main(*sys.argv[1:]))
 "#;
-    let mut child = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(server.addr("client_quic").unwrap().port().to_string())
-        .arg(server.dev_cert())
-        .arg(token(&server, "py"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs (scripts/setup installs aioquic)");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next_line = async || {
-        tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-            .await
-            .expect("the Python client answers within 15 s")
-            .unwrap()
-    };
-    let ready = next_line().await;
-    if ready.as_deref() != Some("ready") {
-        let out = child.wait_with_output().await.unwrap();
-        panic!(
-            "aioquic client did not open the stream ({ready:?}):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    push_users(&server, &["py"], "from aioquic's side").await;
-    let got = next_line().await;
-    let out = child.wait_with_output().await.unwrap();
-    assert!(
-        got.as_deref() == Some("push ok") && out.status.success(),
-        "aioquic client: {got:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_through_python(
+        &server,
+        script,
+        "py",
+        "from aioquic's side",
+        "aioquic client",
+        "open the stream",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -582,40 +557,15 @@ async def main(port, cafile, token):
 
 asyncio.run(main(*sys.argv[1:]))
 "#;
-    let mut child = tokio::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(server.addr("client_quic").unwrap().port().to_string())
-        .arg(server.dev_cert())
-        .arg(token(&server, "wt"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 runs (scripts/setup installs aioquic)");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next_line = async || {
-        tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-            .await
-            .expect("the Python client answers within 15 s")
-            .unwrap()
-    };
-    let ready = next_line().await;
-    if ready.as_deref() != Some("ready") {
-        let out = child.wait_with_output().await.unwrap();
-        panic!(
-            "aioquic WebTransport client did not authenticate ({ready:?}):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    push_users(&server, &["wt"], "over webtransport").await;
-    let got = next_line().await;
-    let out = child.wait_with_output().await.unwrap();
-    assert!(
-        got.as_deref() == Some("push ok") && out.status.success(),
-        "aioquic WebTransport client: {got:?}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    push_through_python(
+        &server,
+        script,
+        "wt",
+        "over webtransport",
+        "aioquic WebTransport client",
+        "authenticate",
+    )
+    .await;
 }
 
 /// An HTTP/3 request on `client`: `method path` with `headers`, `body`.
@@ -732,4 +682,51 @@ async fn a_post_v1_send_in_0rtt_is_served_after_the_handshake() {
         .unwrap()
         .unwrap();
     assert_eq!((reply.op_kind(), reply.seq), (Some(Op::HeartbeatReply), 7));
+}
+
+/// Runs the Python client `script` (argv: HTTP/3 port, CA file, token for `user`): it must
+/// print `ready` once it holds its stream, then `push ok` once a push with `content`
+/// (sent here to `user`) reached it. `what` and `verb` name it in a failure.
+async fn push_through_python(
+    server: &ChildServer,
+    script: &str,
+    user: &str,
+    content: &str,
+    what: &str,
+    verb: &str,
+) {
+    let mut child = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(server.addr("client_quic").unwrap().port().to_string())
+        .arg(server.dev_cert())
+        .arg(token(server, user))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs (scripts/setup installs aioquic)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("the Python client answers within 15 s")
+            .unwrap()
+    };
+    let ready = next_line().await;
+    if ready.as_deref() != Some("ready") {
+        let out = child.wait_with_output().await.unwrap();
+        panic!(
+            "{what} did not {verb} ({ready:?}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    push_users(server, &[user], content).await;
+    let got = next_line().await;
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        got.as_deref() == Some("push ok") && out.status.success(),
+        "{what}: {got:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
