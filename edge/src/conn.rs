@@ -138,18 +138,25 @@ struct Conn<T> {
     transport: Transport,
     session: Session,
     outbox: Arc<Outbox>,
-    write_timeout: std::time::Duration,
     frames_out: Counter,
     bytes_out: Counter,
     writes: Counter,
     conn_id: Option<u64>,
     registered: bool,
-    auth: Option<oneshot::Receiver<link::ConnectResult>>,
-    auth_rooms: Vec<String>,
+    /// AUTH sent to core, its answer awaited (boxed: it exists for a moment of the
+    /// connection's life, and the driver's state is kept small).
+    auth: Option<Box<PendingAuth>>,
     idle: bool,
     /// What it holds of admission: a virtual connection's own ticket (source share and slot,
     /// taken before its AUTH went to core), its session on the connection carrying it.
     hold: Hold,
+}
+
+/// An AUTH core has not answered yet.
+struct PendingAuth {
+    reply: oneshot::Receiver<link::ConnectResult>,
+    /// The rooms it asked for, joined once it succeeds.
+    rooms: Vec<String>,
 }
 
 /// Whether the connection goes on after a step.
@@ -188,7 +195,7 @@ impl<T: FrameIo> Conn<T> {
         self.bytes_out
             .inc_by(frames.iter().map(|f| f.len() as u64).sum());
         self.writes.inc();
-        match write(&mut self.io, frames, self.write_timeout).await {
+        match write(&mut self.io, frames, self.gateway.config.write_timeout).await {
             Ok(()) => Step::Continue,
             Err(reason) => {
                 self.count_close(reason);
@@ -201,6 +208,7 @@ impl<T: FrameIo> Conn<T> {
     async fn authenticated(
         &mut self,
         result: Result<link::ConnectResult, ()>,
+        rooms: Vec<String>,
         out: &mut Vec<Action>,
     ) {
         let now = Instant::now();
@@ -215,7 +223,7 @@ impl<T: FrameIo> Conn<T> {
                     .metrics
                     .heartbeat_interval
                     .observe(f64::from(r.heartbeat_secs));
-                for room in std::mem::take(&mut self.auth_rooms) {
+                for room in rooms {
                     if let Some((true, 1)) = gateway.comet.join(id, &room) {
                         gateway.room_change(room, 1).await;
                     }
@@ -266,7 +274,12 @@ impl<T: FrameIo> Conn<T> {
                 CloseReason::Kicked(_) => "kicked",
                 CloseReason::Drain => "drain",
             });
-            let _ = write(&mut self.io, &[close_frames(reason)], self.write_timeout).await;
+            let _ = write(
+                &mut self.io,
+                &[close_frames(reason)],
+                self.gateway.config.write_timeout,
+            )
+            .await;
             return Step::Close;
         }
         if let Some(secs) = heartbeat_interval(batch) {
@@ -329,7 +342,7 @@ impl<T: FrameIo> Conn<T> {
             let step = match action {
                 Action::Send(frames) => self.send(&[frames]).await,
                 Action::Authenticate(a) => {
-                    self.auth_rooms = a
+                    let rooms = a
                         .rooms
                         .iter()
                         .filter(|r| !r.is_empty() && r.len() <= 256)
@@ -339,7 +352,8 @@ impl<T: FrameIo> Conn<T> {
                     let id = self.gateway.comet.allocate(&a.device_id);
                     self.conn_id = Some(id);
                     let gateway = self.gateway.clone();
-                    self.auth = Some(gateway.authenticate(id, a, self.transport.name).await);
+                    let reply = gateway.authenticate(id, a, self.transport.name).await;
+                    self.auth = Some(Box::new(PendingAuth { reply, rooms }));
                     Step::Continue
                 }
                 Action::ToCore { op, seq, body } => {
@@ -399,9 +413,8 @@ pub(crate) fn drive_holding<T: FrameIo>(
     let bytes_out = metrics.bytes_out.get_or_create(&label).clone();
     let writes = metrics.writes.get_or_create(&label).clone();
     let mut conn = Conn {
-        session: Session::new(gateway.config.session.clone(), Instant::now()),
+        session: Session::new(gateway.session.clone(), Instant::now()),
         outbox: Arc::new(Outbox::new(gateway.config.outbox)),
-        write_timeout: gateway.config.write_timeout,
         frames_out,
         bytes_out,
         writes,
@@ -411,7 +424,6 @@ pub(crate) fn drive_holding<T: FrameIo>(
         conn_id: None,
         registered: false,
         auth: None,
-        auth_rooms: Vec::new(),
         idle: false,
         hold,
     };
@@ -473,12 +485,12 @@ impl<T: FrameIo> Conn<T> {
                 },
                 result = async {
                     match self.auth.as_mut() {
-                        Some(rx) => rx.await.map_err(|_| ()),
+                        Some(pending) => (&mut pending.reply).await.map_err(|_| ()),
                         None => std::future::pending().await,
                     }
                 }, if self.auth.is_some() => {
-                    self.auth = None;
-                    Box::pin(self.authenticated(result, &mut actions)).await;
+                    let rooms = self.auth.take().map(|p| p.rooms).unwrap_or_default();
+                    Box::pin(self.authenticated(result, rooms, &mut actions)).await;
                     Step::Continue
                 },
                 _ = outbox.ready(), if self.registered => Box::pin(self.flush(&mut batch)).await,
@@ -488,7 +500,7 @@ impl<T: FrameIo> Conn<T> {
                 }
                 _ = shutdown.cancelled() => {
                     self.count_close("drain");
-                    let _ = write(&mut self.io, &[close_frames(CloseReason::Drain)], self.write_timeout).await;
+                    let _ = write(&mut self.io, &[close_frames(CloseReason::Drain)], self.gateway.config.write_timeout).await;
                     Step::Close
                 }
             };
@@ -505,7 +517,7 @@ impl<T: FrameIo> Conn<T> {
         }
 
         // Bounded like every write: a client that stopped reading cannot hold the task.
-        let _ = tokio::time::timeout(self.write_timeout, self.io.close()).await;
+        let _ = tokio::time::timeout(self.gateway.config.write_timeout, self.io.close()).await;
         if let Some(id) = self.conn_id {
             if self.registered {
                 self.gateway.left(self.transport);

@@ -105,6 +105,8 @@ pub struct Gateway {
     pending: Mutex<HashMap<u64, oneshot::Sender<link::ConnectResult>>>,
     /// Admission of the client and raw ports: source shares, slots, handshakes.
     pub admission: Arc<Admission>,
+    /// `config.session`, shared by every connection's session (not copied into each).
+    pub(crate) session: Arc<SessionConfig>,
     by_transport: [AtomicU64; TRANSPORTS.len()],
     batcher: Mutex<Batcher>,
     /// Wakes the batch task when a batch opens while none was pending.
@@ -155,6 +157,7 @@ impl Gateway {
             comet: Comet::new(config.buckets),
             batcher: Mutex::new(Batcher::new(config.batch)),
             batch_opened: Notify::new(),
+            session: Arc::new(config.session.clone()),
             config,
             metrics,
             shutdown,

@@ -515,7 +515,9 @@ async fn open(
     // its AUTH goes to core: one refused here has replaced no live session of its device.
     let gateway = client.gateway.clone();
     let mut hold = session(request.ticket.as_ref())?;
-    hold.release_on_auth = mode == Mode::Poll;
+    if let Some(session) = &mut hold.session {
+        session.release_on_auth = mode == Mode::Poll;
+    }
     // Without its connection's ticket (a transport that does not hand one out) the source
     // is unknown: a slot alone, not one shared source for every such client.
     let admitted = match &request.ticket {

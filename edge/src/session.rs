@@ -21,6 +21,7 @@
 //! as idle. The transport driver (`crate::conn`) feeds `Session::handle_frame` and the
 //! other `handle_*` methods and carries out the `Action`s.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -94,10 +95,10 @@ pub(crate) enum Action {
 #[derive(Debug, Clone, PartialEq)]
 enum State {
     AwaitAuth,
-    /// Core has the AUTH; `held` are the frames that followed it, `held_bytes` their size.
+    /// Core has the AUTH; `held` are the frames that followed it (boxed, and only once one
+    /// came: most clients wait for AUTH_REPLY, and the state is part of every connection).
     Authenticating {
-        held: Vec<Frame>,
-        held_bytes: usize,
+        held: Option<Box<Held>>,
     },
     Open {
         heartbeat: Duration,
@@ -105,29 +106,41 @@ enum State {
     Closed,
 }
 
+/// Frames held behind AUTH, and their size.
+#[derive(Debug, Clone, PartialEq, Default)]
+struct Held {
+    frames: Vec<Frame>,
+    bytes: usize,
+}
+
 /// The protocol state of one connection.
+///
+/// Every connection's driver holds one for the connection's life, so it stays small: the
+/// configuration is shared, not copied, and rare state (held frames) is boxed.
+/// `the_session_stays_small` pins its size.
 #[derive(Debug)]
 pub(crate) struct Session {
     state: State,
-    config: SessionConfig,
+    config: Arc<SessionConfig>,
     /// When the current state times out (auth) or the client last spoke (open).
     deadline: Instant,
     tokens: f64,
     refilled: Instant,
-    /// Why the session closed, for the close counter: `protocol`, or `held_frames` when a
-    /// client sent more than the bound before AUTH_REPLY.
-    close_reason: &'static str,
+    /// The session closed because a client sent more than the bound before AUTH_REPLY
+    /// (the close counter's `held_frames`, else `protocol`).
+    held_overflow: bool,
 }
 
 impl Session {
     /// A new connection, accepted at `now`.
-    pub(crate) fn new(config: SessionConfig, now: Instant) -> Self {
+    pub(crate) fn new(config: impl Into<Arc<SessionConfig>>, now: Instant) -> Self {
+        let config = config.into();
         Session {
             state: State::AwaitAuth,
             deadline: now + config.auth_timeout,
             tokens: f64::from(config.rate_burst),
             refilled: now,
-            close_reason: "protocol",
+            held_overflow: false,
             config,
         }
     }
@@ -147,7 +160,11 @@ impl Session {
     /// Why a session closed other than idle: `protocol`, or `held_frames` (more frames than
     /// the bound followed AUTH before its answer).
     pub(crate) fn close_reason(&self) -> &'static str {
-        self.close_reason
+        if self.held_overflow {
+            "held_frames"
+        } else {
+            "protocol"
+        }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
@@ -167,7 +184,7 @@ impl Session {
                 Code::Unavailable => (Code::Unavailable, "not handled: AUTH could not be checked"),
                 _ => (Code::AuthRequired, "not handled: no successful AUTH"),
             };
-            for f in held {
+            for f in held.iter().flat_map(|h| &h.frames) {
                 frames.extend_from_slice(&error_frame(f.seq, held_code, held_message));
             }
         }
@@ -204,10 +221,7 @@ impl Session {
             (State::Closed, _) => {}
             (State::AwaitAuth, Some(Op::Auth)) => match frame.decode_body::<pb::Auth>() {
                 Ok(auth) => {
-                    self.state = State::Authenticating {
-                        held: Vec::new(),
-                        held_bytes: 0,
-                    };
+                    self.state = State::Authenticating { held: None };
                     out.push(Action::Authenticate(auth));
                 }
                 Err(e) => self.fail(
@@ -225,16 +239,16 @@ impl Session {
                 "the first frame must be AUTH",
                 Reason::Protocol,
             ),
-            (State::Authenticating { held, held_bytes }, _) => {
+            (State::Authenticating { held }, _) => {
                 let size = HEADER_LEN + frame.body.len();
-                if held.len() >= self.config.max_held_frames
-                    || held_bytes + size > self.config.max_held_bytes
+                let (count, bytes) = held.as_ref().map_or((0, 0), |h| (h.frames.len(), h.bytes));
+                if count >= self.config.max_held_frames || bytes + size > self.config.max_held_bytes
                 {
                     let message = format!(
                         "more than {} frames or {} bytes sent after AUTH before AUTH_REPLY",
                         self.config.max_held_frames, self.config.max_held_bytes
                     );
-                    self.close_reason = "held_frames";
+                    self.held_overflow = true;
                     self.fail(
                         out,
                         frame.seq,
@@ -244,9 +258,10 @@ impl Session {
                     );
                     return;
                 }
-                if let State::Authenticating { held, held_bytes } = &mut self.state {
-                    *held_bytes += size;
-                    held.push(frame);
+                if let State::Authenticating { held } = &mut self.state {
+                    let held = held.get_or_insert_default();
+                    held.bytes += size;
+                    held.frames.push(frame);
                 }
             }
             (State::Open { heartbeat }, op) => {
@@ -326,7 +341,7 @@ impl Session {
         if ok {
             let heartbeat = Duration::from_secs(u64::from(heartbeat_secs.max(1)));
             let held = match std::mem::replace(&mut self.state, State::Open { heartbeat }) {
-                State::Authenticating { held, .. } => held,
+                State::Authenticating { held: Some(held) } => held.frames,
                 _ => Vec::new(),
             };
             self.deadline = now + idle_limit(heartbeat);
@@ -408,6 +423,16 @@ mod tests {
             }
         }
         ops
+    }
+
+    /// Every connection's driver holds its session for the connection's life: the
+    /// configuration shared, rare state (frames held behind AUTH) boxed, a flag instead of
+    /// a string. Issues 10 and 14 had grown it from 80 to 128 bytes (a copied configuration
+    /// with two more fields, the held frames inline, a `&'static str`); it is 72 now.
+    #[test]
+    fn the_session_stays_small() {
+        let size = std::mem::size_of::<Session>();
+        assert!(size <= 72, "Session grew to {size} bytes");
     }
 
     fn open(now: Instant) -> Session {
