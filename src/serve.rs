@@ -233,20 +233,60 @@ fn id_source(p: &mut Process, ids: Option<&Arc<IdService>>) -> Result<Option<IdS
         Some(ids) => Some(IdSource::local(ids.clone())),
         None if config.role.runs_core() => {
             let address = config.core.ids_address();
-            if p.internal_pki.is_some() {
-                anyhow::bail!(
-                    "internal.tls with a remote ID service (core.ids {address}) is not supported yet: run core and the ID service in one process"
-                );
+            let key = Some(p.internal_key.clone());
+            let source = match &p.internal_pki {
+                None => {
+                    IdSource::connect_lazy(&address, IDS_TIMEOUT, key).map_err(anyhow::Error::from)
+                }
+                // `internal.tls`: HTTP/2 inside mutual TLS, this process presenting its
+                // internal certificate and checking the service's against the internal CA.
+                Some(pki) => {
+                    let tls = roam_tls::internal::client_config(pki)
+                        .with_context(|| format!("internal.tls for core.ids {address:?}"))?;
+                    remote_ids_over_tls(&address, tls, key)
+                }
             }
-            p.banner
-                .push(format!("ids         the ID service at {address}"));
-            Some(
-                IdSource::connect_lazy(&address, IDS_TIMEOUT, Some(p.internal_key.clone()))
-                    .with_context(|| format!("core.ids {address:?}"))?,
-            )
+            .with_context(|| format!("core.ids {address:?}"))?;
+            p.banner.push(format!(
+                "ids         the ID service at {address}{}",
+                if p.internal_pki.is_some() {
+                    " (mutual TLS)"
+                } else {
+                    ""
+                }
+            ));
+            Some(source)
         }
         None => None,
     })
+}
+
+/// A remote ID service at `address` (`http://host:port`) reached over mutual TLS with
+/// `tls` (the internal port's client configuration), connected on first use like
+/// [`IdSource::connect_lazy`], every call carrying `key`.
+fn remote_ids_over_tls(
+    address: &str,
+    tls: Arc<rustls::ClientConfig>,
+    key: Option<InternalKey>,
+) -> Result<IdSource> {
+    let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
+        .map_err(|e| anyhow::anyhow!("not an address: {e}"))?
+        .connect_timeout(IDS_TIMEOUT)
+        .timeout(IDS_TIMEOUT);
+    let connector = tower::service_fn(move |uri: axum::http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let host = uri.host().unwrap_or("localhost").to_owned();
+            let port = uri.port_u16().unwrap_or(80);
+            roam_tls::internal::connect(tls, &host, port)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        }
+    });
+    Ok(IdSource::remote_with_key(
+        endpoint.connect_with_connector_lazy(connector),
+        key,
+    ))
 }
 
 /// The business API (`/api/v1`, served on the admin port): core's routes where core runs,

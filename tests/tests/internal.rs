@@ -355,3 +355,86 @@ async fn with_internal_tls_both_processes_verify_each_other_and_a_caller_without
             >= 1.0
     );
 }
+
+/// `internal.tls = true` across the role split of issue 14: `roam serve --role core` draws IDs
+/// from `roam serve --role idsvc` over mutual TLS (with copies of the ID service's
+/// development CA, certificate and key); a core presenting a certificate of another CA, or
+/// none (no `internal.tls`), gets no ID: the ID service refuses it in the handshake.
+#[tokio::test]
+async fn with_internal_tls_core_draws_ids_from_a_remote_id_service_that_refuses_a_foreign_certificate()
+ {
+    let ids = ChildServer::start_with(
+        &roam_tests::roam_bin(),
+        "[internal]\ntls = true\n",
+        &["--role", "idsvc"],
+    )
+    .unwrap_or_else(|e| panic!("roam serve --role idsvc: {e}"));
+    let pki = ids.data_dir().join("internal-tls");
+    let path = |dir: &std::path::Path, name: &str| dir.join(name).display().to_string();
+    let core_toml = |tls: &str| {
+        format!(
+            "[core]\nids = \"{}\"\n[internal]\nkey_file = {:?}\n{tls}",
+            internal_uri(&ids),
+            ids.data_dir().join("internal-key").display().to_string(),
+        )
+    };
+    let start_core = |toml: String| {
+        ChildServer::start_with(&roam_tests::roam_bin(), &toml, &["--role", "core"])
+            .unwrap_or_else(|e| panic!("roam serve --role core: {e}"))
+    };
+    let core = start_core(core_toml(&format!(
+        "tls = true\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+        path(&pki, "ca.pem"),
+        path(&pki, "node.pem"),
+        path(&pki, "node-key.pem"),
+    )));
+    let new_tag = Some(r#"{"tag": "msg", "step": 100}"#);
+    let r = admin(&core, "POST", "/api/v1/ids/tags", new_tag, None).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = admin(&core, "GET", "/api/v1/ids/msg?count=5", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got: Vec<u64> = serde_json::from_value(r.json()["ids"].clone()).unwrap();
+    assert_eq!(got.len(), 5, "{}", r.body);
+    assert_eq!(
+        metric(
+            &ids,
+            "roam_refused_connections_total{reason=\"internal_tls\"}"
+        )
+        .await,
+        0.0,
+        "the right certificate is not refused"
+    );
+
+    // Another deployment's certificate (its own development CA), trusting ours: refused.
+    let other = tempfile::tempdir().unwrap();
+    roam_tls::internal::dev_pki(other.path()).unwrap();
+    let foreign = start_core(core_toml(&format!(
+        "tls = true\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+        path(&pki, "ca.pem"),
+        path(other.path(), "node.pem"),
+        path(other.path(), "node-key.pem"),
+    )));
+    // No certificate at all: plain HTTP/2 to a port that requires mutual TLS.
+    let plain = start_core(core_toml(""));
+    for core in [&foreign, &plain] {
+        let r = admin(core, "GET", "/api/v1/ids/msg?count=5", None, None).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].clone()),
+            (503, json!("unavailable")),
+            "{}",
+            r.body
+        );
+    }
+    assert!(
+        metric(
+            &ids,
+            "roam_refused_connections_total{reason=\"internal_tls\"}"
+        )
+        .await
+            >= 2.0,
+        "both refused in the handshake, and counted"
+    );
+    for p in [plain, foreign, core, ids] {
+        assert_eq!(p.stop().unwrap().code(), Some(0));
+    }
+}
