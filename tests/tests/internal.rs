@@ -416,12 +416,19 @@ async fn with_internal_tls_core_draws_ids_from_a_remote_id_service_that_refuses_
     )));
     // No certificate at all: plain HTTP/2 to a port that requires mutual TLS.
     let plain = start_core(core_toml(""));
+    // The refusal reaches core as a failed connection (503 `unavailable`) or, when TLS 1.3
+    // lets the client finish its side before the server checks its certificate, as a
+    // transport error during the call (502 `upstream`).
     for core in [&foreign, &plain] {
         let r = admin(core, "GET", "/api/v1/ids/msg?count=5", None, None).await;
-        assert_eq!(
-            (r.status, r.json()["error"]["code"].clone()),
-            (503, json!("unavailable")),
-            "{}",
+        let code = r.json()["error"]["code"].clone();
+        assert!(
+            matches!(
+                (r.status, code.as_str()),
+                (503, Some("unavailable")) | (502, Some("upstream"))
+            ),
+            "{} {}",
+            r.status,
             r.body
         );
     }
