@@ -24,7 +24,9 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use roam_client::client::{Client, ClientConfig, Events, Trust};
@@ -443,7 +445,7 @@ impl RoamClient {
     /// After [`ClientEvent::Closed`] and once the client stopped: an error.
     pub fn next_event(&self, timeout_ms: u64) -> Result<Option<ClientEvent>, RoamError> {
         let rt = runtime()?;
-        let mut guard = self.events.lock().map_err(closed)?;
+        let mut guard = self.events.lock();
         let events = guard.as_mut().ok_or(RoamError::ListenerSet)?;
         let next = rt.block_on(async {
             tokio::time::timeout(Duration::from_millis(timeout_ms), events.next()).await
@@ -461,12 +463,7 @@ impl RoamClient {
     /// client stops); [`RoamClient::next_event`] then has nothing to pull.
     pub fn set_listener(&self, listener: Box<dyn EventListener>) -> Result<(), RoamError> {
         let rt = runtime()?;
-        let mut events = self
-            .events
-            .lock()
-            .map_err(closed)?
-            .take()
-            .ok_or(RoamError::ListenerSet)?;
+        let mut events = self.events.lock().take().ok_or(RoamError::ListenerSet)?;
         std::thread::Builder::new()
             .name("roam-sdk-events".into())
             .spawn(move || {

@@ -51,7 +51,7 @@ enum Requests {
 /// An answer's head and a way to read its body.
 enum Body {
     H2(hyper::body::Incoming),
-    H3(h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>),
+    H3(Box<h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>>),
 }
 
 impl Body {
@@ -123,7 +123,7 @@ impl Requests {
                 let response = stream.recv_response().await.map_err(|e| e.to_string())?;
                 let status = response.status().as_u16();
                 let id = session(response.headers());
-                Ok((status, id, Body::H3(stream)))
+                Ok((status, id, Body::H3(Box::new(stream))))
             }
         }
     }
