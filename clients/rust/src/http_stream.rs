@@ -10,7 +10,7 @@
 //! the ERROR that AUTH would have got. Later writes go up as `POST /v1/send`, one at a time
 //! and in order, from a task of their own, so that reading the stream never waits on them;
 //! their replies join the stream's frames. The frames wait in a bounded queue
-//! ([`DOWN_QUEUE`]): when the session does not take them, reading stops, and the server's
+//! (64 frames): when the session does not take them, reading stops, and the server's
 //! slow-consumer policy applies as on any connection.
 
 use std::net::SocketAddr;
