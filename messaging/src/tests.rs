@@ -372,7 +372,9 @@ async fn presence_peers_are_the_users_one_shares_a_conversation_with() {
     );
     // A 1:1 message (either way) and a common group make peers; a group alice is not in
     // does not.
-    e.m.send(req("bob", "alice", "1", "hi"), 1, T).await.unwrap();
+    e.m.send(req("bob", "alice", "1", "hi"), 1, T)
+        .await
+        .unwrap();
     e.m.create_group("team", &["alice".into(), "carol".into()], 1)
         .await
         .unwrap();

@@ -918,7 +918,10 @@ async fn presence_answers_only_for_users_sharing_a_conversation() {
     );
     bob.send(Op::Presence, 3, &everyone).await.unwrap();
     let reply: pb::PresenceReply = next_frame(&mut bob).await.decode_body().unwrap();
-    assert_eq!(seen(&reply), [("alice".to_string(), true), ("bob".to_string(), true)]);
+    assert_eq!(
+        seen(&reply),
+        [("alice".to_string(), true), ("bob".to_string(), true)]
+    );
     // bob goes offline: alice sees it, with when.
     drop(bob);
     roam_tests::poll(&server, "/api/v1/presence?users=bob", |v| {
