@@ -585,6 +585,29 @@ async fn h3_call(
     client.request(request.body(body).unwrap()).await.unwrap()
 }
 
+/// Browsers resolve `localhost` to ::1 first and do not fall back to 127.0.0.1 for QUIC
+/// (Chromium's WebTransport to https://localhost:<port> failed so): a listener on IPv4
+/// loopback answers HTTP/3 on the IPv6 loopback too, on the same port.
+#[tokio::test]
+async fn http3_on_ipv4_loopback_is_also_served_on_the_ipv6_loopback() {
+    let server = roam_tests::start("");
+    let v4 = server.addr("client_quic").unwrap();
+    assert!(v4.ip().is_loopback() && v4.is_ipv4(), "{v4}");
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v4.port()));
+    let endpoint = client_endpoint(
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        &server.dev_cert(),
+        roam_tls::ALPN_QUIC,
+    )
+    .unwrap();
+    let client = tokio::time::timeout(Duration::from_secs(10), H3Client::connect_on(endpoint, v6))
+        .await
+        .expect("a QUIC handshake on [::1] within 10 s")
+        .expect("HTTP/3 on [::1]");
+    let answer = h3_call(&client, "GET", "/healthz", &[], bytes::Bytes::new()).await;
+    assert_eq!(answer.status(), 200);
+}
+
 /// A request whose head trickles in (here: never completes) is read in a task of its own:
 /// another request on the same connection is answered meanwhile.
 #[tokio::test]
