@@ -298,7 +298,10 @@ impl H3Stream {
         .body(())
         .map_err(|e| h3e(&e))?;
         let mut stream = requests.send_request(request).await.map_err(|e| h3e(&e))?;
-        stream.finish().await.map_err(|e| h3e(&e))?;
+        // A GET has nothing more to send. A server may answer it, and stop reading the
+        // request, before the end of the request arrives (a 0-RTT opening is answered at
+        // once); the response still counts (RFC 9114 §4.1.1), so a failed finish is not one.
+        let _ = stream.finish().await;
         let response = stream.recv_response().await.map_err(|e| h3e(&e))?;
         let (send, mut recv) = stream.split();
         if !response.status().is_success() {
