@@ -48,7 +48,8 @@ enum Command {
 #[derive(Debug, Args)]
 struct ClientArgs {
     /// The server: raw://HOST:PORT (the raw port), quic://HOST:PORT (the raw QUIC port), wss://HOST:PORT or https://HOST:PORT (the
-    /// client port, WebSocket), or HOST:PORT (raw).
+    /// client port, WebSocket), h2://HOST:PORT (the client port, HTTP/2 stream), h3://HOST:PORT
+    /// (the client port's UDP twin, HTTP/3 stream), or HOST:PORT (raw).
     #[arg(long, value_name = "URL", default_value = roam_client::cli::LOCAL_SERVER)]
     server: String,
     /// The client token (`roam token --user ID` prints one).

@@ -655,6 +655,9 @@ fn client_tcp_stack(routes: Router, quic_port: Option<u16>) -> Router {
 /// addresses are part of its identity and `alt-svc` names the bound port.
 struct QuicListeners {
     h3: roam_edge::quic::QuicServer,
+    /// HTTP/3 on `[::1]` too, same port, when `listen.client_quic` is IPv4 loopback (see
+    /// [`bind_quic`]).
+    h3_v6_loopback: Option<roam_edge::quic::QuicServer>,
     raw: roam_edge::quic::QuicServer,
     client_quic: SocketAddr,
     raw_quic: SocketAddr,
@@ -683,6 +686,23 @@ fn bind_quic(
         QuicService::H3,
         "client_quic",
     )?;
+    // Browsers resolve `localhost` to ::1 first and, unlike TCP, do not fall back to
+    // 127.0.0.1 for QUIC: Chromium's WebTransport to https://localhost:<port> fails with
+    // the listener on 127.0.0.1 alone. So a loopback listener gets an IPv6 loopback twin on
+    // the same port (best effort: a host without IPv6 keeps the IPv4 one).
+    let h3_v6_loopback = match h3.local_addr()? {
+        SocketAddr::V4(v4) if v4.ip().is_loopback() => {
+            let twin = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v4.port()));
+            match bind(twin, roam_tls::ALPN_QUIC, QuicService::H3, "client_quic") {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    tracing::info!(error = %format!("{e:#}"), "no HTTP/3 on the IPv6 loopback");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let raw = bind(
         config.listen.raw_quic,
         roam_tls::ALPN_RAW,
@@ -693,6 +713,7 @@ fn bind_quic(
         client_quic: h3.local_addr()?,
         raw_quic: raw.local_addr()?,
         h3,
+        h3_v6_loopback,
         raw,
     }))
 }
@@ -706,6 +727,10 @@ fn start_quic(
     routes: Router,
     tracker: tokio_util::task::TaskTracker,
 ) {
+    if let Some(twin) = quic.h3_v6_loopback {
+        p.tasks
+            .spawn(twin.run(gateway.clone(), routes.clone(), tracker.clone()));
+    }
     p.tasks
         .spawn(quic.h3.run(gateway.clone(), routes.clone(), tracker));
     p.tasks.spawn(quic.raw.run(

@@ -28,6 +28,9 @@ use crate::metrics::KindLabel;
 use crate::service::{Core, now_ms};
 use crate::sessions::Session;
 
+/// The most users one PRESENCE may ask about.
+const MAX_PRESENCE_USERS: usize = 100;
+
 /// The connection a request came from (its device is not delivered to again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Origin<'a> {
@@ -362,8 +365,8 @@ impl Core {
         }
     }
 
-    /// Answers one stored-messaging op (`Send`, `Sync`, `Read`, `PushAck`) of `conn`, which
-    /// is `origin`; returns the reply frames (empty for PUSH_ACK).
+    /// Answers one stored-messaging op (`Send`, `Sync`, `Read`, `PushAck`, `Presence`) of
+    /// `conn`, which is `origin`; returns the reply frames (empty for PUSH_ACK).
     pub(crate) async fn chat_op(
         &self,
         conn: &Conn,
@@ -495,12 +498,66 @@ impl Core {
                 }
                 Bytes::new()
             }
+            Op::Presence => {
+                let q = match pb::PresenceQuery::decode(body) {
+                    Ok(q) => q,
+                    Err(e) => return bad_body("PresenceQuery", e),
+                };
+                self.presence_op(&conn.user, q.users, seq).await
+            }
             other => error_frame(
                 seq,
                 pb::error::Code::UnknownOp,
                 &format!("{other} is not a stored-messaging request"),
             ),
         }
+    }
+
+    /// PRESENCE: the presence of those of `users` who share a conversation with `user`
+    /// (themself included); the others are left out, so a user learns nothing of strangers.
+    async fn presence_op(&self, user: &str, users: Vec<String>, seq: u32) -> Bytes {
+        if users.is_empty() || users.len() > MAX_PRESENCE_USERS {
+            return error_frame(
+                seq,
+                pb::error::Code::InvalidArgument,
+                &format!("ask for 1 to {MAX_PRESENCE_USERS} users"),
+            );
+        }
+        let allowed = match self.messaging.shares_conversation(user, &users).await {
+            Ok(a) => a,
+            Err(e) => return error_frame(seq, self.refused(&e), &e.to_string()),
+        };
+        let peers: Vec<String> = users
+            .into_iter()
+            .zip(allowed)
+            .filter_map(|(u, ok)| ok.then_some(u))
+            .collect();
+        let presence = match self.sessions.presence(&peers).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot read presence");
+                return error_frame(
+                    seq,
+                    pb::error::Code::Unavailable,
+                    "presence is unavailable: retry",
+                );
+            }
+        };
+        let reply = pb::PresenceReply {
+            users: presence
+                .into_iter()
+                .map(|p| pb::UserPresence {
+                    online: !p.sessions.is_empty(),
+                    last_seen_ms: if p.sessions.is_empty() {
+                        p.last_seen_ms.unwrap_or(0)
+                    } else {
+                        0
+                    },
+                    user: p.user,
+                })
+                .collect(),
+        };
+        frame_of(Op::PresenceReply, seq, &reply).unwrap_or_default()
     }
 
     /// After `user` read `conversation` up to `seq`: a KIND_READ notice to their other

@@ -178,7 +178,7 @@ async fn read_up(core: Arc<Core>, edge: Arc<Edge>, mut up: Streaming<EdgeUp>) {
             edge_up::Msg::ClientOp(op)
                 if matches!(
                     Op::from_code(op.op),
-                    Some(Op::Send | Op::Sync | Op::Read | Op::PushAck)
+                    Some(Op::Send | Op::Sync | Op::Read | Op::PushAck | Op::Presence)
                 ) =>
             {
                 to_worker(&core, &edge, &mut workers, op).await;

@@ -118,12 +118,25 @@ fn server_config(
     transport
         .max_idle_timeout(Some(idle))
         .keep_alive_interval((!options.keep_alive.is_zero()).then_some(options.keep_alive))
-        .max_concurrent_bidi_streams(VarInt::from_u32(options.max_streams))
+        // Raw frames use the client's first bidirectional stream only.
+        .max_concurrent_bidi_streams(VarInt::from_u32(match service {
+            QuicService::H3 => options.max_streams,
+            QuicService::Raw => 1,
+        }))
         // HTTP/3's control and QPACK streams (and a little room); none for raw frames.
         .max_concurrent_uni_streams(VarInt::from_u32(match service {
             QuicService::H3 => 8,
             QuicService::Raw => 0,
         }))
+        // The edge reads no QUIC datagrams: none for raw frames; over HTTP/3 they are
+        // offered (WebTransport clients want the H3_DATAGRAM setting backed by QUIC
+        // datagrams) with a small buffer, since whatever a client sends there is held,
+        // unread, until it ages out (quinn's default is 1.25 MB a connection).
+        .datagram_receive_buffer_size(match service {
+            QuicService::H3 => Some(4 * 1024),
+            QuicService::Raw => None,
+        })
+        .datagram_send_buffer_size(4 * 1024)
         // Small windows: frames are small, and an idle connection should hold little.
         .stream_receive_window(VarInt::from_u32(256 * 1024))
         .receive_window(VarInt::from_u32(1024 * 1024))
@@ -555,6 +568,7 @@ impl Listener {
             let (service, path, conn) = (service.clone(), path.clone(), conn.clone());
             let established = established.clone();
             let deadline = self.options.first_request;
+            let ticket = ticket.clone();
             heads.spawn(
                 async move {
                     let (request, stream) =
@@ -569,6 +583,12 @@ impl Listener {
                                 return None;
                             }
                         };
+                    // The connection has its request, before this task ends: the loop sees
+                    // the task end and then re-arms the first-request deadline only if no
+                    // request came. (Left to the request's own task, the mark could come after
+                    // that, and an HTTP/3 connection holding just one long `GET /v1/stream`
+                    // was closed as requestless once the deadline passed.)
+                    ticket.mark_requested();
                     if is_webtransport(&request) {
                         return Some((request, stream));
                     }
@@ -714,6 +734,23 @@ async fn replay_safe(method: &Method, established: Established) -> bool {
     *method == Method::GET || *method == Method::HEAD || established.await
 }
 
+/// Whether requests of `method` carry no body the edge reads (GET, HEAD).
+fn bodiless(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}
+
+/// The receiving half of a request stream whose body is not read: when the response is
+/// done, the client is asked to stop sending with H3_NO_ERROR (RFC 9114 §4.1.1: the
+/// response is complete; quinn's own STOP_SENDING on drop would say code 0). A client that
+/// finished its request already is told nothing.
+struct StopOnDrop(H3Stream<h3_quinn::RecvStream>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop_sending(h3::error::Code::H3_NO_ERROR);
+    }
+}
+
 /// Answers the first HTTP/3 request of a connection that got no `edge.max_connections` slot
 /// with 503 and the JSON error (`retry-after: 5`), as the TCP port does; then GOAWAY.
 async fn refuse_h3(conn: Connection) {
@@ -760,14 +797,24 @@ async fn respond<S>(
 {
     path.check();
     let (mut send, recv) = stream.split();
-    let body = Body::from_stream(futures_util::stream::unfold(Some(recv), |recv| async {
-        let mut recv = recv?;
-        match recv.recv_data().await {
-            Ok(Some(mut data)) => Some((Ok(data.copy_to_bytes(data.remaining())), Some(recv))),
-            Ok(None) => None,
-            Err(e) => Some((Err(io::Error::other(e.to_string())), None)),
-        }
-    }));
+    // A GET or HEAD carries no body: the router gets an empty one, and the request stream's
+    // receiving half is held here until the response ends. Handing it to the router would
+    // drop it unread as soon as the handler returns, and quinn then sends STOP_SENDING (code
+    // 0): a client that had not finished its request yet (a 0-RTT opening, answered at
+    // once) saw "Remote reset: 0x0" when it did.
+    let (body, _request_stream) = if bodiless(request.method()) {
+        (Body::empty(), Some(StopOnDrop(recv)))
+    } else {
+        let body = Body::from_stream(futures_util::stream::unfold(Some(recv), |recv| async {
+            let mut recv = recv?;
+            match recv.recv_data().await {
+                Ok(Some(mut data)) => Some((Ok(data.copy_to_bytes(data.remaining())), Some(recv))),
+                Ok(None) => None,
+                Err(e) => Some((Err(io::Error::other(e.to_string())), None)),
+            }
+        }));
+        (body, None)
+    };
     let (mut parts, ()) = request.into_parts();
     parts.version = Version::HTTP_3;
     let request = Request::from_parts(parts, body);

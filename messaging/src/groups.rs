@@ -240,6 +240,42 @@ impl Messaging {
         .await
     }
 
+    /// Which of `others` share a conversation with `user` (one answer each, in order): a
+    /// 1:1 conversation with a message in it (either way), or a group both are members of.
+    /// Everyone shares one with themself. What a user may learn of others' presence.
+    pub async fn shares_conversation(
+        &self,
+        user: &str,
+        others: &[String],
+    ) -> Result<Vec<bool>, MessagingError> {
+        check_user(user)?;
+        let (user, others) = (user.to_owned(), others.to_vec());
+        transact(&self.store, move |tx| {
+            let prefix = keys::user_groups(&user);
+            let mine: BTreeSet<String> = tx
+                .get_range(&range(&prefix))?
+                .iter()
+                .filter_map(|kv| keys::last_string(&prefix, &kv.key))
+                .collect();
+            let mut out = Vec::with_capacity(others.len());
+            for other in &others {
+                let mut shared = *other == user
+                    || (check_user(other).is_ok()
+                        && tx.get(&keys::user_conversation(&user, other))?.is_some());
+                // Else a group of `user` that `other` is in.
+                for group in &mine {
+                    if shared {
+                        break;
+                    }
+                    shared = tx.get(&keys::group_member(group, other))?.is_some();
+                }
+                out.push(shared);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Refuses `user` on group `id` unless a member (`NotFound` for no such group).
     pub(crate) async fn check_member(&self, id: &str, user: &str) -> Result<(), MessagingError> {
         let (group, who) = (id.to_owned(), user.to_owned());

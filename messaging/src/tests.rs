@@ -357,3 +357,36 @@ async fn a_sender_removed_before_the_commit_is_refused() {
         assert_eq!(e.m.inbox_head("c").await.unwrap(), 0);
     }
 }
+
+#[tokio::test]
+async fn presence_peers_are_the_users_one_shares_a_conversation_with() {
+    let e = env(MessagingOptions::default()).await;
+    let asked: Vec<String> = ["alice", "bob", "carol", "dave", "erin", ""]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // Nothing shared yet: only oneself.
+    assert_eq!(
+        e.m.shares_conversation("alice", &asked).await.unwrap(),
+        [true, false, false, false, false, false]
+    );
+    // A 1:1 message (either way) and a common group make peers; a group alice is not in
+    // does not.
+    e.m.send(req("bob", "alice", "1", "hi"), 1, T)
+        .await
+        .unwrap();
+    e.m.create_group("team", &["alice".into(), "carol".into()], 1)
+        .await
+        .unwrap();
+    e.m.create_group("other", &["dave".into(), "erin".into()], 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        e.m.shares_conversation("alice", &asked).await.unwrap(),
+        [true, true, true, false, false, false]
+    );
+    assert_eq!(
+        e.m.shares_conversation("dave", &asked).await.unwrap(),
+        [false, false, false, true, true, false]
+    );
+}

@@ -198,6 +198,31 @@ fn examples() -> Vec<(Op, u32, String, Vec<u8>)> {
                     .into(),
             },
         ),
+        ex(
+            Op::Presence,
+            10,
+            pb::PresenceQuery {
+                users: vec!["bob".into(), "carol".into()],
+            },
+        ),
+        ex(
+            Op::PresenceReply,
+            10,
+            pb::PresenceReply {
+                users: vec![
+                    pb::UserPresence {
+                        user: "bob".into(),
+                        online: true,
+                        last_seen_ms: 0,
+                    },
+                    pb::UserPresence {
+                        user: "carol".into(),
+                        online: false,
+                        last_seen_ms: 1_790_000_000_000,
+                    },
+                ],
+            },
+        ),
     ]
 }
 

@@ -98,6 +98,10 @@ ops! {
     Disconnect = 18, "DISCONNECT", Down, "Disconnect";
     /// A request failed, or the client broke the protocol.
     Error = 19, "ERROR", Down, "Error";
+    /// Who of some users is online (only users sharing a conversation with the caller).
+    Presence = 20, "PRESENCE", Up, "PresenceQuery";
+    /// Their presence.
+    PresenceReply = 21, "PRESENCE_REPLY", Down, "PresenceReply";
 }
 
 impl Op {
@@ -112,6 +116,7 @@ impl Op {
             Op::Read => Some(Op::ReadReply),
             Op::RoomJoin => Some(Op::RoomJoinReply),
             Op::RoomLeave => Some(Op::RoomLeaveReply),
+            Op::Presence => Some(Op::PresenceReply),
             _ => None,
         }
     }

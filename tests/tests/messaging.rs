@@ -866,3 +866,78 @@ async fn websocket_and_raw_clients_chat_through_the_same_store() {
         ["over ws", "over raw"]
     );
 }
+
+/// PRESENCE answers for the caller and the users they share a conversation with (a 1:1
+/// message either way, a common group) and leaves everyone else out: online or not, a
+/// stranger cannot be probed.
+#[tokio::test]
+async fn presence_answers_only_for_users_sharing_a_conversation() {
+    let server = roam_tests::start(UNLIMITED);
+    let mut alice = login(&server, "alice", "a1").await;
+    let mut bob = login(&server, "bob", "b1").await;
+    let _carol = login(&server, "carol", "c1").await;
+    let _mallory = login(&server, "mallory", "m1").await;
+    api(
+        &server,
+        "POST",
+        "/api/v1/groups",
+        json!({"id": "team", "members": ["alice", "carol"]}),
+    )
+    .await;
+    let ask = |users: &[&str]| pb::PresenceQuery {
+        users: users.iter().map(|u| u.to_string()).collect(),
+    };
+    let everyone = ask(&["alice", "bob", "carol", "dave", "mallory"]);
+    // Before any 1:1 message, bob is a stranger to alice; carol shares a group.
+    alice.send(Op::Presence, 2, &everyone).await.unwrap();
+    let f = next_frame(&mut alice).await;
+    assert_eq!((f.op_kind(), f.seq), (Some(Op::PresenceReply), 2), "{f:?}");
+    let reply: pb::PresenceReply = f.decode_body().unwrap();
+    let seen = |r: &pb::PresenceReply| -> Vec<(String, bool)> {
+        r.users.iter().map(|p| (p.user.clone(), p.online)).collect()
+    };
+    assert_eq!(
+        seen(&reply),
+        [("alice".to_string(), true), ("carol".to_string(), true)]
+    );
+    // bob writes to alice: now each may see the other, and bob still not carol nor mallory.
+    bob.send(Op::Send, 2, &send_frame("alice", "p1", "hi"))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut bob).await.op_kind(), Some(Op::SendAck));
+    assert_eq!(next_frame(&mut alice).await.op_kind(), Some(Op::Push));
+    alice.send(Op::Presence, 3, &everyone).await.unwrap();
+    let reply: pb::PresenceReply = next_frame(&mut alice).await.decode_body().unwrap();
+    assert_eq!(
+        seen(&reply),
+        [
+            ("alice".to_string(), true),
+            ("bob".to_string(), true),
+            ("carol".to_string(), true)
+        ]
+    );
+    bob.send(Op::Presence, 3, &everyone).await.unwrap();
+    let reply: pb::PresenceReply = next_frame(&mut bob).await.decode_body().unwrap();
+    assert_eq!(
+        seen(&reply),
+        [("alice".to_string(), true), ("bob".to_string(), true)]
+    );
+    // bob goes offline: alice sees it, with when.
+    drop(bob);
+    roam_tests::poll(&server, "/api/v1/presence?users=bob", |v| {
+        v["users"][0]["online"] == false
+    })
+    .await;
+    alice.send(Op::Presence, 4, &ask(&["bob"])).await.unwrap();
+    let reply: pb::PresenceReply = next_frame(&mut alice).await.decode_body().unwrap();
+    assert_eq!(seen(&reply), [("bob".to_string(), false)]);
+    assert!(reply.users[0].last_seen_ms > 0, "{reply:?}");
+    // Too many, or none: refused.
+    let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    alice
+        .send(Op::Presence, 5, &pb::PresenceQuery { users: many })
+        .await
+        .unwrap();
+    let e = error_of(&next_frame(&mut alice).await);
+    assert_eq!(e.code, pb::error::Code::InvalidArgument as i32, "{e:?}");
+}

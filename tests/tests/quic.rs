@@ -585,6 +585,29 @@ async fn h3_call(
     client.request(request.body(body).unwrap()).await.unwrap()
 }
 
+/// Browsers resolve `localhost` to ::1 first and do not fall back to 127.0.0.1 for QUIC
+/// (Chromium's WebTransport to https://localhost:<port> failed so): a listener on IPv4
+/// loopback answers HTTP/3 on the IPv6 loopback too, on the same port.
+#[tokio::test]
+async fn http3_on_ipv4_loopback_is_also_served_on_the_ipv6_loopback() {
+    let server = roam_tests::start("");
+    let v4 = server.addr("client_quic").unwrap();
+    assert!(v4.ip().is_loopback() && v4.is_ipv4(), "{v4}");
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v4.port()));
+    let endpoint = client_endpoint(
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        &server.dev_cert(),
+        roam_tls::ALPN_QUIC,
+    )
+    .unwrap();
+    let client = tokio::time::timeout(Duration::from_secs(10), H3Client::connect_on(endpoint, v6))
+        .await
+        .expect("a QUIC handshake on [::1] within 10 s")
+        .expect("HTTP/3 on [::1]");
+    let answer = h3_call(&client, "GET", "/healthz", &[], bytes::Bytes::new()).await;
+    assert_eq!(answer.status(), 200);
+}
+
 /// A request whose head trickles in (here: never completes) is read in a task of its own:
 /// another request on the same connection is answered meanwhile.
 #[tokio::test]
@@ -639,6 +662,82 @@ async fn an_http3_connection_beyond_the_slot_limit_gets_a_503_with_the_json_erro
         .unwrap();
     let f = first.next().await.unwrap().unwrap();
     assert_eq!((f.op_kind(), f.seq), (Some(Op::HeartbeatReply), 2));
+}
+
+/// An HTTP/3 connection whose one request is its long `GET /v1/stream` stays open past the
+/// first-request deadline. The request used to be marked only by its own task, which could
+/// run after the connection's loop had re-armed the deadline: then the connection was closed
+/// as requestless (H3_REQUEST_CANCELLED) — most members of `room-fanout --transport h3`.
+#[tokio::test]
+async fn an_http3_stream_outlives_the_first_request_deadline() {
+    let server = roam_tests::start("[limits]\nfirst_request_secs = 1\n");
+    // Eight connections: the old race closed each with a good chance, not always.
+    let users: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
+    let mut streams = Vec::new();
+    for user in &users {
+        streams.push(h3_stream(&server, user, &format!("{user}-h3")).await);
+    }
+    // Let the deadline pass (it started with each connection, whose request came at once).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    push_users(&server, &names, "after the deadline").await;
+    for (user, s) in users.iter().zip(&mut streams) {
+        let f = tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .unwrap_or_else(|_| panic!("{user}: a push within 5 s"))
+            .unwrap_or_else(|e| panic!("{user}: the connection is open: {e}"))
+            .expect("the stream goes on");
+        assert_eq!(push_content(&f), "after the deadline", "{user}");
+    }
+    assert_eq!(
+        metric(&server, "roam_edge_closes_total{reason=\"no_request\"}").await,
+        0.0
+    );
+}
+
+/// A 0-RTT opening (`GET /v1/stream` as early data) is answered before the client has
+/// finished its request stream; the edge used to drop the unread request half at once, so
+/// quinn sent STOP_SENDING (code 0) and the client's finish (h3 writes a GREASE frame first)
+/// failed with "Remote reset: 0x0" — one `roam bench roam-switch` run in six. Made
+/// deterministic here: the client finishes only after the answer and the first frame.
+#[tokio::test]
+async fn a_get_answered_before_the_client_finished_its_request_is_not_stopped() {
+    let server = roam_tests::start("");
+    let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
+    let conn = endpoint
+        .connect(server.addr("client_quic").unwrap(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, mut requests) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = driver.wait_idle().await;
+    });
+    let request = http::Request::get("https://localhost/v1/stream?device=alice-h3")
+        .header(
+            "authorization",
+            format!("Bearer {}", token(&server, "alice")),
+        )
+        .body(())
+        .unwrap();
+    let mut stream = requests.send_request(request).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), stream.recv_response())
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    assert_eq!(response.status(), 200, "{response:?}");
+    // The AUTH_REPLY: whatever the edge did to the request stream reached the client first.
+    let first = stream.recv_data().await.unwrap();
+    assert!(first.is_some(), "the stream's first frame");
+    stream
+        .finish()
+        .await
+        .expect("the request stream can still be finished after the answer");
+    drop(stream);
+    conn.close(0x100u32.into(), b"done");
+    driver.abort();
 }
 
 /// A returning client sends `POST /v1/send` as 0-RTT data: the edge holds it until the

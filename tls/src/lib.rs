@@ -400,6 +400,10 @@ pub fn quic_server_config(cert: &CertKey, alpn: &[&[u8]]) -> Result<Arc<ServerCo
     // quinn wants 0 or u32::MAX: QUIC's own flow control bounds early data.
     config.max_early_data_size = u32::MAX;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(QUIC_SESSION_CACHE);
+    // One ticket per connection (rustls sends two by default): each is a stored session, and
+    // a client resuming gets a fresh one, so a second would only take cache room (and memory
+    // per connection) away from other clients.
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 

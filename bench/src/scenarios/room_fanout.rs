@@ -134,7 +134,9 @@ fn small_histogram() -> Histogram<u64> {
 struct MemberResult {
     received: u64,
     latency: Histogram<u64>,
-    closed: bool,
+    /// Why the member's connection ended before the run did: the server's DISCONNECT
+    /// (with its reason) or the client's error.
+    closed: Option<String>,
     bad: u64,
 }
 
@@ -276,12 +278,19 @@ async fn drive(
 
     let mut latency = small_histogram();
     let (mut deliveries, mut closed, mut bad) = (0u64, 0u64, 0u64);
+    let mut why = std::collections::BTreeMap::<String, u64>::new();
     while let Some(joined) = member_tasks.join_next().await {
         let m = joined?;
         deliveries += m.received;
-        closed += u64::from(m.closed);
+        if let Some(reason) = m.closed {
+            closed += 1;
+            *why.entry(reason).or_default() += 1;
+        }
         bad += m.bad;
         latency.add(&m.latency)?;
+    }
+    for (reason, n) in &why {
+        eprintln!("room-fanout: {n} members closed early: {reason}");
     }
     if published.accepted == 0 {
         bail!(
@@ -351,7 +360,7 @@ async fn member(
     let mut r = MemberResult {
         received: 0,
         latency: small_histogram(),
-        closed: false,
+        closed: None,
         bad: 0,
     };
     let stopped = stop.cancelled();
@@ -363,8 +372,12 @@ async fn member(
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,
-            Ok(None) | Err(_) => {
-                r.closed = true;
+            Ok(None) => {
+                r.closed = Some("the server ended the stream".into());
+                break;
+            }
+            Err(e) => {
+                r.closed = Some(format!("error: {e:#}"));
                 break;
             }
         };
@@ -379,7 +392,11 @@ async fn member(
                 None => r.bad += 1,
             },
             Some(Op::Disconnect) => {
-                r.closed = true;
+                let reason = frame
+                    .decode_body::<roam_proto::client::v1::Disconnect>()
+                    .map(|d| d.reason().as_str_name().to_owned())
+                    .unwrap_or_default();
+                r.closed = Some(format!("DISCONNECT {reason}"));
                 break;
             }
             _ => r.bad += 1,

@@ -17,10 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
-    let config = ClientConfig {
-        session,
-        trust: Trust::CaFile(ca.into()),
-    };
+    let config = ClientConfig::new(session, Trust::CaFile(ca.into()));
     let (client, mut events) = Client::connect(config)?;
     while let Some(event) = events.next().await {
         match event {

@@ -12,10 +12,7 @@ use roam_client::session::{Event, SessionConfig};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [server, ca, token, room] = args()?;
     let session = SessionConfig::new(token, "example-rooms", vec![server]);
-    let config = ClientConfig {
-        session,
-        trust: Trust::CaFile(ca.into()),
-    };
+    let config = ClientConfig::new(session, Trust::CaFile(ca.into()));
     let (client, mut events) = Client::connect(config)?;
     client.join_room(&room)?;
     while let Some(event) = events.next().await {

@@ -11,10 +11,7 @@ use roam_client::session::SessionConfig;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [server, ca, token, to, text] = args()?;
     let session = SessionConfig::new(token, "example-send", vec![server]);
-    let config = ClientConfig {
-        session,
-        trust: Trust::CaFile(ca.into()),
-    };
+    let config = ClientConfig::new(session, Trust::CaFile(ca.into()));
     let (client, _events) = Client::connect(config)?;
     // Retried under one client_msg_id across reconnects until the server stored it.
     let ack = client.send(&to, text.into_bytes()).await?;

@@ -23,7 +23,7 @@ pub enum CliError {
     Client(#[from] ClientError),
     /// `--server` is not an address the SDK can dial.
     #[error(
-        "--server {0}: expected quic://HOST:PORT, raw://HOST:PORT, wss://HOST:PORT, https://HOST:PORT or HOST:PORT"
+        "--server {0}: expected quic://HOST:PORT, raw://HOST:PORT, wss://HOST:PORT, https://HOST:PORT, h3://HOST:PORT, h2://HOST:PORT or HOST:PORT"
     )]
     BadServer(String),
     /// No acknowledgement in time.
@@ -45,7 +45,7 @@ pub struct Target {
     pub trust: Trust,
 }
 
-/// `quic://`, `raw://` and `wss://` addresses as they are; `https://HOST:PORT` as `wss://`; a bare
+/// `quic://`, `raw://`, `wss://`, `h3://` and `h2://` addresses as they are; `https://HOST:PORT` as `wss://`; a bare
 /// `HOST:PORT` as `raw://`.
 pub fn normalize_server(server: &str) -> Result<String, CliError> {
     let bad = || CliError::BadServer(server.to_owned());
@@ -57,6 +57,8 @@ pub fn normalize_server(server: &str) -> Result<String, CliError> {
     match scheme {
         "raw" => Ok(format!("raw://{rest}")),
         "quic" => Ok(format!("quic://{rest}")),
+        "h3" => Ok(format!("h3://{rest}")),
+        "h2" => Ok(format!("h2://{rest}")),
         "wss" | "https" => Ok(format!("wss://{rest}")),
         _ => Err(bad()),
     }
@@ -71,10 +73,10 @@ fn client(target: &Target, cursor: u64) -> Result<(Client, crate::client::Events
     );
     session.platform = "cli".into();
     session.cursor = cursor;
-    Ok(Client::connect(ClientConfig {
+    Ok(Client::connect(ClientConfig::new(
         session,
-        trust: target.trust.clone(),
-    })?)
+        target.trust.clone(),
+    ))?)
 }
 
 /// `roam send`: sends `text` to `to` and returns its acknowledgement, within `timeout`.
@@ -181,6 +183,8 @@ mod tests {
         assert_eq!(normalize_server("raw://h:1").unwrap(), "raw://h:1");
         assert_eq!(normalize_server("https://h:8443/").unwrap(), "wss://h:8443");
         assert_eq!(normalize_server("wss://h:8443").unwrap(), "wss://h:8443");
+        assert_eq!(normalize_server("h3://h:8443").unwrap(), "h3://h:8443");
+        assert_eq!(normalize_server("h2://h:8443").unwrap(), "h2://h:8443");
         for bad in ["", "h", "ftp://h:1", "https://h:1/v1/ws", "raw://"] {
             assert!(normalize_server(bad).is_err(), "{bad}");
         }

@@ -16,7 +16,9 @@
 //! - [`session::Session`] is the client's protocol state, sans-IO: auth, heartbeat, SEND
 //!   until acknowledged, the inbox cursor, dedupe, resume by SYNC, rooms, reads, and the
 //!   reconnect schedule ([`schedule`]).
-//! - [`client::Client`] drives a session over raw or WebSocket connections and reconnects.
+//! - [`client::Client`] drives a session over QUIC, raw, WebSocket, HTTP/3 or HTTP/2 stream
+//!   connections ([`http_stream`]) and reconnects.
+//! - [`edges`] turns the business API's edge list (from the app's backend) into addresses.
 //! - [`cli`] is what `roam send` and `roam tail` do.
 //! - [`admin::AdminConnection`] calls the business API on the admin listener (docs/api.md):
 //!   keep-alive HTTP/1.1, the API key as a bearer token.
@@ -26,6 +28,8 @@
 pub mod admin;
 pub mod cli;
 pub mod client;
+pub mod edges;
+pub mod http_stream;
 pub mod quic;
 pub mod raw;
 pub mod schedule;

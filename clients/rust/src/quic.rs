@@ -92,7 +92,16 @@ async fn connect(
     endpoint: &Endpoint,
     addr: SocketAddr,
 ) -> Result<(Connection, Option<quinn::ZeroRttAccepted>), QuicError> {
-    let connecting = endpoint.connect(addr, "localhost")?;
+    connect_named(endpoint, addr, "localhost").await
+}
+
+/// As [`connect`], verifying the certificate for `server_name` (a DNS name or an IP address).
+pub(crate) async fn connect_named(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<(Connection, Option<quinn::ZeroRttAccepted>), QuicError> {
+    let connecting = endpoint.connect(addr, server_name)?;
     Ok(match connecting.into_0rtt() {
         Ok((conn, accepted)) => (conn, Some(accepted)),
         Err(connecting) => (connecting.await?, None),
@@ -134,7 +143,17 @@ impl QuicRawConnection {
     /// Connects on `endpoint` (see [`client_endpoint`]); a returning client resumes and sends
     /// its first frames as 0-RTT data (see [`QuicRawConnection::early_data_accepted`]).
     pub async fn connect_on(endpoint: Endpoint, addr: SocketAddr) -> Result<Self, QuicError> {
-        let (conn, early) = connect(&endpoint, addr).await?;
+        Self::connect_named(endpoint, addr, "localhost").await
+    }
+
+    /// As [`QuicRawConnection::connect_on`], verifying the certificate for `server_name`
+    /// (the host the caller dialed: a DNS name or an IP address).
+    pub async fn connect_named(
+        endpoint: Endpoint,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Self, QuicError> {
+        let (conn, early) = connect_named(&endpoint, addr, server_name).await?;
         let (send, recv) = conn.open_bi().await?;
         Ok(QuicRawConnection {
             endpoint,
@@ -279,7 +298,10 @@ impl H3Stream {
         .body(())
         .map_err(|e| h3e(&e))?;
         let mut stream = requests.send_request(request).await.map_err(|e| h3e(&e))?;
-        stream.finish().await.map_err(|e| h3e(&e))?;
+        // A GET has nothing more to send. A server may answer it, and stop reading the
+        // request, before the end of the request arrives (a 0-RTT opening is answered at
+        // once); the response still counts (RFC 9114 §4.1.1), so a failed finish is not one.
+        let _ = stream.finish().await;
         let response = stream.recv_response().await.map_err(|e| h3e(&e))?;
         let (send, mut recv) = stream.split();
         if !response.status().is_success() {

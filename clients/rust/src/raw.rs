@@ -57,8 +57,18 @@ impl RawConnection {
         tcp: TcpStream,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self, RawError> {
-        tcp.set_nodelay(true)?;
         let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+        Self::connect_over_named(tcp, tls, name).await
+    }
+
+    /// As [`RawConnection::connect_over`], verifying the certificate for `name` (the host
+    /// the caller dialed: a DNS name or an IP address).
+    pub async fn connect_over_named(
+        tcp: TcpStream,
+        tls: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<Self, RawError> {
+        tcp.set_nodelay(true)?;
         let tls = TlsConnector::from(tls).connect(name, tcp).await?;
         Ok(RawConnection {
             tls,

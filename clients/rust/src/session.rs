@@ -879,7 +879,16 @@ impl Session {
     fn disconnected(&mut self, now: Instant, d: pb::Disconnect) {
         use pb::disconnect::Reason;
         let reason = d.reason();
-        let reconnect_to = (!d.reconnect_to.is_empty()).then(|| d.reconnect_to.clone());
+        // A bare `host:port` keeps the scheme (the transport) of the edge it came from.
+        let reconnect_to = (!d.reconnect_to.is_empty()).then(|| {
+            match (d.reconnect_to.contains("://"), self.edge.as_deref()) {
+                (false, Some(edge)) => match edge.split_once("://") {
+                    Some((scheme, _)) => format!("{scheme}://{}", d.reconnect_to),
+                    None => d.reconnect_to.clone(),
+                },
+                _ => d.reconnect_to.clone(),
+            }
+        });
         let lost = LostReason::Disconnect {
             reason,
             message: d.message.clone(),
@@ -1402,5 +1411,25 @@ mod tests {
         };
         s.handle_frame(at, frame(Op::Disconnect, 0, &kick));
         assert!(s.is_closed());
+    }
+
+    #[test]
+    fn a_bare_reconnect_to_keeps_the_transport() {
+        use pb::disconnect::Reason;
+        let t0 = Instant::now();
+        let (mut s, mut rng) = connecting(t0);
+        let out = sent(&mut s);
+        auth_reply(&mut s, t0, out[0].seq);
+        let drain = pb::Disconnect {
+            reason: Reason::Drain as i32,
+            reconnect: true,
+            reconnect_to: "other:8444".into(),
+            ..Default::default()
+        };
+        s.handle_frame(t0, frame(Op::Disconnect, 0, &drain));
+        assert_eq!(
+            s.poll_connect(t0, &mut rng).as_deref(),
+            Some("raw://other:8444")
+        );
     }
 }

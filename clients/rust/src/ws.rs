@@ -90,15 +90,22 @@ impl WsConnection {
         tcp: TcpStream,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<Self, WsError> {
-        tcp.set_nodelay(true)?;
         let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
+        Self::connect_over_named(tcp, tls, name).await
+    }
+
+    /// As [`WsConnection::connect_over`], verifying the certificate for `name` (the host the
+    /// caller dialed: a DNS name or an IP address), which the upgrade request names too.
+    pub async fn connect_over_named(
+        tcp: TcpStream,
+        tls: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<Self, WsError> {
+        tcp.set_nodelay(true)?;
+        let url = format!("wss://{}/v1/ws", authority(&name));
         let stream = TlsConnector::from(tls).connect(name, tcp).await?;
-        let (ws, _response) = tokio_tungstenite::client_async_with_config(
-            "wss://localhost/v1/ws",
-            stream,
-            Some(ws_config()),
-        )
-        .await?;
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
         Ok(WsConnection {
             ws,
             decoder: FrameDecoder::new(MAX_MESSAGE),
@@ -158,5 +165,16 @@ impl WsConnection {
     pub async fn close(mut self) -> Result<(), WsError> {
         self.ws.close(None).await?;
         Ok(())
+    }
+}
+
+/// `name` as a URL's host: an IPv6 address in brackets.
+pub(crate) fn authority(name: &ServerName<'_>) -> String {
+    match name {
+        ServerName::IpAddress(ip) => match std::net::IpAddr::from(*ip) {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        },
+        other => other.to_str().into_owned(),
     }
 }

@@ -21,6 +21,11 @@ interface Conv {
 }
 
 const convs = new Map<string, Conv>();
+/** What the server said of each 1:1 peer's presence (absent: it would not say). */
+const presence = new Map<string, { online: boolean; lastSeenMs: bigint }>();
+/** How often the peers' presence is asked again while connected. */
+const PRESENCE_EVERY_MS = 10_000;
+let presenceTimer: ReturnType<typeof setInterval> | undefined;
 let current: string | undefined;
 let client: RoamClient | undefined;
 let loadingOlder = false;
@@ -30,8 +35,51 @@ function conv(id: string): Conv {
   if (!c) {
     c = { id, messages: new Map(), read: 0n, peerRead: 0n, older: true };
     convs.set(id, c);
+    if (!id.startsWith("group:")) queueMicrotask(refreshPresence);
   }
   return c;
+}
+
+/** Asks the server who of the 1:1 peers is online (it answers only for people we talk to). */
+function refreshPresence(): void {
+  if (!client || client.state !== "connected") return;
+  const peers = [...convs.keys()].filter((id) => !id.startsWith("group:")).slice(0, 100);
+  if (peers.length === 0) return;
+  client.presence(peers).then(
+    (users) => {
+      for (const id of peers) presence.delete(id);
+      for (const u of users) presence.set(u.user, { online: u.online, lastSeenMs: u.lastSeenMs });
+      renderConvs();
+      renderTitle();
+    },
+    () => undefined, // offline: asked again once connected
+  );
+}
+
+/** "online", "offline" (with when, if known), or "" when the server would not say. */
+function presenceText(id: string): string {
+  const p = presence.get(id);
+  if (!p) return "";
+  if (p.online) return "online";
+  if (p.lastSeenMs === 0n) return "offline";
+  return `offline, last seen ${new Date(Number(p.lastSeenMs)).toLocaleTimeString()}`;
+}
+
+function presenceBadge(id: string): HTMLSpanElement | undefined {
+  const p = presence.get(id);
+  if (!p) return undefined;
+  const badge = document.createElement("span");
+  badge.className = "presence";
+  badge.dataset.online = String(p.online);
+  badge.textContent = p.online ? "online" : "offline";
+  badge.title = presenceText(id);
+  return badge;
+}
+
+function renderTitle(): void {
+  if (!current) return;
+  const text = presenceText(current);
+  title.textContent = text ? `${current} (${text})` : current;
 }
 
 function sorted(c: Conv): Message[] {
@@ -53,6 +101,8 @@ function renderConvs(): void {
       b.type = "button";
       b.textContent = c.id;
       b.dataset.conv = c.id;
+      const badge = presenceBadge(c.id);
+      if (badge) b.append(" ", badge);
       if (c.id === current) b.setAttribute("aria-current", "true");
       const n = c.id === current ? 0 : unread(c);
       if (n > 0) {
@@ -136,7 +186,7 @@ async function loadOlder(): Promise<void> {
 
 function openConv(id: string): void {
   current = id;
-  title.textContent = id;
+  renderTitle();
   composeText.disabled = false;
   composeButton.disabled = false;
   renderConvs();
@@ -184,7 +234,12 @@ function start(token: string, name: string): void {
     status.dataset.transport = state === "connected" ? (transport ?? "") : "";
     status.textContent =
       state === "connected" ? `Connected as ${client!.userId} via ${transport}` : `${state[0]!.toUpperCase()}${state.slice(1)}${detail ? ` (${detail})` : ""}`;
-    if (state === "connected") markRead();
+    clearInterval(presenceTimer);
+    if (state === "connected") {
+      markRead();
+      refreshPresence();
+      presenceTimer = setInterval(refreshPresence, PRESENCE_EVERY_MS);
+    }
   });
   client.on("notice", (n) => {
     if (n.kind === Notice_Kind.RECEIPT) {
@@ -253,3 +308,6 @@ list.addEventListener("scroll", () => {
   if (list.scrollTop < 40) void loadOlder();
 });
 document.addEventListener("visibilitychange", markRead);
+// Leaving the page ends the connection at once (WebTransport and WebSocket say goodbye), so
+// peers see this user go offline now rather than when the server's idle timeout notices.
+window.addEventListener("pagehide", () => client?.close());

@@ -15,6 +15,8 @@ import {
   type Notice,
   Notice_Kind,
   PushAckSchema,
+  PresenceQuerySchema,
+  PresenceReplySchema,
   PushSchema,
   ReadReplySchema,
   type ReadReply,
@@ -25,6 +27,7 @@ import {
   SyncReplySchema,
   type SyncReply,
   SyncSchema,
+  type UserPresence,
 } from "./gen/roam/client/v1/client_pb.js";
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import { Deduper } from "./dedupe.js";
@@ -146,6 +149,11 @@ export class RoamClient {
   private msgCounter = 0;
   /** The last conversation_seq seen per group (for large groups' KIND_SYNC pulls). */
   private readonly groupSeq = new Map<string, bigint>();
+  /**
+   * Groups announced by KIND_SYNC (read fan-out: their messages are not in the inbox), pulled
+   * again after every reconnect for what was sent meanwhile.
+   */
+  private readonly largeGroups = new Set<string>();
 
   userId = "";
   state: ClientState = "disconnected";
@@ -211,6 +219,16 @@ export class RoamClient {
   /** Marks `peer`'s conversation read up to `seq` (a conversation_seq). */
   async read(peer: string, seq: bigint): Promise<ReadReply> {
     return this.call(Op.Read, ReadSchema, { peer, seq }, ReadReplySchema);
+  }
+
+  /**
+   * Who of `users` (1 to 100) is online. The server answers only for this user and for users
+   * who share a conversation with them (a 1:1 message either way, or a group); the others are
+   * left out of the result.
+   */
+  async presence(users: readonly string[]): Promise<UserPresence[]> {
+    const reply = await this.call(Op.Presence, PresenceQuerySchema, { users: [...users] }, PresenceReplySchema);
+    return reply.users;
   }
 
   /** A page of a conversation's history: the newest `limit` before `before` (0: the newest). */
@@ -325,6 +343,7 @@ export class RoamClient {
     const conn = this.connId;
     for (const p of this.sends.values()) this.dispatchSend(p);
     this.requestSync();
+    for (const group of this.largeGroups) this.requestGroupPull(group);
     clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = setInterval(() => {
       if (conn !== this.connId) return;
@@ -357,6 +376,7 @@ export class RoamClient {
     this.requests.clear();
     this.syncing = false;
     this.syncAgain = false;
+    this.pulling.clear();
   }
 
   private request(op: number, body: Uint8Array): Promise<Frame> {
@@ -400,7 +420,9 @@ export class RoamClient {
       (ack) => {
         if (!this.sends.delete(p.clientMsgId)) return;
         p.resolve(ack);
-        // The sender gets no PUSH of its own message: the SYNC brings it with its seqs.
+        // The sender gets no PUSH of its own message: the SYNC brings it with its seqs — or,
+        // in a large group (read fan-out: not in the inbox), a pull of the group after it.
+        if (p.to.startsWith("group:")) this.ownGroupAcks.push({ id: ack.id, group: p.to, seq: ack.seq });
         this.requestSync();
       },
       (e: Error) => {
@@ -443,6 +465,7 @@ export class RoamClient {
           }
         } while (this.syncAgain && conn === this.connId);
         this.scheduleAck();
+        if (conn === this.connId) this.pullOwnGroupMessages();
       } catch (e) {
         if (conn === this.connId) this.lost(`sync: ${(e as Error).message}`);
       } finally {
@@ -479,6 +502,50 @@ export class RoamClient {
       t.send(encodeFrame(Op.PushAck, this.nextSeq++, toBinary(PushAckSchema, create(PushAckSchema, { seq: this.cursor }))));
     }, 200);
   }
+
+  /** Pulls `group` (coalesced per group: one pull at a time, another after it if asked). */
+  private requestGroupPull(group: string): void {
+    if (this.pulling.has(group)) {
+      this.pulling.set(group, true);
+      return;
+    }
+    this.pulling.set(group, false);
+    const conn = this.connId;
+    void (async () => {
+      try {
+        do {
+          this.pulling.set(group, false);
+          await this.pullGroup(group);
+        } while (this.pulling.get(group) && conn === this.connId);
+      } catch (e) {
+        if (conn === this.connId) this.lost(`sync ${group}: ${(e as Error).message}`);
+      } finally {
+        if (conn === this.connId) this.pulling.delete(group);
+      }
+    })();
+  }
+
+  /**
+   * Own messages to groups, acknowledged but not yet handed over: once the inbox SYNC after
+   * the ack is done, one still missing was sent to a large group (its ack's seq is then the
+   * conversation_seq), which is pulled from it.
+   */
+  private ownGroupAcks: Array<{ id: bigint; group: string; seq: bigint }> = [];
+
+  private pullOwnGroupMessages(): void {
+    const acks = this.ownGroupAcks;
+    this.ownGroupAcks = [];
+    for (const a of acks) {
+      if (this.dedupe.has(a.id)) continue;
+      this.largeGroups.add(a.group);
+      const last = this.groupSeq.get(a.group);
+      if (last === undefined || last >= a.seq) this.groupSeq.set(a.group, a.seq - 1n);
+      this.requestGroupPull(a.group);
+    }
+  }
+
+  /** Groups being pulled; true when another pull was asked for meanwhile. */
+  private readonly pulling = new Map<string, boolean>();
 
   /** Pulls a large group's history after the last conversation_seq seen (KIND_SYNC). */
   private async pullGroup(group: string): Promise<void> {
@@ -527,11 +594,12 @@ export class RoamClient {
       }
       case Op.Notice: {
         const notice = fromBinary(NoticeSchema, f.body);
-        if (notice.kind === Notice_Kind.SYNC) {
-          const conn = this.connId;
-          this.pullGroup(notice.peer).catch((e: Error) => {
-            if (conn === this.connId) this.lost(`sync ${notice.peer}: ${e.message}`);
-          });
+        if (notice.kind === Notice_Kind.SYNC && notice.peer.startsWith("group:")) {
+          this.largeGroups.add(notice.peer);
+          // A group new to this client: from the announced message on (older pages are
+          // history, loaded when the conversation is scrolled).
+          if (!this.groupSeq.has(notice.peer) && notice.seq > 0n) this.groupSeq.set(notice.peer, notice.seq - 1n);
+          if (notice.seq > (this.groupSeq.get(notice.peer) ?? 0n)) this.requestGroupPull(notice.peer);
         }
         this.emit("notice", notice);
         return;

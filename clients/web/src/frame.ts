@@ -27,6 +27,8 @@ export const Op = {
   Notice: 17,
   Disconnect: 18,
   Error: 19,
+  Presence: 20,
+  PresenceReply: 21,
 } as const;
 export type Op = (typeof Op)[keyof typeof Op];
 

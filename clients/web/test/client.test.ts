@@ -3,6 +3,10 @@ import { test } from "node:test";
 import {
   type Message,
   type MessageSchema,
+  NoticeSchema,
+  Notice_Kind,
+  PresenceQuerySchema,
+  PresenceReplySchema,
   PushSchema,
   SendAckSchema,
   SendSchema,
@@ -153,5 +157,104 @@ test("a PUSH after a gap makes the client SYNC from its cursor and hand over in 
   server.conns[0]!.down(Op.Push, 0, PushSchema, { kind: { case: "message", value: mk(3n) } }); // 1 and 2 were dropped
   await server.until(() => got.length >= 3);
   assert.deepEqual(got, [1n, 2n, 3n]);
+  c.close();
+});
+
+test("a large group's NOTICE is pulled by SYNC on the group, and again after a reconnect", async () => {
+  const server = new FakeServer();
+  const group = "group:big";
+  const mk = (n: bigint): Msg => ({ id: 300n + n, seq: 0n, from: "bob", to: group, conversationSeq: n, content: new TextEncoder().encode(`g${n}`) });
+  const history: Msg[] = [];
+  const pulls: Array<{ conversation: string; after: bigint }> = [];
+  server.onRequest = (conn, f) => {
+    if (f.op !== Op.Sync) return;
+    const s = decode(SyncSchema, f);
+    if (s.conversation === "") {
+      // Read fan-out: the group's messages are not in the inbox.
+      conn.down(Op.SyncReply, f.seq, SyncReplySchema, { messages: [], nextAfter: s.after });
+      return;
+    }
+    pulls.push({ conversation: s.conversation, after: s.after });
+    const page = history.filter((m) => m.conversationSeq! > s.after);
+    conn.down(Op.SyncReply, f.seq, SyncReplySchema, { messages: page, nextAfter: page.at(-1)?.conversationSeq ?? s.after });
+  };
+  const c = client(server, { transports: ["websocket"] });
+  const got: string[] = [];
+  c.on("message", (m) => {
+    got.push(new TextDecoder().decode(m.content));
+    server.notify();
+  });
+  c.connect();
+  await server.until(() => c.state === "connected");
+  history.push(mk(1n), mk(2n));
+  // The server tells online members about the newest message only; it is new to the client.
+  server.conns[0]!.down(Op.Notice, 0, NoticeSchema, { kind: Notice_Kind.SYNC, peer: group, seq: 2n });
+  await server.until(() => got.length >= 1);
+  assert.deepEqual(pulls[0], { conversation: group, after: 1n });
+  assert.deepEqual(got, ["g2"]);
+  history.push(mk(3n));
+  server.conns[0]!.down(Op.Notice, 0, NoticeSchema, { kind: Notice_Kind.SYNC, peer: group, seq: 3n });
+  await server.until(() => got.length >= 2);
+  // Sent while the client was away: no NOTICE reaches it, the reconnect pulls the group.
+  server.conns[0]!.drop("server restarted");
+  history.push(mk(4n));
+  await server.until(() => got.length >= 3);
+  assert.deepEqual(got, ["g2", "g3", "g4"]);
+  assert.equal(server.conns.length, 2);
+  assert.deepEqual(pulls.at(-1), { conversation: group, after: 3n });
+  c.close();
+});
+
+test("presence asks the server with PRESENCE and returns its answer", async () => {
+  const server = new FakeServer();
+  inbox(server, []);
+  const asked: string[][] = [];
+  const base = server.onRequest;
+  server.onRequest = (conn, f) => {
+    if (f.op !== Op.Presence) return base(conn, f);
+    const q = decode(PresenceQuerySchema, f);
+    asked.push(q.users);
+    // Strangers are left out by the server.
+    conn.down(Op.PresenceReply, f.seq, PresenceReplySchema, { users: [{ user: "bob", online: true }] });
+  };
+  const c = client(server, { transports: ["websocket"] });
+  c.connect();
+  await server.until(() => c.state === "connected");
+  const p = await c.presence(["bob", "mallory"]);
+  assert.deepEqual(asked, [["bob", "mallory"]]);
+  assert.deepEqual(p.map((u) => [u.user, u.online]), [["bob", true]]);
+  c.close();
+});
+
+test("one's own message to a large group is pulled from the group after its SEND_ACK", async () => {
+  const server = new FakeServer();
+  const group = "group:big";
+  const history: Msg[] = [];
+  server.onRequest = (conn, f) => {
+    if (f.op === Op.Send) {
+      const send = decode(SendSchema, f);
+      const n = BigInt(history.length + 1);
+      history.push({ id: 400n + n, seq: 0n, from: "alice", to: group, conversationSeq: n, content: send.content });
+      // Read fan-out: the ack's seq is the conversation_seq; nothing goes to the inbox.
+      conn.down(Op.SendAck, f.seq, SendAckSchema, { clientMsgId: send.clientMsgId, id: 400n + n, seq: n });
+    }
+    if (f.op !== Op.Sync) return;
+    const s = decode(SyncSchema, f);
+    const page = s.conversation === "" ? [] : history.filter((m) => m.conversationSeq! > s.after);
+    conn.down(Op.SyncReply, f.seq, SyncReplySchema, { messages: page, nextAfter: page.at(-1)?.conversationSeq ?? s.after });
+  };
+  history.push({ id: 401n, seq: 0n, from: "bob", to: group, conversationSeq: 1n, content: new TextEncoder().encode("older") });
+  const c = client(server, { transports: ["websocket"] });
+  const got: bigint[] = [];
+  c.on("message", (m) => {
+    got.push(m.id);
+    server.notify();
+  });
+  c.connect();
+  await server.until(() => c.state === "connected");
+  await c.send(group, "mine");
+  await server.until(() => got.length >= 1);
+  // Only its own message: the older one is history, not pulled.
+  assert.deepEqual(got, [402n]);
   c.close();
 });

@@ -77,7 +77,8 @@ export class FakeServer {
     };
   }
 
-  private notify(): void {
+  /** Re-checks the `until` conditions (for changes the fake does not see as traffic). */
+  notify(): void {
     const w = this.waiters;
     this.waiters = [];
     for (const fn of w) fn();

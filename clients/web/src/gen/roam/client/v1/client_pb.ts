@@ -17,7 +17,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file roam/client/v1/client.proto.
  */
 export const file_roam_client_v1_client: GenFile = /*@__PURE__*/
-  fileDesc("Chtyb2FtL2NsaWVudC92MS9jbGllbnQucHJvdG8SDnJvYW0uY2xpZW50LnYxIkkKBEF1dGgSDQoFdG9rZW4YASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhAKCHBsYXRmb3JtGAMgASgJEg0KBXJvb21zGAQgAygJInMKCUF1dGhSZXBseRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRISCgpzZXNzaW9uX2lkGAMgASgJEhYKDmhlYXJ0YmVhdF9zZWNzGAQgASgNEhYKDnNlcnZlcl90aW1lX21zGAUgASgEIgsKCUhlYXJ0YmVhdCIoCg5IZWFydGJlYXRSZXBseRIWCg5oZWFydGJlYXRfc2VjcxgBIAEoDSJQCgRTZW5kEgoKAnRvGAEgASgJEhUKDWNsaWVudF9tc2dfaWQYAiABKAkSDwoHY29udGVudBgDIAEoDBIUCgxjb250ZW50X3R5cGUYBCABKAkiTAoHU2VuZEFjaxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEgoKAmlkGAIgASgEEgsKA3NlcRgDIAEoBBIRCglkdXBsaWNhdGUYBCABKAgikQEKB01lc3NhZ2USCgoCaWQYASABKAQSCwoDc2VxGAIgASgEEgwKBGZyb20YAyABKAkSCgoCdG8YBCABKAkSDwoHY29udGVudBgFIAEoDBIUCgxjb250ZW50X3R5cGUYBiABKAkSEgoKY3JlYXRlZF9hdBgHIAEoBBIYChBjb252ZXJzYXRpb25fc2VxGAggASgEImoKBFB1c2gSKgoHbWVzc2FnZRgBIAEoCzIXLnJvYW0uY2xpZW50LnYxLk1lc3NhZ2VIABIuCgllcGhlbWVyYWwYAiABKAsyGS5yb2FtLmNsaWVudC52MS5FcGhlbWVyYWxIAEIGCgRraW5kIj4KCUVwaGVtZXJhbBIMCgRyb29tGAEgASgJEg8KB2NvbnRlbnQYAiABKAwSEgoKY3JlYXRlZF9hdBgDIAEoBCIWCgdQdXNoQWNrEgsKA3NlcRgBIAEoBCJKCgRTeW5jEg0KBWFmdGVyGAEgASgEEg0KBWxpbWl0GAIgASgNEhQKDGNvbnZlcnNhdGlvbhgDIAEoCRIOCgZiZWZvcmUYBCABKAQiXAoJU3luY1JlcGx5EikKCG1lc3NhZ2VzGAEgAygLMhcucm9hbS5jbGllbnQudjEuTWVzc2FnZRISCgpuZXh0X2FmdGVyGAIgASgEEhAKCGhhc19tb3JlGAMgASgIIiEKBFJlYWQSDAoEcGVlchgBIAEoCRILCgNzZXEYAiABKAQiNgoJUmVhZFJlcGx5EgwKBHBlZXIYASABKAkSCwoDc2VxGAIgASgEEg4KBnVucmVhZBgDIAEoBCIUCgRSb29tEgwKBHJvb20YASABKAkiKAoJUm9vbVJlcGx5EgwKBHJvb20YASABKAkSDQoFcm9vbXMYAiADKAkiwAEKBk5vdGljZRIpCgRraW5kGAEgASgOMhsucm9hbS5jbGllbnQudjEuTm90aWNlLktpbmQSDAoEcGVlchgCIAEoCRILCgNzZXEYAyABKAQSDwoHcGF5bG9hZBgEIAEoDCJfCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABINCglLSU5EX1NZTkMQARINCglLSU5EX1JFQUQQAhIRCg1LSU5EX1BSRVNFTkNFEAMSEAoMS0lORF9SRUNFSVBUEAQizAIKCkRpc2Nvbm5lY3QSMQoGcmVhc29uGAEgASgOMiEucm9hbS5jbGllbnQudjEuRGlzY29ubmVjdC5SZWFzb24SDwoHbWVzc2FnZRgCIAEoCRIRCglyZWNvbm5lY3QYAyABKAgSGgoScmVjb25uZWN0X2FmdGVyX21zGAQgASgNEhQKDHJlY29ubmVjdF90bxgFIAEoCSK0AQoGUmVhc29uEhYKElJFQVNPTl9VTlNQRUNJRklFRBAAEhAKDFJFQVNPTl9EUkFJThABEg8KC1JFQVNPTl9TTE9XEAISDwoLUkVBU09OX0FVVEgQAxITCg9SRUFTT05fUkVQTEFDRUQQBBIRCg1SRUFTT05fS0lDS0VEEAUSDwoLUkVBU09OX0lETEUQBhIQCgxSRUFTT05fTElNSVQQBxITCg9SRUFTT05fUFJPVE9DT0wQCCKdAwoFRXJyb3ISKAoEY29kZRgBIAEoDjIaLnJvYW0uY2xpZW50LnYxLkVycm9yLkNvZGUSDwoHbWVzc2FnZRgCIAEoCSLYAgoEQ29kZRIUChBDT0RFX1VOU1BFQ0lGSUVEEAASEgoOQ09ERV9CQURfRlJBTUUQARIYChRDT0RFX0ZSQU1FX1RPT19MQVJHRRACEhwKGENPREVfVU5TVVBQT1JURURfVkVSU0lPThADEhMKD0NPREVfVU5LTk9XTl9PUBAEEhEKDUNPREVfQkFEX0JPRFkQBRIWChJDT0RFX0FVVEhfUkVRVUlSRUQQBhIUChBDT0RFX0FVVEhfRkFJTEVEEAcSFQoRQ09ERV9BVVRIX0VYUElSRUQQCBIVChFDT0RFX1JBVEVfTElNSVRFRBAJEhIKDkNPREVfTk9UX0ZPVU5EEAoSEgoOQ09ERV9GT1JCSURERU4QCxIZChVDT0RFX0lOVkFMSURfQVJHVU1FTlQQDBIUChBDT0RFX1VOQVZBSUxBQkxFEA0SEQoNQ09ERV9JTlRFUk5BTBAOIi4KBUZyYW1lEgoKAm9wGAEgASgNEgsKA3NlcRgCIAEoDRIMCgRib2R5GAMgASgMMkYKB0dhdGV3YXkSOwoHQ29ubmVjdBIVLnJvYW0uY2xpZW50LnYxLkZyYW1lGhUucm9hbS5jbGllbnQudjEuRnJhbWUoATABYgZwcm90bzM");
+  fileDesc("Chtyb2FtL2NsaWVudC92MS9jbGllbnQucHJvdG8SDnJvYW0uY2xpZW50LnYxIkkKBEF1dGgSDQoFdG9rZW4YASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhAKCHBsYXRmb3JtGAMgASgJEg0KBXJvb21zGAQgAygJInMKCUF1dGhSZXBseRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRISCgpzZXNzaW9uX2lkGAMgASgJEhYKDmhlYXJ0YmVhdF9zZWNzGAQgASgNEhYKDnNlcnZlcl90aW1lX21zGAUgASgEIgsKCUhlYXJ0YmVhdCIoCg5IZWFydGJlYXRSZXBseRIWCg5oZWFydGJlYXRfc2VjcxgBIAEoDSJQCgRTZW5kEgoKAnRvGAEgASgJEhUKDWNsaWVudF9tc2dfaWQYAiABKAkSDwoHY29udGVudBgDIAEoDBIUCgxjb250ZW50X3R5cGUYBCABKAkiTAoHU2VuZEFjaxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEgoKAmlkGAIgASgEEgsKA3NlcRgDIAEoBBIRCglkdXBsaWNhdGUYBCABKAgikQEKB01lc3NhZ2USCgoCaWQYASABKAQSCwoDc2VxGAIgASgEEgwKBGZyb20YAyABKAkSCgoCdG8YBCABKAkSDwoHY29udGVudBgFIAEoDBIUCgxjb250ZW50X3R5cGUYBiABKAkSEgoKY3JlYXRlZF9hdBgHIAEoBBIYChBjb252ZXJzYXRpb25fc2VxGAggASgEImoKBFB1c2gSKgoHbWVzc2FnZRgBIAEoCzIXLnJvYW0uY2xpZW50LnYxLk1lc3NhZ2VIABIuCgllcGhlbWVyYWwYAiABKAsyGS5yb2FtLmNsaWVudC52MS5FcGhlbWVyYWxIAEIGCgRraW5kIj4KCUVwaGVtZXJhbBIMCgRyb29tGAEgASgJEg8KB2NvbnRlbnQYAiABKAwSEgoKY3JlYXRlZF9hdBgDIAEoBCIWCgdQdXNoQWNrEgsKA3NlcRgBIAEoBCJKCgRTeW5jEg0KBWFmdGVyGAEgASgEEg0KBWxpbWl0GAIgASgNEhQKDGNvbnZlcnNhdGlvbhgDIAEoCRIOCgZiZWZvcmUYBCABKAQiXAoJU3luY1JlcGx5EikKCG1lc3NhZ2VzGAEgAygLMhcucm9hbS5jbGllbnQudjEuTWVzc2FnZRISCgpuZXh0X2FmdGVyGAIgASgEEhAKCGhhc19tb3JlGAMgASgIIiEKBFJlYWQSDAoEcGVlchgBIAEoCRILCgNzZXEYAiABKAQiNgoJUmVhZFJlcGx5EgwKBHBlZXIYASABKAkSCwoDc2VxGAIgASgEEg4KBnVucmVhZBgDIAEoBCIUCgRSb29tEgwKBHJvb20YASABKAkiKAoJUm9vbVJlcGx5EgwKBHJvb20YASABKAkSDQoFcm9vbXMYAiADKAkiwAEKBk5vdGljZRIpCgRraW5kGAEgASgOMhsucm9hbS5jbGllbnQudjEuTm90aWNlLktpbmQSDAoEcGVlchgCIAEoCRILCgNzZXEYAyABKAQSDwoHcGF5bG9hZBgEIAEoDCJfCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABINCglLSU5EX1NZTkMQARINCglLSU5EX1JFQUQQAhIRCg1LSU5EX1BSRVNFTkNFEAMSEAoMS0lORF9SRUNFSVBUEAQiHgoNUHJlc2VuY2VRdWVyeRINCgV1c2VycxgBIAMoCSI8Cg1QcmVzZW5jZVJlcGx5EisKBXVzZXJzGAEgAygLMhwucm9hbS5jbGllbnQudjEuVXNlclByZXNlbmNlIkIKDFVzZXJQcmVzZW5jZRIMCgR1c2VyGAEgASgJEg4KBm9ubGluZRgCIAEoCBIUCgxsYXN0X3NlZW5fbXMYAyABKAQizAIKCkRpc2Nvbm5lY3QSMQoGcmVhc29uGAEgASgOMiEucm9hbS5jbGllbnQudjEuRGlzY29ubmVjdC5SZWFzb24SDwoHbWVzc2FnZRgCIAEoCRIRCglyZWNvbm5lY3QYAyABKAgSGgoScmVjb25uZWN0X2FmdGVyX21zGAQgASgNEhQKDHJlY29ubmVjdF90bxgFIAEoCSK0AQoGUmVhc29uEhYKElJFQVNPTl9VTlNQRUNJRklFRBAAEhAKDFJFQVNPTl9EUkFJThABEg8KC1JFQVNPTl9TTE9XEAISDwoLUkVBU09OX0FVVEgQAxITCg9SRUFTT05fUkVQTEFDRUQQBBIRCg1SRUFTT05fS0lDS0VEEAUSDwoLUkVBU09OX0lETEUQBhIQCgxSRUFTT05fTElNSVQQBxITCg9SRUFTT05fUFJPVE9DT0wQCCKdAwoFRXJyb3ISKAoEY29kZRgBIAEoDjIaLnJvYW0uY2xpZW50LnYxLkVycm9yLkNvZGUSDwoHbWVzc2FnZRgCIAEoCSLYAgoEQ29kZRIUChBDT0RFX1VOU1BFQ0lGSUVEEAASEgoOQ09ERV9CQURfRlJBTUUQARIYChRDT0RFX0ZSQU1FX1RPT19MQVJHRRACEhwKGENPREVfVU5TVVBQT1JURURfVkVSU0lPThADEhMKD0NPREVfVU5LTk9XTl9PUBAEEhEKDUNPREVfQkFEX0JPRFkQBRIWChJDT0RFX0FVVEhfUkVRVUlSRUQQBhIUChBDT0RFX0FVVEhfRkFJTEVEEAcSFQoRQ09ERV9BVVRIX0VYUElSRUQQCBIVChFDT0RFX1JBVEVfTElNSVRFRBAJEhIKDkNPREVfTk9UX0ZPVU5EEAoSEgoOQ09ERV9GT1JCSURERU4QCxIZChVDT0RFX0lOVkFMSURfQVJHVU1FTlQQDBIUChBDT0RFX1VOQVZBSUxBQkxFEA0SEQoNQ09ERV9JTlRFUk5BTBAOIi4KBUZyYW1lEgoKAm9wGAEgASgNEgsKA3NlcRgCIAEoDRIMCgRib2R5GAMgASgMMkYKB0dhdGV3YXkSOwoHQ29ubmVjdBIVLnJvYW0uY2xpZW50LnYxLkZyYW1lGhUucm9hbS5jbGllbnQudjEuRnJhbWUoATABYgZwcm90bzM");
 
 /**
  * AUTH (op 1), client -> server, the first frame on a connection.
@@ -613,6 +613,81 @@ export const Notice_KindSchema: GenEnum<Notice_Kind> = /*@__PURE__*/
   enumDesc(file_roam_client_v1_client, 16, 0);
 
 /**
+ * PRESENCE (op 20), client -> server: which of `users` are online. Answered only for the
+ * caller and for users who share a conversation with the caller (a 1:1 conversation with a
+ * message in it, or a group both are members of); any other user is left out of the reply,
+ * so nothing is learnt about strangers.
+ *
+ * @generated from message roam.client.v1.PresenceQuery
+ */
+export type PresenceQuery = Message$1<"roam.client.v1.PresenceQuery"> & {
+  /**
+   * 1 to 100 user ids.
+   *
+   * @generated from field: repeated string users = 1;
+   */
+  users: string[];
+};
+
+/**
+ * Describes the message roam.client.v1.PresenceQuery.
+ * Use `create(PresenceQuerySchema)` to create a new message.
+ */
+export const PresenceQuerySchema: GenMessage<PresenceQuery> = /*@__PURE__*/
+  messageDesc(file_roam_client_v1_client, 17);
+
+/**
+ * PRESENCE_REPLY (op 21), server -> client: the presence of the users that may be answered,
+ * in the order asked.
+ *
+ * @generated from message roam.client.v1.PresenceReply
+ */
+export type PresenceReply = Message$1<"roam.client.v1.PresenceReply"> & {
+  /**
+   * @generated from field: repeated roam.client.v1.UserPresence users = 1;
+   */
+  users: UserPresence[];
+};
+
+/**
+ * Describes the message roam.client.v1.PresenceReply.
+ * Use `create(PresenceReplySchema)` to create a new message.
+ */
+export const PresenceReplySchema: GenMessage<PresenceReply> = /*@__PURE__*/
+  messageDesc(file_roam_client_v1_client, 18);
+
+/**
+ * @generated from message roam.client.v1.UserPresence
+ */
+export type UserPresence = Message$1<"roam.client.v1.UserPresence"> & {
+  /**
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * Whether any device of the user is connected.
+   *
+   * @generated from field: bool online = 2;
+   */
+  online: boolean;
+
+  /**
+   * When their last session ended, ms since the Unix epoch (0: online, or never seen).
+   *
+   * @generated from field: uint64 last_seen_ms = 3;
+   */
+  lastSeenMs: bigint;
+};
+
+/**
+ * Describes the message roam.client.v1.UserPresence.
+ * Use `create(UserPresenceSchema)` to create a new message.
+ */
+export const UserPresenceSchema: GenMessage<UserPresence> = /*@__PURE__*/
+  messageDesc(file_roam_client_v1_client, 19);
+
+/**
  * DISCONNECT (op 18), server -> client, right before the server closes the connection.
  *
  * @generated from message roam.client.v1.Disconnect
@@ -653,7 +728,7 @@ export type Disconnect = Message$1<"roam.client.v1.Disconnect"> & {
  * Use `create(DisconnectSchema)` to create a new message.
  */
 export const DisconnectSchema: GenMessage<Disconnect> = /*@__PURE__*/
-  messageDesc(file_roam_client_v1_client, 17);
+  messageDesc(file_roam_client_v1_client, 20);
 
 /**
  * @generated from enum roam.client.v1.Disconnect.Reason
@@ -725,7 +800,7 @@ export enum Disconnect_Reason {
  * Describes the enum roam.client.v1.Disconnect.Reason.
  */
 export const Disconnect_ReasonSchema: GenEnum<Disconnect_Reason> = /*@__PURE__*/
-  enumDesc(file_roam_client_v1_client, 17, 0);
+  enumDesc(file_roam_client_v1_client, 20, 0);
 
 /**
  * ERROR (op 19), server -> client: the request with the header's seq failed, or the connection
@@ -750,7 +825,7 @@ export type Error = Message$1<"roam.client.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_roam_client_v1_client, 18);
+  messageDesc(file_roam_client_v1_client, 21);
 
 /**
  * @generated from enum roam.client.v1.Error.Code
@@ -850,7 +925,7 @@ export enum Error_Code {
  * Describes the enum roam.client.v1.Error.Code.
  */
 export const Error_CodeSchema: GenEnum<Error_Code> = /*@__PURE__*/
-  enumDesc(file_roam_client_v1_client, 18, 0);
+  enumDesc(file_roam_client_v1_client, 21, 0);
 
 /**
  * One frame as a gRPC message (the gRPC transport carries frames without the byte header).
@@ -879,7 +954,7 @@ export type Frame = Message$1<"roam.client.v1.Frame"> & {
  * Use `create(FrameSchema)` to create a new message.
  */
 export const FrameSchema: GenMessage<Frame> = /*@__PURE__*/
-  messageDesc(file_roam_client_v1_client, 19);
+  messageDesc(file_roam_client_v1_client, 22);
 
 /**
  * The client API for gRPC consumers: a bidirectional stream of the same operations as every
