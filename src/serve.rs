@@ -273,18 +273,8 @@ fn remote_ids_over_tls(
         .map_err(|e| anyhow::anyhow!("not an address: {e}"))?
         .connect_timeout(IDS_TIMEOUT)
         .timeout(IDS_TIMEOUT);
-    let connector = tower::service_fn(move |uri: axum::http::Uri| {
-        let tls = tls.clone();
-        async move {
-            let host = uri.host().unwrap_or("localhost").to_owned();
-            let port = uri.port_u16().unwrap_or(80);
-            roam_tls::internal::connect(tls, &host, port)
-                .await
-                .map(hyper_util::rt::TokioIo::new)
-        }
-    });
     Ok(IdSource::remote_with_key(
-        endpoint.connect_with_connector_lazy(connector),
+        endpoint.connect_with_connector_lazy(roam_tls::internal::Connector::new(tls)),
         key,
     ))
 }

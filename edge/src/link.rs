@@ -123,19 +123,9 @@ impl CoreLink {
         let channel = match &identity.tls {
             None => endpoint.connect().await,
             Some(tls) => {
-                // HTTP/2 inside mutual TLS to the address's host and port.
-                let tls = tls.clone();
-                let connector = tower::service_fn(move |uri: axum::http::Uri| {
-                    let tls = tls.clone();
-                    async move {
-                        let host = uri.host().unwrap_or("localhost").to_owned();
-                        let port = uri.port_u16().unwrap_or(80);
-                        roam_tls::internal::connect(tls, &host, port)
-                            .await
-                            .map(hyper_util::rt::TokioIo::new)
-                    }
-                });
-                endpoint.connect_with_connector(connector).await
+                endpoint
+                    .connect_with_connector(roam_tls::internal::Connector::new(tls.clone()))
+                    .await
             }
         }
         .map_err(|source| LinkError::Connect {

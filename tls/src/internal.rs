@@ -6,9 +6,14 @@
 //! (for `localhost`, `127.0.0.1`, `::1`; usable as server and client) into a directory, once;
 //! other processes of the deployment point at copies of the same three files.
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
 
 use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
@@ -141,6 +146,41 @@ pub async fn connect(
     tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
+}
+
+/// A client TLS stream on the internal port, as hyper reads and writes it.
+pub type ClientStream = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// The connector for tonic's `Endpoint::connect_with_connector`: each connection is HTTP/2
+/// inside mutual TLS to the URI's host and port ([`connect`] with the client configuration
+/// from [`client_config`]). Used by the edge's link to core and core's ID service client.
+#[derive(Clone)]
+pub struct Connector(Arc<ClientConfig>);
+
+impl Connector {
+    /// A connector presenting `config`'s certificate.
+    pub fn new(config: Arc<ClientConfig>) -> Self {
+        Self(config)
+    }
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = ClientStream;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<ClientStream>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.0.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or("localhost");
+            let port = uri.port_u16().unwrap_or(80);
+            connect(config, host, port).await.map(TokioIo::new)
+        })
+    }
 }
 
 /// Accepts the TLS handshake of a caller on the internal port.
