@@ -110,6 +110,12 @@ pub(crate) struct MessagingSection {
     pub send_rate: u32,
     /// Sends one user may make at once above the rate.
     pub send_burst: u32,
+    /// Most SENDs stored as one batch (group commit).
+    pub batch_max: usize,
+    /// Microseconds a batch that is not full waits for more SENDs; 0: none.
+    pub batch_wait_us: u64,
+    /// Send batches in the store at once.
+    pub batches_in_flight: usize,
 }
 
 impl Default for MessagingSection {
@@ -122,12 +128,20 @@ impl Default for MessagingSection {
             max_groups_per_user: d.max_groups_per_user,
             send_rate: d.send_rate,
             send_burst: d.send_burst,
+            batch_max: d.batch_max,
+            batch_wait_us: d.batch_wait.as_micros() as u64,
+            batches_in_flight: d.batches_in_flight,
         }
     }
 }
 
 /// Bytes a PUSH frame adds around a message's content (header, envelope, ids, names).
 const MESSAGE_FRAME_OVERHEAD: usize = 1024;
+/// The largest `messaging.batch_max` (message ids for a batch come in one ID-service call,
+/// whose count is at least 10,000).
+const MAX_SEND_BATCH: usize = 4096;
+/// The longest `messaging.batch_wait_us` (10 ms).
+const MAX_BATCH_WAIT_US: u64 = 10_000;
 
 impl MessagingSection {
     fn validate(&self) -> Result<()> {
@@ -141,6 +155,24 @@ impl MessagingSection {
         }
         if self.send_rate > 0 && self.send_burst == 0 {
             bail!("messaging.send_burst must be above 0 when messaging.send_rate is");
+        }
+        if !(1..=MAX_SEND_BATCH).contains(&self.batch_max) {
+            bail!(
+                "messaging.batch_max = {}: must be 1 to {MAX_SEND_BATCH}",
+                self.batch_max
+            );
+        }
+        if self.batch_wait_us > MAX_BATCH_WAIT_US {
+            bail!(
+                "messaging.batch_wait_us = {}: at most {MAX_BATCH_WAIT_US} (a SEND waits that long for batch-mates)",
+                self.batch_wait_us
+            );
+        }
+        if !(1..=64).contains(&self.batches_in_flight) {
+            bail!(
+                "messaging.batches_in_flight = {}: must be 1 to 64",
+                self.batches_in_flight
+            );
         }
         Ok(())
     }
@@ -156,6 +188,9 @@ impl MessagingSection {
             max_groups_per_user: self.max_groups_per_user,
             send_rate: self.send_rate,
             send_burst: self.send_burst,
+            batch_max: self.batch_max,
+            batch_wait: std::time::Duration::from_micros(self.batch_wait_us),
+            batches_in_flight: self.batches_in_flight,
         }
     }
 }
@@ -1215,18 +1250,34 @@ mod tests {
             64 * 1024 - MESSAGE_FRAME_OVERHEAD,
             "64 KiB, held below what fits a frame"
         );
-        let f = file("[messaging]\nfanout_threshold = 5\nmax_content_bytes = 1000\n");
-        let vars = env(&[("ROAM_MESSAGING_SEND_RATE", "0")]);
+        assert_eq!(
+            (o.batch_max, o.batch_wait, o.batches_in_flight),
+            (256, std::time::Duration::ZERO, 4)
+        );
+        let f =
+            file("[messaging]\nfanout_threshold = 5\nmax_content_bytes = 1000\nbatch_max = 64\n");
+        let vars = env(&[
+            ("ROAM_MESSAGING_SEND_RATE", "0"),
+            ("ROAM_MESSAGING_BATCH_WAIT_US", "300"),
+        ]);
         let c = Config::load(Some(f.path()), vars, &Overrides::default()).unwrap();
         let o = c.messaging.options(c.limits.max_packet);
         assert_eq!(
             (o.fanout_threshold, o.max_content_bytes, o.send_rate),
             (5, 1000, 0)
         );
+        assert_eq!(
+            (o.batch_max, o.batch_wait),
+            (64, std::time::Duration::from_micros(300))
+        );
         for bad in [
             "max_content_bytes = 0",
             "max_group_members = 0",
             "send_burst = 0",
+            "batch_max = 0",
+            "batch_max = 5000",
+            "batch_wait_us = 20000",
+            "batches_in_flight = 0",
         ] {
             let f = file(&format!("[messaging]\n{bad}\n"));
             let e = Config::load(Some(f.path()), env(&[]), &Overrides::default()).unwrap_err();

@@ -81,6 +81,23 @@ pub(crate) fn offline_recipients(sent: &Sent, online: &HashSet<&str>) -> Vec<Off
     }
 }
 
+/// `sessions` by user.
+pub(crate) fn sessions_by_user(sessions: &[Session]) -> HashMap<&str, Vec<&Session>> {
+    let mut by_user: HashMap<&str, Vec<&Session>> = HashMap::new();
+    for s in sessions {
+        by_user.entry(s.user.as_str()).or_default().push(s);
+    }
+    by_user
+}
+
+/// The users `sent` is delivered to (each user's devices are looked up).
+pub(crate) fn delivery_users(sent: &Sent) -> Vec<String> {
+    match &sent.delivery {
+        Delivery::Push(users) => users.iter().map(|(u, _)| u.clone()).collect(),
+        Delivery::Notify { members, .. } => members.clone(),
+    }
+}
+
 /// The ERROR frame code and metric reason of a refusal.
 pub(crate) fn refusal(e: &MessagingError) -> (pb::error::Code, &'static str) {
     use pb::error::Code;
@@ -138,7 +155,7 @@ fn notice(kind: pb::notice::Kind, peer: String, seq: u64) -> Bytes {
 }
 
 impl Core {
-    fn refused(&self, e: &MessagingError) -> pb::error::Code {
+    pub(crate) fn refused(&self, e: &MessagingError) -> pb::error::Code {
         let (code, kind) = refusal(e);
         if code == pb::error::Code::Unavailable {
             warn!(error = %e, "stored messaging failed");
@@ -169,6 +186,20 @@ impl Core {
             }
         };
         let inboxes = planned.inboxes().to_vec();
+        self.begin_inboxes(&inboxes).await;
+        let stored = self.messaging.store(planned).await;
+        let sent = self.stored(stored, &inboxes)?;
+        if sent.duplicate {
+            return Ok(sent);
+        }
+        let offline = self.deliver(&sent, &inboxes, origin).await;
+        self.notify_offline(&sent, offline);
+        Ok(sent)
+    }
+
+    /// Registers a send with each inbox it writes (before it is handed to the store), so
+    /// that deliveries go out in inbox seq order; an inbox new here learns its head first.
+    pub(crate) async fn begin_inboxes(&self, inboxes: &[String]) {
         let fresh: Vec<&String> = {
             let mut order = self.order();
             inboxes.iter().filter(|u| order.begin(u)).collect()
@@ -182,16 +213,25 @@ impl Core {
             let due = order.floor(user, head);
             self.release(due);
         }
-        let sent = match self.messaging.store(planned).await {
+    }
+
+    /// The store's answer to a send registered with `inboxes`: a refusal or a duplicate
+    /// ends the send there (counted); a new message is counted and left to deliver.
+    pub(crate) fn stored(
+        &self,
+        stored: Result<Sent, MessagingError>,
+        inboxes: &[String],
+    ) -> Result<Sent, MessagingError> {
+        let sent = match stored {
             Ok(s) => s,
             Err(e) => {
-                self.finish_none(&inboxes);
+                self.finish_none(inboxes);
                 self.refused(&e);
                 return Err(e);
             }
         };
         if sent.duplicate {
-            self.finish_none(&inboxes);
+            self.finish_none(inboxes);
             self.metrics.messages_duplicate.inc();
             return Ok(sent);
         }
@@ -203,7 +243,12 @@ impl Core {
             .messages_stored
             .get_or_create(&KindLabel { kind })
             .inc();
-        for r in self.deliver(&sent, &inboxes, origin).await {
+        Ok(sent)
+    }
+
+    /// Tells the offline webhook about `sent`'s recipients without an online device.
+    pub(crate) fn notify_offline(&self, sent: &Sent, offline: Vec<OfflineRecipient>) {
+        for r in offline {
             self.webhook.offline(OfflineNotice {
                 conversation: sent.conversation.name_for(&r.user),
                 user: r.user,
@@ -213,7 +258,6 @@ impl Core {
                 created_at_ms: sent.message.created_at,
             });
         }
-        Ok(sent)
     }
 
     fn order(&self) -> parking_lot::MutexGuard<'_, InboxOrder<Release>> {
@@ -246,27 +290,51 @@ impl Core {
         inboxes: &[String],
         origin: Option<Origin<'_>>,
     ) -> Vec<OfflineRecipient> {
-        let users: Vec<String> = match &sent.delivery {
-            Delivery::Push(users) => users.iter().map(|(u, _)| u.clone()).collect(),
-            Delivery::Notify { members, .. } => members.clone(),
-        };
-        let sessions = match self.sessions.sessions_of_users(&users).await {
-            Ok(s) => s,
+        let users = delivery_users(sent);
+        match self.sessions.sessions_of_users(&users).await {
+            Ok(sessions) => self.deliver_to(sent, inboxes, origin, &sessions_by_user(&sessions)),
             Err(e) => {
-                // Stored and acknowledged: the devices get it with SYNC.
-                warn!(error = %e, "cannot look up the recipients' sessions; they will SYNC");
-                self.metrics
-                    .store_errors
-                    .get_or_create(&KindLabel { kind: "deliver" })
-                    .inc();
-                self.finish_none(inboxes);
-                return Vec::new();
+                self.sessions_unknown(&e, inboxes);
+                Vec::new()
             }
+        }
+    }
+
+    /// The recipients' sessions could not be read: what was stored and acknowledged
+    /// reaches the devices with SYNC.
+    pub(crate) fn sessions_unknown(&self, e: &roam_store::StoreError, inboxes: &[String]) {
+        warn!(error = %e, "cannot look up the recipients' sessions; they will SYNC");
+        self.metrics
+            .store_errors
+            .get_or_create(&KindLabel { kind: "deliver" })
+            .inc();
+        self.finish_none(inboxes);
+    }
+
+    /// [`Self::deliver`] with the sessions of `sent`'s recipients already read, by user
+    /// (`by_user` may hold other users' too: a batch reads its recipients' sessions once).
+    pub(crate) fn deliver_to(
+        &self,
+        sent: &Sent,
+        inboxes: &[String],
+        origin: Option<Origin<'_>>,
+        by_user: &HashMap<&str, Vec<&Session>>,
+    ) -> Vec<OfflineRecipient> {
+        let users: Vec<&str> = match &sent.delivery {
+            Delivery::Push(users) => users.iter().map(|(u, _)| u.as_str()).collect(),
+            Delivery::Notify { members, .. } => members.iter().map(String::as_str).collect(),
         };
+        let sessions: Vec<&Session> = users
+            .iter()
+            .filter_map(|u| by_user.get(u))
+            .flatten()
+            .copied()
+            .collect();
         let online: HashSet<&str> = sessions.iter().map(|s| s.user.as_str()).collect();
         let offline = offline_recipients(sent, &online);
         let targets: Vec<&Session> = sessions
             .iter()
+            .copied()
             .filter(|s| origin.is_none_or(|o| !(o.edge == s.edge && o.conn == s.conn)))
             .collect();
         match &sent.delivery {
@@ -397,18 +465,9 @@ impl Core {
                     content: s.content,
                     content_type: s.content_type,
                 };
-                match self.send_message(req, Some(origin)).await {
-                    Ok(sent) => {
-                        let ack = pb::SendAck {
-                            client_msg_id,
-                            id: sent.id,
-                            seq: sent.seq,
-                            duplicate: sent.duplicate,
-                        };
-                        frame_of(Op::SendAck, seq, &ack).unwrap_or_default()
-                    }
-                    Err(e) => fail(e),
-                }
+                // Refusals are counted by `send_message`.
+                let result = self.send_message(req, Some(origin)).await;
+                crate::send_batch::ack_frame(seq, client_msg_id, result)
             }
             Op::Sync => {
                 let s = match pb::Sync::decode(body) {

@@ -44,6 +44,7 @@ mod link;
 pub mod metrics;
 mod push;
 pub mod secret_file;
+mod send_batch;
 mod service;
 mod sessions;
 pub mod webhook;

@@ -12,7 +12,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
 use futures_util::{Stream, StreamExt};
+use prost::Message as _;
+use roam_messaging::SendRequest;
 use roam_proto::client::v1 as pb;
 use roam_proto::internal::v1::edge_link_server::{EdgeLink, EdgeLinkServer};
 use roam_proto::internal::v1::{self as link, EdgeDown, EdgeUp, edge_down, edge_up};
@@ -20,12 +24,13 @@ use roam_proto::{Op, error_frame, frame_of};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::AuthError;
 use crate::chat::Origin;
 use crate::edges::{Conn, Edge, EdgeMeta};
 use crate::metrics::KindLabel;
+use crate::send_batch::{self, SendJob};
 use crate::service::{Core, now_ms};
 use crate::sessions::NewSession;
 
@@ -146,7 +151,10 @@ const CONN_QUEUE: usize = 256;
 async fn read_up(core: Arc<Core>, edge: Arc<Edge>, mut up: Streaming<EdgeUp>) {
     // One worker per connection with stored-messaging requests: they are answered in the
     // order they were sent (SEND_ACKs in order), while connections proceed in parallel.
+    // Their SENDs go to the link's batcher, which stores them in batches (group commit).
     let mut workers: HashMap<u64, mpsc::Sender<link::ClientOp>> = HashMap::new();
+    let (batch_tx, batch_rx) = mpsc::channel(send_batch::QUEUE);
+    tokio::spawn(send_batch::run(core.clone(), edge.clone(), batch_rx).in_current_span());
     loop {
         let msg = tokio::select! {
             _ = edge.cancel.cancelled() => break,
@@ -181,12 +189,13 @@ async fn read_up(core: Arc<Core>, edge: Arc<Edge>, mut up: Streaming<EdgeUp>) {
                     Some(Op::Send | Op::Sync | Op::Read | Op::PushAck | Op::Presence)
                 ) =>
             {
-                to_worker(&core, &edge, &mut workers, op).await;
+                to_worker(&core, &edge, &mut workers, &batch_tx, op).await;
             }
             edge_up::Msg::ClientOp(op) => client_op(&core, &edge, op).await,
         }
     }
     drop(workers);
+    drop(batch_tx);
     core.edges.link_ended(&edge, Instant::now());
     core.metrics.edges.set(core.edges.live().len() as i64);
     info!(edge = %edge.id, "edge link ended");
@@ -383,12 +392,14 @@ async fn to_worker(
     core: &Arc<Core>,
     edge: &Arc<Edge>,
     workers: &mut HashMap<u64, mpsc::Sender<link::ClientOp>>,
+    batches: &mpsc::Sender<SendJob>,
     op: link::ClientOp,
 ) {
     let conn_id = op.conn_id;
     let tx = workers.entry(conn_id).or_insert_with(|| {
         let (tx, rx) = mpsc::channel(CONN_QUEUE);
-        tokio::spawn(conn_worker(core.clone(), edge.clone(), conn_id, rx).in_current_span());
+        let worker = conn_worker(core.clone(), edge.clone(), conn_id, rx, batches.clone());
+        tokio::spawn(worker.in_current_span());
         tx
     });
     match tx.try_send(op) {
@@ -414,34 +425,118 @@ async fn to_worker(
     }
 }
 
+/// A reply of a connection's worker: ready, or a SEND's answer still to come from the
+/// batcher.
+type PendingReply = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+
 /// Answers one connection's stored-messaging requests in order, until its queue closes
-/// (the connection ended, or the edge link did).
+/// (the connection ended, or the edge link did). SENDs go to the link's batcher without
+/// waiting for each other (at most [`CONN_QUEUE`] unanswered); any other request first
+/// waits until every SEND before it is answered, so it sees them stored.
 async fn conn_worker(
     core: Arc<Core>,
     edge: Arc<Edge>,
     conn_id: u64,
     mut rx: mpsc::Receiver<link::ClientOp>,
+    batches: mpsc::Sender<SendJob>,
 ) {
-    while let Some(op) = rx.recv().await {
+    let mut replies: FuturesOrdered<PendingReply> = FuturesOrdered::new();
+    loop {
+        let op = tokio::select! {
+            biased;
+            Some(frames) = replies.next(), if !replies.is_empty() => {
+                if !reply(&edge, conn_id, frames).await {
+                    return;
+                }
+                continue;
+            }
+            op = rx.recv(), if replies.len() < CONN_QUEUE => op,
+        };
+        let Some(op) = op else { return };
         let Some(conn) = edge.conn(conn_id) else {
             return; // the connection ended or was replaced meanwhile
         };
         let Some(kind) = Op::from_code(op.op) else {
             continue;
         };
+        if kind == Op::Send {
+            replies.push_back(hand_over(&conn, conn_id, op, &batches).await);
+            continue;
+        }
+        while let Some(frames) = replies.next().await {
+            if !reply(&edge, conn_id, frames).await {
+                return;
+            }
+        }
         let origin = Origin {
             edge: &edge.id,
             conn: conn_id,
         };
         let frames = core.chat_op(&conn, origin, kind, op.seq, &op.body).await;
-        if frames.is_empty() {
-            continue;
-        }
-        let reply = down(edge_down::Msg::OpReply(link::OpReply { conn_id, frames }));
-        if edge.sender().send(reply).await.is_err() {
+        if !reply(&edge, conn_id, frames).await {
             return;
         }
     }
+}
+
+/// Sends `frames` (nothing when empty) to connection `conn_id`; false when the link is gone.
+async fn reply(edge: &Edge, conn_id: u64, frames: Bytes) -> bool {
+    if frames.is_empty() {
+        return true;
+    }
+    let reply = down(edge_down::Msg::OpReply(link::OpReply { conn_id, frames }));
+    edge.sender().send(reply).await.is_ok()
+}
+
+/// Hands a SEND of `conn` to the batcher; the future is its SEND_ACK or ERROR frame.
+async fn hand_over(
+    conn: &Conn,
+    conn_id: u64,
+    op: link::ClientOp,
+    batches: &mpsc::Sender<SendJob>,
+) -> PendingReply {
+    let s = match pb::Send::decode(op.body) {
+        Ok(s) => s,
+        Err(e) => {
+            let frames = error_frame(
+                op.seq,
+                pb::error::Code::BadBody,
+                &format!("the body is not a Send: {e}"),
+            );
+            return Box::pin(std::future::ready(frames));
+        }
+    };
+    let (tx, answer) = oneshot::channel();
+    let job = SendJob {
+        req: SendRequest {
+            from: conn.user.clone(),
+            to: s.to,
+            client_msg_id: s.client_msg_id,
+            content: s.content,
+            content_type: s.content_type,
+        },
+        conn: conn_id,
+        seq: op.seq,
+        reply: tx,
+    };
+    let seq = op.seq;
+    if batches.send(job).await.is_err() {
+        let frames = error_frame(
+            seq,
+            pb::error::Code::Unavailable,
+            "stored messaging is shutting down; retry",
+        );
+        return Box::pin(std::future::ready(frames));
+    }
+    Box::pin(async move {
+        answer.await.unwrap_or_else(|_| {
+            error_frame(
+                seq,
+                pb::error::Code::Unavailable,
+                "the send was not answered; retry with the same client_msg_id",
+            )
+        })
+    })
 }
 
 async fn client_op(core: &Arc<Core>, edge: &Arc<Edge>, op: link::ClientOp) {

@@ -67,6 +67,11 @@ pub struct CoreMetrics {
     /// Stored-message deliveries (PUSH or NOTICE to one user's devices on one edge) not
     /// queued because the edge's queue was full; the devices get them with SYNC.
     pub(crate) deliveries_dropped: Counter,
+    /// SENDs stored together in one store batch (group commit), per batch.
+    pub(crate) send_batch_size: Histogram,
+    /// From a send batch's hand-over to the store until every send in it was durable (or
+    /// refused), in seconds.
+    pub(crate) send_batch_commit: Histogram,
 }
 
 impl CoreMetrics {
@@ -89,6 +94,8 @@ impl CoreMetrics {
             messages_duplicate: Counter::default(),
             messaging_refused: Family::default(),
             deliveries_dropped: Counter::default(),
+            send_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            send_batch_commit: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         };
         let r = registry.sub_registry_with_prefix("roam_core");
         r.register("edges", "Edges registered and live", m.edges.clone());
@@ -166,6 +173,16 @@ impl CoreMetrics {
             "deliveries_dropped",
             "Stored-message deliveries not queued because an edge's queue was full (devices SYNC)",
             m.deliveries_dropped.clone(),
+        );
+        r.register(
+            "send_batch_size",
+            "SENDs stored together in one store batch (group commit), per batch",
+            m.send_batch_size.clone(),
+        );
+        r.register(
+            "send_batch_commit_seconds",
+            "From a send batch's hand-over to the store until all of it was durable",
+            m.send_batch_commit.clone(),
         );
         m
     }

@@ -43,7 +43,7 @@ use roam_store::{Store, StoreError};
 pub use conversation::{Conversation, GROUP_PREFIX, MAX_ID_LEN, check_group, check_user};
 pub use groups::Group;
 pub use read::{MAX_UNREAD_SCAN, Page, ReadOutcome, Unread};
-pub use send::{Delivery, Planned, SendRequest, Sent};
+pub use send::{Delivery, Planned, SendRequest, Sent, StoringBatch};
 
 /// Longest `client_msg_id`, in bytes.
 pub const MAX_CLIENT_MSG_ID: usize = 128;
@@ -72,6 +72,14 @@ pub struct MessagingOptions {
     pub send_rate: u32,
     /// Sends one user may make at once above the rate.
     pub send_burst: u32,
+    /// Most SENDs core stores as one batch (group commit: one store transaction and one
+    /// fsync for those whose timelines are free).
+    pub batch_max: usize,
+    /// How long core waits for more SENDs to join a batch that is not full; zero: a batch
+    /// is what is waiting when the previous one is handed over.
+    pub batch_wait: Duration,
+    /// Send batches core has in the store at once; more SENDs wait and form the next.
+    pub batches_in_flight: usize,
 }
 
 impl Default for MessagingOptions {
@@ -83,6 +91,9 @@ impl Default for MessagingOptions {
             max_groups_per_user: 1_000,
             send_rate: 200,
             send_burst: 400,
+            batch_max: 256,
+            batch_wait: Duration::ZERO,
+            batches_in_flight: 4,
         }
     }
 }
@@ -165,6 +176,26 @@ impl Messaging {
                     Err(e) => return Err(e.into()),
                 }
                 Ok(self.ids.next_id(ID_TAG).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// `count` message ids from the ID service in one call (creating the `msg` tag on
+    /// first use); none for 0.
+    async fn next_ids(&self, count: usize) -> Result<Vec<u64>, MessagingError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let count = u32::try_from(count)
+            .map_err(|_| MessagingError::Invalid(format!("{count} ids at once")))?;
+        match self.ids.next_ids(ID_TAG, count).await {
+            Err(IdError::UnknownTag { .. }) => {
+                match self.ids.create_tag(ID_TAG, 1000, 1).await {
+                    Ok(()) | Err(IdError::TagExists { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(self.ids.next_ids(ID_TAG, count).await?)
             }
             other => Ok(other?),
         }

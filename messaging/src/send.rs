@@ -1,12 +1,15 @@
 //! Send: validate, resolve the recipients, then one store transaction (body into the
 //! history, references into inboxes, idempotency record, conversation index).
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
 use roam_proto::client::v1 as pb;
-use roam_store::{IdempotencyKey, MultiAppend, NewMessage, StoreError, TimelineId, codec};
+use roam_store::{
+    Appended, IdempotencyKey, MultiAppend, NewMessage, StoreError, TimelineId, codec,
+};
 
 use crate::conversation::Conversation;
 use crate::keys::{self, V1};
@@ -79,6 +82,20 @@ impl Planned {
     }
 }
 
+/// A batch of sends handed to the store ([`Messaging::store_batch`]).
+pub struct StoringBatch {
+    planned: Vec<Planned>,
+    answers: Pin<Box<dyn Future<Output = Vec<Result<Appended, StoreError>>> + Send>>,
+}
+
+impl std::fmt::Debug for StoringBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoringBatch")
+            .field("sends", &self.planned.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Times a send is re-planned after its group's membership changed under it.
 const MAX_REPLANS: u32 = 3;
 
@@ -94,6 +111,14 @@ fn required(conversation: &Conversation, from: &str, fanout_users: &[String]) ->
             .map(|u| keys::group_member(g, u))
             .collect(),
     }
+}
+
+/// A request that passed its checks: who it goes to.
+struct Checked {
+    req: SendRequest,
+    conversation: Conversation,
+    fanout_users: Vec<String>,
+    group_members: Option<Vec<String>>,
 }
 
 impl Messaging {
@@ -117,6 +142,58 @@ impl Messaging {
         now_ms: u64,
         mono: Duration,
     ) -> Result<Planned, MessagingError> {
+        let checked = self.check(req, mono).await?;
+        let id = self.next_id().await?;
+        Ok(build(checked, id, now_ms))
+    }
+
+    /// [`Self::plan_send`] for a batch: each request is checked on its own (one refused
+    /// request never fails the others), and the message ids of those that pass come from
+    /// the ID service in one call. One result per request, in order.
+    pub async fn plan_batch(
+        &self,
+        reqs: Vec<SendRequest>,
+        now_ms: u64,
+        mono: Duration,
+    ) -> Vec<Result<Planned, MessagingError>> {
+        let mut checked = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            checked.push(self.check(req, mono).await);
+        }
+        let wanted = checked.iter().filter(|c| c.is_ok()).count();
+        let mut ids = match self.next_ids(wanted).await {
+            Ok(ids) => ids.into_iter(),
+            Err(e) => {
+                // No ids: every request that passed its checks fails with the id service.
+                let e = e.to_string();
+                return checked
+                    .into_iter()
+                    .map(|c| {
+                        c.and_then(|_| {
+                            Err(MessagingError::Ids(roam_idsvc::IdError::Unavailable(
+                                e.clone(),
+                            )))
+                        })
+                    })
+                    .collect();
+            }
+        };
+        checked
+            .into_iter()
+            .map(|c| {
+                let c = c?;
+                let id = ids.next().ok_or_else(|| {
+                    MessagingError::Ids(roam_idsvc::IdError::Unavailable(
+                        "the id service returned too few IDs".into(),
+                    ))
+                })?;
+                Ok(build(c, id, now_ms))
+            })
+            .collect()
+    }
+
+    /// The checks of a send (fields, recipient, membership, send rate), in that order.
+    async fn check(&self, req: SendRequest, mono: Duration) -> Result<Checked, MessagingError> {
         if req.client_msg_id.is_empty() {
             return Err(MessagingError::Invalid(
                 "client_msg_id is required (the client's idempotency key)".into(),
@@ -162,46 +239,9 @@ impl Messaging {
             }
         };
         self.admit(&req.from, mono)?;
-        let id = self.next_id().await?;
-        let home = conversation.timeline();
-        let to = conversation.name_for(&req.from);
-        let message = pb::Message {
-            id,
-            seq: 0,
-            from: req.from.clone(),
-            to: to.clone(),
-            content: req.content,
-            content_type: req.content_type,
-            created_at: now_ms,
-            conversation_seq: 0,
-        };
-        let extra = match &conversation {
-            Conversation::Direct { .. } => {
-                let value = codec::encode(V1, &());
-                let mut extra = vec![(keys::user_conversation(&req.from, &to), value.clone())];
-                if to != req.from {
-                    extra.push((keys::user_conversation(&to, &req.from), value));
-                }
-                extra
-            }
-            Conversation::Group(_) => Vec::new(),
-        };
-        let append = MultiAppend {
-            home,
-            fanout: fanout_users.iter().map(TimelineId::inbox).collect(),
-            message: NewMessage {
-                id,
-                created_at_ms: now_ms,
-                body: Bytes::from(message.encode_to_vec()),
-            },
-            idempotency: Some(IdempotencyKey::new(&req.from, &req.client_msg_id)),
-            extra,
-            require: required(&conversation, &req.from, &fanout_users),
-        };
-        Ok(Planned {
+        Ok(Checked {
+            req,
             conversation,
-            message,
-            append,
             fanout_users,
             group_members,
         })
@@ -212,6 +252,48 @@ impl Messaging {
     /// transaction): when a member was removed meanwhile it is re-planned without them,
     /// and refused when that member is the sender.
     pub async fn store(&self, planned: Planned) -> Result<Sent, MessagingError> {
+        let first = self
+            .store
+            .timelines()
+            .append_multi(planned.append.clone())
+            .await;
+        self.settle(planned, first).await
+    }
+
+    /// Stores planned sends together: one store batch (group commit — those whose
+    /// timelines are free share one transaction and one fsync), each still on its own
+    /// inside it: a duplicate, a failed precondition (re-planned as in [`Self::store`]) or
+    /// a store refusal is that send's result alone. The batch is handed to the store before
+    /// this returns, so batches stored one after the other keep their order on every
+    /// timeline; [`Self::finish_batch`] waits for it and gives one result per send, in
+    /// order, each once durable.
+    pub fn store_batch(&self, batch: Vec<Planned>) -> StoringBatch {
+        let appends = batch.iter().map(|p| p.append.clone()).collect();
+        let answers = Box::pin(self.store.timelines().append_batch(appends));
+        StoringBatch {
+            planned: batch,
+            answers,
+        }
+    }
+
+    /// Waits for a batch of [`Self::store_batch`]: one result per send, in order.
+    pub async fn finish_batch(&self, batch: StoringBatch) -> Vec<Result<Sent, MessagingError>> {
+        let StoringBatch { planned, answers } = batch;
+        let results = answers.await;
+        let mut out = Vec::with_capacity(results.len());
+        for (planned, result) in planned.into_iter().zip(results) {
+            out.push(self.settle(planned, result).await);
+        }
+        out
+    }
+
+    /// A planned send's outcome from its first append: re-planned and appended again while
+    /// a group's membership changed under it, then what to deliver.
+    async fn settle(
+        &self,
+        planned: Planned,
+        first: Result<Appended, StoreError>,
+    ) -> Result<Sent, MessagingError> {
         let Planned {
             conversation,
             mut message,
@@ -220,8 +302,9 @@ impl Messaging {
             mut group_members,
         } = planned;
         let mut attempts = 0;
+        let mut outcome = first;
         let appended = loop {
-            match self.store.timelines().append_multi(append.clone()).await {
+            match outcome {
                 Err(StoreError::Precondition(_)) if attempts < MAX_REPLANS => {
                     // The group's membership changed since the send was planned: the
                     // sender must still be a member, and the message reaches only those
@@ -241,6 +324,7 @@ impl Messaging {
                     }
                     append.fanout = fanout_users.iter().map(TimelineId::inbox).collect();
                     append.require = required(&conversation, &message.from, &fanout_users);
+                    outcome = self.store.timelines().append_multi(append.clone()).await;
                 }
                 other => break other?,
             }
@@ -275,5 +359,57 @@ impl Messaging {
             message,
             delivery,
         })
+    }
+}
+
+/// The planned send of a checked request with message id `id`.
+fn build(checked: Checked, id: u64, now_ms: u64) -> Planned {
+    let Checked {
+        req,
+        conversation,
+        fanout_users,
+        group_members,
+    } = checked;
+    let home = conversation.timeline();
+    let to = conversation.name_for(&req.from);
+    let message = pb::Message {
+        id,
+        seq: 0,
+        from: req.from.clone(),
+        to: to.clone(),
+        content: req.content,
+        content_type: req.content_type,
+        created_at: now_ms,
+        conversation_seq: 0,
+    };
+    let extra = match &conversation {
+        Conversation::Direct { .. } => {
+            let value = codec::encode(V1, &());
+            let mut extra = vec![(keys::user_conversation(&req.from, &to), value.clone())];
+            if to != req.from {
+                extra.push((keys::user_conversation(&to, &req.from), value));
+            }
+            extra
+        }
+        Conversation::Group(_) => Vec::new(),
+    };
+    let append = MultiAppend {
+        home,
+        fanout: fanout_users.iter().map(TimelineId::inbox).collect(),
+        message: NewMessage {
+            id,
+            created_at_ms: now_ms,
+            body: Bytes::from(message.encode_to_vec()),
+        },
+        idempotency: Some(IdempotencyKey::new(&req.from, &req.client_msg_id)),
+        extra,
+        require: required(&conversation, &req.from, &fanout_users),
+    };
+    Planned {
+        conversation,
+        message,
+        append,
+        fanout_users,
+        group_members,
     }
 }

@@ -29,6 +29,7 @@ cases!(
     hot_timeline_64_tasks_x_1000,
     spread_64_timelines_x_1000,
     hot_inbox_from_many_senders,
+    a_batch_is_one_transaction_and_its_failures_are_its_own,
 );
 
 async fn all_entries(h: &Harness, t: &TimelineId) -> Vec<roam_store::TimelineEntry> {
@@ -508,4 +509,53 @@ async fn hot_inbox_from_many_senders(h: &Harness) {
             Some(format!("message {}", e.id).as_bytes())
         );
     }
+}
+
+/// `append_batch`: a batch on free timelines commits as one transaction, in order (a
+/// duplicate inside the batch sees the first), and an invalid append or a failed
+/// precondition is answered alone while its batch-mates are stored.
+async fn a_batch_is_one_transaction_and_its_failures_are_its_own(h: &Harness) {
+    let tl = h.store.timelines();
+    let missing = format!("x-member-{}", h.name("gone")).into_bytes();
+    let mut batch = Vec::new();
+    for i in 0..20u64 {
+        batch.push(send(
+            h,
+            "a",
+            &format!("to{}", i % 4),
+            1 + i,
+            &format!("b-{i}"),
+        ));
+    }
+    // A retry of b-3 in the same batch: the first is stored, this one is its duplicate.
+    batch.push(send(h, "a", "to3", 100, "b-3"));
+    let mut unmet = send(h, "a", "to0", 101, "b-unmet");
+    unmet.require = vec![missing];
+    batch.push(unmet);
+    let mut twice = send(h, "a", "to1", 102, "b-twice");
+    twice.fanout.push(h.inbox("to1"));
+    batch.push(twice);
+    batch.push(send(h, "a", "to2", 103, "b-last"));
+    let before = h.store.stats();
+    let results = tl.append_batch(batch).await;
+    let after = h.store.stats();
+    assert_eq!(results.len(), 24);
+    for (i, r) in results[..20].iter().enumerate() {
+        let r = r.as_ref().unwrap();
+        assert!(!r.duplicate);
+        assert_eq!(r.home_seq(), i as u64 + 1, "stored in batch order");
+    }
+    let dup = results[20].as_ref().unwrap();
+    assert!(dup.duplicate);
+    assert_eq!(dup.id, 4, "the first send of b-3 in the batch");
+    assert!(matches!(results[21], Err(StoreError::Precondition(_))));
+    assert!(matches!(results[22], Err(StoreError::InvalidRequest(_))));
+    assert_eq!(results[23].as_ref().unwrap().home_seq(), 21);
+    if matches!(h.store.spec(), roam_store::StoreSpec::Embedded(_)) {
+        assert_eq!(after.commits - before.commits, 1, "one transaction");
+        assert_eq!(after.syncs - before.syncs, 1, "one fsync");
+    }
+    assert_eq!(tl.latest_seq(&h.outbox("a")).await.unwrap(), 21);
+    assert_eq!(tl.latest_seq(&h.inbox("to0")).await.unwrap(), 5);
+    assert_eq!(tl.latest_seq(&h.inbox("to2")).await.unwrap(), 6);
 }

@@ -941,3 +941,105 @@ async fn presence_answers_only_for_users_sharing_a_conversation() {
     let e = error_of(&next_frame(&mut alice).await);
     assert_eq!(e.code, pb::error::Code::InvalidArgument as i32, "{e:?}");
 }
+
+/// Group commit of SENDs: 16 connections each send 60 SENDs without waiting (every frame
+/// first), two of them bad (no `client_msg_id`, a malformed `to`). Every good SEND is
+/// acknowledged once, in the order sent, with the sender's inbox seqs increasing; each bad
+/// one gets its ERROR in its place while its batch-mates are stored; every partner gets
+/// every good message once, in inbox seq order; and the server stored them in batches of
+/// more than one SEND (`roam_core_send_batch_size`), each batch one store batch.
+#[tokio::test]
+async fn sends_from_many_connections_are_stored_in_batches_each_acked_once_in_order() {
+    let server = roam_tests::start(UNLIMITED);
+    const USERS: usize = 16;
+    const N: u32 = 60;
+    const BAD_ID: u32 = 20;
+    const BAD_TO: u32 = 41;
+    let mut conns = Vec::new();
+    for i in 0..USERS {
+        conns.push(login(&server, &format!("batch{i}"), "phone").await);
+    }
+    let runs = conns.iter_mut().enumerate().map(|(i, c)| async move {
+        let partner = format!("batch{}", i ^ 1);
+        for k in 0..N {
+            let mut f = send_frame(&partner, &format!("b{i}-{k}"), &format!("b{i}-{k}"));
+            if k == BAD_ID {
+                f.client_msg_id.clear();
+            }
+            if k == BAD_TO {
+                f.to = "group:".into();
+            }
+            c.send(Op::Send, 100 + k, &f).await.unwrap();
+        }
+        // Own answers (N, two of them ERRORs) and the partner's N - 2 good messages.
+        let mut answers: Vec<Frame> = Vec::new();
+        let mut pushed: Vec<pb::Message> = Vec::new();
+        while answers.len() < N as usize || pushed.len() < N as usize - 2 {
+            let f = next_frame(c).await;
+            match f.op_kind() {
+                Some(Op::Push) => match f.decode_body::<pb::Push>().unwrap().kind {
+                    Some(pb::push::Kind::Message(m)) => pushed.push(m),
+                    other => panic!("not a stored message: {other:?}"),
+                },
+                Some(Op::SendAck | Op::Error) => answers.push(f),
+                _ => panic!("unexpected {f:?}"),
+            }
+        }
+        (i, answers, pushed)
+    });
+    for (i, answers, pushed) in futures_util::future::join_all(runs).await {
+        let partner = i ^ 1;
+        let seqs: Vec<u32> = answers.iter().map(|f| f.seq).collect();
+        assert_eq!(
+            seqs,
+            (100..100 + N).collect::<Vec<_>>(),
+            "answers in SEND order"
+        );
+        let mut inbox_seqs = Vec::new();
+        for (k, f) in answers.iter().enumerate() {
+            let k = k as u32;
+            if k == BAD_ID || k == BAD_TO {
+                let e = error_of(f);
+                assert_eq!(e.code, pb::error::Code::InvalidArgument as i32, "{e:?}");
+                continue;
+            }
+            let ack: pb::SendAck = f.decode_body().unwrap();
+            assert_eq!(ack.client_msg_id, format!("b{i}-{k}"));
+            assert!(!ack.duplicate);
+            inbox_seqs.push(ack.seq);
+        }
+        assert!(
+            inbox_seqs.windows(2).all(|w| w[0] < w[1]),
+            "batch{i}'s acks in inbox order: {inbox_seqs:?}"
+        );
+        let texts: Vec<String> = pushed.iter().map(text).collect();
+        let expected: Vec<String> = (0..N)
+            .filter(|k| *k != BAD_ID && *k != BAD_TO)
+            .map(|k| format!("b{partner}-{k}"))
+            .collect();
+        assert_eq!(
+            texts, expected,
+            "batch{i} got its partner's messages once, in order"
+        );
+        let pushed_seqs: Vec<u64> = pushed.iter().map(|m| m.seq).collect();
+        assert!(
+            pushed_seqs.windows(2).all(|w| w[0] < w[1]),
+            "{pushed_seqs:?}"
+        );
+        // Own sends and the partner's interleave in the inbox: every seq once.
+        let mut all: Vec<u64> = inbox_seqs.iter().chain(&pushed_seqs).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=2 * (N as u64 - 2)).collect::<Vec<_>>());
+    }
+    let batches = roam_tests::metric(&server, "roam_core_send_batch_size_count").await;
+    let sends = roam_tests::metric(&server, "roam_core_send_batch_size_sum").await;
+    assert_eq!(
+        sends,
+        (USERS as u32 * N) as f64,
+        "every SEND went through a batch"
+    );
+    assert!(
+        batches < sends,
+        "{sends} SENDs in {batches} batches: sends arriving together share a batch"
+    );
+}

@@ -230,6 +230,40 @@ impl Timelines {
         self.store.sequencer().submit(&self.store, append).await
     }
 
+    /// Appends a batch of messages (see [`MultiAppend`]); one result per append, in order,
+    /// each once durable. The batch is queued at once, so appends whose timelines are free
+    /// share one transaction and one fsync (group commit); each is still applied on its own
+    /// inside it: one that is invalid, fails its precondition or is a duplicate gets its own
+    /// result and never fails the others. The appends are queued before this returns, so
+    /// batches submitted one after the other keep their order on every timeline.
+    pub fn append_batch(
+        &self,
+        batch: Vec<MultiAppend>,
+    ) -> impl Future<Output = Vec<Result<Appended, StoreError>>> + use<> {
+        let mut invalid: Vec<Option<StoreError>> = Vec::with_capacity(batch.len());
+        let mut valid = Vec::with_capacity(batch.len());
+        for append in batch {
+            match validate(&append) {
+                Ok(()) => {
+                    invalid.push(None);
+                    valid.push(append);
+                }
+                Err(e) => invalid.push(Some(e)),
+            }
+        }
+        let answers = self.store.sequencer().submit_batch(&self.store, valid);
+        async move {
+            let mut answers = answers.await.into_iter();
+            invalid
+                .into_iter()
+                .map(|bad| match bad {
+                    Some(e) => Err(e),
+                    None => answers.next().unwrap_or(Err(StoreError::Closed)),
+                })
+                .collect()
+        }
+    }
+
     /// Up to `limit` entries of `timeline` with seq `> after`, in seq order. Entries trimmed
     /// by retention are skipped: a first seq above `after + 1` means the reader missed some.
     pub async fn read(

@@ -97,6 +97,39 @@ impl Sequencer {
         }
         answer.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// Queues every append of `batch` at once, in order, and returns their answers in
+    /// order. Queued together, they form rounds together: a batch whose timelines are free
+    /// is one transaction (up to `max_batch` appends or `max_batch_bytes`), where appends
+    /// submitted one by one would each start a round of their own while slots are free.
+    /// The appends are queued before this returns (not when the future is first polled), so
+    /// batches submitted one after the other keep their order on every timeline.
+    pub(crate) fn submit_batch(
+        &self,
+        store: &Store,
+        batch: Vec<MultiAppend>,
+    ) -> impl Future<Output = Vec<Result<Appended, StoreError>>> + use<> {
+        let mut answers = Vec::with_capacity(batch.len());
+        let rounds = {
+            let mut state = self.state.lock();
+            for append in batch {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                state.enqueue(Pending { append, reply });
+            }
+            state.form_rounds(&self.options)
+        };
+        for round in rounds {
+            spawn_round(store.clone(), round);
+        }
+        async move {
+            let mut results = Vec::with_capacity(answers.len());
+            for answer in answers {
+                results.push(answer.await.unwrap_or(Err(StoreError::Closed)));
+            }
+            results
+        }
+    }
 }
 
 fn spawn_round(store: Store, round: Vec<Pending>) {
@@ -164,11 +197,16 @@ impl State {
             self.in_flight += 1;
             return Some(vec![p]);
         }
+        self.enqueue(p);
+        None
+    }
+
+    /// Queues `p` behind everything already waiting.
+    fn enqueue(&mut self, p: Pending) {
         for t in p.timelines() {
             *self.queued.entry(t.clone()).or_insert(0) += 1;
         }
         self.queue.push_back(p);
-        None
     }
 
     /// A round over `timelines` ended: frees them and forms the rounds to run next.
