@@ -82,10 +82,13 @@ impl Planned {
     }
 }
 
+/// The store's answers to a batch of appends, one per append, in order.
+type BatchAnswers = Pin<Box<dyn Future<Output = Vec<Result<Appended, StoreError>>> + Send>>;
+
 /// A batch of sends handed to the store ([`Messaging::store_batch`]).
 pub struct StoringBatch {
     planned: Vec<Planned>,
-    answers: Pin<Box<dyn Future<Output = Vec<Result<Appended, StoreError>>> + Send>>,
+    answers: BatchAnswers,
 }
 
 impl std::fmt::Debug for StoringBatch {

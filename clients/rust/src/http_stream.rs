@@ -321,19 +321,8 @@ async fn read_stream(mut body: Body, down: mpsc::Sender<Down>) {
         match body.chunk().await {
             Ok(Some(chunk)) => {
                 buf.extend_from_slice(&chunk);
-                loop {
-                    match decoder.decode(&mut buf) {
-                        Ok(Some(frame)) => {
-                            if down.send(Down::Frame(frame)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            let _ = down.send(Down::Failed(e.to_string())).await;
-                            return;
-                        }
-                    }
+                if !forward_frames(&decoder, &mut buf, &down).await {
+                    return;
                 }
             }
             Ok(None) => {
@@ -387,18 +376,30 @@ async fn write_up(
                 return;
             }
         };
-        loop {
-            match decoder.decode(&mut bytes) {
-                Ok(Some(frame)) => {
-                    if down.send(Down::Frame(frame)).await.is_err() {
-                        return;
-                    }
+        if !forward_frames(&decoder, &mut bytes, &down).await {
+            return;
+        }
+    }
+}
+
+/// Sends every whole frame in `buf` to `down`; false once that is over (`down` closed, or
+/// a malformed frame, reported as `Down::Failed`).
+async fn forward_frames(
+    decoder: &FrameDecoder,
+    buf: &mut BytesMut,
+    down: &mpsc::Sender<Down>,
+) -> bool {
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(frame)) => {
+                if down.send(Down::Frame(frame)).await.is_err() {
+                    return false;
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = down.send(Down::Failed(e.to_string())).await;
-                    return;
-                }
+            }
+            Ok(None) => return true,
+            Err(e) => {
+                let _ = down.send(Down::Failed(e.to_string())).await;
+                return false;
             }
         }
     }
