@@ -75,6 +75,22 @@ async fn raw_quic(server: &ChildServer, user: &str, device: &str) -> QuicRawConn
     c
 }
 
+/// One connection refused for `reason` (counted once), and `admitted` still answered.
+async fn refused_once_and_the_admitted_carries_on(
+    server: &ChildServer,
+    reason: &str,
+    admitted: &mut QuicRawConnection,
+) {
+    let refused = format!("roam_refused_connections_total{{reason=\"{reason}\"}}");
+    assert_eq!(metric(server, &refused).await, 1.0);
+    admitted
+        .send(Op::Heartbeat, 2, &pb::Heartbeat {})
+        .await
+        .unwrap();
+    let f = admitted.next().await.unwrap().unwrap();
+    assert_eq!((f.op_kind(), f.seq), (Some(Op::HeartbeatReply), 2));
+}
+
 /// `GET path` over HTTP/1.1 on the TLS client port: the status and the `alt-svc` header.
 async fn tls_get(server: &ChildServer, path: &str) -> (u16, Option<String>) {
     let (status, alt_svc, _) = tls_get_body(server, path).await;
@@ -374,21 +390,7 @@ async fn quic_connections_beyond_the_cap_are_refused_and_others_unaffected() {
         refused.to_string().contains("refused"),
         "a clear refusal: {refused}"
     );
-    assert_eq!(
-        metric(
-            &server,
-            "roam_refused_connections_total{reason=\"quic_connections\"}"
-        )
-        .await,
-        1.0
-    );
-    // The admitted connection carries on.
-    first
-        .send(Op::Heartbeat, 2, &pb::Heartbeat {})
-        .await
-        .unwrap();
-    let f = first.next().await.unwrap().unwrap();
-    assert_eq!((f.op_kind(), f.seq), (Some(Op::HeartbeatReply), 2));
+    refused_once_and_the_admitted_carries_on(&server, "quic_connections", &mut first).await;
 }
 
 #[tokio::test]
@@ -647,21 +649,7 @@ async fn an_http3_connection_beyond_the_slot_limit_gets_a_503_with_the_json_erro
     assert_eq!(answer.headers()["retry-after"], "5");
     let body: serde_json::Value = serde_json::from_slice(answer.body()).unwrap();
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
-    assert_eq!(
-        metric(
-            &server,
-            "roam_refused_connections_total{reason=\"max_connections\"}"
-        )
-        .await,
-        1.0
-    );
-    // The admitted connection carries on.
-    first
-        .send(Op::Heartbeat, 2, &pb::Heartbeat {})
-        .await
-        .unwrap();
-    let f = first.next().await.unwrap().unwrap();
-    assert_eq!((f.op_kind(), f.seq), (Some(Op::HeartbeatReply), 2));
+    refused_once_and_the_admitted_carries_on(&server, "max_connections", &mut first).await;
 }
 
 /// An HTTP/3 connection whose one request is its long `GET /v1/stream` stays open past the

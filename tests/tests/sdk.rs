@@ -58,6 +58,20 @@ async fn connected(events: &mut Events) {
     }
 }
 
+/// bob connects over `edges` and says `text`; alice (whose events these are) hears it.
+async fn bob_says_to_alice(
+    server: &ChildServer,
+    edges: Vec<String>,
+    text: &str,
+    alice: &mut Events,
+) {
+    let (bob, mut bob_events) = client(server, "bob", edges);
+    connected(&mut bob_events).await;
+    bob.send("alice", text.to_owned()).await.unwrap();
+    assert_eq!(next_text(alice).await, text);
+    bob.close();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_survive_a_server_restart_once_each_in_order() {
     let mut server = roam_tests::start(UNLIMITED);
@@ -254,16 +268,14 @@ async fn with_udp_blocked_the_client_falls_back_to_tcp() {
         format!("raw://{}", server.addr("raw").unwrap()),
     ];
     let (alice, mut alice_events) = client(&server, "alice", edges);
-    let (bob, mut bob_events) = client(
+    bob_says_to_alice(
         &server,
-        "bob",
         vec![format!("raw://{}", server.addr("raw").unwrap())],
-    );
-    connected(&mut bob_events).await;
-    bob.send("alice", "over tcp").await.unwrap();
-    assert_eq!(next_text(&mut alice_events).await, "over tcp");
+        "over tcp",
+        &mut alice_events,
+    )
+    .await;
     alice.close();
-    bob.close();
 }
 
 /// The SDK verifies the certificate for the host it dials (not always `localhost`): a server
@@ -442,12 +454,14 @@ async fn the_edge_list_comes_from_the_apps_backend_and_is_tried_in_order() {
         .expect("the list's first edge was tried first")
         .unwrap();
 
-    let (bob, mut bob_events) = client(&server, "bob", edges_of(&server));
-    connected(&mut bob_events).await;
-    bob.send("alice", "via the edge list").await.unwrap();
-    assert_eq!(next_text(&mut alice_events).await, "via the edge list");
+    bob_says_to_alice(
+        &server,
+        edges_of(&server),
+        "via the edge list",
+        &mut alice_events,
+    )
+    .await;
     alice.close();
-    bob.close();
 }
 
 fn edges_of(server: &ChildServer) -> Vec<String> {
@@ -522,12 +536,8 @@ async fn a_disconnect_with_reconnect_to_is_followed() {
         }
     }
     connected(&mut alice_events).await; // reconnect_to: the real server
-    let (bob, mut bob_events) = client(&server, "bob", vec![real]);
-    connected(&mut bob_events).await;
-    bob.send("alice", "found you").await.unwrap();
-    assert_eq!(next_text(&mut alice_events).await, "found you");
+    bob_says_to_alice(&server, vec![real], "found you", &mut alice_events).await;
     alice.close();
-    bob.close();
 }
 
 /// A small event queue that the application does not read for a while: the client stops
