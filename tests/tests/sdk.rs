@@ -72,6 +72,24 @@ async fn bob_says_to_alice(
     bob.close();
 }
 
+/// alice and bob send each other messages `b{i}` and `a{i}` for each `i` (each send
+/// acknowledged), noted in what each should receive.
+async fn exchange(
+    alice: &Client,
+    bob: &Client,
+    range: std::ops::Range<u32>,
+    to_alice: &mut Vec<String>,
+    to_bob: &mut Vec<String>,
+) {
+    for i in range {
+        let ack = bob.send("alice", format!("b{i}")).await.unwrap();
+        assert!(ack.id > 0 && ack.seq > 0, "{ack:?}");
+        alice.send("bob", format!("a{i}")).await.unwrap();
+        to_alice.push(format!("b{i}"));
+        to_bob.push(format!("a{i}"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_survive_a_server_restart_once_each_in_order() {
     let mut server = roam_tests::start(UNLIMITED);
@@ -232,22 +250,12 @@ async fn a_network_change_migrates_quic_and_reconnects_tcp_losing_nothing() {
 
     let mut to_alice = Vec::new();
     let mut to_bob = Vec::new();
-    for i in 0..3 {
-        bob.send("alice", format!("b{i}")).await.unwrap();
-        alice.send("bob", format!("a{i}")).await.unwrap();
-        to_alice.push(format!("b{i}"));
-        to_bob.push(format!("a{i}"));
-    }
+    exchange(&alice, &bob, 0..3, &mut to_alice, &mut to_bob).await;
     // Both move to another network mid-flow: alice's QUIC connection to a new UDP socket,
     // bob's TCP connection is replaced.
     alice.network_changed(local).unwrap();
     bob.network_changed(local).unwrap();
-    for i in 3..6 {
-        bob.send("alice", format!("b{i}")).await.unwrap();
-        alice.send("bob", format!("a{i}")).await.unwrap();
-        to_alice.push(format!("b{i}"));
-        to_bob.push(format!("a{i}"));
-    }
+    exchange(&alice, &bob, 3..6, &mut to_alice, &mut to_bob).await;
     let (got, alice_connects) = connected_count_until(&mut alice_events, &to_alice).await;
     assert_eq!(got, to_alice);
     assert_eq!(alice_connects, 0, "QUIC migrated: no new connection");
@@ -338,20 +346,9 @@ async fn http3_and_http2_streams_chat_and_http3_migrates() {
 
     let mut to_alice = Vec::new();
     let mut to_bob = Vec::new();
-    for i in 0..3 {
-        let ack = bob.send("alice", format!("b{i}")).await.unwrap();
-        assert!(ack.id > 0 && ack.seq > 0, "{ack:?}");
-        alice.send("bob", format!("a{i}")).await.unwrap();
-        to_alice.push(format!("b{i}"));
-        to_bob.push(format!("a{i}"));
-    }
+    exchange(&alice, &bob, 0..3, &mut to_alice, &mut to_bob).await;
     alice.network_changed("127.0.0.1".parse().unwrap()).unwrap();
-    for i in 3..6 {
-        bob.send("alice", format!("b{i}")).await.unwrap();
-        alice.send("bob", format!("a{i}")).await.unwrap();
-        to_alice.push(format!("b{i}"));
-        to_bob.push(format!("a{i}"));
-    }
+    exchange(&alice, &bob, 3..6, &mut to_alice, &mut to_bob).await;
     let (got, alice_connects) = connected_count_until(&mut alice_events, &to_alice).await;
     assert_eq!(got, to_alice);
     assert_eq!(alice_connects, 0, "HTTP/3 migrated: no new connection");
