@@ -962,6 +962,14 @@ mod tests {
         (s, rng)
     }
 
+    /// [`connecting`], then its AUTH answered.
+    fn authenticated(t0: Instant) -> (Session, StdRng) {
+        let (mut s, rng) = connecting(t0);
+        let out = sent(&mut s);
+        auth_reply(&mut s, t0, out[0].seq);
+        (s, rng)
+    }
+
     fn sent(s: &mut Session) -> Vec<Frame> {
         let mut out = Vec::new();
         while let Some(b) = s.poll_transmit() {
@@ -1371,9 +1379,7 @@ mod tests {
     fn disconnect_hints_and_refusals() {
         use pb::disconnect::Reason;
         let t0 = Instant::now();
-        let (mut s, mut rng) = connecting(t0);
-        let out = sent(&mut s);
-        auth_reply(&mut s, t0, out[0].seq);
+        let (mut s, mut rng) = authenticated(t0);
         let drain = pb::Disconnect {
             reason: Reason::Drain as i32,
             reconnect: true,
@@ -1417,9 +1423,7 @@ mod tests {
     fn a_bare_reconnect_to_keeps_the_transport() {
         use pb::disconnect::Reason;
         let t0 = Instant::now();
-        let (mut s, mut rng) = connecting(t0);
-        let out = sent(&mut s);
-        auth_reply(&mut s, t0, out[0].seq);
+        let (mut s, mut rng) = authenticated(t0);
         let drain = pb::Disconnect {
             reason: Reason::Drain as i32,
             reconnect: true,
