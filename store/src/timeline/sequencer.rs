@@ -15,6 +15,10 @@
 //!   idle starts a round of its own at once (no added latency when quiet); otherwise it
 //!   waits, and when a round ends the queue is scanned in order to form the next rounds.
 //!
+//! On an exclusive store (embedded: no other process writes it) the sequencer also caches
+//! the heads of the timelines it appended to ([`HeadCache`]): since a timeline is in one
+//! round at a time, a round reads only the heads it does not know.
+//!
 //! Several processes sharing one FoundationDB cluster each run their own sequencer; their
 //! rounds can conflict with each other and are then retried by `transact` like any other
 //! transaction. Rounds are spawned tasks, so a caller that stops waiting does not abort
