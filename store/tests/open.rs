@@ -166,3 +166,52 @@ async fn a_directory_in_use_is_refused() {
         "{err}"
     );
 }
+
+/// The nice value in a `/proc/.../stat` file.
+#[cfg(target_os = "linux")]
+fn nice_in(stat: &Path) -> i32 {
+    let stat = fs::read_to_string(stat).unwrap();
+    // After the command name's closing parenthesis, nice is the 17th field.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[16].parse().unwrap()
+}
+
+/// The nice value of every thread of this process named `name`.
+#[cfg(target_os = "linux")]
+fn nice_of_threads(name: &str) -> Vec<i32> {
+    fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .filter(|t| fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim_end() == name))
+        .map(|t| nice_in(&t.join("stat")))
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_engines_background_threads_run_at_a_lower_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&spec(dir.path())).await.unwrap();
+    // A new thread names itself once it runs: give fjall's a moment (bounded).
+    let mut workers = Vec::new();
+    for _ in 0..200 {
+        workers = nice_of_threads("fjall:worker");
+        if !workers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!workers.is_empty(), "fjall's workers are running");
+    assert!(workers.iter().all(|n| *n == 5), "{workers:?}");
+    assert_eq!(
+        nice_in(Path::new("/proc/thread-self/stat")),
+        0,
+        "the thread that opened the store keeps its priority"
+    );
+    drop(store);
+}

@@ -49,16 +49,14 @@ impl Embedded {
             path: dir.to_path_buf(),
             reason,
         };
-        let db = fjall::Database::builder(&prepared.engine_dir)
-            .manual_journal_persist(true)
-            .open()
-            .map_err(|e| match e {
-                fjall::Error::Locked => refuse("another process has it open".into()),
-                e => refuse(format!(
-                    "the embedded engine cannot open {}: {e}",
-                    prepared.engine_dir.display()
-                )),
-            })?;
+        let builder = fjall::Database::builder(&prepared.engine_dir).manual_journal_persist(true);
+        let db = open_with_background_priority(builder).map_err(|e| match e {
+            fjall::Error::Locked => refuse("another process has it open".into()),
+            e => refuse(format!(
+                "the embedded engine cannot open {}: {e}",
+                prepared.engine_dir.display()
+            )),
+        })?;
         if !prepared.fresh && !db.keyspace_exists(KEYSPACE) {
             return Err(refuse(format!(
                 "the engine in {} has no {KEYSPACE:?} keyspace",
@@ -148,4 +146,38 @@ impl Drop for Embedded {
             tracing::error!(dir = %self.dir.display(), "store committer panicked");
         }
     }
+}
+
+/// The nice value of the engine's background threads (request handling runs at 0).
+const BACKGROUND_NICE: i32 = 5;
+
+/// Opens the fjall database on a thread of its own whose CPU priority is lowered first, so
+/// that the background threads fjall starts (memtable flushes, compactions) inherit it —
+/// a thread's nice value is its own on Linux and passes to the threads it creates — while
+/// the threads serving requests keep theirs, as with RocksDB's low-priority pool. A flush
+/// is a burst of CPU that otherwise takes a whole core from the tokio workers and the
+/// committer, and every message in flight waits for it (send-to-deliver p99). Lowered, it
+/// gets what the request threads leave, and a backlog of sealed memtables throttles
+/// writers, so it cannot fall behind for long. Elsewhere than Linux, and when the priority
+/// cannot be changed (logged), the database opens as usual.
+fn open_with_background_priority(
+    builder: fjall::DatabaseBuilder<fjall::Database>,
+) -> Result<fjall::Database, fjall::Error> {
+    std::thread::scope(|s| {
+        let opening = std::thread::Builder::new()
+            .name("roam-store-open".into())
+            .spawn_scoped(s, move || {
+                #[cfg(target_os = "linux")]
+                if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+                    tracing::warn!(error = %e, "cannot lower the store's background priority");
+                }
+                builder.open()
+            });
+        match opening {
+            Ok(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(e) => Err(fjall::Error::Io(e)),
+        }
+    })
 }
