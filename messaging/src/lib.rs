@@ -148,6 +148,8 @@ pub struct Messaging {
     ids: IdSource,
     options: MessagingOptions,
     rate: Mutex<rate::SendRate>,
+    /// Conversation-index keys known to be written (sends skip them).
+    indexed: Mutex<send::IndexedKeys>,
 }
 
 impl Messaging {
@@ -159,6 +161,7 @@ impl Messaging {
             ids,
             options,
             rate: Mutex::new(rate),
+            indexed: Mutex::default(),
         }
     }
 

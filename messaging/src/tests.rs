@@ -390,3 +390,47 @@ async fn presence_peers_are_the_users_one_shares_a_conversation_with() {
         [false, false, false, true, true, false]
     );
 }
+
+#[tokio::test]
+async fn the_conversation_index_is_written_once_per_pair() {
+    let e = env(MessagingOptions::default()).await;
+    let first =
+        e.m.plan_send(req("alice", "bob", "1", "hi"), 1, T)
+            .await
+            .unwrap();
+    assert_eq!(first.append.extra.len(), 2, "alice→bob and bob→alice");
+    e.m.store(first).await.unwrap();
+    // Known durable now, in either direction: later sends of the pair skip the writes.
+    for (from, to, id) in [("alice", "bob", "2"), ("bob", "alice", "3")] {
+        let later =
+            e.m.plan_send(req(from, to, id, "again"), 2, T)
+                .await
+                .unwrap();
+        assert!(later.append.extra.is_empty(), "{from}→{to} writes no index");
+        e.m.store(later).await.unwrap();
+    }
+    let other =
+        e.m.plan_send(req("alice", "carol", "4", "new pair"), 3, T)
+            .await
+            .unwrap();
+    assert_eq!(other.append.extra.len(), 2, "a new pair is indexed");
+    // A process that starts afresh writes them again (blind writes of the same value),
+    // and the index still has every pair.
+    let fresh = Messaging::new(
+        e.store.clone(),
+        e.m.ids.clone(),
+        MessagingOptions::default(),
+    );
+    let again = fresh
+        .plan_send(req("bob", "alice", "5", "after a restart"), 4, T)
+        .await
+        .unwrap();
+    assert_eq!(again.append.extra.len(), 2);
+    fresh.store(again).await.unwrap();
+    let asked = vec!["bob".to_string(), "carol".to_string()];
+    assert_eq!(
+        fresh.shares_conversation("alice", &asked).await.unwrap(),
+        [true, false],
+        "carol's send was planned, never stored"
+    );
+}

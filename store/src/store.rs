@@ -59,9 +59,13 @@ impl Store {
                 });
             }
         };
+        // Only this process writes an embedded store (fjall locks its directory), so the
+        // sequencer may keep the heads of the timelines it appended to; on FoundationDB
+        // other processes append too, and heads are always read in the transaction.
+        let exclusive = matches!(backend, Backend::Embedded(_));
         Ok(Self {
             inner: Arc::new(Inner {
-                sequencer: Sequencer::new(options.sequencer),
+                sequencer: Sequencer::new(options.sequencer, exclusive),
                 spec,
                 options,
                 backend,

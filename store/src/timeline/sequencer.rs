@@ -15,6 +15,10 @@
 //!   idle starts a round of its own at once (no added latency when quiet); otherwise it
 //!   waits, and when a round ends the queue is scanned in order to form the next rounds.
 //!
+//! On an exclusive store (embedded: no other process writes it) the sequencer also caches
+//! the heads of the timelines it appended to ([`HeadCache`]): since a timeline is in one
+//! round at a time, a round reads only the heads it does not know.
+//!
 //! Several processes sharing one FoundationDB cluster each run their own sequencer; their
 //! rounds can conflict with each other and are then retried by `transact` like any other
 //! transaction. Rounds are spawned tasks, so a caller that stops waiting does not abort
@@ -32,6 +36,53 @@ use tokio::sync::oneshot;
 pub(crate) struct Sequencer {
     options: SequencerOptions,
     state: Mutex<State>,
+    /// The heads of timelines appended to, on an exclusive store: `None` on a shared one.
+    heads: Option<Mutex<HeadCache>>,
+}
+
+/// Most timeline heads the cache holds; when full it starts over (a miss only costs the
+/// read the cache saves). About 100 B an entry.
+const HEAD_CACHE_ENTRIES: usize = 100_000;
+
+/// The heads of timelines this process appended to. Valid only when no other process
+/// writes the store: a timeline is in one round at a time, so at a round's start its
+/// entry here is the head in the store. Filled after a round commits, dropped for the
+/// round's timelines when its outcome is unknown (a failed commit may still have applied).
+#[derive(Default)]
+struct HeadCache {
+    heads: HashMap<TimelineId, u64>,
+}
+
+impl HeadCache {
+    /// The cached heads of `timelines`.
+    fn known<'a>(
+        &self,
+        timelines: impl Iterator<Item = &'a TimelineId>,
+    ) -> HashMap<TimelineId, u64> {
+        timelines
+            .filter_map(|t| Some((t.clone(), *self.heads.get(t)?)))
+            .collect()
+    }
+
+    /// Records the seqs a committed round gave out.
+    fn committed(&mut self, results: &[Result<Appended, StoreError>]) {
+        for appended in results.iter().flatten().filter(|a| !a.duplicate) {
+            for (t, seq) in &appended.seqs {
+                if self.heads.len() >= HEAD_CACHE_ENTRIES && !self.heads.contains_key(t) {
+                    self.heads.clear();
+                }
+                let head = self.heads.entry(t.clone()).or_insert(0);
+                *head = (*head).max(*seq);
+            }
+        }
+    }
+
+    /// Forgets `timelines` (their round's outcome is unknown).
+    fn forget(&mut self, timelines: &HashSet<TimelineId>) {
+        for t in timelines {
+            self.heads.remove(t);
+        }
+    }
 }
 
 struct Pending {
@@ -74,10 +125,12 @@ struct State {
 }
 
 impl Sequencer {
-    pub(crate) fn new(options: SequencerOptions) -> Self {
+    /// `exclusive`: no other process writes the store, so heads may be cached.
+    pub(crate) fn new(options: SequencerOptions, exclusive: bool) -> Self {
         Self {
             options,
             state: Mutex::default(),
+            heads: exclusive.then(Mutex::default),
         }
     }
 
@@ -148,12 +201,18 @@ async fn run_round(store: Store, mut round: Vec<Pending>) {
             timelines = timelines.len(),
             "append round"
         );
+        let sequencer = store.sequencer();
+        let known = sequencer
+            .heads
+            .as_ref()
+            .map(|h| h.lock().known(timelines.iter()))
+            .unwrap_or_default();
         // In a task of its own, so that even a panic in the transaction is answered and the
         // round's timelines are released below.
         let tx_store = store.clone();
         let outcome = tokio::spawn(async move {
             tx_store
-                .transact(move |tx| append::apply_batch(tx, &batch))
+                .transact(move |tx| append::apply_batch(tx, &batch, &known))
                 .await
         })
         .await
@@ -161,6 +220,12 @@ async fn run_round(store: Store, mut round: Vec<Pending>) {
             tracing::error!(error = %e, "append round failed");
             Err(StoreError::Aborted(format!("append round failed: {e}")))
         });
+        if let Some(heads) = &sequencer.heads {
+            match &outcome {
+                Ok(results) => heads.lock().committed(results),
+                Err(_) => heads.lock().forget(&timelines),
+            }
+        }
         match outcome {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
@@ -173,7 +238,6 @@ async fn run_round(store: Store, mut round: Vec<Pending>) {
                 }
             }
         }
-        let sequencer = store.sequencer();
         let mut next = sequencer
             .state
             .lock()
@@ -392,6 +456,85 @@ mod tests {
         let next = s.finish(&done, &opts);
         assert_eq!(next.len(), 1);
         assert_eq!(homes(&next[0]), ["z", "z"]);
+    }
+
+    fn appended(seqs: &[(&str, u64)], duplicate: bool) -> Result<Appended, StoreError> {
+        Ok(Appended {
+            id: 1,
+            created_at_ms: 0,
+            seqs: seqs
+                .iter()
+                .map(|(u, s)| (TimelineId::inbox(*u), *s))
+                .collect(),
+            duplicate,
+        })
+    }
+
+    #[test]
+    fn the_head_cache_keeps_what_committed_rounds_wrote() {
+        let mut cache = HeadCache::default();
+        cache.committed(&[
+            appended(&[("a", 5), ("b", 1)], false),
+            appended(&[("a", 6)], false),
+            // A duplicate's seqs are the first send's: never newer than what is cached.
+            appended(&[("a", 2), ("c", 9)], true),
+            Err(StoreError::Closed),
+        ]);
+        let all = [
+            TimelineId::inbox("a"),
+            TimelineId::inbox("b"),
+            TimelineId::inbox("c"),
+        ];
+        let known = cache.known(all.iter());
+        assert_eq!(known.get(&all[0]), Some(&6));
+        assert_eq!(known.get(&all[1]), Some(&1));
+        assert_eq!(known.get(&all[2]), None, "a duplicate wrote nothing");
+        cache.forget(&HashSet::from([all[0].clone()]));
+        assert_eq!(cache.known(all.iter()).len(), 1, "only b is left");
+    }
+
+    #[test]
+    fn a_full_head_cache_starts_over() {
+        let mut cache = HeadCache::default();
+        for i in 0..HEAD_CACHE_ENTRIES {
+            cache.heads.insert(TimelineId::inbox(i.to_string()), 1);
+        }
+        cache.committed(&[appended(&[("0", 2)], false)]);
+        assert_eq!(
+            cache.heads.len(),
+            HEAD_CACHE_ENTRIES,
+            "a cached one is updated"
+        );
+        cache.committed(&[appended(&[("new", 1)], false)]);
+        assert_eq!(
+            cache.heads.len(),
+            1,
+            "a new one into a full cache clears it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_round_takes_cached_heads_without_reading_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("embedded:{}", dir.path().display()))
+            .await
+            .unwrap();
+        let (append, _) = pending("a", &["b"]);
+        let a = TimelineId::outbox("a");
+        let b = TimelineId::inbox("b");
+        // The store has neither timeline; the cache says `a` is at 41.
+        let known = HashMap::from([(a.clone(), 41)]);
+        let batch = vec![append.append.clone(), append.append];
+        let results = store
+            .transact(move |tx| super::append::apply_batch(tx, &batch, &known))
+            .await
+            .unwrap();
+        let seqs: Vec<_> = results.into_iter().map(|r| r.unwrap().seqs).collect();
+        assert_eq!(
+            seqs,
+            [vec![(a.clone(), 42), (b.clone(), 1)], vec![(a, 43), (b, 2)]],
+            "the cached head is used, the other is read, and the batch sees its own writes"
+        );
     }
 
     #[test]
