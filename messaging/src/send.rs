@@ -333,10 +333,13 @@ impl Messaging {
                 other => break other?,
             }
         };
-        // Whether this send wrote them or an earlier one did, they are durable now.
-        self.indexed
-            .lock()
-            .insert_all(append.extra.iter().map(|(k, _)| k));
+        // Durable now. Not for a duplicate: it wrote nothing, and its first send may have
+        // gone to another conversation (a client reusing a client_msg_id).
+        if !appended.duplicate {
+            self.indexed
+                .lock()
+                .insert_all(append.extra.iter().map(|(k, _)| k));
+        }
         message.id = appended.id;
         message.created_at = appended.created_at_ms;
         message.conversation_seq = appended.home_seq();

@@ -409,6 +409,12 @@ async fn the_conversation_index_is_written_once_per_pair() {
         assert!(later.append.extra.is_empty(), "{from}→{to} writes no index");
         e.m.store(later).await.unwrap();
     }
+    // A client reusing a client_msg_id for another peer gets the first send's answer; that
+    // stored nothing for this pair, so the pair is not taken as indexed.
+    let reused =
+        e.m.send(req("alice", "carol", "1", "reused id"), 3, T)
+            .await;
+    assert!(reused.unwrap().duplicate);
     let other =
         e.m.plan_send(req("alice", "carol", "4", "new pair"), 3, T)
             .await
