@@ -589,7 +589,7 @@ impl Listener {
                 }
                 _ = self.gateway.shutdown.cancelled() => {
                     // GOAWAY: requests under way finish (their streams end with the drain).
-                    let _ = Box::pin(h3conn.shutdown(0)).await;
+                    let _ = h3conn.shutdown(0).await;
                     break;
                 }
             };
