@@ -219,6 +219,9 @@ pub(crate) struct QuicSection {
     /// Above this many QUIC handshakes in flight, new clients must prove their address with
     /// a stateless Retry first (0: always).
     pub retry_above_handshakes: usize,
+    /// quinn's GSO and path MTU discovery; off, each idle connection holds 1.3 KB less
+    /// (quinn's transmit buffer stays at one 1,200 B datagram) and datagrams stay at 1,200 B.
+    pub gso_and_mtu_discovery: bool,
 }
 
 impl Default for QuicSection {
@@ -230,6 +233,7 @@ impl Default for QuicSection {
             idle_timeout_secs: 60,
             keep_alive_secs: 15,
             retry_above_handshakes: 256,
+            gso_and_mtu_discovery: true,
         }
     }
 }
@@ -273,6 +277,7 @@ impl QuicSection {
             handshake_timeout: Duration::from_secs(limits.handshake_timeout_secs),
             first_request: Duration::from_secs(limits.first_request_secs),
             drain_timeout: Duration::from_secs(shutdown.drain_timeout_secs),
+            gso_and_mtu_discovery: self.gso_and_mtu_discovery,
         }
     }
 }
@@ -1073,6 +1078,22 @@ mod tests {
         assert_eq!(c.limits.first_request_secs, 10);
         assert_eq!(c.limits.max_conns_per_ip, 1000);
         assert_eq!(c.edge.max_rooms_per_conn, 64);
+    }
+
+    #[test]
+    fn quic_gso_and_mtu_discovery_is_on_unless_switched_off() {
+        let none = Overrides {
+            data: None,
+            role: None,
+        };
+        let c = Config::load(None, env(&[]), &none).unwrap();
+        assert!(c.quic.gso_and_mtu_discovery);
+        let vars = env(&[("ROAM_QUIC_GSO_AND_MTU_DISCOVERY", "false")]);
+        let c = Config::load(None, vars, &none).unwrap();
+        assert!(!c.quic.gso_and_mtu_discovery);
+        let limits = Limits::default();
+        let shutdown = Shutdown::default();
+        assert!(!c.quic.options(&limits, &shutdown).gso_and_mtu_discovery);
     }
 
     #[test]

@@ -490,7 +490,7 @@ async fn open(
     client: &Client,
     request: &Opening,
     mode: Mode,
-) -> Result<(Arc<Conn>, Option<tokio::sync::mpsc::Receiver<Bytes>>), ApiError> {
+) -> Result<(Arc<Conn>, Option<crate::vconn::Frames>), ApiError> {
     let (version, q) = (request.version, &request.q);
     let token = bearer(&request.headers)?;
     let field = |name: &str| q.get(name).map_or("", String::as_str);
@@ -590,7 +590,7 @@ fn frames_response(status: StatusCode, body: Bytes, conn: &Conn, cursor: Option<
 async fn stream(State(client): State<Client>, request: Opening) -> Result<Response, ApiError> {
     let (conn, body) = open(&client, &request, Mode::Stream).await?;
     let body = body.ok_or_else(|| unavailable("the stream could not be set up"))?;
-    let chunks = tokio_stream::wrappers::ReceiverStream::new(body).map(Ok::<_, Infallible>);
+    let chunks = body.map(Ok::<_, Infallible>);
     let mut r = frames_response(StatusCode::OK, Bytes::new(), &conn, None);
     *r.body_mut() = Body::from_stream(chunks);
     // Tell buffering proxies (nginx) to pass frames through as they come.

@@ -35,8 +35,8 @@ use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::gauge::Gauge;
 use roam_proto::client::v1 as pb;
 use roam_proto::{FrameDecoder, FrameError, Op, disconnect_frame, frame_of};
-use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::conn::FrameIo;
 
@@ -47,6 +47,42 @@ pub(crate) const LINGER: Duration = Duration::from_secs(60);
 const UP_QUEUE: usize = 4;
 /// Batches queued towards a stream response beyond the connection's outbox.
 const DOWN_QUEUE: usize = 2;
+
+// Both queues are flume channels: their buffers grow as they fill (a few slots at most
+// here), where a tokio mpsc channel allocates 32 slots up front: about 1.6 KB for each of
+// the two that every open stream connection held (heaptrack, docs/edge.md).
+
+/// A stream-mode connection's frames, as its response body reads them. Dropping it (the
+/// client went away) tells the connection's task.
+pub(crate) struct Frames {
+    frames: flume::r#async::RecvStream<'static, Bytes>,
+    _gone: DropGuard,
+}
+
+impl Frames {
+    /// The next batch of frames; `None` once the connection's task is done.
+    #[cfg(test)]
+    pub(crate) async fn recv(&mut self) -> Option<Bytes> {
+        futures_util::StreamExt::next(self).await
+    }
+}
+
+impl futures_util::Stream for Frames {
+    type Item = Bytes;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Bytes>> {
+        std::pin::Pin::new(&mut self.get_mut().frames).poll_next(cx)
+    }
+}
+
+impl std::fmt::Debug for Frames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frames").finish_non_exhaustive()
+    }
+}
 
 /// How a virtual connection's frames reach the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +135,14 @@ struct State {
 }
 
 impl State {
+    /// Frees the waiters' buffer once none is left: an idle connection holds none (it grew
+    /// to 4 waiters, 488 B, with the first request and stayed).
+    fn release_waiters(&mut self) {
+        if self.waiters.is_empty() {
+            self.waiters = Vec::new();
+        }
+    }
+
     /// The cursor of the newest frame (0 before any).
     fn last(&self) -> u64 {
         self.first + self.frames.len() as u64 - 1
@@ -114,7 +158,7 @@ pub(crate) struct Conn {
     token: String,
     /// How its frames reach the client.
     pub mode: Mode,
-    up: mpsc::Sender<Bytes>,
+    up: flume::Sender<Bytes>,
     state: Mutex<State>,
     changed: Notify,
 }
@@ -182,7 +226,7 @@ impl Conn {
             id
         };
         let deadline = tokio::time::Instant::now() + timeout;
-        let sent = tokio::time::timeout_at(deadline, self.up.send(body)).await;
+        let sent = tokio::time::timeout_at(deadline, self.up.send_async(body)).await;
         if !matches!(sent, Ok(Ok(()))) {
             self.forget(id);
             return Err(ConnError::Closed);
@@ -198,7 +242,11 @@ impl Conn {
     fn forget(&self, id: u64) -> Vec<Bytes> {
         let mut s = self.state.lock();
         match s.waiters.iter().position(|w| w.id == id) {
-            Some(i) => s.waiters.swap_remove(i).take(),
+            Some(i) => {
+                let w = s.waiters.swap_remove(i).take();
+                s.release_waiters();
+                w
+            }
             None => Vec::new(),
         }
     }
@@ -317,9 +365,9 @@ impl Registry {
         mode: Mode,
         poll_capacity: usize,
         shutdown: CancellationToken,
-    ) -> (Arc<Conn>, VirtualIo, Option<mpsc::Receiver<Bytes>>) {
+    ) -> (Arc<Conn>, VirtualIo, Option<Frames>) {
         let id = format!("{:032x}", rand::random::<u128>());
-        let (up, up_rx) = mpsc::channel(UP_QUEUE);
+        let (up, up_rx) = flume::bounded(UP_QUEUE);
         let conn = Arc::new(Conn {
             id: id.clone(),
             token,
@@ -334,8 +382,13 @@ impl Registry {
         self.conns.lock().insert(id, conn.clone());
         let (down, body) = match mode {
             Mode::Stream => {
-                let (tx, rx) = mpsc::channel(DOWN_QUEUE);
-                (Down::Stream(tx), Some(rx))
+                let (tx, rx) = flume::bounded(DOWN_QUEUE);
+                let gone = CancellationToken::new();
+                let frames = Frames {
+                    frames: rx.into_stream(),
+                    _gone: gone.clone().drop_guard(),
+                };
+                (Down::Stream(tx, gone), Some(frames))
             }
             Mode::Poll => (Down::Poll(poll_capacity.max(1)), None),
         };
@@ -354,7 +407,8 @@ impl Registry {
 
 #[derive(Debug)]
 enum Down {
-    Stream(mpsc::Sender<Bytes>),
+    /// The response body's queue, and whether the body was dropped.
+    Stream(flume::Sender<Bytes>, CancellationToken),
     /// At most this many frames unpolled.
     Poll(usize),
 }
@@ -365,7 +419,7 @@ pub(crate) struct VirtualIo {
     conn: Arc<Conn>,
     registry: Arc<Registry>,
     auth: Option<Bytes>,
-    up: mpsc::Receiver<Bytes>,
+    up: flume::Receiver<Bytes>,
     down: Down,
     decoder: FrameDecoder,
     shutdown: CancellationToken,
@@ -394,12 +448,12 @@ impl FrameIo for VirtualIo {
             return Ok(auth.len());
         }
         let body = match &self.down {
-            Down::Stream(tx) => tokio::select! {
-                body = self.up.recv() => body,
+            Down::Stream(_, gone) => tokio::select! {
+                body = self.up.recv_async() => body.ok(),
                 // The client dropped the stream: the connection is over.
-                _ = tx.closed() => None,
+                _ = gone.cancelled() => None,
             },
-            Down::Poll(_) => self.up.recv().await,
+            Down::Poll(_) => self.up.recv_async().await.ok(),
         };
         match body {
             Some(b) => {
@@ -418,7 +472,7 @@ impl FrameIo for VirtualIo {
                 s.opened = Some(frames.concat().into());
             }
             // A poll's cursor counts frames, and a batch may hold several in one `Bytes`.
-            if s.waiters.is_empty() && matches!(self.down, Down::Stream(_)) {
+            if s.waiters.is_empty() && matches!(self.down, Down::Stream(..)) {
                 down.extend(frames.iter().cloned());
             } else {
                 let mut split_frames = Vec::new();
@@ -439,6 +493,7 @@ impl FrameIo for VirtualIo {
                             if w.expect.is_empty() {
                                 w.finish();
                                 s.waiters.swap_remove(i);
+                                s.release_waiters();
                             }
                         }
                         None => down.push(raw),
@@ -469,7 +524,7 @@ impl FrameIo for VirtualIo {
                 self.conn.changed.notify_waiters();
                 Ok(())
             }
-            Down::Stream(tx) => {
+            Down::Stream(tx, _) => {
                 let chunk = match down.len() {
                     0 => return Ok(()),
                     1 => down.swap_remove(0),
@@ -482,7 +537,7 @@ impl FrameIo for VirtualIo {
                     }
                 };
                 self.conn.changed.notify_waiters();
-                tx.send(chunk)
+                tx.send_async(chunk)
                     .await
                     .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
             }
@@ -499,7 +554,7 @@ impl FrameIo for VirtualIo {
         }
         self.conn.changed.notify_waiters();
         match self.down {
-            Down::Stream(_) => self.registry.remove(&self.conn.id),
+            Down::Stream(..) => self.registry.remove(&self.conn.id),
             Down::Poll(_) => {
                 let (registry, id, shutdown) = (
                     self.registry.clone(),
@@ -654,14 +709,7 @@ mod tests {
         );
     }
 
-    fn open(
-        mode: Mode,
-    ) -> (
-        Arc<Registry>,
-        Arc<Conn>,
-        VirtualIo,
-        Option<mpsc::Receiver<Bytes>>,
-    ) {
+    fn open(mode: Mode) -> (Arc<Registry>, Arc<Conn>, VirtualIo, Option<Frames>) {
         let registry = Arc::new(Registry::default());
         let (conn, io, body) = registry.open(
             "tok".into(),
@@ -671,6 +719,26 @@ mod tests {
             CancellationToken::new(),
         );
         (registry, conn, io, body)
+    }
+
+    #[tokio::test]
+    async fn an_answered_connection_holds_no_waiter_buffer() {
+        let (_, conn, mut io, _) = open(Mode::Poll);
+        let mut buf = BytesMut::new();
+        io.read(&mut buf).await.unwrap();
+        let hb = frame(Op::Heartbeat, 7);
+        let expect = requests(&hb, 1024).unwrap();
+        let send = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send(hb, expect, Duration::from_secs(5)).await }
+        });
+        io.read(&mut buf).await.unwrap();
+        io.write_batch(&[frame(Op::HeartbeatReply, 7)])
+            .await
+            .unwrap();
+        assert_eq!(send.await.unwrap().unwrap().len(), 1);
+        // Idle again: nothing kept for the requests that were answered.
+        assert_eq!(conn.state.lock().waiters.capacity(), 0);
     }
 
     #[tokio::test]

@@ -180,6 +180,25 @@ async fn a_push_reaches_an_http3_stream_and_a_raw_quic_client() {
 }
 
 #[tokio::test]
+async fn without_gso_and_mtu_discovery_pushes_larger_than_a_datagram_arrive() {
+    // The memory-lean setting: every send one datagram of at most 1,200 B.
+    let server = roam_tests::start("[quic]\ngso_and_mtu_discovery = false\n");
+    let mut h3 = h3_stream(&server, "alice", "alice-h3").await;
+    let mut raw = raw_quic(&server, "bob", "bob-quic").await;
+    let content = "x".repeat(5000);
+    push_users(&server, &["alice", "bob"], &content).await;
+    for f in [
+        tokio::time::timeout(Duration::from_secs(5), h3.next()).await,
+        tokio::time::timeout(Duration::from_secs(5), raw.next()).await,
+    ] {
+        let f = f.expect("a push within 5 s").unwrap().unwrap();
+        assert_eq!(push_content(&f), content);
+    }
+    h3.close().await;
+    raw.close().await;
+}
+
+#[tokio::test]
 async fn a_refused_token_over_http3_is_an_http_error() {
     let server = roam_tests::start("");
     let e = H3Stream::open(
