@@ -308,15 +308,27 @@ mod tests {
         batch.iter().map(|j| j.seq).collect()
     }
 
-    #[tokio::test]
-    async fn a_batch_is_what_waits_in_order_up_to_its_max() {
-        let (tx, mut rx) = mpsc::channel(100);
+    /// A queue holding jobs `0..n`, and their answers (kept, so no reply is dropped).
+    type Queued = (
+        mpsc::Sender<SendJob>,
+        mpsc::Receiver<SendJob>,
+        Vec<oneshot::Receiver<Bytes>>,
+    );
+
+    async fn queued(n: usize) -> Queued {
+        let (tx, rx) = mpsc::channel(100);
         let mut answers = Vec::new();
-        for i in 0..10 {
+        for i in 0..n {
             let (j, a) = job(i);
             tx.send(j).await.unwrap();
             answers.push(a);
         }
+        (tx, rx, answers)
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_what_waits_in_order_up_to_its_max() {
+        let (tx, mut rx, _answers) = queued(10).await;
         let first = next_batch(&mut rx, limits(4, 0)).await.unwrap();
         assert_eq!(seqs(&first), [0, 1, 2, 3]);
         let second = next_batch(&mut rx, limits(100, 0)).await.unwrap();
@@ -327,13 +339,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_batch_does_not_wait() {
-        let (tx, mut rx) = mpsc::channel(100);
-        let mut keep = Vec::new();
-        for i in 0..3 {
-            let (j, a) = job(i);
-            tx.send(j).await.unwrap();
-            keep.push(a);
-        }
+        let (_tx, mut rx, _answers) = queued(3).await;
         // A wait of an hour: the test only ends because a full batch does not wait.
         let batch = next_batch(&mut rx, limits(3, 3_600_000)).await.unwrap();
         assert_eq!(seqs(&batch), [0, 1, 2]);
