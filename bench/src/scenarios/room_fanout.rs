@@ -99,7 +99,8 @@ pub(crate) fn run(args: &BenchArgs) -> Result<Report> {
     let transport = match args.transport.as_deref().unwrap_or("ws") {
         "ws" => Transport::Ws,
         "h3" => Transport::H3,
-        other => bail!("--transport {other}: room-fanout members use ws or h3"),
+        "quic" => Transport::Quic,
+        other => bail!("--transport {other}: room-fanout members use ws, h3 or quic"),
     };
     let members = args.members.unwrap_or(2000);
     if members == 0 || members > MAX_MEMBERS {
