@@ -50,7 +50,9 @@ use tower_http::services::{ServeDir, ServeFile};
 use crate::admission::{ConnTicket, Hold, SessionRefused};
 use crate::conn::{FrameIo, Transport, drive_holding};
 use crate::gateway::Gateway;
-use crate::vconn::{self, Conn, ConnError, Mode, Registry};
+use crate::vconn::{
+    self, Conn, ConnError, DirectOpening, Downstream, Mode, Registry, WritesDirect,
+};
 
 /// The header naming a virtual connection.
 pub(crate) const SESSION: HeaderName = HeaderName::from_static("roam-session");
@@ -396,6 +398,8 @@ struct Opening {
     headers: HeaderMap,
     q: HashMap<String, String>,
     ticket: Option<ConnTicket>,
+    /// The transport writes a stream's frames itself ([`WritesDirect`]).
+    writes_direct: bool,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Opening {
@@ -411,6 +415,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Opening {
             headers: parts.headers.clone(),
             q,
             ticket: parts.extensions.get::<ConnTicket>().cloned(),
+            writes_direct: parts.extensions.get::<WritesDirect>().is_some(),
         })
     }
 }
@@ -490,7 +495,7 @@ async fn open(
     client: &Client,
     request: &Opening,
     mode: Mode,
-) -> Result<(Arc<Conn>, Option<crate::vconn::Frames>), ApiError> {
+) -> Result<(Arc<Conn>, Option<Downstream>), ApiError> {
     let (version, q) = (request.version, &request.q);
     let token = bearer(&request.headers)?;
     let field = |name: &str| q.get(name).map_or("", String::as_str);
@@ -541,6 +546,7 @@ async fn open(
         token.to_owned(),
         auth,
         mode,
+        request.writes_direct,
         gateway.config.outbox,
         gateway.shutdown.clone(),
     );
@@ -553,10 +559,19 @@ async fn open(
         http: Transport::http_version(version),
     };
     let wait = gateway.config.session.auth_timeout + Duration::from_secs(5);
-    client
-        .tracker
-        .spawn(drive_holding(gateway, io, transport, hold));
-    let first = tokio::time::timeout(wait, conn.first_frames()).await;
+    let driver = drive_holding(gateway, io, transport, hold);
+    let first = tokio::time::timeout(wait, conn.first_frames());
+    let (first, body) = match body {
+        // Run here until AUTH_REPLY, then handed to the transport with the response.
+        Some(Downstream::Direct(mut direct)) => {
+            direct.start(driver, client.tracker.clone());
+            (direct.until(first).await, Some(Downstream::Direct(direct)))
+        }
+        body => {
+            client.tracker.spawn(driver);
+            (first.await, body)
+        }
+    };
     let refusal = match first {
         Ok(Some(mut frames)) => match FrameDecoder::new(usize::MAX).decode_bytes(&mut frames) {
             Ok(Some(f)) if f.op == Op::AuthReply.code() => return Ok((conn, body)),
@@ -589,10 +604,17 @@ fn frames_response(status: StatusCode, body: Bytes, conn: &Conn, cursor: Option<
 /// `GET /v1/stream`: opens a virtual connection; the response body is its frames.
 async fn stream(State(client): State<Client>, request: Opening) -> Result<Response, ApiError> {
     let (conn, body) = open(&client, &request, Mode::Stream).await?;
-    let body = body.ok_or_else(|| unavailable("the stream could not be set up"))?;
-    let chunks = body.map(Ok::<_, Infallible>);
     let mut r = frames_response(StatusCode::OK, Bytes::new(), &conn, None);
-    *r.body_mut() = Body::from_stream(chunks);
+    match body {
+        Some(Downstream::Body(frames)) => {
+            *r.body_mut() = Body::from_stream(frames.map(Ok::<_, Infallible>));
+        }
+        // The transport sends the frames (see `vconn::direct`).
+        Some(Downstream::Direct(direct)) => {
+            r.extensions_mut().insert(DirectOpening::new(direct));
+        }
+        None => return Err(unavailable("the stream could not be set up")),
+    }
     // Tell buffering proxies (nginx) to pass frames through as they come.
     r.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));

@@ -40,6 +40,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::conn::FrameIo;
 
+mod direct;
+pub(crate) use direct::{Direct, DirectOpening, DirectStream, WritesDirect};
+
 /// How long a closed poll connection's last frames stay readable.
 pub(crate) const LINGER: Duration = Duration::from_secs(60);
 
@@ -357,15 +360,17 @@ impl Registry {
 
     /// Registers a new connection opened with `token`, whose task reads AUTH (`auth`) first.
     /// Returns the connection, the transport for its task, and (stream mode) the receiver of
-    /// its response body.
+    /// its response body: frames through a queue, or (`direct`) written by its task to the
+    /// transport's stream (see [`direct`]).
     pub(crate) fn open(
         self: &Arc<Self>,
         token: String,
         auth: Bytes,
         mode: Mode,
+        direct: bool,
         poll_capacity: usize,
         shutdown: CancellationToken,
-    ) -> (Arc<Conn>, VirtualIo, Option<Frames>) {
+    ) -> (Arc<Conn>, VirtualIo, Option<Downstream>) {
         let id = format!("{:032x}", rand::random::<u128>());
         let (up, up_rx) = flume::bounded(UP_QUEUE);
         let conn = Arc::new(Conn {
@@ -381,6 +386,10 @@ impl Registry {
         });
         self.conns.lock().insert(id, conn.clone());
         let (down, body) = match mode {
+            Mode::Stream if direct => {
+                let (down, direct) = direct::Down::new();
+                (Down::Direct(down), Some(Downstream::Direct(direct)))
+            }
             Mode::Stream => {
                 let (tx, rx) = flume::bounded(DOWN_QUEUE);
                 let gone = CancellationToken::new();
@@ -388,7 +397,7 @@ impl Registry {
                     frames: rx.into_stream(),
                     _gone: gone.clone().drop_guard(),
                 };
-                (Down::Stream(tx, gone), Some(frames))
+                (Down::Stream(tx, gone), Some(Downstream::Body(frames)))
             }
             Mode::Poll => (Down::Poll(poll_capacity.max(1)), None),
         };
@@ -405,10 +414,21 @@ impl Registry {
     }
 }
 
+/// Where a stream connection's frames go.
+#[derive(Debug)]
+pub(crate) enum Downstream {
+    /// A response body fed through a queue (HTTP/1.1, HTTP/2).
+    Body(Frames),
+    /// The transport's response stream, written by the connection's task (HTTP/3).
+    Direct(Direct),
+}
+
 #[derive(Debug)]
 enum Down {
     /// The response body's queue, and whether the body was dropped.
     Stream(flume::Sender<Bytes>, CancellationToken),
+    /// The transport's stream, written by this task.
+    Direct(direct::Down),
     /// At most this many frames unpolled.
     Poll(usize),
 }
@@ -448,7 +468,7 @@ impl FrameIo for VirtualIo {
             return Ok(auth.len());
         }
         let body = match &self.down {
-            Down::Stream(_, gone) => tokio::select! {
+            Down::Stream(_, gone) | Down::Direct(direct::Down { gone, .. }) => tokio::select! {
                 body = self.up.recv_async() => body.ok(),
                 // The client dropped the stream: the connection is over.
                 _ = gone.cancelled() => None,
@@ -466,13 +486,16 @@ impl FrameIo for VirtualIo {
 
     async fn write_batch(&mut self, frames: &[Bytes]) -> io::Result<()> {
         let mut down: Vec<Bytes> = Vec::with_capacity(frames.len());
+        // The first output was recorded: `first_frames` is told.
+        let mut opened = false;
         {
             let mut s = self.conn.state.lock();
             if s.opened.is_none() {
                 s.opened = Some(frames.concat().into());
+                opened = true;
             }
             // A poll's cursor counts frames, and a batch may hold several in one `Bytes`.
-            if s.waiters.is_empty() && matches!(self.down, Down::Stream(..)) {
+            if s.waiters.is_empty() && !matches!(self.down, Down::Poll(_)) {
                 down.extend(frames.iter().cloned());
             } else {
                 let mut split_frames = Vec::new();
@@ -524,7 +547,10 @@ impl FrameIo for VirtualIo {
                 self.conn.changed.notify_waiters();
                 Ok(())
             }
-            Down::Stream(tx, _) => {
+            Down::Stream(..) | Down::Direct(_) => {
+                if opened {
+                    self.conn.changed.notify_waiters();
+                }
                 let chunk = match down.len() {
                     0 => return Ok(()),
                     1 => down.swap_remove(0),
@@ -536,10 +562,14 @@ impl FrameIo for VirtualIo {
                         joined.freeze()
                     }
                 };
-                self.conn.changed.notify_waiters();
-                tx.send_async(chunk)
-                    .await
-                    .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+                match &mut self.down {
+                    Down::Stream(tx, _) => tx
+                        .send_async(chunk)
+                        .await
+                        .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe)),
+                    Down::Direct(direct) => direct.send(chunk).await,
+                    Down::Poll(_) => Ok(()),
+                }
             }
         }
     }
@@ -553,8 +583,12 @@ impl FrameIo for VirtualIo {
             }
         }
         self.conn.changed.notify_waiters();
-        match self.down {
+        match &mut self.down {
             Down::Stream(..) => self.registry.remove(&self.conn.id),
+            Down::Direct(direct) => {
+                self.registry.remove(&self.conn.id);
+                direct.finish().await;
+            }
             Down::Poll(_) => {
                 let (registry, id, shutdown) = (
                     self.registry.clone(),
@@ -710,11 +744,24 @@ mod tests {
     }
 
     fn open(mode: Mode) -> (Arc<Registry>, Arc<Conn>, VirtualIo, Option<Frames>) {
+        let (registry, conn, io, body) = open_with(mode, false);
+        let body = body.map(|b| match b {
+            Downstream::Body(frames) => frames,
+            Downstream::Direct(_) => unreachable!("not direct"),
+        });
+        (registry, conn, io, body)
+    }
+
+    fn open_with(
+        mode: Mode,
+        direct: bool,
+    ) -> (Arc<Registry>, Arc<Conn>, VirtualIo, Option<Downstream>) {
         let registry = Arc::new(Registry::default());
         let (conn, io, body) = registry.open(
             "tok".into(),
             auth_frame("tok", "d", "web", "a,b").unwrap(),
             mode,
+            direct,
             3,
             CancellationToken::new(),
         );
@@ -882,5 +929,72 @@ mod tests {
                 .await,
             Err(ConnError::Closed)
         );
+    }
+    /// A direct stream that records what it was sent.
+    struct Recorder(Arc<Mutex<Vec<Bytes>>>);
+
+    impl DirectStream for Recorder {
+        fn send(&mut self, chunk: Bytes) -> futures_util::future::BoxFuture<'_, io::Result<()>> {
+            self.0.lock().push(chunk);
+            Box::pin(std::future::ready(Ok(())))
+        }
+
+        fn finish(&mut self) -> futures_util::future::BoxFuture<'_, ()> {
+            self.0.lock().push(Bytes::from_static(b"end"));
+            Box::pin(std::future::ready(()))
+        }
+    }
+
+    fn direct(body: Option<Downstream>) -> Direct {
+        match body {
+            Some(Downstream::Direct(direct)) => direct,
+            other => panic!("not direct: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_direct_stream_keeps_frames_until_attached_then_writes_them_itself() {
+        let (registry, conn, mut io, body) = open_with(Mode::Stream, true);
+        let direct = direct(body);
+        let mut buf = BytesMut::new();
+        io.read(&mut buf).await.unwrap();
+        let reply = frame(Op::AuthReply, 1);
+        io.write_batch(std::slice::from_ref(&reply)).await.unwrap();
+        assert_eq!(conn.first_frames().await, Some(reply.clone()));
+        // Before the transport attached its stream: kept for it.
+        assert_eq!(direct.take_pending(), vec![reply]);
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        direct.attach(Box::new(Recorder(sent.clone())));
+        let (a, b) = (frame(Op::Push, 0), frame(Op::Push, 0));
+        io.write_batch(&[a.clone(), b.clone()]).await.unwrap();
+        assert_eq!(*sent.lock(), vec![[a, b].concat()], "one chunk per batch");
+        assert!(direct.take_pending().is_empty());
+        io.close().await;
+        assert_eq!(sent.lock().last(), Some(&Bytes::from_static(b"end")));
+        assert_eq!(registry.get(&conn.id).unwrap_err(), ConnError::Unknown);
+    }
+
+    #[tokio::test]
+    async fn a_direct_connection_dropped_unfinished_is_told_its_client_is_gone_and_runs_on() {
+        let (_, _, mut io, body) = open_with(Mode::Stream, true);
+        let mut direct = direct(body);
+        let tracker = tokio_util::task::TaskTracker::new();
+        let (tx, rx) = oneshot::channel();
+        // A stand-in for the connection's task: AUTH, then reads until the end.
+        direct.start(
+            async move {
+                let mut buf = BytesMut::new();
+                io.read(&mut buf).await.unwrap();
+                let _ = tx.send(io.read(&mut buf).await.unwrap());
+            },
+            tracker.clone(),
+        );
+        // Run until something else is done: the task is parked in its second read.
+        direct.until(tokio::task::yield_now()).await;
+        drop(direct);
+        let read = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        assert_eq!(read.unwrap().unwrap(), 0, "the end of the client's input");
+        tracker.close();
+        tracker.wait().await;
     }
 }

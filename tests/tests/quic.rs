@@ -179,6 +179,66 @@ async fn a_push_reaches_an_http3_stream_and_a_raw_quic_client() {
     raw.close().await;
 }
 
+/// Over HTTP/3 a `/v1/stream` connection runs in its response's task and writes the stream
+/// itself (edge/src/vconn/direct.rs): requests still reach it through `/v1/send`, a
+/// replaced connection still gets its DISCONNECT and the end of its stream, and one whose
+/// client went away still ends.
+#[tokio::test]
+async fn an_http3_stream_takes_requests_and_ends_when_replaced_or_gone() {
+    let server = roam_tests::start("");
+    let sessions = "roam_edge_sessions{transport=\"stream\",http_version=\"3\"}";
+    let mut first = h3_stream(&server, "alice", "alice-h3").await;
+    first
+        .send(Op::Heartbeat, 2, &pb::Heartbeat {})
+        .await
+        .unwrap();
+    let f = first.next().await.unwrap().unwrap();
+    assert_eq!((f.op_kind(), f.seq), (Some(Op::HeartbeatReply), 2));
+    push_users(&server, &["alice"], "after a request").await;
+    let f = tokio::time::timeout(Duration::from_secs(5), first.next())
+        .await
+        .expect("a push within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(push_content(&f), "after a request");
+
+    // The same device again: the first connection is replaced, told why, and its stream ends.
+    let mut second = h3_stream(&server, "alice", "alice-h3").await;
+    let f = tokio::time::timeout(Duration::from_secs(5), first.next())
+        .await
+        .expect("DISCONNECT within 5 s")
+        .unwrap()
+        .expect("DISCONNECT before the end of the stream");
+    assert_eq!(f.op_kind(), Some(Op::Disconnect), "{f:?}");
+    let d: pb::Disconnect = f.decode_body().unwrap();
+    assert_eq!(d.reason, pb::disconnect::Reason::Replaced as i32, "{d:?}");
+    let end = tokio::time::timeout(Duration::from_secs(5), first.next())
+        .await
+        .expect("the end of the stream within 5 s");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    first.close().await;
+    push_users(&server, &["alice"], "to the second").await;
+    let f = tokio::time::timeout(Duration::from_secs(5), second.next())
+        .await
+        .expect("a push within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(push_content(&f), "to the second");
+    assert_eq!(metric(&server, sessions).await, 1.0);
+
+    // The client goes away without a word: its connection's task ends with the QUIC
+    // connection, and the session with it.
+    second.close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&server, sessions).await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn without_gso_and_mtu_discovery_pushes_larger_than_a_datagram_arrive() {
     // The memory-lean setting: every send one datagram of at most 1,200 B.

@@ -157,8 +157,14 @@ mod tests {
 
         // Data arrives: the stream wakes the gate, which wakes the task; the next poll reads.
         peer.write_all(b"frame").await.unwrap();
-        assert!(task_woken.woken.load(Ordering::Acquire), "the task was woken");
-        assert_eq!(poll_once(&mut gate, &mut cx), Poll::Ready(b"frame".to_vec()));
+        assert!(
+            task_woken.woken.load(Ordering::Acquire),
+            "the task was woken"
+        );
+        assert_eq!(
+            poll_once(&mut gate, &mut cx),
+            Poll::Ready(b"frame".to_vec())
+        );
         assert_eq!(polls.load(Ordering::Relaxed), 2);
 
         // Ready reads do not park: the next poll asks the stream (which is empty: parks).
