@@ -28,6 +28,7 @@
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use roam_proto::client::v1 as pb;
 use roam_proto::{FrameDecoder, FrameError, Op, disconnect_frame, frame_of};
 use tokio::sync::{Notify, oneshot};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 
 use crate::conn::FrameIo;
 
@@ -385,27 +386,30 @@ impl Registry {
             changed: Notify::new(),
         });
         self.conns.lock().insert(id, conn.clone());
+        // Stream mode: cancelled when the client went away.
+        let gone = CancellationToken::new();
         let (down, body) = match mode {
             Mode::Stream if direct => {
-                let (down, direct) = direct::Down::new();
+                let (down, direct) = direct::Down::new(gone.clone());
                 (Down::Direct(down), Some(Downstream::Direct(direct)))
             }
             Mode::Stream => {
                 let (tx, rx) = flume::bounded(DOWN_QUEUE);
-                let gone = CancellationToken::new();
                 let frames = Frames {
                     frames: rx.into_stream(),
                     _gone: gone.clone().drop_guard(),
                 };
-                (Down::Stream(tx, gone), Some(Downstream::Body(frames)))
+                (Down::Stream(tx), Some(Downstream::Body(frames)))
             }
             Mode::Poll => (Down::Poll(poll_capacity.max(1)), None),
         };
+        let gone = (mode == Mode::Stream).then(|| Box::pin(gone.cancelled_owned()));
         let io = VirtualIo {
             conn: conn.clone(),
             registry: self.clone(),
             auth: Some(auth),
-            up: up_rx,
+            up: up_rx.into_stream(),
+            gone,
             down,
             decoder: FrameDecoder::new(usize::MAX),
             shutdown,
@@ -425,8 +429,8 @@ pub(crate) enum Downstream {
 
 #[derive(Debug)]
 enum Down {
-    /// The response body's queue, and whether the body was dropped.
-    Stream(flume::Sender<Bytes>, CancellationToken),
+    /// The response body's queue.
+    Stream(flume::Sender<Bytes>),
     /// The transport's stream, written by this task.
     Direct(direct::Down),
     /// At most this many frames unpolled.
@@ -439,7 +443,12 @@ pub(crate) struct VirtualIo {
     conn: Arc<Conn>,
     registry: Arc<Registry>,
     auth: Option<Bytes>,
-    up: flume::Receiver<Bytes>,
+    /// Request bodies. The read side and `gone` are kept across reads: made anew for each
+    /// read (the driver reads on every round of its loop, a push to write included) they
+    /// registered and unregistered their wakers each time.
+    up: flume::r#async::RecvStream<'static, Bytes>,
+    /// Stream mode: resolves when the client went away.
+    gone: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     down: Down,
     decoder: FrameDecoder,
     shutdown: CancellationToken,
@@ -467,13 +476,13 @@ impl FrameIo for VirtualIo {
             buf.extend_from_slice(&auth);
             return Ok(auth.len());
         }
-        let body = match &self.down {
-            Down::Stream(_, gone) | Down::Direct(direct::Down { gone, .. }) => tokio::select! {
-                body = self.up.recv_async() => body.ok(),
+        let body = match &mut self.gone {
+            Some(gone) => tokio::select! {
+                body = futures_util::StreamExt::next(&mut self.up) => body,
                 // The client dropped the stream: the connection is over.
-                _ = gone.cancelled() => None,
+                () = gone.as_mut() => None,
             },
-            Down::Poll(_) => self.up.recv_async().await.ok(),
+            None => futures_util::StreamExt::next(&mut self.up).await,
         };
         match body {
             Some(b) => {
@@ -563,7 +572,7 @@ impl FrameIo for VirtualIo {
                     }
                 };
                 match &mut self.down {
-                    Down::Stream(tx, _) => tx
+                    Down::Stream(tx) => tx
                         .send_async(chunk)
                         .await
                         .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe)),

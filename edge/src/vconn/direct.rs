@@ -55,19 +55,16 @@ pub(super) struct Down {
     slot: Arc<Mutex<Slot>>,
     /// The stream, once taken from the slot.
     stream: Option<Box<dyn DirectStream>>,
-    /// Cancelled when the client went away.
-    pub(super) gone: CancellationToken,
 }
 
 impl Down {
-    /// A direct downstream and the half its opening request hands on.
-    pub(super) fn new() -> (Down, Direct) {
+    /// A direct downstream and the half its opening request hands on, which cancels `gone`
+    /// when the client went away.
+    pub(super) fn new(gone: CancellationToken) -> (Down, Direct) {
         let slot = Arc::new(Mutex::new(Slot::default()));
-        let gone = CancellationToken::new();
         let down = Down {
             slot: slot.clone(),
             stream: None,
-            gone: gone.clone(),
         };
         let direct = Direct {
             slot,
