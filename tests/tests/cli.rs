@@ -493,7 +493,7 @@ fn bench_chat_stores_and_delivers_between_a_few_pairs() {
 
 #[test]
 fn bench_room_fanout_delivers_to_a_small_room() {
-    for transport in ["ws", "h3"] {
+    for transport in ["ws", "h3", "quic"] {
         room_fanout_delivers_to_a_small_room(transport);
     }
 }

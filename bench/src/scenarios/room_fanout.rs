@@ -1,14 +1,15 @@
 //! `roam bench room-fanout`: business-API pushes to one room, fanned out by the server to
 //! every member's WebSocket.
 //!
-//! `roam bench room-fanout [--members M] [--rate R] [--duration S] [--transport ws|h3]`: a
-//! private `roam serve` (tokens and the API key come from its data directory, so `--target` is
-//! refused) and M members (default 2,000, at most 9,000), each a TLS 1.3 WebSocket
-//! (`wss://…/v1/ws`, HTTP/1.1 Upgrade; `--transport ws`, the default) or an HTTP/3
-//! `GET /v1/stream` (`--transport h3`: one QUIC connection and client UDP socket per member)
-//! from the loopback source addresses 127.0.0.1–127.0.0.8, authenticated as its own user and
-//! device with AUTH (over HTTP/3: the request's bearer token and `rooms=`) joining room
-//! `fanout` at once. Once every AUTH_REPLY is
+//! `roam bench room-fanout [--members M] [--rate R] [--duration S] [--transport ws|h3|quic]`:
+//! a private `roam serve` (tokens and the API key come from its data directory, so `--target`
+//! is refused) and M members (default 2,000, at most 9,000), each a TLS 1.3 WebSocket
+//! (`wss://…/v1/ws`, HTTP/1.1 Upgrade; `--transport ws`, the default), an HTTP/3
+//! `GET /v1/stream` (`--transport h3`) or a raw-frame QUIC stream (`--transport quic`, ALPN
+//! `roam/1`) — over QUIC one connection and client UDP socket per member — from the loopback
+//! source addresses 127.0.0.1–127.0.0.8, authenticated as its own user and device with AUTH
+//! (over HTTP/3: the request's bearer token and `rooms=`) joining room `fanout` at once.
+//! Once every AUTH_REPLY is
 //! in and core counts M members in the room (`/api/v1/online/rooms`), a publisher posts R
 //! messages per second (default 50) to `POST /api/v1/push/rooms` for S seconds (default 10).
 //!
