@@ -601,7 +601,8 @@ fn frames_response(status: StatusCode, body: Bytes, conn: &Conn, cursor: Option<
     r
 }
 
-/// `GET /v1/stream`: opens a virtual connection; the response body is its frames.
+/// `GET /v1/stream`: opens a virtual connection; the response body is its frames (or, for a
+/// transport that writes them itself, the response carries the connection: `vconn::direct`).
 async fn stream(State(client): State<Client>, request: Opening) -> Result<Response, ApiError> {
     let (conn, body) = open(&client, &request, Mode::Stream).await?;
     let mut r = frames_response(StatusCode::OK, Bytes::new(), &conn, None);

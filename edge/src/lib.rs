@@ -26,7 +26,8 @@
 //! every transport shares, with write timeouts), `outbox` (a connection's bounded, coalescing
 //! queue), `comet` (buckets and rooms), `batch` (goim's room batch: room and broadcast pushes
 //! collected for a short window, then fanned out as one buffer; tuned by
-//! [`batch::BatchConfig`]), `vconn` (virtual connections), `grpc` and `listener` (the accept
+//! [`batch::BatchConfig`]), `vconn` (virtual connections; over HTTP/3 a stream connection
+//! runs in its response's task and writes the stream itself), `grpc` and `listener` (the accept
 //! loop and drain the TCP listeners share). TLS is terminated by `roam_tls::lean` (a TLS 1.3
 //! server stream that holds no buffers while idle; the tls crate owns every TLS decision).
 //! docs/edge.md draws how they connect.

@@ -179,6 +179,15 @@ async fn a_push_reaches_an_http3_stream_and_a_raw_quic_client() {
     raw.close().await;
 }
 
+/// The next frame of an HTTP/3 stream, `None` once the server ended it; `what` must come
+/// within 5 s.
+async fn next_within_5s(s: &mut H3Stream, what: &str) -> Option<Frame> {
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 5 s"))
+        .unwrap()
+}
+
 /// Over HTTP/3 a `/v1/stream` connection runs in its response's task and writes the stream
 /// itself (edge/src/vconn/direct.rs): requests still reach it through `/v1/send`, a
 /// replaced connection still gets its DISCONNECT and the end of its stream, and one whose
@@ -195,34 +204,22 @@ async fn an_http3_stream_takes_requests_and_ends_when_replaced_or_gone() {
     let f = first.next().await.unwrap().unwrap();
     assert_eq!((f.op_kind(), f.seq), (Some(Op::HeartbeatReply), 2));
     push_users(&server, &["alice"], "after a request").await;
-    let f = tokio::time::timeout(Duration::from_secs(5), first.next())
-        .await
-        .expect("a push within 5 s")
-        .unwrap()
-        .unwrap();
+    let f = next_within_5s(&mut first, "a push").await.unwrap();
     assert_eq!(push_content(&f), "after a request");
 
     // The same device again: the first connection is replaced, told why, and its stream ends.
     let mut second = h3_stream(&server, "alice", "alice-h3").await;
-    let f = tokio::time::timeout(Duration::from_secs(5), first.next())
+    let f = next_within_5s(&mut first, "DISCONNECT")
         .await
-        .expect("DISCONNECT within 5 s")
-        .unwrap()
         .expect("DISCONNECT before the end of the stream");
     assert_eq!(f.op_kind(), Some(Op::Disconnect), "{f:?}");
     let d: pb::Disconnect = f.decode_body().unwrap();
     assert_eq!(d.reason, pb::disconnect::Reason::Replaced as i32, "{d:?}");
-    let end = tokio::time::timeout(Duration::from_secs(5), first.next())
-        .await
-        .expect("the end of the stream within 5 s");
-    assert!(matches!(end, Ok(None)), "{end:?}");
+    let end = next_within_5s(&mut first, "the end of the stream").await;
+    assert!(end.is_none(), "{end:?}");
     first.close().await;
     push_users(&server, &["alice"], "to the second").await;
-    let f = tokio::time::timeout(Duration::from_secs(5), second.next())
-        .await
-        .expect("a push within 5 s")
-        .unwrap()
-        .unwrap();
+    let f = next_within_5s(&mut second, "a push").await.unwrap();
     assert_eq!(push_content(&f), "to the second");
     assert_eq!(metric(&server, sessions).await, 1.0);
 
