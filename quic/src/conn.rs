@@ -1,0 +1,419 @@
+//! A connection's state as the loop and the application share it, and the application's
+//! handles: [`Connection`], [`SendStream`], [`RecvStream`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
+use quinn_proto::{ConnectionHandle, Dir, Event, StreamEvent, StreamId, VarInt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::endpoint::Shared;
+
+pub use quinn_proto::ConnectionError;
+
+/// One connection: quinn-proto's state and who waits on it.
+pub(crate) struct ConnShared {
+    handle: ConnectionHandle,
+    state: Mutex<ConnState>,
+}
+
+pub(crate) struct ConnState {
+    pub(crate) proto: quinn_proto::Connection,
+    /// The deadline the loop holds for it.
+    pub(crate) deadline: Option<Instant>,
+    connected: bool,
+    error: Option<ConnectionError>,
+    /// Wakers by what they wait for (a handful at most: streams are few per connection).
+    readers: Vec<(StreamId, Waker)>,
+    writers: Vec<(StreamId, Waker)>,
+    accept_bi: Option<Waker>,
+    handshake: Vec<Waker>,
+    closed: Vec<Waker>,
+}
+
+fn wake_all(wakers: &mut Vec<Waker>) {
+    for w in wakers.drain(..) {
+        w.wake();
+    }
+}
+
+fn wake_stream(wakers: &mut Vec<(StreamId, Waker)>, id: StreamId) {
+    if let Some(i) = wakers.iter().position(|(s, _)| *s == id) {
+        wakers.swap_remove(i).1.wake();
+    }
+}
+
+fn register(wakers: &mut Vec<(StreamId, Waker)>, id: StreamId, waker: &Waker) {
+    match wakers.iter_mut().find(|(s, _)| *s == id) {
+        Some((_, w)) => w.clone_from(waker),
+        None => wakers.push((id, waker.clone())),
+    }
+}
+
+impl ConnShared {
+    pub(crate) fn new(handle: ConnectionHandle, proto: quinn_proto::Connection) -> Arc<Self> {
+        Arc::new(ConnShared {
+            handle,
+            state: Mutex::new(ConnState {
+                proto,
+                deadline: None,
+                connected: false,
+                error: None,
+                readers: Vec::new(),
+                writers: Vec::new(),
+                accept_bi: None,
+                handshake: Vec::new(),
+                closed: Vec::new(),
+            }),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ConnState> {
+        self.state.lock()
+    }
+
+    pub(crate) fn handle_event(&self, event: quinn_proto::ConnectionEvent) {
+        self.lock().proto.handle_event(event);
+    }
+
+    pub(crate) fn timeout(&self, now: Instant) {
+        let mut c = self.lock();
+        c.deadline = None;
+        c.proto.handle_timeout(now);
+    }
+
+    pub(crate) fn close(&self, now: Instant, code: VarInt, reason: &[u8]) {
+        let mut c = self.lock();
+        c.proto.close(now, code, Bytes::copy_from_slice(reason));
+        c.lost(ConnectionError::LocallyClosed);
+    }
+}
+
+impl ConnState {
+    /// Wakes whoever waits on what quinn-proto reports.
+    pub(crate) fn deliver_events(&mut self) {
+        while let Some(event) = self.proto.poll() {
+            match event {
+                Event::Connected => {
+                    self.connected = true;
+                    wake_all(&mut self.handshake);
+                }
+                Event::ConnectionLost { reason } => self.lost(reason),
+                Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                    if let Some(w) = self.accept_bi.take() {
+                        w.wake();
+                    }
+                }
+                Event::Stream(StreamEvent::Readable { id }) => wake_stream(&mut self.readers, id),
+                Event::Stream(
+                    StreamEvent::Writable { id }
+                    | StreamEvent::Finished { id }
+                    | StreamEvent::Stopped { id, .. },
+                ) => wake_stream(&mut self.writers, id),
+                _ => {}
+            }
+        }
+    }
+
+    /// The connection is over: everyone waiting is told.
+    fn lost(&mut self, reason: ConnectionError) {
+        if self.error.is_none() {
+            self.error = Some(reason);
+        }
+        wake_all(&mut self.handshake);
+        wake_all(&mut self.closed);
+        if let Some(w) = self.accept_bi.take() {
+            w.wake();
+        }
+        for (_, w) in self.readers.drain(..).chain(self.writers.drain(..)) {
+            w.wake();
+        }
+    }
+}
+
+/// The application's hold on a connection: closed (code 0) when the last handle goes.
+struct ConnRef {
+    conn: Arc<ConnShared>,
+    endpoint: Arc<Shared>,
+}
+
+impl ConnRef {
+    fn touch(&self) {
+        self.endpoint.touch(self.conn.handle);
+    }
+}
+
+impl Drop for ConnRef {
+    fn drop(&mut self) {
+        let open = self.conn.lock().error.is_none();
+        if open {
+            self.conn.close(Instant::now(), VarInt::from_u32(0), b"");
+            self.touch();
+        }
+    }
+}
+
+/// A QUIC connection's application side.
+#[derive(Clone)]
+pub struct Connection(Arc<ConnRef>);
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("remote", &self.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(conn: Arc<ConnShared>, endpoint: Arc<Shared>) -> Self {
+        Connection(Arc::new(ConnRef { conn, endpoint }))
+    }
+
+    /// The client's current address (it changes when the client migrates).
+    pub fn remote_address(&self) -> SocketAddr {
+        self.0.conn.lock().proto.remote_address()
+    }
+
+    /// A number that identifies the connection for its life.
+    pub fn stable_id(&self) -> usize {
+        self.0.conn.handle.0
+    }
+
+    /// The next bidirectional stream the client opens.
+    pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
+        let id = std::future::poll_fn(|cx| {
+            let mut c = self.0.conn.lock();
+            if let Some(id) = c.proto.streams().accept(Dir::Bi) {
+                return Poll::Ready(Ok(id));
+            }
+            if let Some(e) = &c.error {
+                return Poll::Ready(Err(e.clone()));
+            }
+            c.accept_bi = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        // Accepting may give the client credit for another stream.
+        self.0.touch();
+        Ok((
+            SendStream {
+                conn: self.0.clone(),
+                id,
+                finished: false,
+            },
+            RecvStream {
+                conn: self.0.clone(),
+                id,
+                ended: false,
+            },
+        ))
+    }
+
+    /// Resolves once the handshake has completed (true) or failed (false).
+    pub async fn established(&self) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut c = self.0.conn.lock();
+            if c.connected {
+                return Poll::Ready(true);
+            }
+            if c.error.is_some() {
+                return Poll::Ready(false);
+            }
+            c.handshake.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Resolves when the connection is over, with why.
+    pub async fn closed(&self) -> ConnectionError {
+        std::future::poll_fn(|cx| {
+            let mut c = self.0.conn.lock();
+            if let Some(e) = &c.error {
+                return Poll::Ready(e.clone());
+            }
+            c.closed.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Closes the connection with `code` and `reason`.
+    pub fn close(&self, code: VarInt, reason: &[u8]) {
+        self.0.conn.close(Instant::now(), code, reason);
+        self.0.touch();
+    }
+}
+
+/// The sending half of a stream. Dropped unfinished, it finishes the stream.
+pub struct SendStream {
+    conn: Arc<ConnRef>,
+    id: StreamId,
+    finished: bool,
+}
+
+impl AsyncWrite for SendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        use quinn_proto::WriteError;
+        let this = self.get_mut();
+        let mut c = this.conn.conn.lock();
+        if let Some(e) = &c.error {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                e.clone(),
+            )));
+        }
+        match c.proto.send_stream(this.id).write(buf) {
+            Ok(n) => {
+                drop(c);
+                this.conn.touch();
+                Poll::Ready(Ok(n))
+            }
+            Err(WriteError::Blocked) => {
+                register(&mut c.writers, this.id, cx.waker());
+                Poll::Pending
+            }
+            Err(WriteError::Stopped(code)) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("the peer stopped the stream (code {code})"),
+            ))),
+            Err(WriteError::ClosedStream) => {
+                Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)))
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Written data is the loop's to send; nothing is buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.finish();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl SendStream {
+    fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            let _ = self.conn.conn.lock().proto.send_stream(self.id).finish();
+            self.conn.touch();
+        }
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The receiving half of a stream. Dropped before its end, it asks the peer to stop
+/// sending (STOP_SENDING, code 0).
+pub struct RecvStream {
+    conn: Arc<ConnRef>,
+    id: StreamId,
+    ended: bool,
+}
+
+impl AsyncRead for RecvStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        use quinn_proto::{ReadError, ReadableError};
+        let this = self.get_mut();
+        if this.ended || buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut c = this.conn.conn.lock();
+        let state = &mut *c;
+        let mut stream = state.proto.recv_stream(this.id);
+        let mut chunks = match stream.read(true) {
+            Ok(chunks) => chunks,
+            Err(ReadableError::ClosedStream) => {
+                this.ended = true;
+                return Poll::Ready(Ok(()));
+            }
+            Err(ReadableError::IllegalOrderedRead) => {
+                return Poll::Ready(Err(io::Error::other("unordered read on an ordered stream")));
+            }
+        };
+        let mut read = 0;
+        let mut outcome = None;
+        while buf.remaining() > 0 {
+            match chunks.next(buf.remaining()) {
+                Ok(Some(chunk)) => {
+                    buf.put_slice(&chunk.bytes);
+                    read += chunk.bytes.len();
+                }
+                Ok(None) => {
+                    this.ended = true;
+                    outcome = Some(Ok(()));
+                    break;
+                }
+                Err(ReadError::Blocked) => break,
+                Err(ReadError::Reset(code)) => {
+                    this.ended = true;
+                    outcome = Some(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        format!("the peer reset the stream (code {code})"),
+                    )));
+                    break;
+                }
+            }
+        }
+        let transmit = chunks.finalize().should_transmit();
+        if read > 0 {
+            outcome = Some(Ok(()));
+        }
+        let polled = match outcome {
+            Some(done) => Poll::Ready(done),
+            None => match &c.error {
+                Some(e) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    e.clone(),
+                ))),
+                None => {
+                    register(&mut c.readers, this.id, cx.waker());
+                    Poll::Pending
+                }
+            },
+        };
+        drop(c);
+        if transmit {
+            this.conn.touch();
+        }
+        polled
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self
+                .conn
+                .conn
+                .lock()
+                .proto
+                .recv_stream(self.id)
+                .stop(VarInt::from_u32(0));
+            self.conn.touch();
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The endpoint: its task (the event loop), the state it shares with the application side,
+//! and connection attempts ([`Incoming`]).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use quinn_proto::{ConnectionHandle, DatagramEvent, EndpointConfig, ServerConfig, Transmit};
+use thiserror::Error;
+use tokio::sync::Notify;
+use tracing::debug;
+
+use crate::conn::{ConnShared, Connection};
+
+/// Datagrams received per `recvmmsg` (each buffer may carry several with GRO).
+const RECV_BATCH: usize = 32;
+/// The largest UDP payload accepted.
+const MAX_UDP_PAYLOAD: usize = 1472;
+/// Datagrams of one connection per send (GSO).
+const MAX_GSO_SEGMENTS: usize = 10;
+
+/// Why an endpoint could not start.
+#[derive(Debug, Error)]
+pub enum EndpointError {
+    #[error("bind: {0}")]
+    Bind(#[from] io::Error),
+    #[error("endpoint configuration: {0}")]
+    Config(String),
+}
+
+/// What the loop and the application side share.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    /// Connections the application side changed (writes, reads, closes), for the loop.
+    touched: Mutex<Vec<ConnectionHandle>>,
+    wake: Notify,
+    socket: tokio::net::UdpSocket,
+    udp: quinn_udp::UdpSocketState,
+    local: SocketAddr,
+}
+
+/// The endpoint's protocol state and its connections (under [`Shared::state`]).
+pub(crate) struct State {
+    proto: quinn_proto::Endpoint,
+    conns: HashMap<ConnectionHandle, Arc<ConnShared>>,
+    /// Each connection's next deadline, soonest first.
+    timers: BTreeSet<(Instant, usize)>,
+    incoming: VecDeque<quinn_proto::Incoming>,
+    acceptor: Option<Waker>,
+    closed: bool,
+    /// The transmit buffer (one connection's datagrams at a time).
+    send_buf: Vec<u8>,
+}
+
+impl Shared {
+    /// Marks connection `ch` for the loop to drive.
+    pub(crate) fn touch(&self, ch: ConnectionHandle) {
+        self.touched.lock().push(ch);
+        self.wake.notify_one();
+    }
+
+    fn send(&self, transmit: &Transmit, contents: &[u8]) {
+        let transmit = quinn_udp::Transmit {
+            destination: transmit.destination,
+            ecn: transmit
+                .ecn
+                .and_then(|e| quinn_udp::EcnCodepoint::from_bits(e as u8)),
+            contents,
+            segment_size: transmit.segment_size,
+            src_ip: transmit.src_ip,
+        };
+        // A full socket buffer drops the datagram, as a congested path would: QUIC
+        // retransmits.
+        let sent = self.socket.try_io(tokio::io::Interest::WRITABLE, || {
+            self.udp.send((&self.socket).into(), &transmit)
+        });
+        if let Err(e) = sent {
+            debug!(error = %e, "datagram not sent");
+        }
+    }
+}
+
+/// A QUIC server endpoint on one UDP socket, driven by its own task.
+#[derive(Clone)]
+pub struct Endpoint {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("local", &self.shared.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Binds `addr` and starts the endpoint's task on the current tokio runtime.
+    pub fn server(config: ServerConfig, addr: SocketAddr) -> Result<Endpoint, EndpointError> {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let socket = tokio::net::UdpSocket::from_std(socket)?;
+        let local = socket.local_addr()?;
+        let mut endpoint_config = EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(MAX_UDP_PAYLOAD as u16)
+            .map_err(|e| EndpointError::Config(e.to_string()))?;
+        let proto = quinn_proto::Endpoint::new(
+            Arc::new(endpoint_config),
+            Some(Arc::new(config)),
+            !udp.may_fragment(),
+            None,
+        );
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                proto,
+                conns: HashMap::new(),
+                timers: BTreeSet::new(),
+                incoming: VecDeque::new(),
+                acceptor: None,
+                closed: false,
+                send_buf: Vec::new(),
+            }),
+            touched: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            socket,
+            udp,
+            local,
+        });
+        tokio::spawn(run(shared.clone()));
+        Ok(Endpoint { shared })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// The next connection attempt; `None` once the endpoint is closed.
+    pub async fn accept(&self) -> Option<Incoming> {
+        std::future::poll_fn(|cx| {
+            let mut state = self.shared.state.lock();
+            if let Some(incoming) = state.incoming.pop_front() {
+                return Poll::Ready(Some(Incoming {
+                    inner: Some(incoming),
+                    shared: self.shared.clone(),
+                }));
+            }
+            if state.closed {
+                return Poll::Ready(None);
+            }
+            state.acceptor = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Closes every connection with `code` and `reason` and stops the endpoint's task once
+    /// they are gone.
+    pub fn close(&self, code: quinn_proto::VarInt, reason: &[u8]) {
+        let now = Instant::now();
+        let mut state = self.shared.state.lock();
+        state.closed = true;
+        if let Some(w) = state.acceptor.take() {
+            w.wake();
+        }
+        let conns: Vec<_> = state.conns.keys().copied().collect();
+        for ch in conns {
+            if let Some(c) = state.conns.get(&ch) {
+                c.close(now, code, reason);
+            }
+            drop(state);
+            self.shared.touch(ch);
+            state = self.shared.state.lock();
+        }
+        drop(state);
+        self.shared.wake.notify_one();
+    }
+
+    /// Connections alive (established or handshaking).
+    pub fn open_connections(&self) -> usize {
+        self.shared.state.lock().conns.len()
+    }
+}
+
+/// A connection attempt: nothing is kept for it until it is accepted.
+pub struct Incoming {
+    inner: Option<quinn_proto::Incoming>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("remote", &self.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Incoming {
+    fn inner(&self) -> Option<&quinn_proto::Incoming> {
+        self.inner.as_ref()
+    }
+
+    /// The client's address.
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        self.inner().map(quinn_proto::Incoming::remote_address)
+    }
+
+    /// Whether the client proved its address (a Retry token).
+    pub fn remote_address_validated(&self) -> bool {
+        self.inner()
+            .is_some_and(quinn_proto::Incoming::remote_address_validated)
+    }
+
+    /// Whether a stateless Retry may be sent (the attempt carries no Retry token yet).
+    pub fn may_retry(&self) -> bool {
+        self.inner().is_some_and(quinn_proto::Incoming::may_retry)
+    }
+
+    /// Accepts the attempt: its connection, handshaking.
+    pub fn accept(mut self) -> Result<Connection, ConnectionRefused> {
+        let incoming = self.inner.take().ok_or(ConnectionRefused)?;
+        let now = Instant::now();
+        let mut buf = Vec::new();
+        let mut state = self.shared.state.lock();
+        match state.proto.accept(incoming, now, &mut buf, None) {
+            Ok((ch, conn)) => {
+                let shared = ConnShared::new(ch, conn);
+                state.conns.insert(ch, shared.clone());
+                drop(state);
+                self.shared.touch(ch);
+                Ok(Connection::new(shared, self.shared.clone()))
+            }
+            Err(e) => {
+                drop(state);
+                if let Some(t) = e.response {
+                    self.shared.send(&t, &buf[..t.size]);
+                }
+                Err(ConnectionRefused)
+            }
+        }
+    }
+
+    /// Refuses the attempt (CONNECTION_REFUSED).
+    pub fn refuse(mut self) {
+        if let Some(incoming) = self.inner.take() {
+            let mut buf = Vec::new();
+            let t = self.shared.state.lock().proto.refuse(incoming, &mut buf);
+            self.shared.send(&t, &buf[..t.size]);
+        }
+    }
+
+    /// Asks the client to prove its address with a stateless Retry; refused if it may not
+    /// be retried (see [`Incoming::may_retry`]).
+    pub fn retry(mut self) {
+        if let Some(incoming) = self.inner.take() {
+            let mut buf = Vec::new();
+            let mut state = self.shared.state.lock();
+            match state.proto.retry(incoming, &mut buf) {
+                Ok(t) => {
+                    drop(state);
+                    self.shared.send(&t, &buf[..t.size]);
+                }
+                Err(e) => {
+                    let t = state.proto.refuse(e.into_incoming(), &mut buf);
+                    drop(state);
+                    self.shared.send(&t, &buf[..t.size]);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        // Neither accepted nor answered: forgotten without a word.
+        if let Some(incoming) = self.inner.take() {
+            self.shared.state.lock().proto.ignore(incoming);
+        }
+    }
+}
+
+/// The attempt could not be accepted.
+#[derive(Debug, Error)]
+#[error("the connection attempt could not be accepted")]
+pub struct ConnectionRefused;
+
+/// The endpoint's task: receives datagrams, fires deadlines, drives touched connections.
+async fn run(shared: Arc<Shared>) {
+    let mut recv_buf = vec![0u8; RECV_BATCH * MAX_UDP_PAYLOAD * 4];
+    let mut drive: Vec<ConnectionHandle> = Vec::new();
+    loop {
+        let next = shared.state.lock().timers.first().map(|(t, _)| *t);
+        let sleep = tokio::time::sleep_until(
+            next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+                .into(),
+        );
+        tokio::select! {
+            readable = shared.socket.readable() => {
+                if readable.is_err() {
+                    break;
+                }
+                receive(&shared, &mut recv_buf, &mut drive);
+            }
+            () = sleep => {
+                let now = Instant::now();
+                let state = &mut *shared.state.lock();
+                while let Some(&(t, ch)) = state.timers.first() {
+                    if t > now {
+                        break;
+                    }
+                    state.timers.pop_first();
+                    let ch = ConnectionHandle(ch);
+                    if let Some(c) = state.conns.get(&ch) {
+                        c.timeout(now);
+                        drive.push(ch);
+                    }
+                }
+            }
+            () = shared.wake.notified() => {}
+        }
+        drive.append(&mut shared.touched.lock());
+        drive.sort_unstable_by_key(|ch| ch.0);
+        drive.dedup();
+        let now = Instant::now();
+        let state = &mut *shared.state.lock();
+        for ch in drive.drain(..) {
+            drive_one(&shared, state, ch, now);
+        }
+        if state.closed && state.conns.is_empty() {
+            break;
+        }
+    }
+}
+
+/// Reads every datagram waiting and applies it.
+fn receive(shared: &Shared, recv_buf: &mut [u8], drive: &mut Vec<ConnectionHandle>) {
+    loop {
+        let mut metas = [quinn_udp::RecvMeta::default(); RECV_BATCH];
+        let chunk = recv_buf.len() / RECV_BATCH;
+        let mut bufs: Vec<IoSliceMut<'_>> =
+            recv_buf.chunks_mut(chunk).map(IoSliceMut::new).collect();
+        let got = shared.socket.try_io(tokio::io::Interest::READABLE, || {
+            shared
+                .udp
+                .recv((&shared.socket).into(), &mut bufs, &mut metas)
+        });
+        let count = match got {
+            Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                debug!(error = %e, "UDP receive failed");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut response = Vec::new();
+        let mut state = shared.state.lock();
+        for (meta, buf) in metas.iter().zip(bufs.iter()).take(count) {
+            let stride = meta.stride.max(1);
+            for datagram in buf[..meta.len].chunks(stride) {
+                let ecn = meta
+                    .ecn
+                    .and_then(|e| quinn_proto::EcnCodepoint::from_bits(e as u8));
+                response.clear();
+                let event = state.proto.handle(
+                    now,
+                    meta.addr,
+                    meta.dst_ip,
+                    ecn,
+                    BytesMut::from(datagram),
+                    &mut response,
+                );
+                match event {
+                    Some(DatagramEvent::NewConnection(incoming)) => {
+                        if state.closed {
+                            let t = state.proto.refuse(incoming, &mut response);
+                            shared.send(&t, &response[..t.size]);
+                            continue;
+                        }
+                        state.incoming.push_back(incoming);
+                        if let Some(w) = state.acceptor.take() {
+                            w.wake();
+                        }
+                    }
+                    Some(DatagramEvent::ConnectionEvent(ch, event)) => {
+                        if let Some(c) = state.conns.get(&ch) {
+                            c.handle_event(event);
+                            drive.push(ch);
+                        }
+                    }
+                    Some(DatagramEvent::Response(t)) => shared.send(&t, &response[..t.size]),
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Drives connection `ch`: endpoint events, application events, transmits, its deadline.
+fn drive_one(shared: &Shared, state: &mut State, ch: ConnectionHandle, now: Instant) {
+    let Some(conn) = state.conns.get(&ch).cloned() else {
+        return;
+    };
+    let mut c = conn.lock();
+    while let Some(event) = c.proto.poll_endpoint_events() {
+        if let Some(event) = state.proto.handle_event(ch, event) {
+            c.proto.handle_event(event);
+        }
+    }
+    c.deliver_events();
+    loop {
+        state.send_buf.clear();
+        match c
+            .proto
+            .poll_transmit(now, MAX_GSO_SEGMENTS, &mut state.send_buf)
+        {
+            Some(t) => shared.send(&t, &state.send_buf[..t.size]),
+            None => break,
+        }
+    }
+    let deadline = c.proto.poll_timeout();
+    if deadline != c.deadline {
+        if let Some(old) = c.deadline {
+            state.timers.remove(&(old, ch.0));
+        }
+        if let Some(new) = deadline {
+            state.timers.insert((new, ch.0));
+        }
+        c.deadline = deadline;
+    }
+    if c.proto.is_drained() {
+        if let Some(old) = c.deadline.take() {
+            state.timers.remove(&(old, ch.0));
+        }
+        drop(c);
+        state.conns.remove(&ch);
+    }
+}

@@ -1,0 +1,27 @@
+//! A QUIC endpoint driven by one event loop over quinn-proto (work in progress: not yet
+//! used by the edge).
+//!
+//! quinn's endpoint gives every connection a driver task, an unbounded event channel and a
+//! tokio timer: ≈ 11 KB per idle connection, and per datagram a channel send, a task wake-up
+//! and a timer reset (docs/edge.md, "CPU per push", has the spike that measured it). Here
+//! one task per endpoint ([`Endpoint`]) owns the UDP socket (quinn-udp: batched receive,
+//! GSO), quinn-proto's `Endpoint`, every connection's quinn-proto `Connection` and one set of
+//! deadlines; it applies datagrams and timeouts to connections directly and drives the
+//! connections that have work — sends, ACKs, stream events — in one pass.
+//!
+//! - [`Endpoint`]: binds, hands out [`Incoming`] attempts, shuts down.
+//! - [`Incoming`]: an attempt before any state is kept: accept, refuse, retry or ignore.
+//! - [`Connection`]: a connection's application side: streams, handshake, address, close.
+//! - [`SendStream`] / [`RecvStream`]: tokio `AsyncWrite` / `AsyncRead` over a stream.
+//!
+//! The application side never drives a connection: a stream write or read locks the
+//! connection, changes quinn-proto's state, and marks the connection for the loop
+//! ([`endpoint::Shared::touch`]). Lock order: the endpoint's state, then a connection's.
+
+#![forbid(unsafe_code)]
+
+mod conn;
+mod endpoint;
+
+pub use conn::{Connection, ConnectionError, RecvStream, SendStream};
+pub use endpoint::{Endpoint, EndpointError, Incoming};
