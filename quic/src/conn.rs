@@ -188,10 +188,12 @@ impl Connection {
 
     /// The next bidirectional stream the client opens.
     pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
-        let id = std::future::poll_fn(|cx| {
+        let (id, early) = std::future::poll_fn(|cx| {
             let mut c = self.0.conn.lock();
             if let Some(id) = c.proto.streams().accept(Dir::Bi) {
-                return Poll::Ready(Ok(id));
+                // Before the handshake completed, a client's stream can only have come in
+                // 0-RTT data.
+                return Poll::Ready(Ok((id, c.proto.is_handshaking())));
             }
             if let Some(e) = &c.error {
                 return Poll::Ready(Err(e.clone()));
@@ -212,6 +214,7 @@ impl Connection {
                 conn: self.0.clone(),
                 id,
                 ended: false,
+                early,
             },
         ))
     }
@@ -230,6 +233,11 @@ impl Connection {
             Poll::Pending
         })
         .await
+    }
+
+    /// Why the connection is over, if it is.
+    pub fn close_reason(&self) -> Option<ConnectionError> {
+        self.0.conn.lock().error.clone()
     }
 
     /// Resolves when the connection is over, with why.
@@ -328,6 +336,14 @@ pub struct RecvStream {
     conn: Arc<ConnRef>,
     id: StreamId,
     ended: bool,
+    early: bool,
+}
+
+impl RecvStream {
+    /// Whether the stream was opened in 0-RTT data (which an attacker may replay).
+    pub fn is_0rtt(&self) -> bool {
+        self.early
+    }
 }
 
 impl AsyncRead for RecvStream {

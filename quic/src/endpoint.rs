@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     socket: tokio::net::UdpSocket,
     udp: quinn_udp::UdpSocketState,
     local: SocketAddr,
+    /// Cancelled when the endpoint's task has ended.
+    stopped: tokio_util::sync::CancellationToken,
 }
 
 /// The endpoint's protocol state and its connections (under [`Shared::state`]).
@@ -132,6 +134,7 @@ impl Endpoint {
             socket,
             udp,
             local,
+            stopped: tokio_util::sync::CancellationToken::new(),
         });
         tokio::spawn(run(shared.clone()));
         Ok(Endpoint { shared })
@@ -181,6 +184,12 @@ impl Endpoint {
         }
         drop(state);
         self.shared.wake.notify_one();
+    }
+
+    /// Waits until the endpoint's task has ended (after [`Endpoint::close`], once every
+    /// connection has sent its CONNECTION_CLOSE and drained).
+    pub async fn wait_idle(&self) {
+        self.shared.stopped.cancelled().await;
     }
 
     /// Connections alive (established or handshaking).
@@ -294,6 +303,7 @@ pub struct ConnectionRefused;
 
 /// The endpoint's task: receives datagrams, fires deadlines, drives touched connections.
 async fn run(shared: Arc<Shared>) {
+    let _stopped = shared.stopped.clone().drop_guard();
     let mut recv_buf = vec![0u8; RECV_BATCH * MAX_UDP_PAYLOAD * 4];
     let mut drive: Vec<ConnectionHandle> = Vec::new();
     loop {

@@ -1,6 +1,9 @@
 //! The endpoint against quinn's client (an independent driver of the same protocol state
 //! machine): handshakes, streams both ways, closes, migration.
 
+// Test code: a failure panics with the value it got (clippy.toml allows it in tests only).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +14,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const ALPN: &[u8] = b"test";
 
 fn configs() -> (quinn_proto::ServerConfig, quinn::ClientConfig) {
+    configs_with(|_| {})
+}
+
+fn configs_with(
+    server_transport: impl FnOnce(&mut quinn_proto::TransportConfig),
+) -> (quinn_proto::ServerConfig, quinn::ClientConfig) {
     let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let cert = c.cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
@@ -22,6 +31,9 @@ fn configs() -> (quinn_proto::ServerConfig, quinn::ClientConfig) {
         .with_single_cert(vec![cert.clone()], key)
         .unwrap();
     server.alpn_protocols = vec![ALPN.to_vec()];
+    // 0-RTT: a stateful session cache (rustls offers early data only then).
+    server.max_early_data_size = u32::MAX;
+    server.session_storage = rustls::server::ServerSessionMemoryCache::new(64);
     let server = quinn_proto::crypto::rustls::QuicServerConfig::try_from(server).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
@@ -31,11 +43,13 @@ fn configs() -> (quinn_proto::ServerConfig, quinn::ClientConfig) {
         .with_root_certificates(roots)
         .with_no_client_auth();
     client.alpn_protocols = vec![ALPN.to_vec()];
+    client.enable_early_data = true;
     let client = quinn_proto::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
-    (
-        quinn_proto::ServerConfig::with_crypto(Arc::new(server)),
-        quinn::ClientConfig::new(Arc::new(client)),
-    )
+    let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(server));
+    let mut transport = quinn_proto::TransportConfig::default();
+    server_transport(&mut transport);
+    server.transport_config(Arc::new(transport));
+    (server, quinn::ClientConfig::new(Arc::new(client)))
 }
 
 /// An echo server: every bidirectional stream gets back what it sent, then its end.
@@ -174,4 +188,165 @@ async fn a_refused_attempt_is_told_and_keeps_nothing() {
         "{e:?}"
     );
     assert_eq!(endpoint.open_connections(), 0);
+}
+
+#[tokio::test]
+async fn a_retried_client_proves_its_address_and_is_served() {
+    let (server, client_config) = configs();
+    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let clients = client(client_config, "127.0.0.1:0");
+    let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
+    let first = endpoint.accept().await.unwrap();
+    assert!(!first.remote_address_validated() && first.may_retry());
+    first.retry();
+    let second = endpoint.accept().await.unwrap();
+    assert!(
+        second.remote_address_validated(),
+        "the Retry token came back"
+    );
+    let conn = second.accept().unwrap();
+    let client_conn = connecting.await.unwrap();
+    assert!(conn.established().await);
+    let (mut send, _recv) = client_conn.open_bi().await.unwrap();
+    send.write_all(b"x").await.unwrap();
+    let (_s, mut recv) = conn.accept_bi().await.unwrap();
+    let mut x = [0u8; 1];
+    recv.read_exact(&mut x).await.unwrap();
+    assert_eq!(&x, b"x");
+}
+
+#[tokio::test]
+async fn a_write_beyond_the_clients_window_waits_until_it_reads() {
+    let (server, mut client_config) = configs();
+    let mut small = quinn::TransportConfig::default();
+    small.stream_receive_window(16_384u32.into());
+    client_config.transport_config(Arc::new(small));
+    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let clients = client(client_config, "127.0.0.1:0");
+    let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
+    let conn = endpoint.accept().await.unwrap().accept().unwrap();
+    let client_conn = connecting.await.unwrap();
+    let (mut send, mut recv) = client_conn.open_bi().await.unwrap();
+    send.write_all(b"go").await.unwrap();
+    let (mut server_send, mut server_recv) = conn.accept_bi().await.unwrap();
+    let mut go = [0u8; 2];
+    server_recv.read_exact(&mut go).await.unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let expected = data.clone();
+    let writer = tokio::spawn(async move {
+        server_send.write_all(&data).await.unwrap();
+        server_send.shutdown().await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !writer.is_finished(),
+        "the write waits for the client's credit"
+    );
+    let got = recv.read_to_end(1 << 20).await.unwrap();
+    assert_eq!(got, expected);
+    writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_connection_times_out() {
+    let (server, client_config) = configs_with(|t| {
+        t.max_idle_timeout(Some(Duration::from_millis(300).try_into().unwrap()));
+    });
+    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let clients = client(client_config, "127.0.0.1:0");
+    let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
+    let conn = endpoint.accept().await.unwrap().accept().unwrap();
+    let _client_conn = connecting.await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .expect("closed by the idle timeout");
+    assert!(
+        matches!(reason, roam_quic::ConnectionError::TimedOut),
+        "{reason:?}"
+    );
+    eventually("the connection forgotten", || {
+        endpoint.open_connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn closing_the_endpoint_tells_every_client_and_ends_its_task() {
+    let (server, client_config) = configs();
+    let endpoint = echo_server(server);
+    let clients = client(client_config, "127.0.0.1:0");
+    let conn = clients
+        .connect(endpoint.local_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(echo(&conn, b"hi").await, b"hi");
+    endpoint.close(9u32.into(), b"shutting down");
+    let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .unwrap();
+    assert!(
+        matches!(reason, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == 9u32.into()),
+        "{reason:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), endpoint.wait_idle())
+        .await
+        .expect("the endpoint's task ended");
+    assert!(endpoint.accept().await.is_none());
+}
+
+#[tokio::test]
+async fn a_returning_client_opens_its_stream_in_0rtt() {
+    let (server, client_config) = configs();
+    let endpoint = echo_server(server);
+    let target = endpoint.local_addr();
+    let clients = client(client_config, "127.0.0.1:0");
+    // The first connection leaves a ticket.
+    let first = clients.connect(target, "localhost").unwrap().await.unwrap();
+    assert_eq!(echo(&first, b"one").await, b"one");
+    first.close(0u32.into(), b"");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (early, accepted) = clients
+        .connect(target, "localhost")
+        .unwrap()
+        .into_0rtt()
+        .unwrap_or_else(|_| panic!("no 0-RTT ticket"));
+    assert_eq!(echo(&early, b"early").await, b"early");
+    assert!(accepted.await, "the server took the early data");
+}
+
+#[tokio::test]
+async fn a_stream_in_0rtt_data_says_so() {
+    let (server, client_config) = configs();
+    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let target = endpoint.local_addr();
+    let clients = client(client_config, "127.0.0.1:0");
+    let accepting = endpoint.clone();
+    let server_side = tokio::spawn(async move {
+        let mut early = Vec::new();
+        for _ in 0..2 {
+            let conn = accepting.accept().await.unwrap().accept().unwrap();
+            let (_send, mut recv) = conn.accept_bi().await.unwrap();
+            early.push(recv.is_0rtt());
+            let mut b = [0u8; 1];
+            recv.read_exact(&mut b).await.unwrap();
+            conn.closed().await;
+        }
+        early
+    });
+    let first = clients.connect(target, "localhost").unwrap().await.unwrap();
+    let (mut send, _r) = first.open_bi().await.unwrap();
+    send.write_all(b"1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.close(0u32.into(), b"");
+    let (early, _accepted) = clients
+        .connect(target, "localhost")
+        .unwrap()
+        .into_0rtt()
+        .unwrap_or_else(|_| panic!("no 0-RTT ticket"));
+    let (mut send, _r) = early.open_bi().await.unwrap();
+    send.write_all(b"2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    early.close(0u32.into(), b"");
+    assert_eq!(server_side.await.unwrap(), [false, true]);
 }
