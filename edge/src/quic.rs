@@ -49,6 +49,7 @@ use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
 use crate::raw::RawIo;
 use crate::vconn;
 
+mod own;
 mod read_gate;
 use read_gate::ReadGate;
 
@@ -163,7 +164,7 @@ fn server_config(
 
 /// A bound QUIC listener, ready to [`run`](QuicServer::run).
 pub struct QuicServer {
-    endpoint: Endpoint,
+    endpoint: Bound,
     service: QuicService,
     options: QuicOptions,
     metrics: EdgeMetrics,
@@ -180,7 +181,15 @@ impl QuicServer {
         metrics: EdgeMetrics,
     ) -> Result<Self, QuicError> {
         let config = server_config(tls, service, &options)?;
-        let endpoint = Endpoint::server(config, addr)?;
+        let endpoint = match service {
+            QuicService::H3 => Bound::Quinn(Endpoint::server(config, addr)?),
+            QuicService::Raw => Bound::Own(
+                roam_quic::Endpoint::server(config, addr).map_err(|e| match e {
+                    roam_quic::EndpointError::Bind(e) => QuicError::Io(e),
+                    other => QuicError::Config(other.to_string()),
+                })?,
+            ),
+        };
         Ok(QuicServer {
             endpoint,
             service,
@@ -191,7 +200,10 @@ impl QuicServer {
 
     /// The bound address (with the port the OS picked for port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+        match &self.endpoint {
+            Bound::Quinn(e) => e.local_addr(),
+            Bound::Own(e) => Ok(e.local_addr()),
+        }
     }
 
     /// Serves until the gateway shuts down, then lets open connections finish for up to the
@@ -214,10 +226,20 @@ impl QuicServer {
             QuicService::Raw => "raw_quic",
         };
         let conns = TaskTracker::new();
+        let quinn = match &self.endpoint {
+            Bound::Quinn(e) => e,
+            Bound::Own(e) => {
+                listener.accept_own(e, &conns, &shutdown).await;
+                QuicServer::drain(&listener, conns, tracker, transport).await;
+                e.close(VarInt::from_u32(CLOSE_DONE), b"the edge is shutting down");
+                let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;
+                return;
+            }
+        };
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                incoming = self.endpoint.accept() => match incoming {
+                incoming = quinn.accept() => match incoming {
                     Some(incoming) => incoming,
                     None => break,
                 },
@@ -245,6 +267,19 @@ impl QuicServer {
                 };
             }
         }
+        QuicServer::drain(&listener, conns, tracker, transport).await;
+        quinn.close(VarInt::from_u32(CLOSE_DONE), b"the edge is shutting down");
+        // Lets the CONNECTION_CLOSE frames go out.
+        let _ = tokio::time::timeout(Duration::from_secs(1), quinn.wait_idle()).await;
+    }
+
+    /// Lets open connections finish, for up to the drain timeout.
+    async fn drain(
+        listener: &Listener,
+        conns: TaskTracker,
+        tracker: TaskTracker,
+        transport: &str,
+    ) {
         conns.close();
         tracker.close();
         let drained = async {
@@ -260,11 +295,13 @@ impl QuicServer {
                 transport, "drain timeout: closing the remaining QUIC connections"
             );
         }
-        self.endpoint
-            .close(VarInt::from_u32(CLOSE_DONE), b"the edge is shutting down");
-        // Lets the CONNECTION_CLOSE frames go out.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
+}
+
+/// A listener's endpoint: quinn's (HTTP/3) or the edge's own (raw frames, `roam_quic`).
+enum Bound {
+    Quinn(Endpoint),
+    Own(roam_quic::Endpoint),
 }
 
 /// What every connection of a QUIC listener shares.
@@ -1043,7 +1080,7 @@ impl vconn::DirectStream for H3Down {
 /// it and logs it. Held once per connection, so it keeps only its own counter (not the
 /// edge's metrics).
 struct PathWatch {
-    conn: Connection,
+    conn: PathConn,
     /// The address last seen, and when it may be asked for again.
     last: parking_lot::Mutex<(SocketAddr, tokio::time::Instant)>,
     transport: &'static str,
@@ -1055,7 +1092,8 @@ struct PathWatch {
 const PATH_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 impl PathWatch {
-    fn new(conn: Connection, label: &TransportLabel, metrics: &EdgeMetrics) -> Self {
+    fn new(conn: impl Into<PathConn>, label: &TransportLabel, metrics: &EdgeMetrics) -> Self {
+        let conn = conn.into();
         let last = parking_lot::Mutex::new((conn.remote_address(), tokio::time::Instant::now()));
         PathWatch {
             conn,
@@ -1083,14 +1121,45 @@ impl PathWatch {
     }
 }
 
+/// A connection of either QUIC stack, as [`PathWatch`] reads its address.
+enum PathConn {
+    Quinn(Connection),
+    Own(roam_quic::Connection),
+}
+
+impl PathConn {
+    fn remote_address(&self) -> SocketAddr {
+        match self {
+            PathConn::Quinn(c) => c.remote_address(),
+            PathConn::Own(c) => c.remote_address(),
+        }
+    }
+}
+
+impl From<Connection> for PathConn {
+    fn from(c: Connection) -> Self {
+        PathConn::Quinn(c)
+    }
+}
+
+impl From<roam_quic::Connection> for PathConn {
+    fn from(c: roam_quic::Connection) -> Self {
+        PathConn::Own(c)
+    }
+}
+
 /// Resolves (true) once the connection's handshake has completed; false if it failed.
 type Established = Shared<futures_util::future::BoxFuture<'static, bool>>;
 
 /// Reads one whole frame (its length is the header's first 4 bytes, big-endian) from a
 /// stream, refusing one longer than `max`.
-async fn first_frame(recv: &mut quinn::RecvStream, max: usize) -> io::Result<Bytes> {
+async fn first_frame<R>(recv: &mut R, max: usize) -> io::Result<Bytes>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
     let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.map_err(io::Error::other)?;
+    recv.read_exact(&mut len).await?;
     let total = u32::from_be_bytes(len) as usize;
     if !(roam_proto::HEADER_LEN..=max).contains(&total) {
         return Err(io::Error::new(
@@ -1100,9 +1169,7 @@ async fn first_frame(recv: &mut quinn::RecvStream, max: usize) -> io::Result<Byt
     }
     let mut frame = BytesMut::zeroed(total);
     frame[..4].copy_from_slice(&len);
-    recv.read_exact(&mut frame[4..])
-        .await
-        .map_err(io::Error::other)?;
+    recv.read_exact(&mut frame[4..]).await?;
     Ok(frame.freeze())
 }
 

@@ -1,0 +1,200 @@
+//! The raw-frame listener on Roam's own QUIC endpoint ([`roam_quic`]): the same admission,
+//! handshake watch, 0-RTT gate and frame driver as on quinn, without quinn's task, event
+//! channel and timer per connection (work in progress: HTTP/3 is still on quinn).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use quinn::VarInt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, debug_span};
+
+use super::{
+    CLOSE_DONE, CLOSE_LIMIT, CLOSE_NO_REQUEST, Established, Held, Listener, OpenGauge, PathWatch,
+    QuicRawIo, RAW_QUIC, ReadGate, first_frame,
+};
+use crate::admission::Ticket;
+use crate::conn::{Transport, drive};
+use crate::metrics::ReasonLabel;
+use crate::raw::RawIo;
+
+impl Listener {
+    /// Accepts connection attempts until shutdown, each served in a task on `conns`.
+    pub(super) async fn accept_own(
+        self: &Arc<Self>,
+        endpoint: &roam_quic::Endpoint,
+        conns: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+            };
+            let Some(peer) = incoming.remote_address() else {
+                continue;
+            };
+            if let Some(incoming) = self.screen_own(incoming) {
+                let span = debug_span!("conn", %peer, transport = "raw_quic");
+                conns.spawn(
+                    self.clone()
+                        .serve_own(Box::new(incoming), peer)
+                        .instrument(span),
+                );
+            }
+        }
+    }
+
+    /// As [`Listener::screen`].
+    fn screen_own(&self, incoming: roam_quic::Incoming) -> Option<roam_quic::Incoming> {
+        if self.open.load(std::sync::atomic::Ordering::Relaxed) >= self.options.max_connections {
+            self.metrics.refusals.count("quic_connections");
+            incoming.refuse();
+            return None;
+        }
+        if self.handshaking.load(std::sync::atomic::Ordering::Relaxed) >= self.options.retry_above
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            self.metrics.quic_retries.inc();
+            incoming.retry();
+            return None;
+        }
+        Some(incoming)
+    }
+
+    /// As [`Listener::serve`], for raw frames.
+    async fn serve_own(self: Arc<Self>, incoming: Box<roam_quic::Incoming>, peer: std::net::SocketAddr) {
+        let _open = Held::new(&self.open);
+        let admission = &self.gateway.admission;
+        let Ok(ticket) = admission.admit(peer.ip()) else {
+            incoming.refuse();
+            return;
+        };
+        let Some(permit) = admission.handshake(peer.ip()) else {
+            incoming.refuse();
+            return;
+        };
+        let handshaking = Held::new(&self.handshaking);
+        let conn = match incoming.accept() {
+            Ok(conn) => conn,
+            Err(e) => return self.handshake_failed("tls", &e),
+        };
+        let up = conn.clone();
+        let established: Established = async move { up.established().await }.boxed().shared();
+        if !ticket.has_slot() {
+            drop((permit, handshaking));
+            conn.close(
+                VarInt::from_u32(CLOSE_LIMIT),
+                b"the edge is at its connection limit; retry in 5 s",
+            );
+            return;
+        }
+        let path = PathWatch::new(conn.clone(), &RAW_QUIC, &self.metrics);
+        let serving = self
+            .clone()
+            .serve_own_raw(conn.clone(), ticket, path, established.clone());
+        let handshake = async {
+            let done =
+                tokio::time::timeout(self.options.handshake_timeout, established.clone()).await;
+            drop((permit, handshaking));
+            match done {
+                Ok(true) => {
+                    self.metrics.accepted.get_or_create(&RAW_QUIC).inc();
+                    let open = self.metrics.open_connections.get_or_create(&RAW_QUIC).clone();
+                    let _open = OpenGauge::new(open);
+                    std::future::pending::<()>().await;
+                }
+                Ok(false) => {
+                    let reason = conn.close_reason().map(|e| e.to_string());
+                    self.handshake_failed("tls", &reason.unwrap_or_default());
+                }
+                Err(_) => {
+                    self.handshake_failed("timeout", &"no handshake in time");
+                    conn.close(VarInt::from_u32(CLOSE_LIMIT), b"no handshake in time");
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = serving => {}
+            _ = handshake => {}
+        }
+    }
+
+    /// As [`Listener::serve_raw`].
+    async fn serve_own_raw(
+        self: Arc<Self>,
+        conn: roam_quic::Connection,
+        ticket: Ticket,
+        path: PathWatch,
+        established: Established,
+    ) {
+        let first = tokio::time::timeout(self.options.first_request, conn.accept_bi());
+        let (send, mut recv) = tokio::select! {
+            _ = self.gateway.shutdown.cancelled() => return,
+            r = first => match r {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "connection ended before its stream");
+                    return;
+                }
+                Err(_) => {
+                    self.no_request_own(&conn);
+                    return;
+                }
+            },
+        };
+        let (prefix, gate) = if recv.is_0rtt() {
+            let max = self.gateway.config.max_packet;
+            match tokio::time::timeout(self.options.first_request, first_frame(&mut recv, max))
+                .await
+            {
+                Ok(Ok(frame)) => (Some(frame), Some(established)),
+                _ => {
+                    self.no_request_own(&conn);
+                    return;
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let io = QuicRawIo {
+            inner: RawIo::new(ReadGate::new(tokio::io::join(recv, send))),
+            path: Arc::new(path),
+            prefix,
+            gate,
+        };
+        drive(
+            self.gateway.clone(),
+            io,
+            Transport {
+                name: "raw",
+                http: "none",
+            },
+        )
+        .await;
+        drop(ticket);
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+        conn.close(VarInt::from_u32(CLOSE_DONE), b"closed");
+    }
+
+    fn no_request_own(&self, conn: &roam_quic::Connection) {
+        debug!("no request within the first-request deadline: closed");
+        self.metrics
+            .closes
+            .get_or_create(&ReasonLabel {
+                reason: "no_request",
+            })
+            .inc();
+        conn.close(
+            VarInt::from_u32(CLOSE_NO_REQUEST),
+            b"no request within the first-request deadline",
+        );
+    }
+}
