@@ -183,12 +183,12 @@ impl QuicServer {
         let config = server_config(tls, service, &options)?;
         let endpoint = match service {
             QuicService::H3 => Bound::Quinn(Endpoint::server(config, addr)?),
-            QuicService::Raw => Bound::Own(
-                roam_quic::Endpoint::server(config, addr).map_err(|e| match e {
+            QuicService::Raw => Bound::Own(roam_quic::Endpoint::server(config, addr).map_err(
+                |e| match e {
                     roam_quic::EndpointError::Bind(e) => QuicError::Io(e),
                     other => QuicError::Config(other.to_string()),
-                })?,
-            ),
+                },
+            )?),
         };
         Ok(QuicServer {
             endpoint,
@@ -251,20 +251,12 @@ impl QuicServer {
                 // futures beside it): its size is what an idle connection costs the edge.
                 // `Incoming` is boxed, so that it does not stay in the task once accepted.
                 let incoming = Box::new(incoming);
-                match listener.service {
-                    QuicService::H3 => conns.spawn(
-                        listener
-                            .clone()
-                            .serve(incoming, Listener::serve_h3)
-                            .instrument(span),
-                    ),
-                    QuicService::Raw => conns.spawn(
-                        listener
-                            .clone()
-                            .serve(incoming, Listener::serve_raw)
-                            .instrument(span),
-                    ),
-                };
+                conns.spawn(
+                    listener
+                        .clone()
+                        .serve(incoming, Listener::serve_h3)
+                        .instrument(span),
+                );
             }
         }
         QuicServer::drain(&listener, conns, tracker, transport).await;
@@ -274,12 +266,7 @@ impl QuicServer {
     }
 
     /// Lets open connections finish, for up to the drain timeout.
-    async fn drain(
-        listener: &Listener,
-        conns: TaskTracker,
-        tracker: TaskTracker,
-        transport: &str,
-    ) {
+    async fn drain(listener: &Listener, conns: TaskTracker, tracker: TaskTracker, transport: &str) {
         conns.close();
         tracker.close();
         let drained = async {
@@ -353,7 +340,7 @@ impl Drop for Held<'_> {
 impl Listener {
     /// The checks before any state is kept for a connection attempt: the listener's cap, and
     /// a stateless Retry when handshakes pile up. `None`: answered already.
-    fn screen(&self, incoming: Incoming) -> Option<Incoming> {
+    fn screen<A: Attempt>(&self, incoming: A) -> Option<A> {
         if self.open.load(Ordering::Relaxed) >= self.options.max_connections {
             self.metrics.refusals.count("quic_connections");
             incoming.refuse();
@@ -364,15 +351,14 @@ impl Listener {
             && incoming.may_retry()
         {
             self.metrics.quic_retries.inc();
-            // Err only if retrying is impossible, which may_retry ruled out.
-            let _ = incoming.retry();
+            incoming.retry();
             return None;
         }
         Some(incoming)
     }
 
-    /// Admits, accepts and serves one connection: `serving` is the service's part (HTTP/3 or
-    /// raw frames), run once the connection has its slot, alongside the handshake.
+    /// Admits, accepts and serves one HTTP/3 connection: `serving` is the service's part,
+    /// run once the connection has its slot, alongside the handshake.
     async fn serve<F, Fut>(self: Arc<Self>, incoming: Box<Incoming>, serving: F)
     where
         F: FnOnce(Arc<Self>, Connection, Ticket, PathWatch, Established) -> Fut,
@@ -419,11 +405,7 @@ impl Listener {
             // connection's task for its whole life.
             return Box::pin(self.refuse(conn, established, (permit, handshaking))).await;
         }
-        let label = match self.service {
-            QuicService::H3 => H3,
-            QuicService::Raw => RAW_QUIC,
-        };
-        let path = PathWatch::new(conn.clone(), &label, &self.metrics);
+        let path = PathWatch::new(conn.clone(), &H3, &self.metrics);
         let serving = serving(
             self.clone(),
             conn.clone(),
@@ -431,47 +413,55 @@ impl Listener {
             path,
             established.clone(),
         );
-        // The handshake runs alongside; its permit is held until it completes.
-        let handshake = async {
-            let done =
-                tokio::time::timeout(self.options.handshake_timeout, established.clone()).await;
-            drop((permit, handshaking));
-            match done {
-                Ok(true) => {
-                    self.metrics.accepted.get_or_create(&label).inc();
-                    let open = self.metrics.open_connections.get_or_create(&label).clone();
-                    // Counted while the connection is served (this future lives as long).
-                    let _open = OpenGauge::new(open);
-                    std::future::pending::<()>().await;
-                }
-                Ok(false) => {
-                    let reason = conn.close_reason().map(|e| e.to_string());
-                    self.handshake_failed("tls", &reason.unwrap_or_default());
-                }
-                Err(_) => {
-                    self.handshake_failed("timeout", &"no handshake in time");
-                    conn.close(VarInt::from_u32(CLOSE_LIMIT), b"no handshake in time");
-                }
-            }
-            std::future::pending::<()>().await;
-        };
+        let handshake = self.watch_handshake(&conn, established, (permit, handshaking), &H3);
         tokio::select! {
             _ = serving => {}
             _ = handshake => {}
         }
     }
 
-    /// A connection that got no `edge.max_connections` slot is told why: over HTTP/3 a 503
-    /// with the JSON error (once the handshake is done, within the first-request deadline);
-    /// raw frames get the reason phrase. `handshake` is released when the handshake is over.
-    async fn refuse<H>(&self, conn: Connection, established: Established, handshake: H) {
-        if self.service == QuicService::H3 {
-            let done = tokio::time::timeout(self.options.handshake_timeout, established).await;
-            drop(handshake);
-            if matches!(done, Ok(true)) {
-                let refusal = refuse_h3(conn.clone());
-                let _ = tokio::time::timeout(self.options.first_request, refusal).await;
+    /// Runs alongside a connection's service and never resolves: the handshake's hold
+    /// (its permit and count) is released once the handshake is over; a completed one is
+    /// counted as accepted and open for as long as the connection is served, a failed one
+    /// as a failure (closed when it timed out).
+    async fn watch_handshake<C: QuicConn, H>(
+        &self,
+        conn: &C,
+        established: Established,
+        hold: H,
+        label: &TransportLabel,
+    ) {
+        let done = tokio::time::timeout(self.options.handshake_timeout, established).await;
+        drop(hold);
+        match done {
+            Ok(true) => {
+                self.metrics.accepted.get_or_create(label).inc();
+                let open = self.metrics.open_connections.get_or_create(label).clone();
+                // Counted while the connection is served (this future lives as long).
+                let _open = OpenGauge::new(open);
+                std::future::pending::<()>().await;
             }
+            Ok(false) => {
+                self.handshake_failed("tls", &conn.close_reason().unwrap_or_default());
+            }
+            Err(_) => {
+                self.handshake_failed("timeout", &"no handshake in time");
+                conn.close(VarInt::from_u32(CLOSE_LIMIT), b"no handshake in time");
+            }
+        }
+        std::future::pending::<()>().await;
+    }
+
+    /// An HTTP/3 connection that got no `edge.max_connections` slot is told why: a 503 with
+    /// the JSON error (once the handshake is done, within the first-request deadline), then
+    /// the reason phrase. `handshake` is released when the handshake is over. (Raw frames
+    /// get the reason phrase only: see `own.rs`.)
+    async fn refuse<H>(&self, conn: Connection, established: Established, handshake: H) {
+        let done = tokio::time::timeout(self.options.handshake_timeout, established).await;
+        drop(handshake);
+        if matches!(done, Ok(true)) {
+            let refusal = refuse_h3(conn.clone());
+            let _ = tokio::time::timeout(self.options.first_request, refusal).await;
         }
         conn.close(
             VarInt::from_u32(CLOSE_LIMIT),
@@ -487,69 +477,7 @@ impl Listener {
             .inc();
     }
 
-    /// Raw frames: the client's first bidirectional stream carries them both ways.
-    async fn serve_raw(
-        self: Arc<Self>,
-        conn: Connection,
-        ticket: Ticket,
-        path: PathWatch,
-        established: Established,
-    ) {
-        let first = tokio::time::timeout(self.options.first_request, conn.accept_bi());
-        let (send, recv) = tokio::select! {
-            _ = self.gateway.shutdown.cancelled() => return,
-            r = first => match r {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => {
-                    debug!(error = %e, "connection ended before its stream");
-                    return;
-                }
-                Err(_) => {
-                    self.no_request(&conn);
-                    return;
-                }
-            },
-        };
-        let (mut recv, send) = (recv, send);
-        // A stream opened in 0-RTT: only its first frame (AUTH with a token, idempotent) is
-        // served from early data; the rest is read once the handshake has completed.
-        let (prefix, gate) = if recv.is_0rtt() {
-            let max = self.gateway.config.max_packet;
-            match tokio::time::timeout(self.options.first_request, first_frame(&mut recv, max))
-                .await
-            {
-                Ok(Ok(frame)) => (Some(frame), Some(established)),
-                _ => {
-                    self.no_request(&conn);
-                    return;
-                }
-            }
-        } else {
-            (None, None)
-        };
-        let io = QuicRawIo {
-            inner: RawIo::new(ReadGate::new(tokio::io::join(recv, send))),
-            path: Arc::new(path),
-            prefix,
-            gate,
-        };
-        drive(
-            self.gateway.clone(),
-            io,
-            Transport {
-                name: "raw",
-                http: "none",
-            },
-        )
-        .await;
-        drop(ticket);
-        // The driver finished the stream (its last frames, e.g. DISCONNECT, are queued):
-        // give the client a moment to read them and close; then close.
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-        conn.close(VarInt::from_u32(CLOSE_DONE), b"closed");
-    }
-
-    fn no_request(&self, conn: &Connection) {
+    fn no_request<C: QuicConn>(&self, conn: &C) {
         debug!("no request within the first-request deadline: closed");
         self.metrics
             .closes
@@ -1121,6 +1049,79 @@ impl PathWatch {
     }
 }
 
+/// What the listener does with a connection of either QUIC stack (quinn's for HTTP/3, the
+/// edge's own for raw frames).
+trait QuicConn {
+    fn close(&self, code: VarInt, reason: &[u8]);
+    /// Why the connection ended, if it did.
+    fn close_reason(&self) -> Option<String>;
+}
+
+impl QuicConn for Connection {
+    fn close(&self, code: VarInt, reason: &[u8]) {
+        Connection::close(self, code, reason);
+    }
+
+    fn close_reason(&self) -> Option<String> {
+        Connection::close_reason(self).map(|e| e.to_string())
+    }
+}
+
+impl QuicConn for roam_quic::Connection {
+    fn close(&self, code: VarInt, reason: &[u8]) {
+        roam_quic::Connection::close(self, code, reason);
+    }
+
+    fn close_reason(&self) -> Option<String> {
+        roam_quic::Connection::close_reason(self).map(|e| e.to_string())
+    }
+}
+
+/// A connection attempt of either QUIC stack, as [`Listener::screen`] answers it.
+trait Attempt {
+    fn refuse(self);
+    fn retry(self);
+    fn remote_address_validated(&self) -> bool;
+    fn may_retry(&self) -> bool;
+}
+
+impl Attempt for Incoming {
+    fn refuse(self) {
+        Incoming::refuse(self);
+    }
+
+    fn retry(self) {
+        // Err only if retrying is impossible, which `may_retry` ruled out.
+        let _ = Incoming::retry(self);
+    }
+
+    fn remote_address_validated(&self) -> bool {
+        Incoming::remote_address_validated(self)
+    }
+
+    fn may_retry(&self) -> bool {
+        Incoming::may_retry(self)
+    }
+}
+
+impl Attempt for roam_quic::Incoming {
+    fn refuse(self) {
+        roam_quic::Incoming::refuse(self);
+    }
+
+    fn retry(self) {
+        roam_quic::Incoming::retry(self);
+    }
+
+    fn remote_address_validated(&self) -> bool {
+        roam_quic::Incoming::remote_address_validated(self)
+    }
+
+    fn may_retry(&self) -> bool {
+        roam_quic::Incoming::may_retry(self)
+    }
+}
+
 /// A connection of either QUIC stack, as [`PathWatch`] reads its address.
 enum PathConn {
     Quinn(Connection),
@@ -1263,7 +1264,7 @@ mod tests {
     /// parts of 1,176 B and ~1 KB (raw) or 8,160 B (HTTP/3)).
     #[test]
     fn the_connection_futures_stay_small() {
-        let raw = future_size(|l: Arc<Listener>, i| l.serve(i, Listener::serve_raw));
+        let raw = future_size(|l: Arc<Listener>, (i, p)| l.serve_own(i, p));
         assert!(
             raw <= 2048,
             "a raw QUIC connection's task grew to {raw} bytes"

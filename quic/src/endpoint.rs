@@ -21,8 +21,10 @@ use crate::conn::{ConnShared, Connection};
 const RECV_BATCH: usize = 32;
 /// The largest UDP payload accepted.
 const MAX_UDP_PAYLOAD: usize = 1472;
-/// Datagrams of one connection per send (GSO).
+/// Datagrams of one connection per send (GSO), at most.
 const MAX_GSO_SEGMENTS: usize = 10;
+/// Datagrams one connection sends per round of the loop before the others' turn.
+const MAX_DATAGRAMS_PER_DRIVE: usize = 20;
 
 /// Why an endpoint could not start.
 #[derive(Debug, Error)]
@@ -44,6 +46,8 @@ pub(crate) struct Shared {
     local: SocketAddr,
     /// Cancelled when the endpoint's task has ended.
     stopped: tokio_util::sync::CancellationToken,
+    /// Datagrams of one connection per send: GSO where the socket offers it.
+    max_gso: usize,
 }
 
 /// The endpoint's protocol state and its connections (under [`Shared::state`]).
@@ -57,6 +61,9 @@ pub(crate) struct State {
     closed: bool,
     /// The transmit buffer (one connection's datagrams at a time).
     send_buf: Vec<u8>,
+    /// A connection's transmit the socket had no room for: sent first once it is writable
+    /// (quinn-proto counts it sent already), before that connection or any other is driven.
+    blocked: Option<(ConnectionHandle, Transmit, Vec<u8>)>,
 }
 
 impl Shared {
@@ -66,7 +73,16 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Sends a stateless answer (a refusal, a Retry, a version negotiation): dropped if the
+    /// socket's buffer is full — the client tries again.
     fn send(&self, transmit: &Transmit, contents: &[u8]) {
+        if let Err(e) = self.try_send(transmit, contents) {
+            debug!(error = %e, "datagram not sent");
+        }
+    }
+
+    /// Sends `contents`; `WouldBlock` when the socket's buffer is full.
+    fn try_send(&self, transmit: &Transmit, contents: &[u8]) -> io::Result<()> {
         let transmit = quinn_udp::Transmit {
             destination: transmit.destination,
             ecn: transmit
@@ -76,14 +92,9 @@ impl Shared {
             segment_size: transmit.segment_size,
             src_ip: transmit.src_ip,
         };
-        // A full socket buffer drops the datagram, as a congested path would: QUIC
-        // retransmits.
-        let sent = self.socket.try_io(tokio::io::Interest::WRITABLE, || {
+        self.socket.try_io(tokio::io::Interest::WRITABLE, || {
             self.udp.send((&self.socket).into(), &transmit)
-        });
-        if let Err(e) = sent {
-            debug!(error = %e, "datagram not sent");
-        }
+        })
     }
 }
 
@@ -113,6 +124,7 @@ impl Endpoint {
         endpoint_config
             .max_udp_payload_size(MAX_UDP_PAYLOAD as u16)
             .map_err(|e| EndpointError::Config(e.to_string()))?;
+        let max_gso = udp.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
         let proto = quinn_proto::Endpoint::new(
             Arc::new(endpoint_config),
             Some(Arc::new(config)),
@@ -128,6 +140,7 @@ impl Endpoint {
                 acceptor: None,
                 closed: false,
                 send_buf: Vec::new(),
+                blocked: None,
             }),
             touched: Mutex::new(Vec::new()),
             wake: Notify::new(),
@@ -135,6 +148,7 @@ impl Endpoint {
             udp,
             local,
             stopped: tokio_util::sync::CancellationToken::new(),
+            max_gso,
         });
         tokio::spawn(run(shared.clone()));
         Ok(Endpoint { shared })
@@ -307,7 +321,13 @@ async fn run(shared: Arc<Shared>) {
     let mut recv_buf = vec![0u8; RECV_BATCH * MAX_UDP_PAYLOAD * 4];
     let mut drive: Vec<ConnectionHandle> = Vec::new();
     loop {
-        let next = shared.state.lock().timers.first().map(|(t, _)| *t);
+        let (next, blocked) = {
+            let state = shared.state.lock();
+            (
+                state.timers.first().map(|(t, _)| *t),
+                state.blocked.is_some(),
+            )
+        };
         let sleep = tokio::time::sleep_until(
             next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
                 .into(),
@@ -335,15 +355,36 @@ async fn run(shared: Arc<Shared>) {
                 }
             }
             () = shared.wake.notified() => {}
+            writable = shared.socket.writable(), if blocked => {
+                if writable.is_err() {
+                    break;
+                }
+            }
         }
         drive.append(&mut shared.touched.lock());
         drive.sort_unstable_by_key(|ch| ch.0);
         drive.dedup();
         let now = Instant::now();
         let state = &mut *shared.state.lock();
-        for ch in drive.drain(..) {
-            drive_one(&shared, state, ch, now);
+        if let Some((ch, t, contents)) = state.blocked.take()
+            && let Err(e) = shared.try_send(&t, &contents)
+        {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                state.blocked = Some((ch, t, contents));
+                continue;
+            }
+            debug!(error = %e, "datagram not sent");
         }
+        let mut done = 0;
+        for &ch in &drive {
+            if !drive_one(&shared, state, ch, now) {
+                // The socket is full: this connection (and those after it) go on once it
+                // has room.
+                break;
+            }
+            done += 1;
+        }
+        drive.drain(..done);
         if state.closed && state.conns.is_empty() {
             break;
         }
@@ -415,9 +456,11 @@ fn receive(shared: &Shared, recv_buf: &mut [u8], drive: &mut Vec<ConnectionHandl
 }
 
 /// Drives connection `ch`: endpoint events, application events, transmits, its deadline.
-fn drive_one(shared: &Shared, state: &mut State, ch: ConnectionHandle, now: Instant) {
+/// False if the socket had no room for a transmit (kept in [`State::blocked`]): drive it
+/// again once it has.
+fn drive_one(shared: &Shared, state: &mut State, ch: ConnectionHandle, now: Instant) -> bool {
     let Some(conn) = state.conns.get(&ch).cloned() else {
-        return;
+        return true;
     };
     let mut c = conn.lock();
     while let Some(event) = c.proto.poll_endpoint_events() {
@@ -426,14 +469,31 @@ fn drive_one(shared: &Shared, state: &mut State, ch: ConnectionHandle, now: Inst
         }
     }
     c.deliver_events();
+    let mut sent = 0;
     loop {
         state.send_buf.clear();
-        match c
+        let Some(t) = c
             .proto
-            .poll_transmit(now, MAX_GSO_SEGMENTS, &mut state.send_buf)
-        {
-            Some(t) => shared.send(&t, &state.send_buf[..t.size]),
-            None => break,
+            .poll_transmit(now, shared.max_gso, &mut state.send_buf)
+        else {
+            break;
+        };
+        sent += t.segment_size.map_or(1, |s| t.size.div_ceil(s));
+        match shared.try_send(&t, &state.send_buf[..t.size]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let contents = state.send_buf[..t.size].to_vec();
+                state.blocked = Some((ch, t, contents));
+                return false;
+            }
+            // Unreachable destinations and the like: QUIC's loss recovery copes.
+            Err(e) => debug!(error = %e, "datagram not sent"),
+        }
+        if sent >= MAX_DATAGRAMS_PER_DRIVE {
+            // Fair to the others: the rest goes in a later round.
+            shared.touched.lock().push(ch);
+            shared.wake.notify_one();
+            break;
         }
     }
     let deadline = c.proto.poll_timeout();
@@ -453,4 +513,5 @@ fn drive_one(shared: &Shared, state: &mut State, ch: ConnectionHandle, now: Inst
         drop(c);
         state.conns.remove(&ch);
     }
+    true
 }

@@ -12,12 +12,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span};
 
 use super::{
-    CLOSE_DONE, CLOSE_LIMIT, CLOSE_NO_REQUEST, Established, Held, Listener, OpenGauge, PathWatch,
-    QuicRawIo, RAW_QUIC, ReadGate, first_frame,
+    CLOSE_DONE, CLOSE_LIMIT, Established, Held, Listener, PathWatch, QuicRawIo, RAW_QUIC, ReadGate,
+    first_frame,
 };
 use crate::admission::Ticket;
 use crate::conn::{Transport, drive};
-use crate::metrics::ReasonLabel;
 use crate::raw::RawIo;
 
 impl Listener {
@@ -39,7 +38,7 @@ impl Listener {
             let Some(peer) = incoming.remote_address() else {
                 continue;
             };
-            if let Some(incoming) = self.screen_own(incoming) {
+            if let Some(incoming) = self.screen(incoming) {
                 let span = debug_span!("conn", %peer, transport = "raw_quic");
                 conns.spawn(
                     self.clone()
@@ -50,26 +49,12 @@ impl Listener {
         }
     }
 
-    /// As [`Listener::screen`].
-    fn screen_own(&self, incoming: roam_quic::Incoming) -> Option<roam_quic::Incoming> {
-        if self.open.load(std::sync::atomic::Ordering::Relaxed) >= self.options.max_connections {
-            self.metrics.refusals.count("quic_connections");
-            incoming.refuse();
-            return None;
-        }
-        if self.handshaking.load(std::sync::atomic::Ordering::Relaxed) >= self.options.retry_above
-            && !incoming.remote_address_validated()
-            && incoming.may_retry()
-        {
-            self.metrics.quic_retries.inc();
-            incoming.retry();
-            return None;
-        }
-        Some(incoming)
-    }
-
     /// As [`Listener::serve`], for raw frames.
-    async fn serve_own(self: Arc<Self>, incoming: Box<roam_quic::Incoming>, peer: std::net::SocketAddr) {
+    pub(super) async fn serve_own(
+        self: Arc<Self>,
+        incoming: Box<roam_quic::Incoming>,
+        peer: std::net::SocketAddr,
+    ) {
         let _open = Held::new(&self.open);
         let admission = &self.gateway.admission;
         let Ok(ticket) = admission.admit(peer.ip()) else {
@@ -99,28 +84,7 @@ impl Listener {
         let serving = self
             .clone()
             .serve_own_raw(conn.clone(), ticket, path, established.clone());
-        let handshake = async {
-            let done =
-                tokio::time::timeout(self.options.handshake_timeout, established.clone()).await;
-            drop((permit, handshaking));
-            match done {
-                Ok(true) => {
-                    self.metrics.accepted.get_or_create(&RAW_QUIC).inc();
-                    let open = self.metrics.open_connections.get_or_create(&RAW_QUIC).clone();
-                    let _open = OpenGauge::new(open);
-                    std::future::pending::<()>().await;
-                }
-                Ok(false) => {
-                    let reason = conn.close_reason().map(|e| e.to_string());
-                    self.handshake_failed("tls", &reason.unwrap_or_default());
-                }
-                Err(_) => {
-                    self.handshake_failed("timeout", &"no handshake in time");
-                    conn.close(VarInt::from_u32(CLOSE_LIMIT), b"no handshake in time");
-                }
-            }
-            std::future::pending::<()>().await;
-        };
+        let handshake = self.watch_handshake(&conn, established, (permit, handshaking), &RAW_QUIC);
         tokio::select! {
             _ = serving => {}
             _ = handshake => {}
@@ -145,7 +109,7 @@ impl Listener {
                     return;
                 }
                 Err(_) => {
-                    self.no_request_own(&conn);
+                    self.no_request(&conn);
                     return;
                 }
             },
@@ -157,7 +121,7 @@ impl Listener {
             {
                 Ok(Ok(frame)) => (Some(frame), Some(established)),
                 _ => {
-                    self.no_request_own(&conn);
+                    self.no_request(&conn);
                     return;
                 }
             }
@@ -182,19 +146,5 @@ impl Listener {
         drop(ticket);
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
         conn.close(VarInt::from_u32(CLOSE_DONE), b"closed");
-    }
-
-    fn no_request_own(&self, conn: &roam_quic::Connection) {
-        debug!("no request within the first-request deadline: closed");
-        self.metrics
-            .closes
-            .get_or_create(&ReasonLabel {
-                reason: "no_request",
-            })
-            .inc();
-        conn.close(
-            VarInt::from_u32(CLOSE_NO_REQUEST),
-            b"no request within the first-request deadline",
-        );
     }
 }
