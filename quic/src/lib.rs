@@ -1,9 +1,10 @@
-//! A QUIC endpoint driven by one event loop over quinn-proto (work in progress: not yet
-//! used by the edge).
+//! A QUIC server endpoint driven by one event loop over quinn-proto. The edge's raw-frame
+//! QUIC listener runs on it; HTTP/3 is still on quinn's endpoint (h3-quinn) until h3's
+//! `quic` traits are implemented over this one.
 //!
 //! quinn's endpoint gives every connection a driver task, an unbounded event channel and a
 //! tokio timer: ≈ 11 KB per idle connection, and per datagram a channel send, a task wake-up
-//! and a timer reset (docs/edge.md, "CPU per push", has the spike that measured it). Here
+//! and a timer reset (docs/edge.md, "CPU per push", has the measurements). Here
 //! one task per endpoint ([`Endpoint`]) owns the UDP socket (quinn-udp: batched receive,
 //! GSO), quinn-proto's `Endpoint`, every connection's quinn-proto `Connection` and one set of
 //! deadlines; it applies datagrams and timeouts to connections directly and drives the

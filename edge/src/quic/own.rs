@@ -1,6 +1,6 @@
-//! The raw-frame listener on Roam's own QUIC endpoint ([`roam_quic`]): the same admission,
-//! handshake watch, 0-RTT gate and frame driver as on quinn, without quinn's task, event
-//! channel and timer per connection (work in progress: HTTP/3 is still on quinn).
+//! The raw-frame listener on the edge's own QUIC endpoint ([`roam_quic`]): the same
+//! screening, admission, handshake watch, 0-RTT gate and frame driver as HTTP/3 on quinn,
+//! without quinn's task, event channel and timer per connection.
 
 use std::sync::Arc;
 use std::time::Duration;
