@@ -366,16 +366,9 @@ impl Listener {
     {
         let _open = Held::new(&self.open);
         let peer = incoming.remote_address();
-        let admission = &self.gateway.admission;
-        let Ok(ticket) = admission.admit(peer.ip()) else {
-            incoming.refuse();
+        let Some((incoming, ticket, handshake)) = self.admit(*incoming, peer) else {
             return;
         };
-        let Some(permit) = admission.handshake(peer.ip()) else {
-            incoming.refuse();
-            return;
-        };
-        let handshaking = Held::new(&self.handshaking);
         let connecting = match incoming.accept() {
             Ok(c) => c,
             Err(e) => return self.handshake_failed("tls", &e),
@@ -403,7 +396,7 @@ impl Listener {
         if !ticket.has_slot() {
             // Boxed: the refusal's HTTP/3 state would otherwise take room in every
             // connection's task for its whole life.
-            return Box::pin(self.refuse(conn, established, (permit, handshaking))).await;
+            return Box::pin(self.refuse(conn, established, handshake)).await;
         }
         let path = PathWatch::new(conn.clone(), &H3, &self.metrics);
         let serving = serving(
@@ -413,11 +406,31 @@ impl Listener {
             path,
             established.clone(),
         );
-        let handshake = self.watch_handshake(&conn, established, (permit, handshaking), &H3);
+        let handshake = self.watch_handshake(&conn, established, handshake, &H3);
         tokio::select! {
             _ = serving => {}
             _ = handshake => {}
         }
+    }
+
+    /// Admission for an attempt from `peer` (see [Admission](crate::admission)): the
+    /// source's share and a slot, and a handshake permit, counted as handshaking until the
+    /// returned hold is dropped. `None`: refused (the client was told).
+    fn admit<A: Attempt>(
+        &self,
+        incoming: A,
+        peer: SocketAddr,
+    ) -> Option<(A, Ticket, (crate::admission::HandshakePermit, Held<'_>))> {
+        let admission = &self.gateway.admission;
+        let Ok(ticket) = admission.admit(peer.ip()) else {
+            incoming.refuse();
+            return None;
+        };
+        let Some(permit) = admission.handshake(peer.ip()) else {
+            incoming.refuse();
+            return None;
+        };
+        Some((incoming, ticket, (permit, Held::new(&self.handshaking))))
     }
 
     /// Runs alongside a connection's service and never resolves: the handshake's hold

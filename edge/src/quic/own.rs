@@ -56,16 +56,9 @@ impl Listener {
         peer: std::net::SocketAddr,
     ) {
         let _open = Held::new(&self.open);
-        let admission = &self.gateway.admission;
-        let Ok(ticket) = admission.admit(peer.ip()) else {
-            incoming.refuse();
+        let Some((incoming, ticket, handshake)) = self.admit(*incoming, peer) else {
             return;
         };
-        let Some(permit) = admission.handshake(peer.ip()) else {
-            incoming.refuse();
-            return;
-        };
-        let handshaking = Held::new(&self.handshaking);
         let conn = match incoming.accept() {
             Ok(conn) => conn,
             Err(e) => return self.handshake_failed("tls", &e),
@@ -73,7 +66,7 @@ impl Listener {
         let up = conn.clone();
         let established: Established = async move { up.established().await }.boxed().shared();
         if !ticket.has_slot() {
-            drop((permit, handshaking));
+            drop(handshake);
             conn.close(
                 VarInt::from_u32(CLOSE_LIMIT),
                 b"the edge is at its connection limit; retry in 5 s",
@@ -84,7 +77,7 @@ impl Listener {
         let serving = self
             .clone()
             .serve_own_raw(conn.clone(), ticket, path, established.clone());
-        let handshake = self.watch_handshake(&conn, established, (permit, handshaking), &RAW_QUIC);
+        let handshake = self.watch_handshake(&conn, established, handshake, &RAW_QUIC);
         tokio::select! {
             _ = serving => {}
             _ = handshake => {}
