@@ -17,7 +17,7 @@
 //!
 //! The application side never drives a connection: a stream write or read locks the
 //! connection, changes quinn-proto's state, and marks the connection for the loop
-//! ([`endpoint::Shared::touch`]). Lock order: the endpoint's state, then a connection's.
+//! (`Shared::touch` in `endpoint.rs`). Lock order: the endpoint's state, then a connection's.
 
 #![forbid(unsafe_code)]
 
