@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
-use quinn_proto::{ConnectionHandle, Dir, Event, StreamEvent, StreamId, VarInt};
+use quinn_proto::{ConnectionHandle, Dir, Event, StreamEvent, VarInt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::endpoint::Shared;
 
-pub use quinn_proto::ConnectionError;
+pub use quinn_proto::{ConnectionError, StreamId};
 
 /// One connection: quinn-proto's state and who waits on it.
 pub(crate) struct ConnShared {
@@ -32,9 +32,19 @@ pub(crate) struct ConnState {
     /// Wakers by what they wait for (a handful at most: streams are few per connection).
     readers: Vec<(StreamId, Waker)>,
     writers: Vec<(StreamId, Waker)>,
-    accept_bi: Option<Waker>,
+    /// Waiting for a stream the client opens, by direction (bidirectional first).
+    accepting: [Option<Waker>; 2],
+    /// Waiting for credit to open a stream, by direction.
+    opening: [Option<Waker>; 2],
     handshake: Vec<Waker>,
     closed: Vec<Waker>,
+}
+
+fn dir_index(dir: Dir) -> usize {
+    match dir {
+        Dir::Bi => 0,
+        Dir::Uni => 1,
+    }
 }
 
 fn wake_all(wakers: &mut Vec<Waker>) {
@@ -67,7 +77,8 @@ impl ConnShared {
                 error: None,
                 readers: Vec::new(),
                 writers: Vec::new(),
-                accept_bi: None,
+                accepting: [None, None],
+                opening: [None, None],
                 handshake: Vec::new(),
                 closed: Vec::new(),
             }),
@@ -105,8 +116,13 @@ impl ConnState {
                     wake_all(&mut self.handshake);
                 }
                 Event::ConnectionLost { reason } => self.lost(reason),
-                Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
-                    if let Some(w) = self.accept_bi.take() {
+                Event::Stream(StreamEvent::Opened { dir }) => {
+                    if let Some(w) = self.accepting[dir_index(dir)].take() {
+                        w.wake();
+                    }
+                }
+                Event::Stream(StreamEvent::Available { dir }) => {
+                    if let Some(w) = self.opening[dir_index(dir)].take() {
                         w.wake();
                     }
                 }
@@ -128,8 +144,10 @@ impl ConnState {
         }
         wake_all(&mut self.handshake);
         wake_all(&mut self.closed);
-        if let Some(w) = self.accept_bi.take() {
-            w.wake();
+        for w in self.accepting.iter_mut().chain(self.opening.iter_mut()) {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
         }
         for (_, w) in self.readers.drain(..).chain(self.writers.drain(..)) {
             w.wake();
@@ -188,35 +206,94 @@ impl Connection {
 
     /// The next bidirectional stream the client opens.
     pub async fn accept_bi(&self) -> Result<(SendStream, RecvStream), ConnectionError> {
-        let (id, early) = std::future::poll_fn(|cx| {
-            let mut c = self.0.conn.lock();
-            if let Some(id) = c.proto.streams().accept(Dir::Bi) {
-                // Before the handshake completed, a client's stream can only have come in
-                // 0-RTT data.
-                return Poll::Ready(Ok((id, c.proto.is_handshaking())));
-            }
-            if let Some(e) = &c.error {
-                return Poll::Ready(Err(e.clone()));
-            }
-            c.accept_bi = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await?;
-        // Accepting may give the client credit for another stream.
-        self.0.touch();
-        Ok((
-            SendStream {
-                conn: self.0.clone(),
-                id,
-                finished: false,
-            },
-            RecvStream {
-                conn: self.0.clone(),
-                id,
-                ended: false,
-                early,
-            },
-        ))
+        std::future::poll_fn(|cx| self.poll_accept_bi(cx)).await
+    }
+
+    /// [`Connection::accept_bi`], polled.
+    pub fn poll_accept_bi(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(SendStream, RecvStream), ConnectionError>> {
+        self.poll_accept(cx, Dir::Bi)
+            .map_ok(|(id, early)| (self.send_stream(id), self.recv_stream(id, early)))
+    }
+
+    /// The next unidirectional stream the client opens.
+    pub fn poll_accept_uni(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<RecvStream, ConnectionError>> {
+        self.poll_accept(cx, Dir::Uni)
+            .map_ok(|(id, early)| self.recv_stream(id, early))
+    }
+
+    /// Opens a bidirectional stream, once the client allows another.
+    pub fn poll_open_bi(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(SendStream, RecvStream), ConnectionError>> {
+        self.poll_open(cx, Dir::Bi)
+            .map_ok(|id| (self.send_stream(id), self.recv_stream(id, false)))
+    }
+
+    /// Opens a unidirectional stream, once the client allows another.
+    pub fn poll_open_uni(&self, cx: &mut Context<'_>) -> Poll<Result<SendStream, ConnectionError>> {
+        self.poll_open(cx, Dir::Uni)
+            .map_ok(|id| self.send_stream(id))
+    }
+
+    /// A stream the client opened in `dir`, and whether it came in 0-RTT data.
+    fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+        dir: Dir,
+    ) -> Poll<Result<(StreamId, bool), ConnectionError>> {
+        let mut c = self.0.conn.lock();
+        if let Some(id) = c.proto.streams().accept(dir) {
+            // Before the handshake completed, a client's stream can only have come in
+            // 0-RTT data.
+            let early = c.proto.is_handshaking();
+            drop(c);
+            // Accepting may give the client credit for another stream.
+            self.0.touch();
+            return Poll::Ready(Ok((id, early)));
+        }
+        if let Some(e) = &c.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        c.accepting[dir_index(dir)] = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn poll_open(&self, cx: &mut Context<'_>, dir: Dir) -> Poll<Result<StreamId, ConnectionError>> {
+        let mut c = self.0.conn.lock();
+        if let Some(e) = &c.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        if let Some(id) = c.proto.streams().open(dir) {
+            drop(c);
+            self.0.touch();
+            return Poll::Ready(Ok(id));
+        }
+        c.opening[dir_index(dir)] = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn send_stream(&self, id: StreamId) -> SendStream {
+        SendStream {
+            conn: self.0.clone(),
+            id,
+            finished: false,
+        }
+    }
+
+    fn recv_stream(&self, id: StreamId, early: bool) -> RecvStream {
+        RecvStream {
+            conn: self.0.clone(),
+            id,
+            ended: false,
+            early,
+        }
     }
 
     /// Resolves once the handshake has completed (true) or failed (false).
@@ -315,6 +392,20 @@ impl AsyncWrite for SendStream {
 }
 
 impl SendStream {
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Abandons the stream with `code` (RESET_STREAM): what was not sent is not.
+    pub fn reset(&mut self, code: VarInt) {
+        if !self.finished {
+            self.finished = true;
+            let _ = self.conn.conn.lock().proto.send_stream(self.id).reset(code);
+            self.conn.touch();
+        }
+    }
+
     fn finish(&mut self) {
         if !self.finished {
             self.finished = true;
@@ -343,6 +434,20 @@ impl RecvStream {
     /// Whether the stream was opened in 0-RTT data (which an attacker may replay).
     pub fn is_0rtt(&self) -> bool {
         self.early
+    }
+
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    /// Asks the peer to stop sending (STOP_SENDING with `code`).
+    pub fn stop(&mut self, code: VarInt) {
+        if !self.ended {
+            self.ended = true;
+            let _ = self.conn.conn.lock().proto.recv_stream(self.id).stop(code);
+            self.conn.touch();
+        }
     }
 }
 

@@ -24,5 +24,5 @@
 mod conn;
 mod endpoint;
 
-pub use conn::{Connection, ConnectionError, RecvStream, SendStream};
+pub use conn::{Connection, ConnectionError, RecvStream, SendStream, StreamId};
 pub use endpoint::{Endpoint, EndpointError, Incoming};

@@ -350,3 +350,62 @@ async fn a_stream_in_0rtt_data_says_so() {
     early.close(0u32.into(), b"");
     assert_eq!(server_side.await.unwrap(), [false, true]);
 }
+
+#[tokio::test]
+async fn streams_open_both_ways_in_both_directions_and_end_with_codes() {
+    let (server, client_config) = configs_with(|t| {
+        t.max_concurrent_uni_streams(4u32.into());
+    });
+    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let clients = client(client_config, "127.0.0.1:0");
+    let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
+    let conn = endpoint.accept().await.unwrap().accept().unwrap();
+    let client_conn = connecting.await.unwrap();
+    assert!(conn.established().await);
+
+    // The client's unidirectional stream reaches the server.
+    let mut up = client_conn.open_uni().await.unwrap();
+    up.write_all(b"control").await.unwrap();
+    up.finish().unwrap();
+    let mut recv = std::future::poll_fn(|cx| conn.poll_accept_uni(cx))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    recv.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"control");
+
+    // The server opens a unidirectional and a bidirectional stream to the client.
+    let mut down = std::future::poll_fn(|cx| conn.poll_open_uni(cx))
+        .await
+        .unwrap();
+    down.write_all(b"settings").await.unwrap();
+    down.shutdown().await.unwrap();
+    let mut client_recv = client_conn.accept_uni().await.unwrap();
+    assert_eq!(client_recv.read_to_end(64).await.unwrap(), b"settings");
+    let (mut send, mut recv) = std::future::poll_fn(|cx| conn.poll_open_bi(cx))
+        .await
+        .unwrap();
+    send.write_all(b"ping").await.unwrap();
+    let (mut client_send, mut client_recv) = client_conn.accept_bi().await.unwrap();
+    let mut ping = [0u8; 4];
+    client_recv.read_exact(&mut ping).await.unwrap();
+    assert_eq!(&ping, b"ping");
+    client_send.write_all(b"pong").await.unwrap();
+    let mut pong = [0u8; 4];
+    recv.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"pong");
+
+    // A reset and a stop reach the client with their codes.
+    send.reset(0x10cu32.into());
+    let e = client_recv.read_to_end(64).await.unwrap_err();
+    assert!(
+        matches!(e, quinn::ReadToEndError::Read(quinn::ReadError::Reset(c)) if c == 0x10cu32.into()),
+        "{e:?}"
+    );
+    recv.stop(0x100u32.into());
+    let stopped = tokio::time::timeout(Duration::from_secs(5), client_send.stopped())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stopped, Some(0x100u32.into()));
+}
