@@ -17,6 +17,34 @@ use crate::endpoint::Shared;
 
 pub use quinn_proto::{ConnectionError, StreamId};
 
+/// Why a stream cannot be read or written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StreamError {
+    /// The peer abandoned its sending side (RESET_STREAM) with this code.
+    #[error("the peer reset the stream (code {0})")]
+    Reset(VarInt),
+    /// The peer asked us to stop sending (STOP_SENDING) with this code.
+    #[error("the peer stopped the stream (code {0})")]
+    Stopped(VarInt),
+    /// The connection is over.
+    #[error("the connection is lost: {0}")]
+    ConnectionLost(ConnectionError),
+    /// The stream is finished or reset on our side already.
+    #[error("the stream is closed")]
+    Closed,
+}
+
+impl From<StreamError> for io::Error {
+    fn from(e: StreamError) -> Self {
+        let kind = match e {
+            StreamError::Reset(_) | StreamError::Stopped(_) => io::ErrorKind::ConnectionReset,
+            StreamError::ConnectionLost(_) => io::ErrorKind::ConnectionAborted,
+            StreamError::Closed => io::ErrorKind::BrokenPipe,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
 /// One connection: quinn-proto's state and who waits on it.
 pub(crate) struct ConnShared {
     handle: ConnectionHandle,
@@ -344,39 +372,42 @@ pub struct SendStream {
     finished: bool,
 }
 
+impl SendStream {
+    /// Writes what the stream's flow control and send window allow of `buf` (at least one
+    /// byte), or waits until it can.
+    pub fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<Result<usize, StreamError>> {
+        use quinn_proto::WriteError;
+        let mut c = self.conn.conn.lock();
+        if let Some(e) = &c.error {
+            return Poll::Ready(Err(StreamError::ConnectionLost(e.clone())));
+        }
+        match c.proto.send_stream(self.id).write(buf) {
+            Ok(n) => {
+                drop(c);
+                self.conn.touch();
+                Poll::Ready(Ok(n))
+            }
+            Err(WriteError::Blocked) => {
+                register(&mut c.writers, self.id, cx.waker());
+                Poll::Pending
+            }
+            Err(WriteError::Stopped(code)) => Poll::Ready(Err(StreamError::Stopped(code))),
+            Err(WriteError::ClosedStream) => Poll::Ready(Err(StreamError::Closed)),
+        }
+    }
+}
+
 impl AsyncWrite for SendStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        use quinn_proto::WriteError;
-        let this = self.get_mut();
-        let mut c = this.conn.conn.lock();
-        if let Some(e) = &c.error {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                e.clone(),
-            )));
-        }
-        match c.proto.send_stream(this.id).write(buf) {
-            Ok(n) => {
-                drop(c);
-                this.conn.touch();
-                Poll::Ready(Ok(n))
-            }
-            Err(WriteError::Blocked) => {
-                register(&mut c.writers, this.id, cx.waker());
-                Poll::Pending
-            }
-            Err(WriteError::Stopped(code)) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                format!("the peer stopped the stream (code {code})"),
-            ))),
-            Err(WriteError::ClosedStream) => {
-                Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)))
-            }
-        }
+        self.get_mut().poll_send(cx, buf).map_err(io::Error::from)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -451,76 +482,82 @@ impl RecvStream {
     }
 }
 
-impl AsyncRead for RecvStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl RecvStream {
+    /// The next chunk of at most `max` bytes, in order, without copying; `None` at the end
+    /// of the stream.
+    pub fn poll_chunk(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, StreamError>> {
         use quinn_proto::{ReadError, ReadableError};
-        let this = self.get_mut();
-        if this.ended || buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
+        if self.ended {
+            return Poll::Ready(Ok(None));
         }
-        let mut c = this.conn.conn.lock();
+        let mut c = self.conn.conn.lock();
         let state = &mut *c;
-        let mut stream = state.proto.recv_stream(this.id);
+        let mut stream = state.proto.recv_stream(self.id);
         let mut chunks = match stream.read(true) {
             Ok(chunks) => chunks,
+            // Read to its end already, or stopped.
             Err(ReadableError::ClosedStream) => {
-                this.ended = true;
-                return Poll::Ready(Ok(()));
+                self.ended = true;
+                return Poll::Ready(Ok(None));
             }
             Err(ReadableError::IllegalOrderedRead) => {
-                return Poll::Ready(Err(io::Error::other("unordered read on an ordered stream")));
+                return Poll::Ready(Err(StreamError::Closed));
             }
         };
-        let mut read = 0;
-        let mut outcome = None;
-        while buf.remaining() > 0 {
-            match chunks.next(buf.remaining()) {
-                Ok(Some(chunk)) => {
-                    buf.put_slice(&chunk.bytes);
-                    read += chunk.bytes.len();
-                }
-                Ok(None) => {
-                    this.ended = true;
-                    outcome = Some(Ok(()));
-                    break;
-                }
-                Err(ReadError::Blocked) => break,
-                Err(ReadError::Reset(code)) => {
-                    this.ended = true;
-                    outcome = Some(Err(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        format!("the peer reset the stream (code {code})"),
-                    )));
-                    break;
-                }
+        let outcome = match chunks.next(max) {
+            Ok(Some(chunk)) => Some(Ok(Some(chunk.bytes))),
+            Ok(None) => {
+                self.ended = true;
+                Some(Ok(None))
             }
-        }
+            Err(ReadError::Blocked) => None,
+            Err(ReadError::Reset(code)) => {
+                self.ended = true;
+                Some(Err(StreamError::Reset(code)))
+            }
+        };
         let transmit = chunks.finalize().should_transmit();
-        if read > 0 {
-            outcome = Some(Ok(()));
-        }
         let polled = match outcome {
             Some(done) => Poll::Ready(done),
             None => match &c.error {
-                Some(e) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    e.clone(),
-                ))),
+                Some(e) => Poll::Ready(Err(StreamError::ConnectionLost(e.clone()))),
                 None => {
-                    register(&mut c.readers, this.id, cx.waker());
+                    register(&mut c.readers, self.id, cx.waker());
                     Poll::Pending
                 }
             },
         };
         drop(c);
         if transmit {
-            this.conn.touch();
+            self.conn.touch();
         }
         polled
+    }
+}
+
+impl AsyncRead for RecvStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let max = buf.remaining();
+        match self.get_mut().poll_chunk(cx, max) {
+            Poll::Ready(Ok(Some(chunk))) => {
+                buf.put_slice(&chunk);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(None)) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

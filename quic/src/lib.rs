@@ -24,5 +24,5 @@
 mod conn;
 mod endpoint;
 
-pub use conn::{Connection, ConnectionError, RecvStream, SendStream, StreamId};
+pub use conn::{Connection, ConnectionError, RecvStream, SendStream, StreamError, StreamId};
 pub use endpoint::{Endpoint, EndpointError, Incoming};
