@@ -437,7 +437,8 @@ impl SendStream {
         }
     }
 
-    fn finish(&mut self) {
+    /// Ends the stream: what was written is still delivered.
+    pub fn finish(&mut self) {
         if !self.finished {
             self.finished = true;
             let _ = self.conn.conn.lock().proto.send_stream(self.id).finish();

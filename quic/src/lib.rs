@@ -23,6 +23,7 @@
 
 mod conn;
 mod endpoint;
+pub mod h3;
 
 pub use conn::{Connection, ConnectionError, RecvStream, SendStream, StreamError, StreamId};
 pub use endpoint::{Endpoint, EndpointError, Incoming};

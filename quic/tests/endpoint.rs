@@ -8,49 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::{configs, configs_with};
 use roam_quic::{Connection, Endpoint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const ALPN: &[u8] = b"test";
-
-fn configs() -> (quinn_proto::ServerConfig, quinn::ClientConfig) {
-    configs_with(|_| {})
-}
-
-fn configs_with(
-    server_transport: impl FnOnce(&mut quinn_proto::TransportConfig),
-) -> (quinn_proto::ServerConfig, quinn::ClientConfig) {
-    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert = c.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(c.signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    server.alpn_protocols = vec![ALPN.to_vec()];
-    // 0-RTT: a stateful session cache (rustls offers early data only then).
-    server.max_early_data_size = u32::MAX;
-    server.session_storage = rustls::server::ServerSessionMemoryCache::new(64);
-    let server = quinn_proto::crypto::rustls::QuicServerConfig::try_from(server).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let mut client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client.alpn_protocols = vec![ALPN.to_vec()];
-    client.enable_early_data = true;
-    let client = quinn_proto::crypto::rustls::QuicClientConfig::try_from(client).unwrap();
-    let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(server));
-    let mut transport = quinn_proto::TransportConfig::default();
-    server_transport(&mut transport);
-    server.transport_config(Arc::new(transport));
-    (server, quinn::ClientConfig::new(Arc::new(client)))
-}
 
 /// An echo server: every bidirectional stream gets back what it sent, then its end.
 fn echo_server(config: quinn_proto::ServerConfig) -> Endpoint {

@@ -1,0 +1,131 @@
+//! HTTP/3 (the h3 crate) served over the endpoint, against h3's client over quinn.
+
+// Test code: a failure panics with the value it got (clippy.toml allows it in tests only).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use roam_quic::Endpoint;
+use roam_quic::h3::H3Connection;
+
+/// Answers `GET /n` with n numbered lines, each its own DATA frame; `POST` with its body.
+fn server(config: quinn_proto::ServerConfig) -> Endpoint {
+    let endpoint = Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            let Ok(conn) = incoming.accept() else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut h3 = h3::server::builder()
+                    .build::<_, Bytes>(H3Connection::new(conn))
+                    .await
+                    .unwrap();
+                while let Ok(Some(resolver)) = h3.accept().await {
+                    tokio::spawn(async move {
+                        let (request, mut stream) = resolver.resolve_request().await.unwrap();
+                        let mut body = BytesMut::new();
+                        while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+                            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+                        }
+                        stream.send_response(http::Response::new(())).await.unwrap();
+                        if request.method() == http::Method::POST {
+                            stream.send_data(body.freeze()).await.unwrap();
+                        } else {
+                            let n: usize = request.uri().path()[1..].parse().unwrap();
+                            for i in 0..n {
+                                stream
+                                    .send_data(Bytes::from(format!("line {i}\n")))
+                                    .await
+                                    .unwrap();
+                            }
+                        }
+                        stream.finish().await.unwrap();
+                    });
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+#[tokio::test]
+async fn an_h3_client_over_quinn_is_served() {
+    // One certificate for both sides.
+    let (config, client_config) = common::configs_with_alpn(b"h3", |t| {
+        t.max_concurrent_uni_streams(8u32.into());
+    });
+    let endpoint = server(config);
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(client_config);
+    let conn = client
+        .connect(endpoint.local_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, mut requests) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    let driving = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+
+    let get = |n: usize| {
+        http::Request::get(format!("https://localhost/{n}"))
+            .body(())
+            .unwrap()
+    };
+    // Many requests at once on one connection, each a stream of DATA frames.
+    let mut tasks = Vec::new();
+    for n in [1usize, 10, 500] {
+        let mut requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = requests.send_request(get(n)).await.unwrap();
+            stream.finish().await.unwrap();
+            let response = stream.recv_response().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut body = Vec::new();
+            while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+                body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+            }
+            let expected: String = (0..n).map(|i| format!("line {i}\n")).collect();
+            assert_eq!(String::from_utf8(body).unwrap(), expected);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // A request body, larger than a stream's window, comes back whole.
+    let big: Vec<u8> = (0..400_000u32).map(|i| (i % 249) as u8).collect();
+    let mut stream = requests
+        .send_request(
+            http::Request::post("https://localhost/echo")
+                .body(())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let sending = {
+        let big = Bytes::from(big.clone());
+        async move {
+            stream.send_data(big).await.unwrap();
+            stream.finish().await.unwrap();
+            stream
+        }
+    };
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), sending)
+        .await
+        .unwrap();
+    stream.recv_response().await.unwrap();
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    assert_eq!(body, big);
+    drop(requests);
+    driving.abort();
+}
