@@ -66,6 +66,8 @@ pub(crate) struct ConnState {
     opening: [Option<Waker>; 2],
     handshake: Vec<Waker>,
     closed: Vec<Waker>,
+    /// Waiting for a QUIC datagram.
+    datagram: Option<Waker>,
 }
 
 fn dir_index(dir: Dir) -> usize {
@@ -109,6 +111,7 @@ impl ConnShared {
                 opening: [None, None],
                 handshake: Vec::new(),
                 closed: Vec::new(),
+                datagram: None,
             }),
         })
     }
@@ -155,6 +158,11 @@ impl ConnState {
                     }
                 }
                 Event::Stream(StreamEvent::Readable { id }) => wake_stream(&mut self.readers, id),
+                Event::DatagramReceived => {
+                    if let Some(w) = self.datagram.take() {
+                        w.wake();
+                    }
+                }
                 Event::Stream(
                     StreamEvent::Writable { id }
                     | StreamEvent::Finished { id }
@@ -172,7 +180,13 @@ impl ConnState {
         }
         wake_all(&mut self.handshake);
         wake_all(&mut self.closed);
-        for w in self.accepting.iter_mut().chain(self.opening.iter_mut()) {
+        let datagram = std::iter::once(&mut self.datagram);
+        for w in self
+            .accepting
+            .iter_mut()
+            .chain(self.opening.iter_mut())
+            .chain(datagram)
+        {
             if let Some(w) = w.take() {
                 w.wake();
             }
@@ -322,6 +336,27 @@ impl Connection {
             ended: false,
             early,
         }
+    }
+
+    /// Sends a QUIC datagram (unreliable; the oldest queued is dropped when the send buffer is
+    /// full).
+    pub fn send_datagram(&self, data: Bytes) -> Result<(), quinn_proto::SendDatagramError> {
+        self.0.conn.lock().proto.datagrams().send(data, true)?;
+        self.0.touch();
+        Ok(())
+    }
+
+    /// The next QUIC datagram the client sent.
+    pub fn poll_recv_datagram(&self, cx: &mut Context<'_>) -> Poll<Result<Bytes, ConnectionError>> {
+        let mut c = self.0.conn.lock();
+        if let Some(data) = c.proto.datagrams().recv() {
+            return Poll::Ready(Ok(data));
+        }
+        if let Some(e) = &c.error {
+            return Poll::Ready(Err(e.clone()));
+        }
+        c.datagram = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Resolves once the handshake has completed (true) or failed (false).

@@ -2,13 +2,18 @@
 //! its streams, so that `h3::server` runs on a [`Connection`]. Reads hand out quinn-proto's
 //! chunks without copying; no future is boxed per stream.
 //!
-//! Not yet: QUIC datagrams (WebTransport's `H3_DATAGRAM`).
+//! QUIC datagrams (HTTP/3 datagrams, which WebTransport sessions use) through h3-datagram's
+//! traits.
 
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, WriteBuf};
+use h3_datagram::datagram::EncodedDatagram;
+use h3_datagram::quic_traits::{
+    DatagramConnectionExt, RecvDatagram, SendDatagram, SendDatagramErrorIncoming,
+};
 use quinn_proto::VarInt;
 
 use crate::conn::{Connection, ConnectionError, RecvStream, SendStream, StreamError};
@@ -292,5 +297,63 @@ impl<B: Buf> quic::RecvStream for H3Bidi<B> {
 
     fn recv_id(&self) -> quic::StreamId {
         self.recv.recv_id()
+    }
+}
+
+/// Sends the connection's QUIC datagrams for h3-datagram.
+pub struct H3DatagramSender {
+    conn: Connection,
+}
+
+/// Receives the connection's QUIC datagrams for h3-datagram.
+pub struct H3DatagramReceiver {
+    conn: Connection,
+}
+
+impl<B: Buf> SendDatagram<B> for H3DatagramSender {
+    fn send_datagram<T: Into<EncodedDatagram<B>>>(
+        &mut self,
+        data: T,
+    ) -> Result<(), SendDatagramErrorIncoming> {
+        if let Some(e) = self.conn.close_reason() {
+            return Err(SendDatagramErrorIncoming::ConnectionError(
+                connection_error(e),
+            ));
+        }
+        let mut data: EncodedDatagram<B> = data.into();
+        self.conn
+            .send_datagram(data.copy_to_bytes(data.remaining()))
+            .map_err(|e| match e {
+                quinn_proto::SendDatagramError::TooLarge => SendDatagramErrorIncoming::TooLarge,
+                _ => SendDatagramErrorIncoming::NotAvailable,
+            })
+    }
+}
+
+impl RecvDatagram for H3DatagramReceiver {
+    type Buffer = Bytes;
+
+    fn poll_incoming_datagram(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Bytes, ConnectionErrorIncoming>> {
+        self.conn.poll_recv_datagram(cx).map_err(connection_error)
+    }
+}
+
+impl<B: Buf> DatagramConnectionExt<B> for H3Connection {
+    type SendDatagramHandler = H3DatagramSender;
+    type RecvDatagramHandler = H3DatagramReceiver;
+
+    fn send_datagram_handler(&self) -> H3DatagramSender {
+        H3DatagramSender {
+            conn: self.conn.clone(),
+        }
+    }
+
+    fn recv_datagram_handler(&self) -> H3DatagramReceiver {
+        H3DatagramReceiver {
+            conn: self.conn.clone(),
+        }
     }
 }

@@ -371,3 +371,32 @@ async fn streams_open_both_ways_in_both_directions_and_end_with_codes() {
         .unwrap();
     assert_eq!(stopped, Some(0x100u32.into()));
 }
+
+#[tokio::test]
+async fn datagrams_go_both_ways() {
+    let (server, client_config) = configs();
+    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let clients = client(client_config, "127.0.0.1:0");
+    let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
+    let conn = endpoint.accept().await.unwrap().accept().unwrap();
+    let client_conn = connecting.await.unwrap();
+    assert!(conn.established().await);
+    client_conn
+        .send_datagram(bytes::Bytes::from_static(b"up"))
+        .unwrap();
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        std::future::poll_fn(|cx| conn.poll_recv_datagram(cx)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(&got[..], b"up");
+    conn.send_datagram(bytes::Bytes::from_static(b"down"))
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), client_conn.read_datagram())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], b"down");
+}
