@@ -35,8 +35,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use futures_util::future::Shared;
 use http_body_util::BodyExt;
-use quinn::crypto::rustls::QuicServerConfig;
-use quinn::{Connection, Endpoint, Incoming, TransportConfig, VarInt};
+use quinn_proto::crypto::rustls::QuicServerConfig;
+use quinn_proto::{TransportConfig, VarInt};
+use roam_quic::h3::{H3Bidi, H3Connection, H3Recv, H3Send};
+use roam_quic::{Connection, Endpoint, Incoming};
 use thiserror::Error;
 use tokio_util::task::TaskTracker;
 use tower::{Layer, ServiceExt};
@@ -49,7 +51,7 @@ use crate::metrics::{EdgeMetrics, ReasonLabel, TransportLabel};
 use crate::raw::RawIo;
 use crate::vconn;
 
-mod own;
+mod raw;
 mod read_gate;
 use read_gate::ReadGate;
 
@@ -117,11 +119,11 @@ fn server_config(
     tls: Arc<rustls::ServerConfig>,
     service: QuicService,
     options: &QuicOptions,
-) -> Result<quinn::ServerConfig, QuicError> {
+) -> Result<quinn_proto::ServerConfig, QuicError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| QuicError::Tls(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut config = quinn_proto::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = TransportConfig::default();
-    let idle = quinn::IdleTimeout::try_from(options.idle_timeout)
+    let idle = quinn_proto::IdleTimeout::try_from(options.idle_timeout)
         .map_err(|_| QuicError::Config("quic.idle_timeout_secs is out of range".into()))?;
     transport
         .max_idle_timeout(Some(idle))
@@ -164,7 +166,7 @@ fn server_config(
 
 /// A bound QUIC listener, ready to [`run`](QuicServer::run).
 pub struct QuicServer {
-    endpoint: Bound,
+    endpoint: Endpoint,
     service: QuicService,
     options: QuicOptions,
     metrics: EdgeMetrics,
@@ -181,15 +183,10 @@ impl QuicServer {
         metrics: EdgeMetrics,
     ) -> Result<Self, QuicError> {
         let config = server_config(tls, service, &options)?;
-        let endpoint = match service {
-            QuicService::H3 => Bound::Quinn(Endpoint::server(config, addr)?),
-            QuicService::Raw => Bound::Own(roam_quic::Endpoint::server(config, addr).map_err(
-                |e| match e {
-                    roam_quic::EndpointError::Bind(e) => QuicError::Io(e),
-                    other => QuicError::Config(other.to_string()),
-                },
-            )?),
-        };
+        let endpoint = Endpoint::server(config, addr).map_err(|e| match e {
+            roam_quic::EndpointError::Bind(e) => QuicError::Io(e),
+            other => QuicError::Config(other.to_string()),
+        })?;
         Ok(QuicServer {
             endpoint,
             service,
@@ -200,10 +197,7 @@ impl QuicServer {
 
     /// The bound address (with the port the OS picked for port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        match &self.endpoint {
-            Bound::Quinn(e) => e.local_addr(),
-            Bound::Own(e) => Ok(e.local_addr()),
-        }
+        Ok(self.endpoint.local_addr())
     }
 
     /// Serves until the gateway shuts down, then lets open connections finish for up to the
@@ -226,43 +220,44 @@ impl QuicServer {
             QuicService::Raw => "raw_quic",
         };
         let conns = TaskTracker::new();
-        let quinn = match &self.endpoint {
-            Bound::Quinn(e) => e,
-            Bound::Own(e) => {
-                listener.accept_own(e, &conns, &shutdown).await;
-                QuicServer::drain(&listener, conns, tracker, transport).await;
-                e.close(VarInt::from_u32(CLOSE_DONE), b"the edge is shutting down");
-                let _ = tokio::time::timeout(Duration::from_secs(1), e.wait_idle()).await;
-                return;
-            }
-        };
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                incoming = quinn.accept() => match incoming {
+                incoming = self.endpoint.accept() => match incoming {
                     Some(incoming) => incoming,
                     None => break,
                 },
             };
-            let peer = incoming.remote_address();
+            let Some(peer) = incoming.remote_address() else {
+                continue;
+            };
             if let Some(incoming) = listener.screen(incoming) {
                 let span = debug_span!("conn", %peer, transport);
                 // One task per connection, holding everything it serves in place (no boxed
                 // futures beside it): its size is what an idle connection costs the edge.
                 // `Incoming` is boxed, so that it does not stay in the task once accepted.
                 let incoming = Box::new(incoming);
-                conns.spawn(
-                    listener
-                        .clone()
-                        .serve(incoming, Listener::serve_h3)
-                        .instrument(span),
-                );
+                match listener.service {
+                    QuicService::H3 => conns.spawn(
+                        listener
+                            .clone()
+                            .serve(incoming, peer, Listener::serve_h3)
+                            .instrument(span),
+                    ),
+                    QuicService::Raw => conns.spawn(
+                        listener
+                            .clone()
+                            .serve(incoming, peer, Listener::serve_raw)
+                            .instrument(span),
+                    ),
+                };
             }
         }
         QuicServer::drain(&listener, conns, tracker, transport).await;
-        quinn.close(VarInt::from_u32(CLOSE_DONE), b"the edge is shutting down");
+        self.endpoint
+            .close(VarInt::from_u32(CLOSE_DONE), b"the edge is shutting down");
         // Lets the CONNECTION_CLOSE frames go out.
-        let _ = tokio::time::timeout(Duration::from_secs(1), quinn.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
     /// Lets open connections finish, for up to the drain timeout.
@@ -283,12 +278,6 @@ impl QuicServer {
             );
         }
     }
-}
-
-/// A listener's endpoint: quinn's (HTTP/3) or the edge's own (raw frames, `roam_quic`).
-enum Bound {
-    Quinn(Endpoint),
-    Own(roam_quic::Endpoint),
 }
 
 /// What every connection of a QUIC listener shares.
@@ -340,7 +329,7 @@ impl Drop for Held<'_> {
 impl Listener {
     /// The checks before any state is kept for a connection attempt: the listener's cap, and
     /// a stateless Retry when handshakes pile up. `None`: answered already.
-    fn screen<A: Attempt>(&self, incoming: A) -> Option<A> {
+    fn screen(&self, incoming: Incoming) -> Option<Incoming> {
         if self.open.load(Ordering::Relaxed) >= self.options.max_connections {
             self.metrics.refusals.count("quic_connections");
             incoming.refuse();
@@ -359,46 +348,34 @@ impl Listener {
 
     /// Admits, accepts and serves one HTTP/3 connection: `serving` is the service's part,
     /// run once the connection has its slot, alongside the handshake.
-    async fn serve<F, Fut>(self: Arc<Self>, incoming: Box<Incoming>, serving: F)
+    async fn serve<F, Fut>(self: Arc<Self>, incoming: Box<Incoming>, peer: SocketAddr, serving: F)
     where
         F: FnOnce(Arc<Self>, Connection, Ticket, PathWatch, Established) -> Fut,
         Fut: Future<Output = ()>,
     {
         let _open = Held::new(&self.open);
-        let peer = incoming.remote_address();
         let Some((incoming, ticket, handshake)) = self.admit(*incoming, peer) else {
             return;
         };
-        let connecting = match incoming.accept() {
-            Ok(c) => c,
+        let conn = match incoming.accept() {
+            Ok(conn) => conn,
             Err(e) => return self.handshake_failed("tls", &e),
         };
-        // 0.5-RTT on the server side always succeeds: requests (0-RTT ones from a resuming
-        // client included) are read at once, and `established` resolves when the handshake
-        // has completed. What may not be replayed waits for it (see `respond`, `serve_raw`).
-        let (conn, established) = match connecting.into_0rtt() {
-            Ok((conn, accepted)) => {
-                // On a server, quinn's future yields whether 0-RTT was accepted (false also
-                // when the handshake failed): whether the connection is up says which.
-                let up = conn.clone();
-                let established: Established = async move {
-                    accepted.await;
-                    up.close_reason().is_none()
-                }
-                .boxed()
-                .shared();
-                (conn, established)
-            }
-            // quinn: "for incoming connections, conversion to 0.5-RTT will always fully
-            // succeed"; a refusal here would be a quinn change, handled as a failed handshake.
-            Err(_) => return self.handshake_failed("tls", &"no 0.5-RTT connection"),
-        };
+        // The connection is served at once, 0-RTT requests from a resuming client included;
+        // `established` resolves when the handshake has completed. What may not be replayed
+        // waits for it (see `respond`, `serve_raw`).
+        let up = conn.clone();
+        let established: Established = async move { up.established().await }.boxed().shared();
         if !ticket.has_slot() {
             // Boxed: the refusal's HTTP/3 state would otherwise take room in every
             // connection's task for its whole life.
             return Box::pin(self.refuse(conn, established, handshake)).await;
         }
-        let path = PathWatch::new(conn.clone(), &H3, &self.metrics);
+        let label = match self.service {
+            QuicService::H3 => H3,
+            QuicService::Raw => RAW_QUIC,
+        };
+        let path = PathWatch::new(conn.clone(), &label, &self.metrics);
         let serving = serving(
             self.clone(),
             conn.clone(),
@@ -406,7 +383,7 @@ impl Listener {
             path,
             established.clone(),
         );
-        let handshake = self.watch_handshake(&conn, established, handshake, &H3);
+        let handshake = self.watch_handshake(&conn, established, handshake, &label);
         tokio::select! {
             _ = serving => {}
             _ = handshake => {}
@@ -416,11 +393,15 @@ impl Listener {
     /// Admission for an attempt from `peer` (see [Admission](crate::admission)): the
     /// source's share and a slot, and a handshake permit, counted as handshaking until the
     /// returned hold is dropped. `None`: refused (the client was told).
-    fn admit<A: Attempt>(
+    fn admit(
         &self,
-        incoming: A,
+        incoming: Incoming,
         peer: SocketAddr,
-    ) -> Option<(A, Ticket, (crate::admission::HandshakePermit, Held<'_>))> {
+    ) -> Option<(
+        Incoming,
+        Ticket,
+        (crate::admission::HandshakePermit, Held<'_>),
+    )> {
         let admission = &self.gateway.admission;
         let Ok(ticket) = admission.admit(peer.ip()) else {
             incoming.refuse();
@@ -437,9 +418,9 @@ impl Listener {
     /// (its permit and count) is released once the handshake is over; a completed one is
     /// counted as accepted and open for as long as the connection is served, a failed one
     /// as a failure (closed when it timed out).
-    async fn watch_handshake<C: QuicConn, H>(
+    async fn watch_handshake<H>(
         &self,
-        conn: &C,
+        conn: &Connection,
         established: Established,
         hold: H,
         label: &TransportLabel,
@@ -455,7 +436,8 @@ impl Listener {
                 std::future::pending::<()>().await;
             }
             Ok(false) => {
-                self.handshake_failed("tls", &conn.close_reason().unwrap_or_default());
+                let reason = conn.close_reason().map(|e| e.to_string());
+                self.handshake_failed("tls", &reason.unwrap_or_default());
             }
             Err(_) => {
                 self.handshake_failed("timeout", &"no handshake in time");
@@ -470,11 +452,13 @@ impl Listener {
     /// the reason phrase. `handshake` is released when the handshake is over. (Raw frames
     /// get the reason phrase only: see `own.rs`.)
     async fn refuse<H>(&self, conn: Connection, established: Established, handshake: H) {
-        let done = tokio::time::timeout(self.options.handshake_timeout, established).await;
-        drop(handshake);
-        if matches!(done, Ok(true)) {
-            let refusal = refuse_h3(conn.clone());
-            let _ = tokio::time::timeout(self.options.first_request, refusal).await;
+        if self.service == QuicService::H3 {
+            let done = tokio::time::timeout(self.options.handshake_timeout, established).await;
+            drop(handshake);
+            if matches!(done, Ok(true)) {
+                let refusal = refuse_h3(conn.clone());
+                let _ = tokio::time::timeout(self.options.first_request, refusal).await;
+            }
         }
         conn.close(
             VarInt::from_u32(CLOSE_LIMIT),
@@ -490,7 +474,7 @@ impl Listener {
             .inc();
     }
 
-    fn no_request<C: QuicConn>(&self, conn: &C) {
+    fn no_request(&self, conn: &Connection) {
         debug!("no request within the first-request deadline: closed");
         self.metrics
             .closes
@@ -524,7 +508,7 @@ impl Listener {
             .enable_datagram(true)
             .max_webtransport_sessions(1);
         // Boxed: the set-up's state is dropped once it is done, not kept in the connection's.
-        let built = Box::pin(builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())));
+        let built = Box::pin(builder.build::<_, Bytes>(H3Connection::new(conn.clone())));
         let mut h3conn = match tokio::time::timeout(self.options.handshake_timeout, built).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -643,7 +627,7 @@ impl Listener {
     fn spawn_request<S>(
         &self,
         request: Request<()>,
-        stream: H3Stream<h3_quinn::BidiStream<Bytes>>,
+        stream: H3Stream<H3Bidi<Bytes>>,
         service: &S,
         path: &Arc<PathWatch>,
         conn: &Connection,
@@ -689,10 +673,10 @@ impl Listener {
     /// still served; further streams are refused.
     async fn serve_webtransport<S>(
         &self,
-        h3conn: h3::server::Connection<h3_quinn::Connection, Bytes>,
+        h3conn: h3::server::Connection<H3Connection, Bytes>,
         mut heads: Heads,
         request: Request<()>,
-        stream: H3Stream<h3_quinn::BidiStream<Bytes>>,
+        stream: H3Stream<H3Bidi<Bytes>>,
         wt: WebTransport<S>,
     ) where
         S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
@@ -761,7 +745,7 @@ type H3Stream<S> = h3::server::RequestStream<S, Bytes>;
 
 /// The tasks reading an HTTP/3 connection's request heads; one hands back a WebTransport
 /// CONNECT (its request and stream).
-type Heads = tokio::task::JoinSet<Option<(Request<()>, H3Stream<h3_quinn::BidiStream<Bytes>>)>>;
+type Heads = tokio::task::JoinSet<Option<(Request<()>, H3Stream<H3Bidi<Bytes>>)>>;
 
 /// Replay safety for a request that may have come in 0-RTT data: true at once for the
 /// idempotent methods (GET, HEAD); any other waits for the handshake to complete (false if it
@@ -779,7 +763,7 @@ fn bodiless(method: &Method) -> bool {
 /// done, the client is asked to stop sending with H3_NO_ERROR (RFC 9114 §4.1.1: the
 /// response is complete; quinn's own STOP_SENDING on drop would say code 0). A client that
 /// finished its request already is told nothing.
-struct StopOnDrop(H3Stream<h3_quinn::RecvStream>);
+struct StopOnDrop(H3Stream<H3Recv>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
@@ -792,7 +776,7 @@ impl Drop for StopOnDrop {
 async fn refuse_h3(conn: Connection) {
     let mut builder = h3::server::builder();
     builder.send_grease(false);
-    let built = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn));
+    let built = builder.build::<_, Bytes>(H3Connection::new(conn));
     let Ok(mut h3conn) = built.await else { return };
     let Ok(Some(resolver)) = h3conn.accept().await else {
         return;
@@ -832,7 +816,7 @@ enum Responding {
 /// A response body's sending half, the body, and the request's receiving half when held
 /// until the response ends.
 struct BodyResponse {
-    send: H3Stream<h3_quinn::SendStream<Bytes>>,
+    send: H3Stream<H3Send<Bytes>>,
     body: Body,
     _request: Option<StopOnDrop>,
     path: Arc<PathWatch>,
@@ -844,7 +828,7 @@ struct BodyResponse {
 async fn respond_head<S>(
     service: S,
     request: Request<()>,
-    stream: H3Stream<h3_quinn::BidiStream<Bytes>>,
+    stream: H3Stream<H3Bidi<Bytes>>,
     path: Arc<PathWatch>,
     write_timeout: Duration,
 ) -> Option<Responding>
@@ -996,7 +980,7 @@ async fn run_direct(
 
 /// An HTTP/3 response stream, written by a direct stream connection's task.
 struct H3Down {
-    send: H3Stream<h3_quinn::SendStream<Bytes>>,
+    send: H3Stream<H3Send<Bytes>>,
     path: Arc<PathWatch>,
     /// The request's receiving half, held until the response ends (see [`respond_head`]).
     _request: Option<StopOnDrop>,
@@ -1021,7 +1005,7 @@ impl vconn::DirectStream for H3Down {
 /// it and logs it. Held once per connection, so it keeps only its own counter (not the
 /// edge's metrics).
 struct PathWatch {
-    conn: PathConn,
+    conn: Connection,
     /// The address last seen, and when it may be asked for again.
     last: parking_lot::Mutex<(SocketAddr, tokio::time::Instant)>,
     transport: &'static str,
@@ -1033,8 +1017,7 @@ struct PathWatch {
 const PATH_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 impl PathWatch {
-    fn new(conn: impl Into<PathConn>, label: &TransportLabel, metrics: &EdgeMetrics) -> Self {
-        let conn = conn.into();
+    fn new(conn: Connection, label: &TransportLabel, metrics: &EdgeMetrics) -> Self {
         let last = parking_lot::Mutex::new((conn.remote_address(), tokio::time::Instant::now()));
         PathWatch {
             conn,
@@ -1059,106 +1042,6 @@ impl PathWatch {
             last.0 = address;
             self.changes.inc();
         }
-    }
-}
-
-/// What the listener does with a connection of either QUIC stack (quinn's for HTTP/3, the
-/// edge's own for raw frames).
-trait QuicConn {
-    fn close(&self, code: VarInt, reason: &[u8]);
-    /// Why the connection ended, if it did.
-    fn close_reason(&self) -> Option<String>;
-}
-
-impl QuicConn for Connection {
-    fn close(&self, code: VarInt, reason: &[u8]) {
-        Connection::close(self, code, reason);
-    }
-
-    fn close_reason(&self) -> Option<String> {
-        Connection::close_reason(self).map(|e| e.to_string())
-    }
-}
-
-impl QuicConn for roam_quic::Connection {
-    fn close(&self, code: VarInt, reason: &[u8]) {
-        roam_quic::Connection::close(self, code, reason);
-    }
-
-    fn close_reason(&self) -> Option<String> {
-        roam_quic::Connection::close_reason(self).map(|e| e.to_string())
-    }
-}
-
-/// A connection attempt of either QUIC stack, as [`Listener::screen`] answers it.
-trait Attempt {
-    fn refuse(self);
-    fn retry(self);
-    fn remote_address_validated(&self) -> bool;
-    fn may_retry(&self) -> bool;
-}
-
-impl Attempt for Incoming {
-    fn refuse(self) {
-        Incoming::refuse(self);
-    }
-
-    fn retry(self) {
-        // Err only if retrying is impossible, which `may_retry` ruled out.
-        let _ = Incoming::retry(self);
-    }
-
-    fn remote_address_validated(&self) -> bool {
-        Incoming::remote_address_validated(self)
-    }
-
-    fn may_retry(&self) -> bool {
-        Incoming::may_retry(self)
-    }
-}
-
-impl Attempt for roam_quic::Incoming {
-    fn refuse(self) {
-        roam_quic::Incoming::refuse(self);
-    }
-
-    fn retry(self) {
-        roam_quic::Incoming::retry(self);
-    }
-
-    fn remote_address_validated(&self) -> bool {
-        roam_quic::Incoming::remote_address_validated(self)
-    }
-
-    fn may_retry(&self) -> bool {
-        roam_quic::Incoming::may_retry(self)
-    }
-}
-
-/// A connection of either QUIC stack, as [`PathWatch`] reads its address.
-enum PathConn {
-    Quinn(Connection),
-    Own(roam_quic::Connection),
-}
-
-impl PathConn {
-    fn remote_address(&self) -> SocketAddr {
-        match self {
-            PathConn::Quinn(c) => c.remote_address(),
-            PathConn::Own(c) => c.remote_address(),
-        }
-    }
-}
-
-impl From<Connection> for PathConn {
-    fn from(c: Connection) -> Self {
-        PathConn::Quinn(c)
-    }
-}
-
-impl From<roam_quic::Connection> for PathConn {
-    fn from(c: roam_quic::Connection) -> Self {
-        PathConn::Own(c)
     }
 }
 
@@ -1277,12 +1160,12 @@ mod tests {
     /// parts of 1,176 B and ~1 KB (raw) or 8,160 B (HTTP/3)).
     #[test]
     fn the_connection_futures_stay_small() {
-        let raw = future_size(|l: Arc<Listener>, (i, p)| l.serve_own(i, p));
+        let raw = future_size(|l: Arc<Listener>, (i, p)| l.serve(i, p, Listener::serve_raw));
         assert!(
             raw <= 2048,
             "a raw QUIC connection's task grew to {raw} bytes"
         );
-        let h3 = future_size(|l: Arc<Listener>, i| l.serve(i, Listener::serve_h3));
+        let h3 = future_size(|l: Arc<Listener>, (i, p)| l.serve(i, p, Listener::serve_h3));
         assert!(h3 <= 4608, "an HTTP/3 connection's task grew to {h3} bytes");
         let body = future_size(|r, (c, t)| respond_body(r, c, t));
         assert!(
