@@ -219,8 +219,7 @@ pub(crate) struct QuicSection {
     /// Above this many QUIC handshakes in flight, new clients must prove their address with
     /// a stateless Retry first (0: always).
     pub retry_above_handshakes: usize,
-    /// quinn's GSO and path MTU discovery; off, each idle connection holds 1.3 KB less
-    /// (quinn's transmit buffer stays at one 1,200 B datagram) and datagrams stay at 1,200 B.
+    /// GSO and path MTU discovery; off, datagrams stay at 1,200 B.
     pub gso_and_mtu_discovery: bool,
 }
 

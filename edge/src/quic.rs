@@ -1,5 +1,7 @@
-//! The QUIC listeners (quinn): HTTP/3 on the client port's UDP twin (`listen.client_quic`,
-//! ALPN `h3`) and raw frames on the raw port's (`listen.raw_quic`, ALPN `roam/1`).
+//! The QUIC listeners, on the edge's own endpoint ([`roam_quic`]: one event loop over
+//! quinn-proto per listener): HTTP/3 (h3, through `roam_quic::h3`) and WebTransport on the
+//! client port's UDP twin (`listen.client_quic`, ALPN `h3`), and raw frames on the raw port's
+//! (`listen.raw_quic`, ALPN `roam/1`, `raw.rs`).
 //!
 //! Nothing about a connection is QUIC-specific above this module: HTTP/3 requests are handed
 //! to the same axum router as HTTP/1.1 and HTTP/2 ([`crate::http::router`]: `/v1/stream`,
@@ -16,7 +18,7 @@
 //! once more than [`QuicOptions::retry_above`] handshakes are in flight. Every refusal is
 //! counted; a connection refused after its handshake is closed with a reason phrase.
 //!
-//! Connection migration is on (quinn's default): a client whose address changes keeps its
+//! Connection migration is on (quinn-proto's default): a client whose address changes keeps its
 //! connection and streams. The edge notices the new path when the connection next carries
 //! data, counts it in `roam_edge_quic_path_changes_total` and logs it. Keep-alive PINGs
 //! ([`QuicOptions::keep_alive`]) keep NAT bindings open on idle connections.
@@ -96,7 +98,7 @@ pub struct QuicOptions {
     /// On shutdown, how long open connections get to finish.
     pub drain_timeout: Duration,
     /// GSO (several datagrams per send) and path MTU discovery (datagrams above 1,200 B);
-    /// off, an idle HTTP/3 connection (quinn's endpoint) holds 1.3 KB less.
+    /// off, every datagram is at most 1,200 B.
     pub gso_and_mtu_discovery: bool,
 }
 
@@ -114,7 +116,7 @@ pub enum QuicError {
     Io(#[from] io::Error),
 }
 
-/// quinn's server configuration for `options`.
+/// quinn-proto's server configuration for `options`.
 fn server_config(
     tls: Arc<rustls::ServerConfig>,
     service: QuicService,
@@ -141,7 +143,7 @@ fn server_config(
         // The edge reads no QUIC datagrams: none for raw frames; over HTTP/3 they are
         // offered (WebTransport clients want the H3_DATAGRAM setting backed by QUIC
         // datagrams) with a small buffer, since whatever a client sends there is held,
-        // unread, until it ages out (quinn's default is 1.25 MB a connection).
+        // unread, until it ages out (quinn-proto's default is 1.25 MB a connection).
         .datagram_receive_buffer_size(match service {
             QuicService::H3 => Some(4 * 1024),
             QuicService::Raw => None,
@@ -151,15 +153,12 @@ fn server_config(
         .stream_receive_window(VarInt::from_u32(256 * 1024))
         .receive_window(VarInt::from_u32(1024 * 1024))
         .send_window(1024 * 1024)
-        // GSO, and a path MTU discovered above 1,200 B, make quinn's per-connection transmit
-        // buffer (HTTP/3) grow to two datagrams and stay so (2.4 KB); without both it stays at
-        // one 1,200 B datagram (docs/edge.md, "Memory per idle QUIC connection").
         .enable_segmentation_offload(options.gso_and_mtu_discovery);
     if !options.gso_and_mtu_discovery {
         transport.mtu_discovery_config(None);
     }
     config.transport_config(Arc::new(transport));
-    // Connection migration is quinn's default; said here because the edge depends on it.
+    // Connection migration is quinn-proto's default; said here because the edge depends on it.
     config.migration(true);
     Ok(config)
 }
@@ -1012,7 +1011,7 @@ struct PathWatch {
     changes: prometheus_client::metrics::counter::Counter,
 }
 
-/// How often a connection's address is looked at, at most. Asking quinn takes the
+/// How often a connection's address is looked at, at most. Asking the endpoint takes the
 /// connection's lock: once per push, in a room fan-out, that was 1.3 % of the server's CPU.
 const PATH_CHECK_EVERY: Duration = Duration::from_millis(100);
 

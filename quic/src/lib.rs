@@ -1,6 +1,6 @@
-//! A QUIC server endpoint driven by one event loop over quinn-proto. The edge's raw-frame
-//! QUIC listener runs on it; HTTP/3 is still on quinn's endpoint (h3-quinn) until h3's
-//! `quic` traits are implemented over this one.
+//! A QUIC server endpoint driven by one event loop over quinn-proto. Both of the edge's QUIC
+//! listeners run on it: HTTP/3 with WebTransport (the h3 crate through [`h3`], as h3-quinn
+//! does for quinn) and raw frames.
 //!
 //! quinn's endpoint gives every connection a driver task, an unbounded event channel and a
 //! tokio timer: ≈ 11 KB per idle connection, and per datagram a channel send, a task wake-up
@@ -13,7 +13,9 @@
 //! - [`Endpoint`]: binds, hands out [`Incoming`] attempts, shuts down.
 //! - [`Incoming`]: an attempt before any state is kept: accept, refuse, retry or ignore.
 //! - [`Connection`]: a connection's application side: streams, handshake, address, close.
-//! - [`SendStream`] / [`RecvStream`]: tokio `AsyncWrite` / `AsyncRead` over a stream.
+//! - [`SendStream`] / [`RecvStream`]: tokio `AsyncWrite` / `AsyncRead` over a stream, and
+//!   poll functions with typed errors ([`StreamError`]); QUIC datagrams on [`Connection`].
+//! - [`h3`]: h3's and h3-datagram's QUIC traits over the above.
 //!
 //! The application side never drives a connection: a stream write or read locks the
 //! connection, changes quinn-proto's state, and marks the connection for the loop

@@ -16,40 +16,44 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An echo server: every bidirectional stream gets back what it sent, then its end.
 fn echo_server(config: quinn_proto::ServerConfig) -> Endpoint {
-    let endpoint = Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let accepting = endpoint.clone();
-    tokio::spawn(async move {
-        while let Some(incoming) = accepting.accept().await {
-            let Ok(conn) = incoming.accept() else {
-                continue;
-            };
+    common::serve_each(config, |conn| async move {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             tokio::spawn(async move {
-                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    tokio::spawn(async move {
-                        let mut buf = [0u8; 4096];
-                        loop {
-                            match recv.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    if send.write_all(&buf[..n]).await.is_err() {
-                                        return;
-                                    }
-                                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match recv.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if send.write_all(&buf[..n]).await.is_err() {
+                                return;
                             }
                         }
-                        let _ = send.shutdown().await;
-                    });
+                    }
                 }
+                let _ = send.shutdown().await;
             });
         }
-    });
-    endpoint
+    })
 }
 
 fn client(config: quinn::ClientConfig, local: &str) -> quinn::Endpoint {
     let mut e = quinn::Endpoint::client(local.parse().unwrap()).unwrap();
     e.set_default_client_config(config);
     e
+}
+
+/// An endpoint with `server`, and one client connection to it from `client_config`,
+/// accepted: (endpoint, client endpoint, the server's side, the client's side).
+async fn connected(
+    server: quinn_proto::ServerConfig,
+    client_config: quinn::ClientConfig,
+) -> (Endpoint, quinn::Endpoint, Connection, quinn::Connection) {
+    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let clients = client(client_config, "127.0.0.1:0");
+    let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
+    let conn = endpoint.accept().await.unwrap().accept().unwrap();
+    let client_conn = connecting.await.unwrap();
+    (endpoint, clients, conn, client_conn)
 }
 
 async fn echo(conn: &quinn::Connection, data: &[u8]) -> Vec<u8> {
@@ -183,11 +187,7 @@ async fn a_write_beyond_the_clients_window_waits_until_it_reads() {
     let mut small = quinn::TransportConfig::default();
     small.stream_receive_window(16_384u32.into());
     client_config.transport_config(Arc::new(small));
-    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let clients = client(client_config, "127.0.0.1:0");
-    let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
-    let conn = endpoint.accept().await.unwrap().accept().unwrap();
-    let client_conn = connecting.await.unwrap();
+    let (_endpoint, _clients, conn, client_conn) = connected(server, client_config).await;
     let (mut send, mut recv) = client_conn.open_bi().await.unwrap();
     send.write_all(b"go").await.unwrap();
     let (mut server_send, mut server_recv) = conn.accept_bi().await.unwrap();
@@ -214,11 +214,7 @@ async fn a_silent_connection_times_out() {
     let (server, client_config) = configs_with(|t| {
         t.max_idle_timeout(Some(Duration::from_millis(300).try_into().unwrap()));
     });
-    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let clients = client(client_config, "127.0.0.1:0");
-    let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
-    let conn = endpoint.accept().await.unwrap().accept().unwrap();
-    let _client_conn = connecting.await.unwrap();
+    let (endpoint, _clients, conn, _client_conn) = connected(server, client_config).await;
     let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .expect("closed by the idle timeout");
@@ -318,11 +314,7 @@ async fn streams_open_both_ways_in_both_directions_and_end_with_codes() {
     let (server, client_config) = configs_with(|t| {
         t.max_concurrent_uni_streams(4u32.into());
     });
-    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let clients = client(client_config, "127.0.0.1:0");
-    let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
-    let conn = endpoint.accept().await.unwrap().accept().unwrap();
-    let client_conn = connecting.await.unwrap();
+    let (_endpoint, _clients, conn, client_conn) = connected(server, client_config).await;
     assert!(conn.established().await);
 
     // The client's unidirectional stream reaches the server.
@@ -375,11 +367,7 @@ async fn streams_open_both_ways_in_both_directions_and_end_with_codes() {
 #[tokio::test]
 async fn datagrams_go_both_ways() {
     let (server, client_config) = configs();
-    let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let clients = client(client_config, "127.0.0.1:0");
-    let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
-    let conn = endpoint.accept().await.unwrap().accept().unwrap();
-    let client_conn = connecting.await.unwrap();
+    let (_endpoint, _clients, conn, client_conn) = connected(server, client_config).await;
     assert!(conn.established().await);
     client_conn
         .send_datagram(bytes::Bytes::from_static(b"up"))

@@ -13,44 +13,34 @@ use roam_quic::h3::H3Connection;
 
 /// Answers `GET /n` with n numbered lines, each its own DATA frame; `POST` with its body.
 fn server(config: quinn_proto::ServerConfig) -> Endpoint {
-    let endpoint = Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let accepting = endpoint.clone();
-    tokio::spawn(async move {
-        while let Some(incoming) = accepting.accept().await {
-            let Ok(conn) = incoming.accept() else {
-                continue;
-            };
+    common::serve_each(config, |conn| async move {
+        let mut h3 = h3::server::builder()
+            .build::<_, Bytes>(H3Connection::new(conn))
+            .await
+            .unwrap();
+        while let Ok(Some(resolver)) = h3.accept().await {
             tokio::spawn(async move {
-                let mut h3 = h3::server::builder()
-                    .build::<_, Bytes>(H3Connection::new(conn))
-                    .await
-                    .unwrap();
-                while let Ok(Some(resolver)) = h3.accept().await {
-                    tokio::spawn(async move {
-                        let (request, mut stream) = resolver.resolve_request().await.unwrap();
-                        let mut body = BytesMut::new();
-                        while let Some(mut chunk) = stream.recv_data().await.unwrap() {
-                            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-                        }
-                        stream.send_response(http::Response::new(())).await.unwrap();
-                        if request.method() == http::Method::POST {
-                            stream.send_data(body.freeze()).await.unwrap();
-                        } else {
-                            let n: usize = request.uri().path()[1..].parse().unwrap();
-                            for i in 0..n {
-                                stream
-                                    .send_data(Bytes::from(format!("line {i}\n")))
-                                    .await
-                                    .unwrap();
-                            }
-                        }
-                        stream.finish().await.unwrap();
-                    });
+                let (request, mut stream) = resolver.resolve_request().await.unwrap();
+                let mut body = BytesMut::new();
+                while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+                    body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
                 }
+                stream.send_response(http::Response::new(())).await.unwrap();
+                if request.method() == http::Method::POST {
+                    stream.send_data(body.freeze()).await.unwrap();
+                } else {
+                    let n: usize = request.uri().path()[1..].parse().unwrap();
+                    for i in 0..n {
+                        stream
+                            .send_data(Bytes::from(format!("line {i}\n")))
+                            .await
+                            .unwrap();
+                    }
+                }
+                stream.finish().await.unwrap();
             });
         }
-    });
-    endpoint
+    })
 }
 
 #[tokio::test]

@@ -51,3 +51,21 @@ pub(crate) fn configs_with_alpn(
     server.transport_config(Arc::new(transport));
     (server, quinn::ClientConfig::new(Arc::new(client)))
 }
+
+/// An endpoint with `config` that runs `serve` on each connection it accepts, in a task.
+pub(crate) fn serve_each<F, Fut>(config: quinn_proto::ServerConfig, serve: F) -> roam_quic::Endpoint
+where
+    F: Fn(roam_quic::Connection) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let endpoint = roam_quic::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            if let Ok(conn) = incoming.accept() {
+                tokio::spawn(serve(conn));
+            }
+        }
+    });
+    endpoint
+}
