@@ -228,7 +228,7 @@ impl Default for QuicSection {
         QuicSection {
             enabled: true,
             max_connections: 100_000,
-            max_streams: 16,
+            max_streams: 8,
             idle_timeout_secs: 60,
             keep_alive_secs: 15,
             retry_above_handshakes: 256,

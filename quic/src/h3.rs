@@ -1,6 +1,7 @@
 //! h3's QUIC traits over this endpoint (what h3-quinn is for quinn): [`H3Connection`] and
 //! its streams, so that `h3::server` runs on a [`Connection`]. Reads hand out quinn-proto's
-//! chunks without copying; no future is boxed per stream.
+//! chunks without copying; no future is boxed per stream. The server's only
+//! unidirectional stream is its control stream: no QPACK streams ([`H3Connection::new`]).
 //!
 //! QUIC datagrams (HTTP/3 datagrams, which WebTransport sessions use) through h3-datagram's
 //! traits.
@@ -21,11 +22,24 @@ use crate::conn::{Connection, ConnectionError, RecvStream, SendStream, StreamErr
 /// A [`Connection`] as h3 sees it.
 pub struct H3Connection {
     conn: Connection,
+    /// How many more unidirectional streams h3 may open through the connection (`None`:
+    /// no limit).
+    uni_left: Option<u8>,
 }
 
 impl H3Connection {
+    /// h3 on `conn`, opening its control stream and no other unidirectional stream: h3
+    /// opens its QPACK encoder and decoder streams right after the control stream and goes
+    /// on without them when they cannot be opened. RFC 9204 (§4.2) lets an endpoint omit
+    /// both when it uses no dynamic table, as h3 does (it announces a table capacity of 0
+    /// and encodes without one); each would cost an idle connection ≈ 500 B of stream state
+    /// for the one byte it ever carries. Streams h3 opens through its opener ([`H3Opener`]:
+    /// WebTransport's) are not limited.
     pub fn new(conn: Connection) -> Self {
-        H3Connection { conn }
+        H3Connection {
+            conn,
+            uni_left: Some(1),
+        }
     }
 }
 
@@ -33,7 +47,14 @@ impl H3Connection {
 #[derive(Clone)]
 pub struct H3Opener {
     conn: Connection,
+    /// Always `None` (no limit); the field lets both share `open_streams!`.
+    uni_left: Option<u8>,
 }
+
+/// Why an [`H3Connection`] opened no stream.
+#[derive(Debug, thiserror::Error)]
+#[error("this HTTP/3 connection opens no unidirectional stream besides its control stream")]
+struct NoMoreUniStreams;
 
 fn connection_error(e: ConnectionError) -> ConnectionErrorIncoming {
     match e {
@@ -104,6 +125,7 @@ impl<B: Buf> quic::Connection<B> for H3Connection {
     fn opener(&self) -> H3Opener {
         H3Opener {
             conn: self.conn.clone(),
+            uni_left: None,
         }
     }
 }
@@ -130,7 +152,15 @@ macro_rules! open_streams {
                 &mut self,
                 cx: &mut Context<'_>,
             ) -> Poll<Result<H3Send<B>, StreamErrorIncoming>> {
+                if self.uni_left == Some(0) {
+                    return Poll::Ready(Err(StreamErrorIncoming::Unknown(Box::new(
+                        NoMoreUniStreams,
+                    ))));
+                }
                 let send = ready!(self.conn.poll_open_uni(cx)).map_err(lost)?;
+                if let Some(left) = &mut self.uni_left {
+                    *left -= 1;
+                }
                 Poll::Ready(Ok(H3Send::new(send)))
             }
 

@@ -119,3 +119,47 @@ async fn an_h3_client_over_quinn_is_served() {
     drop(requests);
     driving.abort();
 }
+
+/// The server's unidirectional streams: its control stream, and no QPACK encoder or decoder
+/// stream (h3 uses no dynamic table). A stream the test's server opens once h3 is set up
+/// comes right after the control stream.
+#[tokio::test]
+async fn the_server_opens_no_qpack_streams() {
+    const MARKER: u8 = 0xff;
+    let (config, client_config) = common::configs_with_alpn(b"h3", |_| {});
+    let endpoint = common::serve_each(config, |conn| async move {
+        let h3 = h3::server::builder()
+            .build::<_, Bytes>(H3Connection::new(conn.clone()))
+            .await
+            .unwrap();
+        let mut marker = std::future::poll_fn(|cx| conn.poll_open_uni(cx))
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut marker, &[MARKER])
+            .await
+            .unwrap();
+        // h3 is held until the client closes.
+        conn.closed().await;
+        drop(h3);
+    });
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(client_config);
+    let conn = client
+        .connect(endpoint.local_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let mut first_bytes = Vec::new();
+    for _ in 0..2 {
+        let mut uni = tokio::time::timeout(Duration::from_secs(5), conn.accept_uni())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut byte = [0u8; 1];
+        uni.read_exact(&mut byte).await.unwrap();
+        first_bytes.push(byte[0]);
+    }
+    // 0x00: the control stream's type; QPACK's would be 0x02 and 0x03.
+    assert_eq!(first_bytes, [0x00, MARKER]);
+    conn.close(0u32.into(), b"done");
+}

@@ -10,6 +10,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use bytes::Buf;
+
 use roam_bench::child::ChildServer;
 use roam_client::quic::{H3Client, H3Stream, QuicRawConnection, client_endpoint};
 use roam_proto::client::v1 as pb;
@@ -799,6 +801,68 @@ async fn a_get_answered_before_the_client_finished_its_request_is_not_stopped() 
         .finish()
         .await
         .expect("the request stream can still be finished after the answer");
+    drop(stream);
+    conn.close(0x100u32.into(), b"done");
+    driver.abort();
+}
+
+/// A `/v1/stream` answered over HTTP/3 reads what the client still sends on its request
+/// (h3 clients finish a GET with a GREASE frame, which left unread kept its datagram for the
+/// stream's life) and drops it; a client that keeps sending is stopped past 16 KiB, well
+/// inside the stream's window (256 KiB: unread, its writes would block there instead), and
+/// its stream still carries pushes.
+#[tokio::test]
+async fn a_v1_stream_drains_its_request_and_stops_a_client_that_keeps_sending() {
+    let server = roam_tests::start("");
+    let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
+    let conn = endpoint
+        .connect(server.addr("client_quic").unwrap(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, mut requests) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = driver.wait_idle().await;
+    });
+    let request = http::Request::get("https://localhost/v1/stream?device=alice-h3")
+        .header(
+            "authorization",
+            format!("Bearer {}", token(&server, "alice")),
+        )
+        .body(())
+        .unwrap();
+    let mut stream = requests.send_request(request).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), stream.recv_response())
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    assert_eq!(response.status(), 200, "{response:?}");
+    assert!(stream.recv_data().await.unwrap().is_some(), "AUTH_REPLY");
+    let keep_sending = async {
+        for sent in 1..=512usize {
+            if let Err(e) = stream.send_data(bytes::Bytes::from(vec![0u8; 1024])).await {
+                return (sent, e);
+            }
+        }
+        panic!("512 KiB sent on a GET's request stream without being stopped");
+    };
+    let (sent, e) = tokio::time::timeout(Duration::from_secs(5), keep_sending)
+        .await
+        .expect("stopped within 5 s (an unread request blocks at its window instead)");
+    assert!(sent > 16, "stopped after {sent} KiB: {e}");
+    // The response goes on.
+    push_users(&server, &["alice"], "still here").await;
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("still here") {
+        let mut chunk = tokio::time::timeout(Duration::from_secs(5), stream.recv_data())
+            .await
+            .expect("the push within 5 s")
+            .unwrap()
+            .expect("the stream is still open");
+        got.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
     drop(stream);
     conn.close(0x100u32.into(), b"done");
     driver.abort();

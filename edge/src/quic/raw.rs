@@ -20,7 +20,7 @@ impl Listener {
         self: Arc<Self>,
         conn: roam_quic::Connection,
         ticket: Ticket,
-        path: PathWatch,
+        path: Arc<PathWatch>,
         established: Established,
     ) {
         let first = tokio::time::timeout(self.options.first_request, conn.accept_bi());
@@ -54,7 +54,7 @@ impl Listener {
         };
         let io = QuicRawIo {
             inner: RawIo::new(ReadGate::new(tokio::io::join(recv, send))),
-            path: Arc::new(path),
+            path,
             prefix,
             gate,
         };
