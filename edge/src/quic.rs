@@ -669,7 +669,29 @@ impl Listener {
             + 'static,
         S::Future: Send,
     {
-        let (path, conn) = (path.clone(), conn.clone());
+        let task = self.request_task(request, stream, service, path, conn, established);
+        self.tracker
+            .spawn(task.instrument(tracing::Span::current()));
+    }
+
+    /// One HTTP/3 request's task (see [`Listener::spawn_request`]).
+    fn request_task<S>(
+        &self,
+        request: Request<()>,
+        stream: H3Stream<H3Bidi<Bytes>>,
+        service: &S,
+        path: &Arc<PathWatch>,
+        conn: &Connection,
+        established: &Established,
+    ) -> impl Future<Output = ()> + Send + use<S>
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        let conn = conn.clone();
         let established = established.clone();
         let method = request.method().clone();
         // The request up to its response head, boxed: done once the head is sent, it would
@@ -683,7 +705,7 @@ impl Listener {
             path.clone(),
             write_timeout,
         ));
-        let task = async move {
+        async move {
             // Replay-safe: only the idempotent openings and reads (GET: /v1/stream, /v1/poll,
             // /healthz) may be served from 0-RTT data; anything else (POST /v1/send) waits for
             // the handshake to complete.
@@ -693,9 +715,7 @@ impl Listener {
             if let Some(responding) = head.await {
                 respond_body(responding, conn, write_timeout).await;
             }
-        };
-        self.tracker
-            .spawn(task.instrument(tracing::Span::current()));
+        }
     }
 
     /// A WebTransport session (`CONNECT /v1/wt`): its first bidirectional stream carries frames
@@ -1169,6 +1189,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::TicketService;
 
     /// An `Established` the test resolves by hand.
     fn handshake() -> (tokio::sync::oneshot::Sender<bool>, Established) {
@@ -1223,12 +1244,14 @@ mod tests {
             "a raw QUIC connection's task grew to {raw} bytes"
         );
         let h3 = future_size(|l: Arc<Listener>, (i, p)| l.serve(i, p, Listener::serve_h3));
-        eprintln!(
-            "SIZES raw {raw} h3 {h3} body {}",
-            future_size(|r, (c, t)| respond_body(r, c, t))
-        );
         assert!(h3 <= 2560, "an HTTP/3 connection's task grew to {h3} bytes");
         let body = future_size(|r, (c, t)| respond_body(r, c, t));
+        let request = future_size(
+            |l: Arc<Listener>, (r, st, sv, p, c, e): (_, _, TicketService<Router>, _, _, _)| {
+                l.request_task(r, st, &sv, &p, &c, &e)
+            },
+        );
+        eprintln!("SIZES raw {raw} h3 {h3} body {body} request {request}");
         assert!(
             body <= 640,
             "a streaming HTTP/3 response grew to {body} bytes"

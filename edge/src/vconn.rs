@@ -374,6 +374,10 @@ impl Registry {
     ) -> (Arc<Conn>, VirtualIo, Option<Downstream>) {
         let id = format!("{:032x}", rand::random::<u128>());
         let (up, up_rx) = flume::bounded(UP_QUEUE);
+        // AUTH is the first thing the driver reads, as a request body would be (a field
+        // for it would take room in every connection's task for its life). A new queue
+        // with room and its receiver alive takes it.
+        let _ = up.try_send(auth);
         let conn = Arc::new(Conn {
             id: id.clone(),
             token,
@@ -407,7 +411,6 @@ impl Registry {
         let io = VirtualIo {
             conn: conn.clone(),
             registry: self.clone(),
-            auth: Some(auth),
             up: up_rx.into_stream(),
             gone,
             down,
@@ -442,8 +445,7 @@ enum Down {
 pub(crate) struct VirtualIo {
     conn: Arc<Conn>,
     registry: Arc<Registry>,
-    auth: Option<Bytes>,
-    /// Request bodies. The read side and `gone` are kept across reads: made anew for each
+    /// AUTH, then request bodies. The read side and `gone` are kept across reads: made anew for each
     /// read (the driver reads on every round of its loop, a push to write included) they
     /// registered and unregistered their wakers each time.
     up: flume::r#async::RecvStream<'static, Bytes>,
@@ -472,10 +474,6 @@ fn split(decoder: &FrameDecoder, bytes: &Bytes, out: &mut Vec<(u32, u32, Bytes)>
 
 impl FrameIo for VirtualIo {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        if let Some(auth) = self.auth.take() {
-            buf.extend_from_slice(&auth);
-            return Ok(auth.len());
-        }
         let body = match &mut self.gone {
             Some(gone) => tokio::select! {
                 body = futures_util::StreamExt::next(&mut self.up) => body,
