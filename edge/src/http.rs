@@ -543,7 +543,7 @@ async fn open(
         Ok(own) => hold.own = Some(Box::new(own)),
     }
     let (conn, io, body) = client.vconns.open(
-        token.to_owned(),
+        token,
         auth,
         mode,
         request.writes_direct,

@@ -36,6 +36,7 @@ use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::gauge::Gauge;
 use roam_proto::client::v1 as pb;
 use roam_proto::{FrameDecoder, FrameError, Op, disconnect_frame, frame_of};
+use sha2::Digest;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 
@@ -158,8 +159,10 @@ impl State {
 pub(crate) struct Conn {
     /// The `roam-session` id.
     pub(crate) id: String,
-    /// The bearer token that opened it; later requests must carry the same.
-    token: String,
+    /// The SHA-256 of the bearer token that opened it; later requests must carry the same
+    /// token (its digest, not the token: 32 bytes in place instead of a copy of a
+    /// ≈ 200-byte token for the connection's life).
+    token: [u8; 32],
     /// How its frames reach the client.
     pub mode: Mode,
     up: flume::Sender<Bytes>,
@@ -180,17 +183,20 @@ pub(crate) enum ConnError {
     Closed,
 }
 
+fn token_digest(token: &str) -> [u8; 32] {
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
 impl Conn {
     /// Whether `token` opened this connection.
     pub(crate) fn check(&self, token: &str) -> Result<(), ConnError> {
-        // Length first, then every byte: no early exit that times the matching prefix.
-        let same = self.token.len() == token.len()
-            && self
-                .token
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        // Every byte: no early exit that times the matching prefix.
+        let same = self
+            .token
+            .iter()
+            .zip(token_digest(token).iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
         if same {
             Ok(())
         } else {
@@ -365,7 +371,7 @@ impl Registry {
     /// transport's stream (see [`direct`]).
     pub(crate) fn open(
         self: &Arc<Self>,
-        token: String,
+        token: &str,
         auth: Bytes,
         mode: Mode,
         direct: bool,
@@ -380,7 +386,7 @@ impl Registry {
         let _ = up.try_send(auth);
         let conn = Arc::new(Conn {
             id: id.clone(),
-            token,
+            token: token_digest(token),
             mode,
             up,
             state: Mutex::new(State {
@@ -765,7 +771,7 @@ mod tests {
     ) -> (Arc<Registry>, Arc<Conn>, VirtualIo, Option<Downstream>) {
         let registry = Arc::new(Registry::default());
         let (conn, io, body) = registry.open(
-            "tok".into(),
+            "tok",
             auth_frame("tok", "d", "web", "a,b").unwrap(),
             mode,
             direct,
@@ -913,6 +919,8 @@ mod tests {
         assert!(registry.get(&conn.id).is_ok());
         assert_eq!(conn.check("tok"), Ok(()));
         assert_eq!(conn.check("tak"), Err(ConnError::WrongToken));
+        assert_eq!(conn.check("tok2"), Err(ConnError::WrongToken));
+        assert_eq!(conn.check(""), Err(ConnError::WrongToken));
     }
 
     #[tokio::test]
