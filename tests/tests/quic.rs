@@ -868,6 +868,24 @@ async fn a_v1_stream_drains_its_request_and_stops_a_client_that_keeps_sending() 
     driver.abort();
 }
 
+/// On shutdown an HTTP/3 `/v1/stream` (which runs in the task that read its request) is
+/// drained like the TCP transports': DISCONNECT (drain), then the server exits cleanly.
+#[tokio::test]
+async fn shutdown_ends_an_http3_stream_with_disconnect_drain() {
+    let server = roam_tests::start("");
+    let mut s = h3_stream(&server, "alice", "alice-h3").await;
+    let stopping = tokio::task::spawn_blocking(move || server.stop());
+    let f = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .expect("DISCONNECT within 10 s")
+        .unwrap()
+        .expect("a frame before the stream ends");
+    assert_eq!(f.op_kind(), Some(Op::Disconnect), "{f:?}");
+    let d: pb::Disconnect = f.decode_body().unwrap();
+    assert_eq!(d.reason, pb::disconnect::Reason::Drain as i32);
+    assert_eq!(stopping.await.unwrap().unwrap().code(), Some(0));
+}
+
 /// A returning client sends `POST /v1/send` as 0-RTT data: the edge holds it until the
 /// handshake has completed (not replay-safe), then serves it; the replies come back.
 #[tokio::test]
