@@ -89,6 +89,15 @@ fn wake_stream(wakers: &mut Vec<(StreamId, Waker)>, id: StreamId) {
     }
 }
 
+/// Adds `waker` to those waiting for the connection's handshake or close, unless it is
+/// there already: a future polled again (every time its task wakes: for each push to a
+/// stream that waits for its connection to close) registers once, not once per poll.
+fn wait_on(wakers: &mut Vec<Waker>, waker: &Waker) {
+    if !wakers.iter().any(|w| w.will_wake(waker)) {
+        wakers.push(waker.clone());
+    }
+}
+
 fn register(wakers: &mut Vec<(StreamId, Waker)>, id: StreamId, waker: &Waker) {
     match wakers.iter_mut().find(|(s, _)| *s == id) {
         Some((_, w)) => w.clone_from(waker),
@@ -369,7 +378,7 @@ impl Connection {
             if c.error.is_some() {
                 return Poll::Ready(false);
             }
-            c.handshake.push(cx.waker().clone());
+            wait_on(&mut c.handshake, cx.waker());
             Poll::Pending
         })
         .await
@@ -387,7 +396,7 @@ impl Connection {
             if let Some(e) = &c.error {
                 return Poll::Ready(e.clone());
             }
-            c.closed.push(cx.waker().clone());
+            wait_on(&mut c.closed, cx.waker());
             Poll::Pending
         })
         .await

@@ -4,6 +4,7 @@
 // Test code: a failure panics with the value it got (clippy.toml allows it in tests only).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -387,4 +388,39 @@ async fn datagrams_go_both_ways() {
         .unwrap()
         .unwrap();
     assert_eq!(&got[..], b"down");
+}
+
+/// Wakes counted.
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl futures_util::task::ArcWake for Wakes {
+    fn wake_by_ref(me: &Arc<Self>) {
+        me.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A task that waits for its connection to close polls `closed()` again every time it
+/// wakes for something else (a stream's pushes): it stays one waiter, woken once at the
+/// close, not one per poll (which grew with every push for the connection's life).
+#[tokio::test]
+async fn a_close_wakes_a_task_that_polled_closed_many_times_once() {
+    let (server, client_config) = configs();
+    let (_endpoint, _clients, conn, client_conn) = connected(server, client_config).await;
+    let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+    let waker = futures_util::task::waker(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut closed = std::pin::pin!(conn.closed());
+    for _ in 0..100 {
+        assert!(closed.as_mut().poll(&mut cx).is_pending());
+    }
+    client_conn.close(7u32.into(), b"done");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while wakes.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("woken at the close");
+    assert!(closed.as_mut().poll(&mut cx).is_ready());
+    assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
