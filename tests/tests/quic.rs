@@ -886,6 +886,30 @@ async fn shutdown_ends_an_http3_stream_with_disconnect_drain() {
     assert_eq!(stopping.await.unwrap().unwrap().code(), Some(0));
 }
 
+/// An HTTP/3 connection that sends no request is closed once the first-request deadline
+/// passes (H3_REQUEST_CANCELLED), and counted.
+#[tokio::test]
+async fn a_silent_http3_connection_is_closed_at_the_first_request_deadline() {
+    let server = roam_tests::start("[limits]\nfirst_request_secs = 1\n");
+    let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
+    let conn = endpoint
+        .connect(server.addr("client_quic").unwrap(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(8), conn.closed())
+        .await
+        .expect("closed within 8 s");
+    assert!(
+        matches!(reason, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == 0x10cu32.into()),
+        "{reason:?}"
+    );
+    assert_eq!(
+        metric(&server, "roam_edge_closes_total{reason=\"no_request\"}").await,
+        1.0
+    );
+}
+
 /// A returning client sends `POST /v1/send` as 0-RTT data: the edge holds it until the
 /// handshake has completed (not replay-safe), then serves it; the replies come back.
 #[tokio::test]
