@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use quinn_proto::{ConnectionHandle, Dir, Event, StreamEvent, VarInt};
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::endpoint::Shared;
@@ -58,14 +59,18 @@ pub(crate) struct ConnState {
     connected: bool,
     error: Option<ConnectionError>,
     /// Wakers by what they wait for (a handful at most: streams are few per connection).
-    readers: Vec<(StreamId, Waker)>,
-    writers: Vec<(StreamId, Waker)>,
+    /// In place, as the handshake's and the close's below: this state's allocation is 7,168
+    /// bytes in the allocator's size classes for the 6,464 it needs, so a few wakers here
+    /// cost nothing, where vectors of their own kept 64–96 bytes each for the connection's
+    /// life.
+    readers: Wakers<(StreamId, Waker), 4>,
+    writers: Wakers<(StreamId, Waker), 2>,
     /// Waiting for a stream the client opens, by direction (bidirectional first).
     accepting: [Option<Waker>; 2],
     /// Waiting for credit to open a stream, by direction.
     opening: [Option<Waker>; 2],
-    handshake: Vec<Waker>,
-    closed: Vec<Waker>,
+    handshake: Wakers<Waker, 2>,
+    closed: Wakers<Waker, 2>,
     /// Waiting for a QUIC datagram.
     datagram: Option<Waker>,
 }
@@ -77,13 +82,15 @@ fn dir_index(dir: Dir) -> usize {
     }
 }
 
-fn wake_all(wakers: &mut Vec<Waker>) {
+type Wakers<T, const N: usize> = SmallVec<[T; N]>;
+
+fn wake_all<const N: usize>(wakers: &mut Wakers<Waker, N>) {
     for w in wakers.drain(..) {
         w.wake();
     }
 }
 
-fn wake_stream(wakers: &mut Vec<(StreamId, Waker)>, id: StreamId) {
+fn wake_stream<const N: usize>(wakers: &mut Wakers<(StreamId, Waker), N>, id: StreamId) {
     if let Some(i) = wakers.iter().position(|(s, _)| *s == id) {
         wakers.swap_remove(i).1.wake();
     }
@@ -92,13 +99,17 @@ fn wake_stream(wakers: &mut Vec<(StreamId, Waker)>, id: StreamId) {
 /// Adds `waker` to those waiting for the connection's handshake or close, unless it is
 /// there already: a future polled again (every time its task wakes: for each push to a
 /// stream that waits for its connection to close) registers once, not once per poll.
-fn wait_on(wakers: &mut Vec<Waker>, waker: &Waker) {
+fn wait_on<const N: usize>(wakers: &mut Wakers<Waker, N>, waker: &Waker) {
     if !wakers.iter().any(|w| w.will_wake(waker)) {
         wakers.push(waker.clone());
     }
 }
 
-fn register(wakers: &mut Vec<(StreamId, Waker)>, id: StreamId, waker: &Waker) {
+fn register<const N: usize>(
+    wakers: &mut Wakers<(StreamId, Waker), N>,
+    id: StreamId,
+    waker: &Waker,
+) {
     match wakers.iter_mut().find(|(s, _)| *s == id) {
         Some((_, w)) => w.clone_from(waker),
         None => wakers.push((id, waker.clone())),
@@ -114,12 +125,12 @@ impl ConnShared {
                 deadline: None,
                 connected: false,
                 error: None,
-                readers: Vec::new(),
-                writers: Vec::new(),
+                readers: SmallVec::new(),
+                writers: SmallVec::new(),
                 accepting: [None, None],
                 opening: [None, None],
-                handshake: Vec::new(),
-                closed: Vec::new(),
+                handshake: SmallVec::new(),
+                closed: SmallVec::new(),
                 datagram: None,
             }),
         })
