@@ -706,7 +706,7 @@ impl Listener {
     {
         let conn = conn.clone();
         let established = established.clone();
-        let method = request.method().clone();
+        let early = bodiless(request.method());
         // The request up to its response head, boxed: done once the head is sent, it would
         // otherwise take room in the task for as long as the response streams (an idle
         // `/v1/stream` for the connection's life).
@@ -722,11 +722,20 @@ impl Listener {
             // Replay-safe: only the idempotent openings and reads (GET: /v1/stream, /v1/poll,
             // /healthz) may be served from 0-RTT data; anything else (POST /v1/send) waits for
             // the handshake to complete.
-            if !replay_safe(&method, established).await {
+            if !replay_safe(early, established).await {
                 return;
             }
-            if let Some(responding) = head.await {
-                respond_body(responding, conn, write_timeout).await;
+            // The body streamed until it ends, the client stops reading, or the connection
+            // closes; or a direct stream's connection run. In place (a function of its own
+            // kept a second copy of what it was handed, in a task that lives as long).
+            match head.await {
+                // Boxed: short-lived, and a direct stream (what idle connections hold) is
+                // smaller.
+                Some(Responding::Body(response)) => Box::pin(stream_body(*response, &conn)).await,
+                Some(Responding::Direct(down, direct, request)) => {
+                    run_direct(down, direct, request, &conn, write_timeout).await;
+                }
+                None => {}
             }
         }
     }
@@ -812,11 +821,11 @@ type H3Stream<S> = h3::server::RequestStream<S, Bytes>;
 /// output is room in the connection's task for its life).
 type Heads = tokio::task::JoinSet<Option<Box<(Request<()>, H3Stream<H3Bidi<Bytes>>)>>>;
 
-/// Replay safety for a request that may have come in 0-RTT data: true at once for the
-/// idempotent methods (GET, HEAD); any other waits for the handshake to complete (false if it
-/// failed).
-async fn replay_safe(method: &Method, established: Established) -> bool {
-    *method == Method::GET || *method == Method::HEAD || established.await
+/// Replay safety for a request that may have come in 0-RTT data: true at once if `early`
+/// (the idempotent GET and HEAD, which are also the [`bodiless`] ones); otherwise it waits
+/// for the handshake to complete (false if it failed).
+async fn replay_safe(early: bool, established: Established) -> bool {
+    early || established.await
 }
 
 /// Whether requests of `method` carry no body the edge reads (GET, HEAD).
@@ -916,7 +925,7 @@ struct BodyResponse {
 }
 
 /// Serves one HTTP/3 request through the router and sends the response head (within
-/// `write_timeout`); the body is streamed by [`respond_body`]. `None`: the response ended
+/// `write_timeout`); the body is streamed by its task ([`Listener::request_task`]). `None`: the response ended
 /// here.
 async fn respond_head<S>(
     service: S,
@@ -986,18 +995,6 @@ where
             path,
         })),
     })
-}
-
-/// Streams a response's body (after [`respond_head`]) until it ends, the client stops
-/// reading, or the connection closes; or runs a direct stream's connection.
-async fn respond_body(responding: Responding, conn: Connection, write_timeout: Duration) {
-    match responding {
-        // Boxed: short-lived, and a direct stream (what idle connections hold) is smaller.
-        Responding::Body(response) => Box::pin(stream_body(*response, &conn)).await,
-        Responding::Direct(down, direct, request) => {
-            run_direct(down, direct, request, &conn, write_timeout).await;
-        }
-    }
 }
 
 async fn stream_body(response: BodyResponse, conn: &Connection) {
@@ -1216,13 +1213,13 @@ mod tests {
         let (done, established) = handshake();
         for method in [Method::GET, Method::HEAD] {
             assert_eq!(
-                replay_safe(&method, established.clone()).now_or_never(),
+                replay_safe(bodiless(&method), established.clone()).now_or_never(),
                 Some(true),
                 "{method}"
             );
         }
         // POST /v1/send (0-RTT data could be replayed) waits ...
-        let mut post = Box::pin(replay_safe(&Method::POST, established.clone()));
+        let mut post = Box::pin(replay_safe(bodiless(&Method::POST), established.clone()));
         assert_eq!(post.as_mut().now_or_never(), None);
         // ... until the handshake has completed.
         done.send(true).unwrap();
@@ -1232,7 +1229,7 @@ mod tests {
         let (done, established) = handshake();
         done.send(false).unwrap();
         assert_eq!(
-            replay_safe(&Method::POST, established).now_or_never(),
+            replay_safe(bodiless(&Method::POST), established).now_or_never(),
             Some(false)
         );
     }
@@ -1242,15 +1239,15 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// What an idle QUIC connection costs the edge is mostly its task: the futures are pinned
-    /// here (sizes when this was written, rust 1.95: raw 1,752 B, HTTP/3 1,528 B, a
-    /// streaming HTTP/3 response 624 B in a request's task of 768 B; with the first-request
-    /// timer in place, HTTP/3 1,640 B; with h3's sending buffers in place, 2,504 B; before h3's polled accept, nothing awaited in the
-    /// accept loop's `select!` arms and a shared `PathWatch`, HTTP/3 4,160 B; before that,
-    /// 7,232 B for every connection plus boxed parts of 1,176 B and ~1 KB (raw) or 8,160 B
-    /// (HTTP/3)). A tokio task adds its header and trailer (≈ 110 B, the whole rounded up to
-    /// 128), and the allocator rounds that up to its size class (1,792, 2,048, 2,560, 3,072
-    /// …): a few bytes more can cost 512.
+    /// What an idle QUIC connection costs the edge is mostly its tasks: the futures are
+    /// pinned here (sizes when this was written, rust 1.95: raw 1,752 B; HTTP/3 1,528 B, and
+    /// a request's 592 B, which a `/v1/stream` holds for the connection's life). Before:
+    /// HTTP/3 1,640 B with the first-request timer in place, 2,504 B with h3's sending
+    /// buffers in place, 4,160 B with h3's `accept()` future, awaits in the accept loop's
+    /// `select!` arms and `PathWatch` by value; a request's 768 B with a function of its own
+    /// for the body. A tokio task adds its header and trailer (≈ 120 B, the whole rounded up
+    /// to 128), and the allocator rounds that up to its size class (768, 896, 1,024, 1,792,
+    /// 2,048 …): a few bytes more can cost 128 to 512.
     #[test]
     fn the_connection_futures_stay_small() {
         let raw = future_size(|l: Arc<Listener>, (i, p)| l.serve(i, p, Listener::serve_raw));
@@ -1260,19 +1257,14 @@ mod tests {
         );
         let h3 = future_size(|l: Arc<Listener>, (i, p)| l.serve(i, p, Listener::serve_h3));
         assert!(h3 <= 1536, "an HTTP/3 connection's task grew to {h3} bytes");
-        let body = future_size(|r, (c, t)| respond_body(r, c, t));
         let request = future_size(
             |l: Arc<Listener>, (r, st, sv, p, c, e): (_, _, TicketService<Router>, _, _, _)| {
                 l.request_task(r, st, &sv, &p, &c, &e)
             },
         );
         assert!(
-            request <= 768,
+            request <= 592,
             "an HTTP/3 request's task grew to {request} bytes"
-        );
-        assert!(
-            body <= 640,
-            "a streaming HTTP/3 response grew to {body} bytes"
         );
         let path = std::mem::size_of::<PathWatch>();
         assert!(path <= 96, "PathWatch grew to {path} bytes");
