@@ -396,24 +396,29 @@ impl Registry {
             changed: Notify::new(),
         });
         self.conns.lock().insert(id, conn.clone());
-        // Stream mode: cancelled when the client went away.
-        let gone = CancellationToken::new();
-        let (down, body) = match mode {
+        let (down, body, gone) = match mode {
+            // Told that the client went away through the slot it shares with its transport.
             Mode::Stream if direct => {
-                let (down, direct) = direct::Down::new(gone.clone());
-                (Down::Direct(down), Some(Downstream::Direct(direct)))
+                let (down, direct) = direct::Down::new();
+                (Down::Direct(down), Some(Downstream::Direct(direct)), None)
             }
             Mode::Stream => {
+                // Cancelled when the client went away (the body is dropped).
+                let gone = CancellationToken::new();
                 let (tx, rx) = flume::bounded(DOWN_QUEUE);
                 let frames = Frames {
                     frames: rx.into_stream(),
                     _gone: gone.clone().drop_guard(),
                 };
-                (Down::Stream(tx), Some(Downstream::Body(frames)))
+                let body = Some(Downstream::Body(frames));
+                (
+                    Down::Stream(tx),
+                    body,
+                    Some(Box::pin(gone.cancelled_owned())),
+                )
             }
-            Mode::Poll => (Down::Poll(poll_capacity.max(1)), None),
+            Mode::Poll => (Down::Poll(poll_capacity.max(1)), None, None),
         };
-        let gone = (mode == Mode::Stream).then(|| Box::pin(gone.cancelled_owned()));
         let io = VirtualIo {
             conn: conn.clone(),
             registry: self.clone(),
@@ -480,13 +485,22 @@ fn split(decoder: &FrameDecoder, bytes: &Bytes, out: &mut Vec<(u32, u32, Bytes)>
 
 impl FrameIo for VirtualIo {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        let body = match &mut self.gone {
-            Some(gone) => tokio::select! {
+        // A direct stream's slot (only it: the stream it holds is not `Sync`).
+        let direct = match &self.down {
+            Down::Direct(down) => Some(down.slot()),
+            _ => None,
+        };
+        let body = match (&mut self.gone, direct) {
+            (Some(gone), _) => tokio::select! {
                 body = futures_util::StreamExt::next(&mut self.up) => body,
                 // The client dropped the stream: the connection is over.
                 () = gone.as_mut() => None,
             },
-            None => futures_util::StreamExt::next(&mut self.up).await,
+            (None, Some(slot)) => tokio::select! {
+                body = futures_util::StreamExt::next(&mut self.up) => body,
+                () = direct::gone(slot) => None,
+            },
+            (None, None) => futures_util::StreamExt::next(&mut self.up).await,
         };
         match body {
             Some(b) => {
