@@ -583,7 +583,7 @@ async fn open(
         },
         _ => unavailable("core did not answer the authentication in time"),
     };
-    client.vconns.remove(&conn.id);
+    client.vconns.remove(conn.id);
     Err(refusal)
 }
 
@@ -592,7 +592,7 @@ fn frames_response(status: StatusCode, body: Bytes, conn: &Conn, cursor: Option<
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(FRAMES));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(id) = HeaderValue::from_str(&conn.id) {
+    if let Ok(id) = HeaderValue::from_str(&conn.session()) {
         h.insert(SESSION, id);
     }
     if let Some(c) = cursor {

@@ -157,8 +157,10 @@ impl State {
 /// One virtual connection, shared by its task and the requests that reach it.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    /// The `roam-session` id.
-    pub(crate) id: String,
+    /// The `roam-session` id, sent as 32 lowercase hex digits ([`Conn::session`]): a
+    /// number, not a string (and a string again as the registry's key) for the connection's
+    /// life.
+    pub(crate) id: u128,
     /// The SHA-256 of the bearer token that opened it; later requests must carry the same
     /// token (its digest, not the token: 32 bytes in place instead of a copy of a
     /// ≈ 200-byte token for the connection's life).
@@ -188,6 +190,11 @@ fn token_digest(token: &str) -> [u8; 32] {
 }
 
 impl Conn {
+    /// The `roam-session` header's value.
+    pub(crate) fn session(&self) -> String {
+        format!("{:032x}", self.id)
+    }
+
     /// Whether `token` opened this connection.
     pub(crate) fn check(&self, token: &str) -> Result<(), ConnError> {
         // Every byte: no early exit that times the matching prefix.
@@ -351,18 +358,30 @@ impl Drop for Parked<'_> {
 /// The virtual connections of the client port, by `roam-session` id.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    conns: Mutex<HashMap<u128, Arc<Conn>>>,
 }
 
 impl Registry {
-    /// The connection `id`.
-    pub(crate) fn get(&self, id: &str) -> Result<Arc<Conn>, ConnError> {
-        self.conns.lock().get(id).cloned().ok_or(ConnError::Unknown)
+    /// The connection whose `roam-session` is `session` (32 lowercase hex digits).
+    pub(crate) fn get(&self, session: &str) -> Result<Arc<Conn>, ConnError> {
+        let hex = session.len() == 32
+            && session
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let id = hex
+            .then(|| u128::from_str_radix(session, 16).ok())
+            .flatten()
+            .ok_or(ConnError::Unknown)?;
+        self.conns
+            .lock()
+            .get(&id)
+            .cloned()
+            .ok_or(ConnError::Unknown)
     }
 
     /// Forgets connection `id` (its task, if still running, is unaffected).
-    pub(crate) fn remove(&self, id: &str) {
-        self.conns.lock().remove(id);
+    pub(crate) fn remove(&self, id: u128) {
+        self.conns.lock().remove(&id);
     }
 
     /// Registers a new connection opened with `token`, whose task reads AUTH (`auth`) first.
@@ -378,14 +397,14 @@ impl Registry {
         poll_capacity: usize,
         shutdown: CancellationToken,
     ) -> (Arc<Conn>, VirtualIo, Option<Downstream>) {
-        let id = format!("{:032x}", rand::random::<u128>());
+        let id = rand::random::<u128>();
         let (up, up_rx) = flume::bounded(UP_QUEUE);
         // AUTH is the first thing the driver reads, as a request body would be (a field
         // for it would take room in every connection's task for its life). A new queue
         // with room and its receiver alive takes it.
         let _ = up.try_send(auth);
         let conn = Arc::new(Conn {
-            id: id.clone(),
+            id,
             token: token_digest(token),
             mode,
             up,
@@ -611,23 +630,20 @@ impl FrameIo for VirtualIo {
         }
         self.conn.changed.notify_waiters();
         match &mut self.down {
-            Down::Stream(..) => self.registry.remove(&self.conn.id),
+            Down::Stream(..) => self.registry.remove(self.conn.id),
             Down::Direct(direct) => {
-                self.registry.remove(&self.conn.id);
+                self.registry.remove(self.conn.id);
                 direct.finish().await;
             }
             Down::Poll(_) => {
-                let (registry, id, shutdown) = (
-                    self.registry.clone(),
-                    self.conn.id.clone(),
-                    self.shutdown.clone(),
-                );
+                let (registry, id, shutdown) =
+                    (self.registry.clone(), self.conn.id, self.shutdown.clone());
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = tokio::time::sleep(LINGER) => {}
                         _ = shutdown.cancelled() => {}
                     }
-                    registry.remove(&id);
+                    registry.remove(id);
                 });
             }
         }
@@ -930,7 +946,24 @@ mod tests {
             conn.poll(4, Duration::ZERO, &Gauge::default()).await,
             Err(ConnError::Unknown)
         );
-        assert!(registry.get(&conn.id).is_ok());
+        assert!(registry.get(&conn.session()).is_ok());
+        // Only its exact form names it.
+        let session = conn.session();
+        for other in [
+            session.to_uppercase(),
+            format!("+{}", &session[1..]),
+            session[1..].to_owned(),
+            format!("{session}0"),
+            String::new(),
+        ] {
+            if other != session {
+                assert_eq!(
+                    registry.get(&other).unwrap_err(),
+                    ConnError::Unknown,
+                    "{other}"
+                );
+            }
+        }
         assert_eq!(conn.check("tok"), Ok(()));
         assert_eq!(conn.check("tak"), Err(ConnError::WrongToken));
         assert_eq!(conn.check("tok2"), Err(ConnError::WrongToken));
@@ -952,7 +985,10 @@ mod tests {
         drop(body);
         assert_eq!(io.read(&mut buf).await.unwrap(), 0);
         io.close().await;
-        assert_eq!(registry.get(&conn.id).unwrap_err(), ConnError::Unknown);
+        assert_eq!(
+            registry.get(&conn.session()).unwrap_err(),
+            ConnError::Unknown
+        );
         assert_eq!(
             conn.send(frame(Op::Heartbeat, 1), Vec::new(), Duration::from_secs(1))
                 .await,
@@ -1000,7 +1036,10 @@ mod tests {
         assert!(direct.take_pending().is_empty());
         io.close().await;
         assert_eq!(sent.lock().last(), Some(&Bytes::from_static(b"end")));
-        assert_eq!(registry.get(&conn.id).unwrap_err(), ConnError::Unknown);
+        assert_eq!(
+            registry.get(&conn.session()).unwrap_err(),
+            ConnError::Unknown
+        );
     }
 
     #[tokio::test]
