@@ -607,7 +607,15 @@ impl Listener {
                     if is_webtransport(&request) {
                         return Some(Box::new((request, stream)));
                     }
-                    listener.spawn_request(request, stream, &service, &path, &conn, &established);
+                    let task = listener.request_task(
+                        request,
+                        stream,
+                        &service,
+                        &path,
+                        &conn,
+                        &established,
+                    );
+                    listener.spawn_request(task);
                     None
                 }
                 .instrument(tracing::Span::current()),
@@ -666,23 +674,8 @@ fn is_webtransport(request: &Request<()>) -> bool {
 }
 
 impl Listener {
-    /// Serves one HTTP/3 request in a task of its own.
-    fn spawn_request<S>(
-        &self,
-        request: Request<()>,
-        stream: H3Stream<H3Bidi<Bytes>>,
-        service: &S,
-        path: &Arc<PathWatch>,
-        conn: &Connection,
-        established: &Established,
-    ) where
-        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send,
-    {
-        let task = self.request_task(request, stream, service, path, conn, established);
+    /// Runs a request's task ([`Listener::request_task`]) as a task of its own.
+    fn spawn_request(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tracker
             .spawn(task.instrument(tracing::Span::current()));
     }
@@ -793,14 +786,18 @@ impl Listener {
                 }
                 // One frame stream per session.
                 Ok(Some(AcceptedBi::BidiStream(_, stream))) => drop(stream),
-                Ok(Some(AcceptedBi::Request(request, stream))) => self.spawn_request(
-                    request,
-                    stream,
-                    &wt.service,
-                    &wt.path,
-                    &wt.conn,
-                    &wt.established,
-                ),
+                Ok(Some(AcceptedBi::Request(request, stream))) => {
+                    let (service, path) = (&wt.service, &wt.path);
+                    let task = self.request_task(
+                        request,
+                        stream,
+                        service,
+                        path,
+                        &wt.conn,
+                        &wt.established,
+                    );
+                    self.spawn_request(task);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     debug!(error = %e, "WebTransport session ended");

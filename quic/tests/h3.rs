@@ -50,13 +50,7 @@ async fn an_h3_client_over_quinn_is_served() {
         t.max_concurrent_uni_streams(8u32.into());
     });
     let endpoint = server(config);
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(client_config);
-    let conn = client
-        .connect(endpoint.local_addr(), "localhost")
-        .unwrap()
-        .await
-        .unwrap();
+    let (_client, conn) = common::client_connection(&endpoint, client_config).await;
     let (mut driver, mut requests) = h3::client::new(h3_quinn::Connection::new(conn))
         .await
         .unwrap();
@@ -142,13 +136,7 @@ async fn the_server_opens_no_qpack_streams() {
         conn.closed().await;
         drop(h3);
     });
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(client_config);
-    let conn = client
-        .connect(endpoint.local_addr(), "localhost")
-        .unwrap()
-        .await
-        .unwrap();
+    let (_client, conn) = common::client_connection(&endpoint, client_config).await;
     let mut first_bytes = Vec::new();
     for _ in 0..2 {
         let mut uni = tokio::time::timeout(Duration::from_secs(5), conn.accept_uni())

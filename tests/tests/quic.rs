@@ -761,14 +761,18 @@ async fn an_http3_stream_outlives_the_first_request_deadline() {
     );
 }
 
-/// A 0-RTT opening (`GET /v1/stream` as early data) is answered before the client has
-/// finished its request stream; the edge used to drop the unread request half at once, so
-/// quinn sent STOP_SENDING (code 0) and the client's finish (h3 writes a GREASE frame first)
-/// failed with "Remote reset: 0x0" — one `roam bench roam-switch` run in six. Made
-/// deterministic here: the client finishes only after the answer and the first frame.
-#[tokio::test]
-async fn a_get_answered_before_the_client_finished_its_request_is_not_stopped() {
-    let server = roam_tests::start("");
+/// alice's `GET /v1/stream` over h3's own client (not the SDK's, which finishes its request at
+/// once), answered 200 with its first frame (AUTH_REPLY) read: the QUIC connection, the h3
+/// driver's task, the request sender (h3 closes the connection when the last goes) and the
+/// request stream, its request not finished.
+async fn h3_v1_stream(
+    server: &ChildServer,
+) -> (
+    quinn::Connection,
+    tokio::task::JoinHandle<()>,
+    h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    h3::client::RequestStream<h3_quinn::BidiStream<bytes::Bytes>, bytes::Bytes>,
+) {
     let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
     let conn = endpoint
         .connect(server.addr("client_quic").unwrap(), "localhost")
@@ -784,7 +788,7 @@ async fn a_get_answered_before_the_client_finished_its_request_is_not_stopped() 
     let request = http::Request::get("https://localhost/v1/stream?device=alice-h3")
         .header(
             "authorization",
-            format!("Bearer {}", token(&server, "alice")),
+            format!("Bearer {}", token(server, "alice")),
         )
         .body(())
         .unwrap();
@@ -795,8 +799,19 @@ async fn a_get_answered_before_the_client_finished_its_request_is_not_stopped() 
         .unwrap();
     assert_eq!(response.status(), 200, "{response:?}");
     // The AUTH_REPLY: whatever the edge did to the request stream reached the client first.
-    let first = stream.recv_data().await.unwrap();
-    assert!(first.is_some(), "the stream's first frame");
+    assert!(stream.recv_data().await.unwrap().is_some(), "AUTH_REPLY");
+    (conn, driver, requests, stream)
+}
+
+/// A 0-RTT opening (`GET /v1/stream` as early data) is answered before the client has
+/// finished its request stream; the edge used to drop the unread request half at once, so
+/// quinn sent STOP_SENDING (code 0) and the client's finish (h3 writes a GREASE frame first)
+/// failed with "Remote reset: 0x0" — one `roam bench roam-switch` run in six. Made
+/// deterministic here: the client finishes only after the answer and the first frame.
+#[tokio::test]
+async fn a_get_answered_before_the_client_finished_its_request_is_not_stopped() {
+    let server = roam_tests::start("");
+    let (conn, driver, _requests, mut stream) = h3_v1_stream(&server).await;
     stream
         .finish()
         .await
@@ -814,32 +829,7 @@ async fn a_get_answered_before_the_client_finished_its_request_is_not_stopped() 
 #[tokio::test]
 async fn a_v1_stream_drains_its_request_and_stops_a_client_that_keeps_sending() {
     let server = roam_tests::start("");
-    let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
-    let conn = endpoint
-        .connect(server.addr("client_quic").unwrap(), "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut driver, mut requests) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
-        .await
-        .unwrap();
-    let driver = tokio::spawn(async move {
-        let _ = driver.wait_idle().await;
-    });
-    let request = http::Request::get("https://localhost/v1/stream?device=alice-h3")
-        .header(
-            "authorization",
-            format!("Bearer {}", token(&server, "alice")),
-        )
-        .body(())
-        .unwrap();
-    let mut stream = requests.send_request(request).await.unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), stream.recv_response())
-        .await
-        .expect("an answer within 5 s")
-        .unwrap();
-    assert_eq!(response.status(), 200, "{response:?}");
-    assert!(stream.recv_data().await.unwrap().is_some(), "AUTH_REPLY");
+    let (conn, driver, _requests, mut stream) = h3_v1_stream(&server).await;
     let keep_sending = async {
         for sent in 1..=512usize {
             if let Err(e) = stream.send_data(bytes::Bytes::from(vec![0u8; 1024])).await {
@@ -868,7 +858,7 @@ async fn a_v1_stream_drains_its_request_and_stops_a_client_that_keeps_sending() 
     driver.abort();
 }
 
-/// On shutdown an HTTP/3 `/v1/stream` (which runs in the task that read its request) is
+/// On shutdown an HTTP/3 `/v1/stream` (whose task writes the response stream itself) is
 /// drained like the TCP transports': DISCONNECT (drain), then the server exits cleanly.
 #[tokio::test]
 async fn shutdown_ends_an_http3_stream_with_disconnect_drain() {

@@ -69,3 +69,19 @@ where
     });
     endpoint
 }
+
+/// A quinn client endpoint on 127.0.0.1 with `config`, and its connection to `endpoint`
+/// (the client endpoint is returned too: the connection ends with it).
+pub(crate) async fn client_connection(
+    endpoint: &roam_quic::Endpoint,
+    config: quinn::ClientConfig,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(config);
+    let conn = client
+        .connect(endpoint.local_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    (client, conn)
+}
