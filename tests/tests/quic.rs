@@ -762,23 +762,35 @@ async fn an_http3_stream_outlives_the_first_request_deadline() {
 }
 
 /// alice's `GET /v1/stream` over h3's own client (not the SDK's, which finishes its request at
-/// once), answered 200 with its first frame (AUTH_REPLY) read: the QUIC connection, the h3
-/// driver's task, the request sender (h3 closes the connection when the last goes) and the
-/// request stream, its request not finished.
-async fn h3_v1_stream(
-    server: &ChildServer,
-) -> (
-    quinn::Connection,
-    tokio::task::JoinHandle<()>,
-    h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
-    h3::client::RequestStream<h3_quinn::BidiStream<bytes::Bytes>, bytes::Bytes>,
-) {
+/// once), answered 200 with its first frame (AUTH_REPLY) read, its request not finished.
+/// Dropped: the stream, then the connection (closed) and h3's driver.
+struct H3Get {
+    stream: h3::client::RequestStream<h3_quinn::BidiStream<bytes::Bytes>, bytes::Bytes>,
+    /// h3 closes the connection when the last request sender goes.
+    _requests: h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>,
+    conn: quinn::Connection,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H3Get {
+    fn drop(&mut self) {
+        self.conn.close(0x100u32.into(), b"done");
+        self.driver.abort();
+    }
+}
+
+/// A QUIC connection to the server's HTTP/3 port (ALPN h3), nothing sent on it yet.
+async fn h3_connection(server: &ChildServer) -> quinn::Connection {
     let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
-    let conn = endpoint
+    endpoint
         .connect(server.addr("client_quic").unwrap(), "localhost")
         .unwrap()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn h3_v1_stream(server: &ChildServer) -> H3Get {
+    let conn = h3_connection(server).await;
     let (mut driver, mut requests) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
         .await
         .unwrap();
@@ -800,7 +812,12 @@ async fn h3_v1_stream(
     assert_eq!(response.status(), 200, "{response:?}");
     // The AUTH_REPLY: whatever the edge did to the request stream reached the client first.
     assert!(stream.recv_data().await.unwrap().is_some(), "AUTH_REPLY");
-    (conn, driver, requests, stream)
+    H3Get {
+        stream,
+        _requests: requests,
+        conn,
+        driver,
+    }
 }
 
 /// A 0-RTT opening (`GET /v1/stream` as early data) is answered before the client has
@@ -811,14 +828,11 @@ async fn h3_v1_stream(
 #[tokio::test]
 async fn a_get_answered_before_the_client_finished_its_request_is_not_stopped() {
     let server = roam_tests::start("");
-    let (conn, driver, _requests, mut stream) = h3_v1_stream(&server).await;
-    stream
+    let mut get = h3_v1_stream(&server).await;
+    get.stream
         .finish()
         .await
         .expect("the request stream can still be finished after the answer");
-    drop(stream);
-    conn.close(0x100u32.into(), b"done");
-    driver.abort();
 }
 
 /// A `/v1/stream` answered over HTTP/3 reads what the client still sends on its request
@@ -829,7 +843,8 @@ async fn a_get_answered_before_the_client_finished_its_request_is_not_stopped() 
 #[tokio::test]
 async fn a_v1_stream_drains_its_request_and_stops_a_client_that_keeps_sending() {
     let server = roam_tests::start("");
-    let (conn, driver, _requests, mut stream) = h3_v1_stream(&server).await;
+    let mut get = h3_v1_stream(&server).await;
+    let stream = &mut get.stream;
     let keep_sending = async {
         for sent in 1..=512usize {
             if let Err(e) = stream.send_data(bytes::Bytes::from(vec![0u8; 1024])).await {
@@ -853,9 +868,6 @@ async fn a_v1_stream_drains_its_request_and_stops_a_client_that_keeps_sending() 
             .expect("the stream is still open");
         got.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
     }
-    drop(stream);
-    conn.close(0x100u32.into(), b"done");
-    driver.abort();
 }
 
 /// On shutdown an HTTP/3 `/v1/stream` (whose task writes the response stream itself) is
@@ -881,12 +893,7 @@ async fn shutdown_ends_an_http3_stream_with_disconnect_drain() {
 #[tokio::test]
 async fn a_silent_http3_connection_is_closed_at_the_first_request_deadline() {
     let server = roam_tests::start("[limits]\nfirst_request_secs = 1\n");
-    let endpoint = client_endpoint(LOCAL, &server.dev_cert(), roam_tls::ALPN_QUIC).unwrap();
-    let conn = endpoint
-        .connect(server.addr("client_quic").unwrap(), "localhost")
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = h3_connection(&server).await;
     let reason = tokio::time::timeout(Duration::from_secs(8), conn.closed())
         .await
         .expect("closed within 8 s");
