@@ -454,6 +454,50 @@ impl SendStream {
             Err(WriteError::ClosedStream) => Poll::Ready(Err(StreamError::Closed)),
         }
     }
+
+    /// Writes what the stream's flow control and send window allow of `data` without
+    /// copying it (quinn-proto keeps the `Bytes` until they are acknowledged); what could not
+    /// be written stays in `data`. With `waker`, it is woken once more can be written if
+    /// `data` is not empty after the call. One lock and one wake of the loop for the whole
+    /// buffer, where [`SendStream::poll_send`] takes them per slice.
+    pub fn write_bytes(
+        &mut self,
+        data: &mut Bytes,
+        waker: Option<&Waker>,
+    ) -> Result<(), StreamError> {
+        use quinn_proto::WriteError;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.conn.lock();
+        if let Some(e) = &c.error {
+            return Err(StreamError::ConnectionLost(e.clone()));
+        }
+        let mut written = false;
+        let result = loop {
+            match c
+                .proto
+                .send_stream(self.id)
+                .write_chunks(std::slice::from_mut(data))
+            {
+                Ok(_) if data.is_empty() => break Ok(()),
+                Ok(_) => written = true,
+                Err(WriteError::Blocked) => {
+                    if let Some(waker) = waker {
+                        register(&mut c.writers, self.id, waker);
+                    }
+                    break Ok(());
+                }
+                Err(WriteError::Stopped(code)) => break Err(StreamError::Stopped(code)),
+                Err(WriteError::ClosedStream) => break Err(StreamError::Closed),
+            }
+        };
+        drop(c);
+        if written || data.is_empty() {
+            self.conn.touch();
+        }
+        result
+    }
 }
 
 impl AsyncWrite for SendStream {

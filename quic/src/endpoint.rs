@@ -12,7 +12,6 @@ use bytes::BytesMut;
 use parking_lot::Mutex;
 use quinn_proto::{ConnectionHandle, DatagramEvent, EndpointConfig, ServerConfig, Transmit};
 use thiserror::Error;
-use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::conn::{ConnShared, Connection};
@@ -39,8 +38,7 @@ pub enum EndpointError {
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     /// Connections the application side changed (writes, reads, closes), for the loop.
-    touched: Mutex<Vec<ConnectionHandle>>,
-    wake: Notify,
+    touched: Mutex<Touched>,
     socket: tokio::net::UdpSocket,
     udp: quinn_udp::UdpSocketState,
     local: SocketAddr,
@@ -48,6 +46,18 @@ pub(crate) struct Shared {
     stopped: tokio_util::sync::CancellationToken,
     /// Datagrams of one connection per send: GSO where the socket offers it.
     max_gso: usize,
+}
+
+/// What the application side asks of the loop, and how it wakes it: one lock per touch,
+/// where a `Notify` beside the list took a second (and the loop a third, for each wait it
+/// set up and dropped).
+#[derive(Default)]
+struct Touched {
+    conns: Vec<ConnectionHandle>,
+    /// Set to have the loop look at the endpoint (it is closing).
+    poked: bool,
+    /// The loop's, while it waits.
+    waker: Option<Waker>,
 }
 
 /// The endpoint's protocol state and its connections (under [`Shared::state`]).
@@ -69,8 +79,39 @@ pub(crate) struct State {
 impl Shared {
     /// Marks connection `ch` for the loop to drive.
     pub(crate) fn touch(&self, ch: ConnectionHandle) {
-        self.touched.lock().push(ch);
-        self.wake.notify_one();
+        let waker = {
+            let mut t = self.touched.lock();
+            t.conns.push(ch);
+            t.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Wakes the loop to look at the endpoint's state.
+    fn poke(&self) {
+        let waker = {
+            let mut t = self.touched.lock();
+            t.poked = true;
+            t.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready when a connection was touched or the loop poked since it last looked.
+    fn poll_touched(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let mut t = self.touched.lock();
+        if !t.conns.is_empty() || std::mem::take(&mut t.poked) {
+            return Poll::Ready(());
+        }
+        match &mut t.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Sends a stateless answer (a refusal, a Retry, a version negotiation): dropped if the
@@ -142,8 +183,7 @@ impl Endpoint {
                 send_buf: Vec::new(),
                 blocked: None,
             }),
-            touched: Mutex::new(Vec::new()),
-            wake: Notify::new(),
+            touched: Mutex::new(Touched::default()),
             socket,
             udp,
             local,
@@ -197,7 +237,7 @@ impl Endpoint {
             state = self.shared.state.lock();
         }
         drop(state);
-        self.shared.wake.notify_one();
+        self.shared.poke();
     }
 
     /// Waits until the endpoint's task has ended (after [`Endpoint::close`], once every
@@ -320,6 +360,9 @@ async fn run(shared: Arc<Shared>) {
     let _stopped = shared.stopped.clone().drop_guard();
     let mut recv_buf = vec![0u8; RECV_BATCH * MAX_UDP_PAYLOAD * 4];
     let mut drive: Vec<ConnectionHandle> = Vec::new();
+    // One timer for the loop's life, moved to the soonest deadline when that changes.
+    let sleep = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(sleep);
     loop {
         let (next, blocked) = {
             let state = shared.state.lock();
@@ -328,10 +371,12 @@ async fn run(shared: Arc<Shared>) {
                 state.blocked.is_some(),
             )
         };
-        let sleep = tokio::time::sleep_until(
-            next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-                .into(),
+        let next = tokio::time::Instant::from_std(
+            next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
         );
+        if sleep.deadline() != next {
+            sleep.as_mut().reset(next);
+        }
         tokio::select! {
             readable = shared.socket.readable() => {
                 if readable.is_err() {
@@ -339,7 +384,7 @@ async fn run(shared: Arc<Shared>) {
                 }
                 receive(&shared, &mut recv_buf, &mut drive);
             }
-            () = sleep => {
+            () = sleep.as_mut() => {
                 let now = Instant::now();
                 let state = &mut *shared.state.lock();
                 while let Some(&(t, ch)) = state.timers.first() {
@@ -354,14 +399,14 @@ async fn run(shared: Arc<Shared>) {
                     }
                 }
             }
-            () = shared.wake.notified() => {}
+            () = std::future::poll_fn(|cx| shared.poll_touched(cx)) => {}
             writable = shared.socket.writable(), if blocked => {
                 if writable.is_err() {
                     break;
                 }
             }
         }
-        drive.append(&mut shared.touched.lock());
+        drive.append(&mut shared.touched.lock().conns);
         drive.sort_unstable_by_key(|ch| ch.0);
         drive.dedup();
         let now = Instant::now();
@@ -459,31 +504,38 @@ fn receive(shared: &Shared, recv_buf: &mut [u8], drive: &mut Vec<ConnectionHandl
 /// False if the socket had no room for a transmit (kept in [`State::blocked`]): drive it
 /// again once it has.
 fn drive_one(shared: &Shared, state: &mut State, ch: ConnectionHandle, now: Instant) -> bool {
-    let Some(conn) = state.conns.get(&ch).cloned() else {
+    // Borrowed field by field: the connection is used in place (no `Arc` count touched per
+    // drive) while the endpoint's other parts change.
+    let State {
+        proto,
+        conns,
+        timers,
+        send_buf,
+        blocked,
+        ..
+    } = state;
+    let Some(conn) = conns.get(&ch) else {
         return true;
     };
     let mut c = conn.lock();
     while let Some(event) = c.proto.poll_endpoint_events() {
-        if let Some(event) = state.proto.handle_event(ch, event) {
+        if let Some(event) = proto.handle_event(ch, event) {
             c.proto.handle_event(event);
         }
     }
     c.deliver_events();
     let mut sent = 0;
     loop {
-        state.send_buf.clear();
-        let Some(t) = c
-            .proto
-            .poll_transmit(now, shared.max_gso, &mut state.send_buf)
-        else {
+        send_buf.clear();
+        let Some(t) = c.proto.poll_transmit(now, shared.max_gso, send_buf) else {
             break;
         };
         sent += t.segment_size.map_or(1, |s| t.size.div_ceil(s));
-        match shared.try_send(&t, &state.send_buf[..t.size]) {
+        match shared.try_send(&t, &send_buf[..t.size]) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let contents = state.send_buf[..t.size].to_vec();
-                state.blocked = Some((ch, t, contents));
+                let contents = send_buf[..t.size].to_vec();
+                *blocked = Some((ch, t, contents));
                 return false;
             }
             // Unreachable destinations and the like: QUIC's loss recovery copes.
@@ -491,27 +543,26 @@ fn drive_one(shared: &Shared, state: &mut State, ch: ConnectionHandle, now: Inst
         }
         if sent >= MAX_DATAGRAMS_PER_DRIVE {
             // Fair to the others: the rest goes in a later round.
-            shared.touched.lock().push(ch);
-            shared.wake.notify_one();
+            shared.touch(ch);
             break;
         }
     }
     let deadline = c.proto.poll_timeout();
     if deadline != c.deadline {
         if let Some(old) = c.deadline {
-            state.timers.remove(&(old, ch.0));
+            timers.remove(&(old, ch.0));
         }
         if let Some(new) = deadline {
-            state.timers.insert((new, ch.0));
+            timers.insert((new, ch.0));
         }
         c.deadline = deadline;
     }
     if c.proto.is_drained() {
         if let Some(old) = c.deadline.take() {
-            state.timers.remove(&(old, ch.0));
+            timers.remove(&(old, ch.0));
         }
         drop(c);
-        state.conns.remove(&ch);
+        conns.remove(&ch);
     }
     true
 }

@@ -46,9 +46,14 @@ fn server(config: quinn_proto::ServerConfig) -> Endpoint {
 #[tokio::test]
 async fn an_h3_client_over_quinn_is_served() {
     // One certificate for both sides.
-    let (config, client_config) = common::configs_with_alpn(b"h3", |t| {
+    let (config, mut client_config) = common::configs_with_alpn(b"h3", |t| {
         t.max_concurrent_uni_streams(8u32.into());
     });
+    // A small window: the echo below is written as the client reads it (what flow control
+    // holds back of a DATA frame waits in `H3Send`).
+    let mut small = quinn::TransportConfig::default();
+    small.stream_receive_window(16_384u32.into());
+    client_config.transport_config(std::sync::Arc::new(small));
     let endpoint = server(config);
     let (_client, conn) = common::client_connection(&endpoint, client_config).await;
     let (mut driver, mut requests) = h3::client::new(h3_quinn::Connection::new(conn))
@@ -83,7 +88,7 @@ async fn an_h3_client_over_quinn_is_served() {
     for t in tasks {
         t.await.unwrap();
     }
-    // A request body, larger than a stream's window, comes back whole.
+    // A request body, larger than a stream's window both ways, comes back whole.
     let big: Vec<u8> = (0..400_000u32).map(|i| (i % 249) as u8).collect();
     let mut stream = requests
         .send_request(
