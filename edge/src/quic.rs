@@ -193,6 +193,11 @@ impl QuicServer {
             roam_quic::EndpointError::Bind(e) => QuicError::Io(e),
             other => QuicError::Config(other.to_string()),
         })?;
+        let label = match service {
+            QuicService::H3 => H3,
+            QuicService::Raw => RAW_QUIC,
+        };
+        watch_migrations(&endpoint, &label, &metrics);
         Ok(QuicServer {
             endpoint,
             service,
@@ -356,7 +361,7 @@ impl Listener {
     /// run once the connection has its slot, alongside the handshake.
     async fn serve<F, Fut>(self: Arc<Self>, incoming: Box<Incoming>, peer: SocketAddr, serving: F)
     where
-        F: FnOnce(Arc<Self>, Connection, Ticket, Arc<PathWatch>, Established) -> Fut,
+        F: FnOnce(Arc<Self>, Connection, Ticket, Established) -> Fut,
         Fut: Future<Output = ()>,
     {
         let _open = Held::new(&self.open);
@@ -381,16 +386,7 @@ impl Listener {
             QuicService::H3 => H3,
             QuicService::Raw => RAW_QUIC,
         };
-        // Shared: by value it would take its room twice in the service's task (an async
-        // fn's arguments keep theirs).
-        let path = Arc::new(PathWatch::new(conn.clone(), &label, &self.metrics));
-        let serving = serving(
-            self.clone(),
-            conn.clone(),
-            ticket,
-            path,
-            established.clone(),
-        );
+        let serving = serving(self.clone(), conn.clone(), ticket, established.clone());
         let handshake = self.watch_handshake(&conn, established, handshake, &label);
         tokio::select! {
             _ = serving => {}
@@ -497,13 +493,7 @@ impl Listener {
     }
 
     /// HTTP/3: every request goes to the router, as from HTTP/1.1 or HTTP/2.
-    async fn serve_h3(
-        self: Arc<Self>,
-        conn: Connection,
-        ticket: Ticket,
-        path: Arc<PathWatch>,
-        established: Established,
-    ) {
+    async fn serve_h3(self: Arc<Self>, conn: Connection, ticket: Ticket, established: Established) {
         // Boxed, with its builder: the set-up's state is dropped once it is done, not kept in
         // the connection's task.
         let h3 = H3Connection::new(conn.clone());
@@ -580,7 +570,7 @@ impl Listener {
                 }
             };
             let listener = self.clone();
-            let (service, path, conn) = (service.clone(), path.clone(), conn.clone());
+            let (service, conn) = (service.clone(), conn.clone());
             let established = established.clone();
             let deadline = self.options.first_request;
             let ticket = ticket.clone();
@@ -607,14 +597,8 @@ impl Listener {
                     if is_webtransport(&request) {
                         return Some(Box::new((request, stream)));
                     }
-                    let task = listener.request_task(
-                        request,
-                        stream,
-                        &service,
-                        &path,
-                        &conn,
-                        &established,
-                    );
+                    let task =
+                        listener.request_task(request, stream, &service, &conn, &established);
                     listener.spawn_request(task);
                     None
                 }
@@ -625,7 +609,6 @@ impl Listener {
             let (request, stream) = *opening;
             let wt = WebTransport {
                 service,
-                path,
                 conn,
                 established,
             };
@@ -651,7 +634,6 @@ impl Listener {
 /// What a WebTransport session's requests and streams share.
 struct WebTransport<S> {
     service: S,
-    path: Arc<PathWatch>,
     conn: Connection,
     established: Established,
 }
@@ -686,7 +668,6 @@ impl Listener {
         request: Request<()>,
         stream: H3Stream<H3Bidi<Bytes>>,
         service: &S,
-        path: &Arc<PathWatch>,
         conn: &Connection,
         established: &Established,
     ) -> impl Future<Output = ()> + Send + use<S>
@@ -708,7 +689,6 @@ impl Listener {
             service.clone(),
             request,
             stream,
-            path.clone(),
             write_timeout,
         ));
         async move {
@@ -774,7 +754,6 @@ impl Listener {
                 Ok(Some(AcceptedBi::BidiStream(_, stream))) if driving.is_empty() => {
                     let io = QuicRawIo {
                         inner: RawIo::new(ReadGate::new(stream)),
-                        path: wt.path.clone(),
                         prefix: None,
                         gate: None,
                     };
@@ -787,15 +766,8 @@ impl Listener {
                 // One frame stream per session.
                 Ok(Some(AcceptedBi::BidiStream(_, stream))) => drop(stream),
                 Ok(Some(AcceptedBi::Request(request, stream))) => {
-                    let (service, path) = (&wt.service, &wt.path);
-                    let task = self.request_task(
-                        request,
-                        stream,
-                        service,
-                        path,
-                        &wt.conn,
-                        &wt.established,
-                    );
+                    let task =
+                        self.request_task(request, stream, &wt.service, &wt.conn, &wt.established);
                     self.spawn_request(task);
                 }
                 Ok(None) => break,
@@ -918,7 +890,6 @@ struct BodyResponse {
     send: H3Stream<H3Send<Bytes>>,
     body: Body,
     _request: Option<StopOnDrop>,
-    path: Arc<PathWatch>,
 }
 
 /// Serves one HTTP/3 request through the router and sends the response head (within
@@ -928,13 +899,11 @@ async fn respond_head<S>(
     service: S,
     request: Request<()>,
     stream: H3Stream<H3Bidi<Bytes>>,
-    path: Arc<PathWatch>,
     write_timeout: Duration,
 ) -> Option<Responding>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
 {
-    path.check();
     let (mut send, recv) = stream.split();
     // A GET or HEAD carries no body: the router gets an empty one, and the request stream's
     // receiving half is held here until the response ends. Handing it to the router would
@@ -981,7 +950,7 @@ where
     }
     Some(match direct {
         Some(direct) => Responding::Direct(
-            Box::new(H3Down { send, path }),
+            Box::new(H3Down { send }),
             direct,
             request_stream.map(Box::new),
         ),
@@ -989,7 +958,6 @@ where
             send,
             body,
             _request: request_stream,
-            path,
         })),
     })
 }
@@ -998,7 +966,6 @@ async fn stream_body(response: BodyResponse, conn: &Connection) {
     let BodyResponse {
         mut send,
         mut body,
-        path,
         _request,
     } = response;
     // Made once: each `closed()` takes the connection's lock and registers a waiter.
@@ -1014,12 +981,10 @@ async fn stream_body(response: BodyResponse, conn: &Connection) {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data()
                     && !data.is_empty()
+                    && let Err(e) = send.send_data(data).await
                 {
-                    if let Err(e) = send.send_data(data).await {
-                        debug!(error = %e, "HTTP/3 response body cut");
-                        return;
-                    }
-                    path.check();
+                    debug!(error = %e, "HTTP/3 response body cut");
+                    return;
                 }
             }
             Some(Err(e)) => {
@@ -1065,15 +1030,11 @@ async fn run_direct(
 /// An HTTP/3 response stream, written by a direct stream connection's task.
 struct H3Down {
     send: H3Stream<H3Send<Bytes>>,
-    path: Arc<PathWatch>,
 }
 
 impl vconn::DirectStream for H3Down {
     fn send(&mut self, chunk: Bytes) -> futures_util::future::BoxFuture<'_, io::Result<()>> {
-        Box::pin(async move {
-            self.path.check();
-            self.send.send_data(chunk).await.map_err(io::Error::other)
-        })
+        Box::pin(async move { self.send.send_data(chunk).await.map_err(io::Error::other) })
     }
 
     fn finish(&mut self) -> futures_util::future::BoxFuture<'_, ()> {
@@ -1083,48 +1044,16 @@ impl vconn::DirectStream for H3Down {
     }
 }
 
-/// Notices when a connection's client address changes (QUIC connection migration): counts
-/// it and logs it. Held once per connection, so it keeps only its own counter (not the
-/// edge's metrics).
-struct PathWatch {
-    conn: Connection,
-    /// The address last seen, and when it may be asked for again.
-    last: parking_lot::Mutex<(SocketAddr, tokio::time::Instant)>,
-    transport: &'static str,
-    changes: prometheus_client::metrics::counter::Counter,
-}
-
-/// How often a connection's address is looked at, at most. Asking the endpoint takes the
-/// connection's lock: once per push, in a room fan-out, that was 1.3 % of the server's CPU.
-const PATH_CHECK_EVERY: Duration = Duration::from_millis(100);
-
-impl PathWatch {
-    fn new(conn: Connection, label: &TransportLabel, metrics: &EdgeMetrics) -> Self {
-        let last = parking_lot::Mutex::new((conn.remote_address(), tokio::time::Instant::now()));
-        PathWatch {
-            conn,
-            last,
-            transport: label.transport,
-            changes: metrics.quic_path_changes.get_or_create(label).clone(),
-        }
-    }
-
-    /// Checks the connection's current client address against the last seen, unless it
-    /// was checked within [`PATH_CHECK_EVERY`].
-    fn check(&self) {
-        let now = tokio::time::Instant::now();
-        let mut last = self.last.lock();
-        if now < last.1 {
-            return;
-        }
-        last.1 = now + PATH_CHECK_EVERY;
-        let address = self.conn.remote_address();
-        if last.0 != address {
-            info!(from = %last.0, to = %address, transport = self.transport, "QUIC path changed (connection migrated)");
-            last.0 = address;
-            self.changes.inc();
-        }
-    }
+/// Has the endpoint count and log every connection a client moves to a new address (QUIC
+/// connection migration), as soon as the first packet from there arrives: nothing is
+/// checked per push, nor kept per connection.
+fn watch_migrations(endpoint: &Endpoint, label: &TransportLabel, metrics: &EdgeMetrics) {
+    let changes = metrics.quic_path_changes.get_or_create(label).clone();
+    let transport = label.transport;
+    endpoint.on_migration(move |conn, from, to| {
+        info!(conn, %from, %to, transport, "QUIC path changed (connection migrated)");
+        changes.inc();
+    });
 }
 
 /// Resolves (true) once the connection's handshake has completed; false if it failed.
@@ -1152,12 +1081,11 @@ where
     Ok(frame.freeze())
 }
 
-/// Raw frames over a QUIC stream pair, watching the connection's path. A stream opened in
+/// Raw frames over a QUIC stream pair. A stream opened in
 /// 0-RTT hands its first frame (`prefix`) to the driver at once and reads on only after the
 /// handshake has completed (`gate`).
 struct QuicRawIo<S> {
     inner: RawIo<S>,
-    path: Arc<PathWatch>,
     prefix: Option<Bytes>,
     gate: Option<Established>,
 }
@@ -1178,13 +1106,10 @@ where
             }
             self.gate = None;
         }
-        let n = self.inner.read(buf).await?;
-        self.path.check();
-        Ok(n)
+        self.inner.read(buf).await
     }
 
     async fn write_batch(&mut self, frames: &[Bytes]) -> io::Result<()> {
-        self.path.check();
         self.inner.write_batch(frames).await
     }
 
@@ -1237,11 +1162,12 @@ mod tests {
     }
 
     /// What an idle QUIC connection costs the edge is mostly its tasks: the futures are
-    /// pinned here (sizes when this was written, rust 1.95: raw 1,752 B; HTTP/3 1,528 B, and
-    /// a request's 592 B, which a `/v1/stream` holds for the connection's life). Before:
-    /// HTTP/3 1,640 B with the first-request timer in place, 2,504 B with h3's sending
+    /// pinned here (sizes when this was written, rust 1.95: raw 1,728 B; HTTP/3 1,512 B, and
+    /// a request's 552 B, which a `/v1/stream` holds for the connection's life). Before:
+    /// raw 1,752, HTTP/3 1,528 and a request 592 B with a path watch passed around, HTTP/3 1,640 B with the first-request timer in place, 2,504 B with h3's sending
     /// buffers in place, 4,160 B with h3's `accept()` future, awaits in the accept loop's
-    /// `select!` arms and `PathWatch` by value; a request's 768 B with a function of its own
+    /// `select!` arms and the path watch (migrations, now the endpoint's) by value; a
+    /// request's 768 B with a function of its own
     /// for the body. A tokio task adds its header and trailer (≈ 120 B, the whole rounded up
     /// to 128), and the allocator rounds that up to its size class (768, 896, 1,024, 1,792,
     /// 2,048 …): a few bytes more can cost 128 to 512.
@@ -1249,21 +1175,19 @@ mod tests {
     fn the_connection_futures_stay_small() {
         let raw = future_size(|l: Arc<Listener>, (i, p)| l.serve(i, p, Listener::serve_raw));
         assert!(
-            raw <= 1792,
+            raw <= 1728,
             "a raw QUIC connection's task grew to {raw} bytes"
         );
         let h3 = future_size(|l: Arc<Listener>, (i, p)| l.serve(i, p, Listener::serve_h3));
-        assert!(h3 <= 1536, "an HTTP/3 connection's task grew to {h3} bytes");
+        assert!(h3 <= 1512, "an HTTP/3 connection's task grew to {h3} bytes");
         let request = future_size(
-            |l: Arc<Listener>, (r, st, sv, p, c, e): (_, _, TicketService<Router>, _, _, _)| {
-                l.request_task(r, st, &sv, &p, &c, &e)
+            |l: Arc<Listener>, (r, st, sv, c, e): (_, _, TicketService<Router>, _, _)| {
+                l.request_task(r, st, &sv, &c, &e)
             },
         );
         assert!(
-            request <= 592,
+            request <= 552,
             "an HTTP/3 request's task grew to {request} bytes"
         );
-        let path = std::mem::size_of::<PathWatch>();
-        assert!(path <= 96, "PathWatch grew to {path} bytes");
     }
 }

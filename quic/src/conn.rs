@@ -140,8 +140,17 @@ impl ConnShared {
         self.state.lock()
     }
 
-    pub(crate) fn handle_event(&self, event: quinn_proto::ConnectionEvent) {
-        self.lock().proto.handle_event(event);
+    /// Applies a datagram (or another endpoint event); the client's old and new address if
+    /// it moved the connection to a new path (migration).
+    pub(crate) fn handle_event(
+        &self,
+        event: quinn_proto::ConnectionEvent,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        let mut c = self.lock();
+        let before = c.proto.remote_address();
+        c.proto.handle_event(event);
+        let after = c.proto.remote_address();
+        (before != after).then_some((before, after))
     }
 
     pub(crate) fn timeout(&self, now: Instant) {

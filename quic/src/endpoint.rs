@@ -46,7 +46,13 @@ pub(crate) struct Shared {
     stopped: tokio_util::sync::CancellationToken,
     /// Datagrams of one connection per send: GSO where the socket offers it.
     max_gso: usize,
+    /// Told when a client moves a connection to a new address (see
+    /// [`Endpoint::on_migration`]).
+    on_migration: std::sync::OnceLock<MigrationHook>,
 }
+
+/// What [`Endpoint::on_migration`] calls: the connection's id, the old and new address.
+type MigrationHook = Box<dyn Fn(usize, SocketAddr, SocketAddr) + Send + Sync>;
 
 /// What the application side asks of the loop, and how it wakes it: one lock per touch,
 /// where a `Notify` beside the list took a second (and the loop a third, for each wait it
@@ -189,6 +195,7 @@ impl Endpoint {
             local,
             stopped: tokio_util::sync::CancellationToken::new(),
             max_gso,
+            on_migration: std::sync::OnceLock::new(),
         });
         tokio::spawn(run(shared.clone()));
         Ok(Endpoint { shared })
@@ -244,6 +251,18 @@ impl Endpoint {
     /// connection has sent its CONNECTION_CLOSE and drained).
     pub async fn wait_idle(&self) {
         self.shared.stopped.cancelled().await;
+    }
+
+    /// Calls `hook` with the connection's [`stable_id`](Connection::stable_id), its old and
+    /// its new address whenever a client moves a connection to a new address (QUIC
+    /// connection migration: a phone that left Wi-Fi for cellular), as soon as the first
+    /// packet from there is processed. Set once; later calls are ignored. It runs on the
+    /// endpoint's loop: keep it short.
+    pub fn on_migration(
+        &self,
+        hook: impl Fn(usize, SocketAddr, SocketAddr) + Send + Sync + 'static,
+    ) {
+        let _ = self.shared.on_migration.set(Box::new(hook));
     }
 
     /// Connections alive (established or handshaking).
@@ -488,7 +507,11 @@ fn receive(shared: &Shared, recv_buf: &mut [u8], drive: &mut Vec<ConnectionHandl
                     }
                     Some(DatagramEvent::ConnectionEvent(ch, event)) => {
                         if let Some(c) = state.conns.get(&ch) {
-                            c.handle_event(event);
+                            if let Some((from, to)) = c.handle_event(event)
+                                && let Some(hook) = shared.on_migration.get()
+                            {
+                                hook(ch.0, from, to);
+                            }
                             drive.push(ch);
                         }
                     }

@@ -99,6 +99,9 @@ async fn streams_echo_both_ways_and_connections_end_with_their_clients() {
 async fn the_application_sees_the_handshake_the_close_and_a_migration() {
     let (server, client_config) = configs();
     let endpoint = Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let moves = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = moves.clone();
+    endpoint.on_migration(move |id, from, to| seen.lock().push((id, from, to)));
     let clients = client(client_config, "127.0.0.1:0");
     let connecting = clients.connect(endpoint.local_addr(), "localhost").unwrap();
     let incoming = endpoint.accept().await.unwrap();
@@ -131,6 +134,11 @@ async fn the_application_sees_the_handshake_the_close_and_a_migration() {
     assert_eq!(&got, b"reply");
     assert_ne!(conn.remote_address(), first, "the new path");
     assert_eq!(conn.remote_address().ip().to_string(), "127.0.0.2");
+    assert_eq!(
+        *moves.lock(),
+        [(conn.stable_id(), first, conn.remote_address())],
+        "the endpoint told of the move, once"
+    );
 
     client_conn.close(7u32.into(), b"done");
     let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())

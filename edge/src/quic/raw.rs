@@ -9,7 +9,7 @@ use std::time::Duration;
 use quinn_proto::VarInt;
 use tracing::debug;
 
-use super::{CLOSE_DONE, Established, Listener, PathWatch, QuicRawIo, ReadGate, first_frame};
+use super::{CLOSE_DONE, Established, Listener, QuicRawIo, ReadGate, first_frame};
 use crate::admission::Ticket;
 use crate::conn::{Transport, drive};
 use crate::raw::RawIo;
@@ -20,7 +20,6 @@ impl Listener {
         self: Arc<Self>,
         conn: roam_quic::Connection,
         ticket: Ticket,
-        path: Arc<PathWatch>,
         established: Established,
     ) {
         let first = tokio::time::timeout(self.options.first_request, conn.accept_bi());
@@ -54,7 +53,6 @@ impl Listener {
         };
         let io = QuicRawIo {
             inner: RawIo::new(ReadGate::new(tokio::io::join(recv, send))),
-            path,
             prefix,
             gate,
         };
