@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -49,6 +50,9 @@ impl From<StreamError> for io::Error {
 /// One connection: quinn-proto's state and who waits on it.
 pub(crate) struct ConnShared {
     handle: ConnectionHandle,
+    /// Set (before anyone waiting is woken) once the connection is over: a task polled
+    /// again while it waits for that learns it has not happened without taking the lock.
+    pub(crate) over: AtomicBool,
     state: Mutex<ConnState>,
 }
 
@@ -120,6 +124,7 @@ impl ConnShared {
     pub(crate) fn new(handle: ConnectionHandle, proto: quinn_proto::Connection) -> Arc<Self> {
         Arc::new(ConnShared {
             handle,
+            over: AtomicBool::new(false),
             state: Mutex::new(ConnState {
                 proto,
                 deadline: None,
@@ -162,20 +167,20 @@ impl ConnShared {
     pub(crate) fn close(&self, now: Instant, code: VarInt, reason: &[u8]) {
         let mut c = self.lock();
         c.proto.close(now, code, Bytes::copy_from_slice(reason));
-        c.lost(ConnectionError::LocallyClosed);
+        c.lost(ConnectionError::LocallyClosed, &self.over);
     }
 }
 
 impl ConnState {
-    /// Wakes whoever waits on what quinn-proto reports.
-    pub(crate) fn deliver_events(&mut self) {
+    /// Wakes whoever waits on what quinn-proto reports (`over`: the connection's flag).
+    pub(crate) fn deliver_events(&mut self, over: &AtomicBool) {
         while let Some(event) = self.proto.poll() {
             match event {
                 Event::Connected => {
                     self.connected = true;
                     wake_all(&mut self.handshake);
                 }
-                Event::ConnectionLost { reason } => self.lost(reason),
+                Event::ConnectionLost { reason } => self.lost(reason, over),
                 Event::Stream(StreamEvent::Opened { dir }) => {
                     if let Some(w) = self.accepting[dir_index(dir)].take() {
                         w.wake();
@@ -203,10 +208,11 @@ impl ConnState {
     }
 
     /// The connection is over: everyone waiting is told.
-    fn lost(&mut self, reason: ConnectionError) {
+    fn lost(&mut self, reason: ConnectionError, over: &AtomicBool) {
         if self.error.is_none() {
             self.error = Some(reason);
         }
+        over.store(true, Ordering::Release);
         wake_all(&mut self.handshake);
         wake_all(&mut self.closed);
         let datagram = std::iter::once(&mut self.datagram);
@@ -409,14 +415,24 @@ impl Connection {
         self.0.conn.lock().error.clone()
     }
 
-    /// Resolves when the connection is over, with why.
+    /// Resolves when the connection is over, with why. Polled again by the same task
+    /// before then (a response stream's task polls it on every push), it returns without
+    /// taking the connection's lock.
     pub async fn closed(&self) -> ConnectionError {
+        let mut waiting: Option<Waker> = None;
         std::future::poll_fn(|cx| {
-            let mut c = self.0.conn.lock();
+            let conn = &self.0.conn;
+            if waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+                && !conn.over.load(Ordering::Acquire)
+            {
+                return Poll::Pending;
+            }
+            let mut c = conn.lock();
             if let Some(e) = &c.error {
                 return Poll::Ready(e.clone());
             }
             wait_on(&mut c.closed, cx.waker());
+            waiting = Some(cx.waker().clone());
             Poll::Pending
         })
         .await

@@ -546,7 +546,7 @@ fn drive_one(shared: &Shared, state: &mut State, ch: ConnectionHandle, now: Inst
             c.proto.handle_event(event);
         }
     }
-    c.deliver_events();
+    c.deliver_events(&conn.over);
     let mut sent = 0;
     loop {
         send_buf.clear();
