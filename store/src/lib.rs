@@ -61,7 +61,8 @@ mod embedded;
 mod error;
 #[cfg(feature = "fdb")]
 // The one FFI reason for unsafe code in Roam: starting and stopping FoundationDB's client
-// network (each block carries its SAFETY note). Every other crate forbids unsafe code.
+// network (each block carries its SAFETY note). Every other crate forbids unsafe code but
+// roam_quic, which registers its UDP socket with tokio by hand (docs/testing.md, Lints).
 #[allow(unsafe_code)]
 mod fdb;
 mod idempotency;
