@@ -19,8 +19,8 @@
 //! counted; a connection refused after its handshake is closed with a reason phrase.
 //!
 //! Connection migration is on (quinn-proto's default): a client whose address changes keeps its
-//! connection and streams. The edge notices the new path when the connection next carries
-//! data, counts it in `roam_edge_quic_path_changes_total` and logs it. Keep-alive PINGs
+//! connection and streams. The endpoint tells the edge as it applies the first packet from
+//! the new address; the edge counts it in `roam_edge_quic_path_changes_total` and logs it. Keep-alive PINGs
 //! ([`QuicOptions::keep_alive`]) keep NAT bindings open on idle connections.
 
 use std::convert::Infallible;
