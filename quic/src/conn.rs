@@ -74,7 +74,9 @@ pub(crate) struct ConnState {
     /// Waiting for credit to open a stream, by direction.
     opening: [Option<Waker>; 2],
     handshake: Wakers<Waker, 2>,
-    closed: Wakers<Waker, 2>,
+    /// Waiting for the close: each task's waker once, with how many of its `closed()`
+    /// futures wait (one leaving does not take the others' wake-up with it).
+    closed: Wakers<(Waker, usize), 2>,
     /// Waiting for a QUIC datagram.
     datagram: Option<Waker>,
 }
@@ -100,12 +102,37 @@ fn wake_stream<const N: usize>(wakers: &mut Wakers<(StreamId, Waker), N>, id: St
     }
 }
 
-/// Adds `waker` to those waiting for the connection's handshake or close, unless it is
-/// there already: a future polled again (every time its task wakes: for each push to a
-/// stream that waits for its connection to close) registers once, not once per poll.
+/// Adds `waker` to those waiting for the connection's handshake, unless it is there
+/// already: a future polled again (every time its task wakes) registers once, not once per
+/// poll.
 fn wait_on<const N: usize>(wakers: &mut Wakers<Waker, N>, waker: &Waker) {
     if !wakers.iter().any(|w| w.will_wake(waker)) {
         wakers.push(waker.clone());
+    }
+}
+
+/// Counts one more wait of `waker`'s task.
+fn join<const N: usize>(wakers: &mut Wakers<(Waker, usize), N>, waker: &Waker) {
+    match wakers.iter_mut().find(|(w, _)| w.will_wake(waker)) {
+        Some((_, waits)) => *waits += 1,
+        None => wakers.push((waker.clone(), 1)),
+    }
+}
+
+/// Counts one wait of `waker`'s task less, and lets the waker go after its last.
+fn leave<const N: usize>(wakers: &mut Wakers<(Waker, usize), N>, waker: &Waker) {
+    if let Some(i) = wakers.iter().position(|(w, _)| w.will_wake(waker)) {
+        wakers[i].1 -= 1;
+        if wakers[i].1 == 0 {
+            wakers.swap_remove(i);
+        }
+    }
+}
+
+/// Drops the waker stream `id` left, if any.
+fn forget_stream<const N: usize>(wakers: &mut Wakers<(StreamId, Waker), N>, id: StreamId) {
+    if let Some(i) = wakers.iter().position(|(s, _)| *s == id) {
+        wakers.swap_remove(i);
     }
 }
 
@@ -158,10 +185,15 @@ impl ConnShared {
         (before != after).then_some((before, after))
     }
 
-    pub(crate) fn timeout(&self, now: Instant) {
+    /// Its deadline passed. The client's old and new address if that moved the connection
+    /// (quinn-proto goes back to the old path when the new one fails its validation).
+    pub(crate) fn timeout(&self, now: Instant) -> Option<(SocketAddr, SocketAddr)> {
         let mut c = self.lock();
         c.deadline = None;
+        let before = c.proto.remote_address();
         c.proto.handle_timeout(now);
+        let after = c.proto.remote_address();
+        (before != after).then_some((before, after))
     }
 
     pub(crate) fn close(&self, now: Instant, code: VarInt, reason: &[u8]) {
@@ -214,7 +246,9 @@ impl ConnState {
         }
         over.store(true, Ordering::Release);
         wake_all(&mut self.handshake);
-        wake_all(&mut self.closed);
+        for (w, _) in self.closed.drain(..) {
+            w.wake();
+        }
         let datagram = std::iter::once(&mut self.datagram);
         for w in self
             .accepting
@@ -417,31 +451,74 @@ impl Connection {
 
     /// Resolves when the connection is over, with why. Polled again by the same task
     /// before then (a response stream's task polls it on every push), it returns without
-    /// taking the connection's lock.
-    pub async fn closed(&self) -> ConnectionError {
-        let mut waiting: Option<Waker> = None;
-        std::future::poll_fn(|cx| {
-            let conn = &self.0.conn;
-            if waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
-                && !conn.over.load(Ordering::Acquire)
-            {
-                return Poll::Pending;
-            }
-            let mut c = conn.lock();
-            if let Some(e) = &c.error {
-                return Poll::Ready(e.clone());
-            }
-            wait_on(&mut c.closed, cx.waker());
-            waiting = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+    /// taking the connection's lock; dropped before then, it takes its waker back.
+    pub fn closed(&self) -> Closed<'_> {
+        Closed {
+            conn: &self.0.conn,
+            waiting: None,
+        }
     }
 
     /// Closes the connection with `code` and `reason`.
     pub fn close(&self, code: VarInt, reason: &[u8]) {
         self.0.conn.close(Instant::now(), code, reason);
         self.0.touch();
+    }
+}
+
+/// [`Connection::closed`]'s future.
+#[must_use = "futures do nothing unless polled"]
+pub struct Closed<'a> {
+    conn: &'a ConnShared,
+    /// The waker it left with the connection, if it waits.
+    waiting: Option<Waker>,
+}
+
+impl std::fmt::Debug for Closed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Closed")
+            .field("waiting", &self.waiting.is_some())
+            .finish()
+    }
+}
+
+impl Future for Closed<'_> {
+    type Output = ConnectionError;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ConnectionError> {
+        let this = self.get_mut();
+        if this
+            .waiting
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+            && !this.conn.over.load(Ordering::Acquire)
+        {
+            return Poll::Pending;
+        }
+        let mut c = this.conn.lock();
+        if let Some(e) = &c.error {
+            this.waiting = None;
+            return Poll::Ready(e.clone());
+        }
+        if let Some(old) = this.waiting.take() {
+            // Polled by another task now: the old task is not woken (nor kept) for it.
+            leave(&mut c.closed, &old);
+        }
+        join(&mut c.closed, cx.waker());
+        this.waiting = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        // A finished request's task would otherwise stay allocated, through its waker, for
+        // as long as the connection lives.
+        if let Some(w) = self.waiting.take()
+            && !self.conn.over.load(Ordering::Acquire)
+        {
+            leave(&mut self.conn.lock().closed, &w);
+        }
     }
 }
 
@@ -574,6 +651,8 @@ impl SendStream {
 impl Drop for SendStream {
     fn drop(&mut self) {
         self.finish();
+        // A waker left by a write that waited for room goes with the stream.
+        forget_stream(&mut self.conn.conn.lock().writers, self.id);
     }
 }
 
@@ -688,14 +767,12 @@ impl AsyncRead for RecvStream {
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
+        let mut c = self.conn.conn.lock();
+        // A waker left by a read that waited goes with the stream.
+        forget_stream(&mut c.readers, self.id);
         if !self.ended {
-            let _ = self
-                .conn
-                .conn
-                .lock()
-                .proto
-                .recv_stream(self.id)
-                .stop(VarInt::from_u32(0));
+            let _ = c.proto.recv_stream(self.id).stop(VarInt::from_u32(0));
+            drop(c);
             self.conn.touch();
         }
     }

@@ -103,6 +103,13 @@ impl Shared {
         }
     }
 
+    /// Tells the application that connection `ch` moved from `from` to `to`.
+    fn migrated(&self, ch: ConnectionHandle, from: SocketAddr, to: SocketAddr) {
+        if let Some(hook) = self.on_migration.get() {
+            hook(ch.0, from, to);
+        }
+    }
+
     /// Wakes the loop to look at the endpoint's state.
     fn poke(&self) {
         let waker = {
@@ -262,8 +269,10 @@ impl Endpoint {
     /// Calls `hook` with the connection's [`stable_id`](Connection::stable_id), its old and
     /// its new address whenever a client moves a connection to a new address (QUIC
     /// connection migration: a phone that left Wi-Fi for cellular), as soon as the first
-    /// packet from there is processed. Set once; later calls are ignored. It runs on the
-    /// endpoint's loop: keep it short.
+    /// packet from there is processed — and again, from the new address back to the old, if
+    /// the new path then fails its validation. Set once; later calls are ignored. It runs on
+    /// the endpoint's loop with the endpoint's state locked: keep it short, and do not call
+    /// into the [`Endpoint`] or its connections from it (that would wait for itself).
     pub fn on_migration(
         &self,
         hook: impl Fn(usize, SocketAddr, SocketAddr) + Send + Sync + 'static,
@@ -390,6 +399,8 @@ async fn run(shared: Arc<Shared>) {
     tokio::pin!(sleep);
     // While a transmit is blocked: the socket, registered for writing.
     let mut room: Option<Room> = None;
+    // Where the timer sleeps while no connection has a deadline (moved on once passed).
+    let mut far = Instant::now() + Duration::from_secs(3600);
     loop {
         let (next, blocked) = {
             let state = shared.state.lock();
@@ -398,9 +409,16 @@ async fn run(shared: Arc<Shared>) {
                 state.blocked.is_some(),
             )
         };
-        let next = tokio::time::Instant::from_std(
-            next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
-        );
+        let next = tokio::time::Instant::from_std(match next {
+            Some(t) => t,
+            None => {
+                let now = Instant::now();
+                if far <= now {
+                    far = now + Duration::from_secs(3600);
+                }
+                far
+            }
+        });
         if sleep.deadline() != next {
             sleep.as_mut().reset(next);
         }
@@ -426,7 +444,9 @@ async fn run(shared: Arc<Shared>) {
                     state.timers.pop_first();
                     let ch = ConnectionHandle(ch);
                     if let Some(c) = state.conns.get(&ch) {
-                        c.timeout(now);
+                        if let Some((from, to)) = c.timeout(now) {
+                            shared.migrated(ch, from, to);
+                        }
                         drive.push(ch);
                     }
                 }
@@ -586,10 +606,8 @@ fn receive(
                     }
                     Some(DatagramEvent::ConnectionEvent(ch, event)) => {
                         if let Some(c) = state.conns.get(&ch) {
-                            if let Some((from, to)) = c.handle_event(event)
-                                && let Some(hook) = shared.on_migration.get()
-                            {
-                                hook(ch.0, from, to);
+                            if let Some((from, to)) = c.handle_event(event) {
+                                shared.migrated(ch, from, to);
                             }
                             drive.push(ch);
                         }

@@ -229,7 +229,9 @@ impl<B: Buf> quic::SendStream<B> for H3Send<B> {
         Ok(())
     }
 
-    fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        // What a cancelled write held back goes first: a frame is never cut by the end.
+        ready!(quic::SendStream::poll_ready(self, cx))?;
         self.send.finish();
         Poll::Ready(Ok(()))
     }
@@ -249,6 +251,8 @@ impl<B: Buf> quic::SendStreamUnframed<B> for H3Send<B> {
         cx: &mut Context<'_>,
         buf: &mut D,
     ) -> Poll<Result<usize, StreamErrorIncoming>> {
+        // Behind what a cancelled framed write held back, never before it.
+        ready!(quic::SendStream::poll_ready(self, cx))?;
         let n = ready!(self.send.poll_send(cx, buf.chunk())).map_err(stream_error)?;
         buf.advance(n);
         Poll::Ready(Ok(n))

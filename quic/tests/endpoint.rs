@@ -432,3 +432,97 @@ async fn a_close_wakes_a_task_that_polled_closed_many_times_once() {
     assert!(closed.as_mut().poll(&mut cx).is_ready());
     assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// A wait that ends before the connection does takes its waker back: a finished request's
+/// task (what the waker keeps allocated) is not held for the rest of a long connection's
+/// life — nor are the wakers of streams dropped while they waited to read or to write.
+#[tokio::test]
+async fn waits_dropped_before_the_close_leave_no_waker_behind() {
+    let (server, mut client_config) = configs();
+    let mut small = quinn::TransportConfig::default();
+    small.stream_receive_window(16_384u32.into());
+    client_config.transport_config(Arc::new(small));
+    let (_endpoint, _clients, conn, client_conn) = connected(server, client_config).await;
+    let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+    let waker = futures_util::task::waker(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+
+    // The close.
+    {
+        let mut closed = std::pin::pin!(conn.closed());
+        assert!(closed.as_mut().poll(&mut cx).is_pending());
+        assert!(closed.as_mut().poll(&mut cx).is_pending());
+    }
+    // A read that waited.
+    let (mut send, _recv) = client_conn.open_bi().await.unwrap();
+    send.write_all(b"x").await.unwrap();
+    let (mut server_send, mut server_recv) = conn.accept_bi().await.unwrap();
+    let mut one = [0u8; 1];
+    server_recv.read_exact(&mut one).await.unwrap();
+    let mut buf = [0u8; 16];
+    let mut read_buf = tokio::io::ReadBuf::new(&mut buf);
+    assert!(
+        tokio::io::AsyncRead::poll_read(
+            std::pin::Pin::new(&mut server_recv),
+            &mut cx,
+            &mut read_buf
+        )
+        .is_pending()
+    );
+    drop(server_recv);
+    // A write that waited for the client's credit.
+    let big = vec![7u8; 100_000];
+    let mut left: &[u8] = &big;
+    loop {
+        match tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut server_send), &mut cx, left)
+        {
+            std::task::Poll::Ready(Ok(n)) => left = &left[n..],
+            std::task::Poll::Pending => break,
+            std::task::Poll::Ready(Err(e)) => panic!("{e}"),
+        }
+        assert!(
+            !left.is_empty(),
+            "the write waits for credit before its end"
+        );
+    }
+    drop(server_send);
+
+    drop(waker);
+    assert_eq!(
+        Arc::strong_count(&wakes),
+        1,
+        "no waker of the dropped waits is kept"
+    );
+    client_conn.close(7u32.into(), b"done");
+    tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .unwrap();
+    assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// Two waits for the close in one task share its waker: one of them ending early leaves
+/// the other's wake-up in place.
+#[tokio::test]
+async fn one_of_two_waits_for_the_close_in_a_task_ending_leaves_the_other_woken() {
+    let (server, client_config) = configs();
+    let (_endpoint, _clients, conn, client_conn) = connected(server, client_config).await;
+    let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+    let waker = futures_util::task::waker(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut kept = std::pin::pin!(conn.closed());
+    assert!(kept.as_mut().poll(&mut cx).is_pending());
+    {
+        let mut left = std::pin::pin!(conn.closed());
+        assert!(left.as_mut().poll(&mut cx).is_pending());
+    }
+    assert!(kept.as_mut().poll(&mut cx).is_pending());
+    client_conn.close(7u32.into(), b"done");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while wakes.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the remaining wait woken at the close");
+    assert!(kept.as_mut().poll(&mut cx).is_ready());
+}
