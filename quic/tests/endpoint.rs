@@ -193,9 +193,7 @@ async fn a_retried_client_proves_its_address_and_is_served() {
 #[tokio::test]
 async fn a_write_beyond_the_clients_window_waits_until_it_reads() {
     let (server, mut client_config) = configs();
-    let mut small = quinn::TransportConfig::default();
-    small.stream_receive_window(16_384u32.into());
-    client_config.transport_config(Arc::new(small));
+    common::small_stream_window(&mut client_config);
     let (_endpoint, _clients, conn, client_conn) = connected(server, client_config).await;
     let (mut send, mut recv) = client_conn.open_bi().await.unwrap();
     send.write_all(b"go").await.unwrap();
@@ -407,6 +405,29 @@ impl futures_util::task::ArcWake for Wakes {
     }
 }
 
+impl Wakes {
+    /// A waker whose wakes are counted, and the count.
+    fn waker() -> (Arc<Wakes>, std::task::Waker) {
+        let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+        (wakes.clone(), futures_util::task::waker(wakes))
+    }
+
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (5 s at most) until the waker was woken; `what` names the wait in the failure.
+    async fn woken(&self, what: &str) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while self.count() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+    }
+}
+
 /// A task that waits for its connection to close polls `closed()` again every time it
 /// wakes for something else (a stream's pushes): it stays one waiter, woken once at the
 /// close, not one per poll (which grew with every push for the connection's life).
@@ -414,23 +435,16 @@ impl futures_util::task::ArcWake for Wakes {
 async fn a_close_wakes_a_task_that_polled_closed_many_times_once() {
     let (server, client_config) = configs();
     let (_endpoint, _clients, conn, client_conn) = connected(server, client_config).await;
-    let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
-    let waker = futures_util::task::waker(wakes.clone());
+    let (wakes, waker) = Wakes::waker();
     let mut cx = std::task::Context::from_waker(&waker);
     let mut closed = std::pin::pin!(conn.closed());
     for _ in 0..100 {
         assert!(closed.as_mut().poll(&mut cx).is_pending());
     }
     client_conn.close(7u32.into(), b"done");
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while wakes.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("woken at the close");
+    wakes.woken("woken at the close").await;
     assert!(closed.as_mut().poll(&mut cx).is_ready());
-    assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(wakes.count(), 1);
 }
 
 /// A wait that ends before the connection does takes its waker back: a finished request's
@@ -439,12 +453,9 @@ async fn a_close_wakes_a_task_that_polled_closed_many_times_once() {
 #[tokio::test]
 async fn waits_dropped_before_the_close_leave_no_waker_behind() {
     let (server, mut client_config) = configs();
-    let mut small = quinn::TransportConfig::default();
-    small.stream_receive_window(16_384u32.into());
-    client_config.transport_config(Arc::new(small));
+    common::small_stream_window(&mut client_config);
     let (_endpoint, _clients, conn, client_conn) = connected(server, client_config).await;
-    let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
-    let waker = futures_util::task::waker(wakes.clone());
+    let (wakes, waker) = Wakes::waker();
     let mut cx = std::task::Context::from_waker(&waker);
 
     // The close.
@@ -497,7 +508,7 @@ async fn waits_dropped_before_the_close_leave_no_waker_behind() {
     tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .unwrap();
-    assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(wakes.count(), 0);
 }
 
 /// Two waits for the close in one task share its waker: one of them ending early leaves
@@ -506,8 +517,7 @@ async fn waits_dropped_before_the_close_leave_no_waker_behind() {
 async fn one_of_two_waits_for_the_close_in_a_task_ending_leaves_the_other_woken() {
     let (server, client_config) = configs();
     let (_endpoint, _clients, conn, client_conn) = connected(server, client_config).await;
-    let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
-    let waker = futures_util::task::waker(wakes.clone());
+    let (wakes, waker) = Wakes::waker();
     let mut cx = std::task::Context::from_waker(&waker);
     let mut kept = std::pin::pin!(conn.closed());
     assert!(kept.as_mut().poll(&mut cx).is_pending());
@@ -517,12 +527,6 @@ async fn one_of_two_waits_for_the_close_in_a_task_ending_leaves_the_other_woken(
     }
     assert!(kept.as_mut().poll(&mut cx).is_pending());
     client_conn.close(7u32.into(), b"done");
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while wakes.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the remaining wait woken at the close");
+    wakes.woken("the remaining wait woken at the close").await;
     assert!(kept.as_mut().poll(&mut cx).is_ready());
 }

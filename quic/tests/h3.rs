@@ -51,9 +51,7 @@ async fn an_h3_client_over_quinn_is_served() {
     });
     // A small window: the echo below is written as the client reads it (what flow control
     // holds back of a DATA frame waits in `H3Send`).
-    let mut small = quinn::TransportConfig::default();
-    small.stream_receive_window(16_384u32.into());
-    client_config.transport_config(std::sync::Arc::new(small));
+    common::small_stream_window(&mut client_config);
     let endpoint = server(config);
     let (_client, conn) = common::client_connection(&endpoint, client_config).await;
     let (mut driver, mut requests) = h3::client::new(h3_quinn::Connection::new(conn))

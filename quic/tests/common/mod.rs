@@ -85,3 +85,11 @@ pub(crate) async fn client_connection(
         .unwrap();
     (client, conn)
 }
+
+/// Gives the client a 16 KiB stream receive window: what the server writes beyond it
+/// waits for the client to read.
+pub(crate) fn small_stream_window(client: &mut quinn::ClientConfig) {
+    let mut small = quinn::TransportConfig::default();
+    small.stream_receive_window(16_384u32.into());
+    client.transport_config(Arc::new(small));
+}
